@@ -1,0 +1,115 @@
+//! Loss configuration: the notebook's `DefaultConfig` fields that change the loss.
+
+use crate::error::FcosError;
+
+/// The box-regression loss applied at positive positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegLoss {
+    /// `-log(max(iou, 1e-6))`, the notebook's default mode `'iou'`.
+    #[default]
+    Iou,
+    /// `1 - giou`, the notebook's mode `'giou'`.
+    Giou,
+}
+
+impl RegLoss {
+    /// The name used by the notebook and the CLI (`"iou"` or `"giou"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RegLoss::Iou => "iou",
+            RegLoss::Giou => "giou",
+        }
+    }
+}
+
+impl std::str::FromStr for RegLoss {
+    type Err = FcosError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "iou" => Ok(RegLoss::Iou),
+            "giou" => Ok(RegLoss::Giou),
+            other => Err(FcosError::InvalidConfig(format!(
+                "regression loss must be 'iou' or 'giou', got '{other}'"
+            ))),
+        }
+    }
+}
+
+/// The FCOS loss configuration (the notebook's `DefaultConfig`, loss-related fields only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossConfig {
+    /// Number of foreground classes `C` (class index `0` is background).
+    pub num_classes: u32,
+    /// Strides of the pyramid levels, used to derive level shapes from an image size.
+    pub strides: Vec<u32>,
+    /// Whether the centerness loss enters `total` (it is computed and reported either way).
+    pub add_centerness: bool,
+    /// Focal-loss focusing parameter γ (notebook: 2.0).
+    pub gamma: f32,
+    /// Focal-loss balance α for positives (notebook: 0.25).
+    pub alpha: f32,
+    /// Box-regression loss at positives.
+    pub reg_loss: RegLoss,
+}
+
+impl Default for LossConfig {
+    /// The notebook's defaults with its `class_num = 20`.
+    fn default() -> Self {
+        Self::new(20)
+    }
+}
+
+impl LossConfig {
+    /// The notebook's defaults (strides 8..128, centerness on, γ = 2, α = 0.25, IoU) for `num_classes` classes.
+    pub fn new(num_classes: u32) -> Self {
+        LossConfig {
+            num_classes,
+            strides: vec![8, 16, 32, 64, 128],
+            add_centerness: true,
+            gamma: 2.0,
+            alpha: 0.25,
+            reg_loss: RegLoss::Iou,
+        }
+    }
+
+    /// Returns the config with the given regression loss.
+    pub fn with_reg_loss(mut self, reg_loss: RegLoss) -> Self {
+        self.reg_loss = reg_loss;
+        self
+    }
+
+    /// Returns the config with `add_centerness` set.
+    pub fn with_centerness(mut self, add_centerness: bool) -> Self {
+        self.add_centerness = add_centerness;
+        self
+    }
+
+    /// Checks that every field is usable.
+    pub fn validate(&self) -> Result<(), FcosError> {
+        if self.num_classes == 0 {
+            return Err(FcosError::InvalidConfig(
+                "num_classes (C) must be at least 1, got 0".into(),
+            ));
+        }
+        if let Some(s) = self.strides.iter().find(|&&s| s == 0) {
+            return Err(FcosError::InvalidConfig(format!(
+                "strides must be positive, got {s} in {:?}",
+                self.strides
+            )));
+        }
+        if !(self.gamma.is_finite() && self.gamma >= 0.0) {
+            return Err(FcosError::InvalidConfig(format!(
+                "focal gamma must be finite and >= 0, got {}",
+                self.gamma
+            )));
+        }
+        if !(self.alpha.is_finite() && (0.0..=1.0).contains(&self.alpha)) {
+            return Err(FcosError::InvalidConfig(format!(
+                "focal alpha must lie in [0, 1], got {}",
+                self.alpha
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! The result of a loss call.
+
+/// Per-image and batch losses, as the notebook's `LOSS.forward` reports them.
+///
+/// GPU results are computed in `f32` and widened; the CPU reference accumulates in `f64`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Losses {
+    /// Classification (focal) loss per image, `[B]`.
+    pub cls: Vec<f64>,
+    /// Centerness (BCE) loss per image, `[B]`.
+    pub cnt: Vec<f64>,
+    /// Box regression (IoU or GIoU) loss per image, `[B]`.
+    pub reg: Vec<f64>,
+    /// Positive positions per image (before the `max(1, ·)` clamp), `[B]`.
+    pub num_pos: Vec<u32>,
+    /// `mean_b cls[b]`.
+    pub cls_loss: f64,
+    /// `mean_b cnt[b]`.
+    pub cnt_loss: f64,
+    /// `mean_b reg[b]`.
+    pub reg_loss: f64,
+    /// `cls_loss + cnt_loss + reg_loss`, or without `cnt_loss` when `add_centerness` is off.
+    pub total: f64,
+}
+
+impl Losses {
+    /// Builds the batch means and total from per-image losses.
+    pub fn from_per_image(
+        cls: Vec<f64>,
+        cnt: Vec<f64>,
+        reg: Vec<f64>,
+        num_pos: Vec<u32>,
+        add_centerness: bool,
+    ) -> Self {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (cls_loss, cnt_loss, reg_loss) = (mean(&cls), mean(&cnt), mean(&reg));
+        let total = if add_centerness {
+            cls_loss + cnt_loss + reg_loss
+        } else {
+            cls_loss + reg_loss
+        };
+        Losses {
+            cls,
+            cnt,
+            reg,
+            num_pos,
+            cls_loss,
+            cnt_loss,
+            reg_loss,
+            total,
+        }
+    }
+
+    /// Images in the batch.
+    pub fn batch(&self) -> usize {
+        self.cls.len()
+    }
+
+    /// The largest relative difference between two results over every per-image
+    /// loss, measured as `|a - b| / max(|b|, abs_floor / rel_tol)` so that values
+    /// near zero are held to an absolute bound instead.
+    pub fn max_rel_diff(&self, other: &Losses, rel_tol: f64, abs_floor: f64) -> f64 {
+        let floor = abs_floor / rel_tol;
+        [(&self.cls, &other.cls), (&self.cnt, &other.cnt), (&self.reg, &other.reg)]
+            .iter()
+            .flat_map(|(a, b)| a.iter().zip(b.iter()))
+            .map(|(a, b)| {
+                let d = (a - b).abs() / b.abs().max(floor);
+                // NaN never passes a tolerance check.
+                if d.is_nan() {
+                    f64::INFINITY
+                } else {
+                    d
+                }
+            })
+            .fold(0.0, f64::max)
+    }
+}

@@ -1,0 +1,158 @@
+//! Deterministic synthetic batches (the demo's default batch, benches, tests).
+
+use crate::error::FcosError;
+use crate::inputs::Batch;
+use crate::layout::Levels;
+
+/// A small, fast, seedable generator (SplitMix64) so that batches are the same on every machine.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x853c_49e6_748f_ea9b)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform integer in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// How to draw a synthetic batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticSpec {
+    /// Images, `B`.
+    pub batch: usize,
+    /// Classes, `C`.
+    pub classes: usize,
+    /// Fraction of positions that are positive, per image (cycled over the batch).
+    pub pos_frac: Vec<f64>,
+    /// Class logits are `N(0, 1) · logit_scale + logit_shift` (the prior `-4.6` ≈ `logit(0.01)`).
+    pub logit_scale: f64,
+    /// See `logit_scale`.
+    pub logit_shift: f64,
+    /// Seed of the generator.
+    pub seed: u64,
+}
+
+impl SyntheticSpec {
+    /// Realistic defaults for `B` images and `C` classes: logits around the FCOS prior, 1.5 % positives.
+    pub fn new(batch: usize, classes: usize) -> Self {
+        SyntheticSpec {
+            batch,
+            classes,
+            pos_frac: vec![0.015],
+            logit_scale: 1.5,
+            logit_shift: -4.6,
+            seed: 0,
+        }
+    }
+}
+
+/// Draws a batch in the style of `peers/gen_case.py`: logits around the prior,
+/// positives with a random class and centerness, box targets scaled by the level's
+/// stride and predictions near them. `strides` scale the boxes (cycled if shorter than the levels).
+pub fn generate(levels: &Levels, strides: &[u32], spec: &SyntheticSpec) -> Result<Batch, FcosError> {
+    if spec.batch == 0 || spec.classes == 0 {
+        return Err(FcosError::InvalidConfig(format!(
+            "synthetic batch needs B >= 1 and C >= 1, got B = {}, C = {}",
+            spec.batch, spec.classes
+        )));
+    }
+    let mut rng = Rng::new(spec.seed);
+    let (b_n, c_n, p_n) = (spec.batch, spec.classes, levels.positions());
+    let mut cls_logits = Vec::with_capacity(levels.len());
+    let mut cnt_logits = Vec::with_capacity(levels.len());
+    for l in 0..levels.len() {
+        let n = levels.level_len(l, b_n, c_n);
+        cls_logits.push(
+            (0..n)
+                .map(|_| (rng.normal() * spec.logit_scale + spec.logit_shift) as f32)
+                .collect::<Vec<f32>>(),
+        );
+        let n = levels.level_len(l, b_n, 1);
+        cnt_logits.push((0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>());
+    }
+    let mut cls_targets = vec![0f32; b_n * p_n];
+    let mut cnt_targets = vec![-1f32; b_n * p_n];
+    let mut reg_targets = vec![-1f32; b_n * p_n * 4];
+    let mut reg_preds: Vec<Vec<f32>> = (0..levels.len())
+        .map(|l| vec![0f32; levels.level_len(l, b_n, 4)])
+        .collect();
+    let stride = |l: usize| -> f64 {
+        if strides.is_empty() {
+            8.0 * (1u64 << l.min(20)) as f64
+        } else {
+            strides[l % strides.len()] as f64
+        }
+    };
+    for b in 0..b_n {
+        let frac = if spec.pos_frac.is_empty() {
+            0.0
+        } else {
+            spec.pos_frac[b % spec.pos_frac.len()]
+        };
+        for p in 0..p_n {
+            let (l, pix) = levels.locate(p).expect("p < P");
+            let bp = b * p_n + p;
+            let pos = rng.uniform() < frac;
+            let s = stride(l);
+            let mut tgt = [0f64; 4];
+            for t in tgt.iter_mut() {
+                *t = (rng.normal() * 0.5).exp() * s * 2.0;
+            }
+            for (k, &t) in tgt.iter().enumerate() {
+                let pred = t * (rng.normal() * 0.4).exp();
+                reg_preds[l][levels.nchw_index(l, 4, b, k, pix)] = pred as f32;
+            }
+            if pos {
+                cls_targets[bp] = rng.range(1, c_n as u64) as f32;
+                cnt_targets[bp] = rng.uniform() as f32;
+                for k in 0..4 {
+                    reg_targets[bp * 4 + k] = tgt[k] as f32;
+                }
+            }
+        }
+    }
+    Ok(Batch {
+        levels: levels.clone(),
+        batch: b_n,
+        classes: c_n,
+        cls_logits,
+        cnt_logits,
+        reg_preds,
+        cls_targets,
+        cnt_targets,
+        reg_targets,
+    })
+}
+
+/// The demo's default batch: COCO-shaped, `B = 8`, `C = 80`, an `800 × 1024` image, strides 8..128.
+pub fn coco_default() -> Result<Batch, FcosError> {
+    let strides = [8, 16, 32, 64, 128];
+    let levels = Levels::from_image(800, 1024, &strides)?;
+    generate(&levels, &strides, &SyntheticSpec::new(8, 80))
+}
