@@ -66,7 +66,11 @@ pub enum FcosError {
 }
 
 impl FcosError {
-    pub(crate) fn shape(tensor: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
+    pub(crate) fn shape(
+        tensor: impl Into<String>,
+        expected: impl ToString,
+        got: impl ToString,
+    ) -> Self {
         FcosError::Shape {
             tensor: tensor.into(),
             expected: expected.to_string(),

@@ -38,3 +38,8 @@ pub use losses::Losses;
 pub const REL_TOL: f64 = 1e-4;
 /// Absolute tolerance of SPEC §3 for per-image losses near zero.
 pub const ABS_TOL: f64 = 1e-5;
+
+/// The README's code blocks, compiled as doctests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -61,18 +61,22 @@ impl Losses {
     /// near zero are held to an absolute bound instead.
     pub fn max_rel_diff(&self, other: &Losses, rel_tol: f64, abs_floor: f64) -> f64 {
         let floor = abs_floor / rel_tol;
-        [(&self.cls, &other.cls), (&self.cnt, &other.cnt), (&self.reg, &other.reg)]
-            .iter()
-            .flat_map(|(a, b)| a.iter().zip(b.iter()))
-            .map(|(a, b)| {
-                let d = (a - b).abs() / b.abs().max(floor);
-                // NaN never passes a tolerance check.
-                if d.is_nan() {
-                    f64::INFINITY
-                } else {
-                    d
-                }
-            })
-            .fold(0.0, f64::max)
+        [
+            (&self.cls, &other.cls),
+            (&self.cnt, &other.cnt),
+            (&self.reg, &other.reg),
+        ]
+        .iter()
+        .flat_map(|(a, b)| a.iter().zip(b.iter()))
+        .map(|(a, b)| {
+            let d = (a - b).abs() / b.abs().max(floor);
+            // NaN never passes a tolerance check.
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0, f64::max)
     }
 }

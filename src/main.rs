@@ -1,1 +1,337 @@
-fn main(){}
+//! `fcos-loss`: the demo (no arguments) and the `check` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use fcos_loss::{
+    io, reference, synthetic, FcosError, FcosLoss, Levels, LossConfig, Losses, RegLoss, ABS_TOL,
+    REL_TOL,
+};
+
+/// The FCOS loss (focal + centerness BCE + IoU/GIoU) on the GPU through wgpu.
+///
+/// With no command, runs the demo on a built-in COCO-shaped batch.
+#[derive(Parser, Debug)]
+#[command(name = "fcos-loss", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Demo on a deterministic synthetic batch: GPU and CPU losses, their difference, GPU call time.
+    Demo(DemoArgs),
+    /// Compute a case file (SPEC §5 tensor names) on the GPU and the CPU reference; compare with its expected values.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Foreground classes.
+    #[arg(long, default_value_t = 80)]
+    classes: u32,
+    /// Image size HxW (levels are ceil(h / s) × ceil(w / s) for strides 8..128).
+    #[arg(long, default_value = "800x1024")]
+    image: String,
+    /// Seed of the synthetic batch.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Box regression loss.
+    #[arg(long, default_value = "iou", value_parser = parse_reg)]
+    reg: RegLoss,
+    /// Timed GPU calls (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs {
+            batch: 8,
+            classes: 80,
+            image: "800x1024".into(),
+            seed: 0,
+            reg: RegLoss::Iou,
+            reps: 10,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// A safetensors file with the tensors of SPEC §5.
+    file: PathBuf,
+    /// Box regression loss (GIoU compares with `expected.reg_loss_giou`).
+    #[arg(long, default_value = "iou", value_parser = parse_reg)]
+    reg: RegLoss,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_reg(s: &str) -> Result<RegLoss, String> {
+    s.parse::<RegLoss>().map_err(|e| e.to_string())
+}
+
+fn parse_image(s: &str) -> Result<(u32, u32), FcosError> {
+    let bad = || {
+        FcosError::InvalidConfig(format!(
+            "--image must be HxW with positive integers, got '{s}'"
+        ))
+    };
+    let (h, w) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let h: u32 = h.trim().parse().map_err(|_| bad())?;
+    let w: u32 = w.trim().parse().map_err(|_| bad())?;
+    if h == 0 || w == 0 {
+        return Err(bad());
+    }
+    Ok((h, w))
+}
+
+/// The failure of a command: a one-line error (exit 2) or a tolerance failure (exit 1).
+enum Failure {
+    Error(FcosError),
+    Mismatch,
+}
+
+impl From<FcosError> for Failure {
+    fn from(e: FcosError) -> Self {
+        Failure::Error(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => demo(&DemoArgs::default()),
+        Some(Command::Demo(a)) => demo(&a),
+        Some(Command::Check(a)) => check(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Mismatch) => ExitCode::from(1),
+        Err(Failure::Error(e)) => {
+            let msg = e.to_string();
+            let one_line: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("error: {}", one_line.join("; "));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn demo(a: &DemoArgs) -> Result<(), Failure> {
+    let (h, w) = parse_image(&a.image)?;
+    let config = LossConfig::new(a.classes).with_reg_loss(a.reg);
+    config.validate()?;
+    let levels = Levels::from_image(h, w, &config.strides)?;
+    let mut spec = synthetic::SyntheticSpec::new(a.batch, a.classes as usize);
+    spec.seed = a.seed;
+    let batch = synthetic::generate(&levels, &config.strides, &spec)?;
+    let inputs = batch.inputs();
+    let engine = FcosLoss::new(config.clone())?;
+    println!("fcos-loss demo on {}", engine.adapter_name());
+    println!(
+        "batch: B = {}, C = {}, image {h}x{w}, levels {:?}, P = {}, {:.1} MB of inputs, reg = {}",
+        a.batch,
+        a.classes,
+        levels.shapes(),
+        levels.positions(),
+        batch.input_bytes() as f64 / 1e6,
+        a.reg.name()
+    );
+    // The first call builds the pooled buffers; the timed calls reuse them.
+    let gpu = engine.compute(&levels, &inputs)?;
+    let mut times = Vec::new();
+    for _ in 0..a.reps.max(1) {
+        let t = Instant::now();
+        let again = engine.compute(&levels, &inputs)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        if again != gpu {
+            return Err(FcosError::Gpu("two calls on the same input differ".into()).into());
+        }
+    }
+    let t = Instant::now();
+    let cpu = reference::losses(&config, &levels, &inputs)?;
+    let cpu_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!();
+    println!(
+        "{:>5} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "image", "num_pos", "cls gpu", "cls cpu", "cnt gpu", "cnt cpu", "reg gpu", "reg cpu"
+    );
+    for b in 0..gpu.batch() {
+        println!(
+            "{b:>5} {:>7} {:>12.6} {:>12.6} {:>12.6} {:>12.6} {:>12.6} {:>12.6}",
+            gpu.num_pos[b], gpu.cls[b], cpu.cls[b], gpu.cnt[b], cpu.cnt[b], gpu.reg[b], cpu.reg[b]
+        );
+    }
+    println!(
+        "{:>5} {:>7} {:>12.6} {:>12.6} {:>12.6} {:>12.6} {:>12.6} {:>12.6}",
+        "mean",
+        "",
+        gpu.cls_loss,
+        cpu.cls_loss,
+        gpu.cnt_loss,
+        cpu.cnt_loss,
+        gpu.reg_loss,
+        cpu.reg_loss
+    );
+    println!("total: gpu {:.6}, cpu {:.6}", gpu.total, cpu.total);
+    let diff = gpu.max_rel_diff(&cpu, REL_TOL, ABS_TOL);
+    println!("largest relative difference GPU vs CPU: {diff:.2e} (tolerance {REL_TOL:.0e})");
+    println!(
+        "GPU call (upload, kernels, readback): median {:.2} ms over {} calls; CPU reference: {cpu_ms:.1} ms",
+        median_ms(times),
+        a.reps.max(1)
+    );
+    if diff > REL_TOL {
+        eprintln!("error: GPU and CPU disagree beyond tolerance");
+        return Err(Failure::Mismatch);
+    }
+    Ok(())
+}
+
+fn losses_json(l: &Losses) -> Value {
+    json!({
+        "cls_loss": l.cls,
+        "cnt_loss": l.cnt,
+        "reg_loss": l.reg,
+        "num_pos": l.num_pos,
+        "cls_mean": l.cls_loss,
+        "cnt_mean": l.cnt_loss,
+        "reg_mean": l.reg_loss,
+        "total": l.total,
+    })
+}
+
+fn check(a: &CheckArgs) -> Result<(), Failure> {
+    let case = io::read_case(&a.file)?;
+    let batch = &case.batch;
+    let config = LossConfig::new(batch.classes as u32).with_reg_loss(a.reg);
+    let levels = &batch.levels;
+    let inputs = batch.inputs();
+    let engine = FcosLoss::new(config.clone())?;
+    let gpu = engine.compute(levels, &inputs)?;
+    let cpu = reference::losses(&config, levels, &inputs)?;
+    let expected = match &case.expected {
+        Some(e) => {
+            let reg = match a.reg {
+                RegLoss::Iou => Some(e.reg_loss.clone()),
+                RegLoss::Giou => e.reg_loss_giou.clone(),
+            };
+            reg.map(|reg| {
+                Losses::from_per_image(
+                    e.cls_loss.clone(),
+                    e.cnt_loss.clone(),
+                    reg,
+                    cpu.num_pos.clone(),
+                    config.add_centerness,
+                )
+            })
+        }
+        None => None,
+    };
+    let gpu_cpu = gpu.max_rel_diff(&cpu, REL_TOL, ABS_TOL);
+    let gpu_exp = expected
+        .as_ref()
+        .map(|e| gpu.max_rel_diff(e, REL_TOL, ABS_TOL));
+    let cpu_exp = expected
+        .as_ref()
+        .map(|e| cpu.max_rel_diff(e, REL_TOL, ABS_TOL));
+    let ok = gpu_cpu <= REL_TOL
+        && gpu.num_pos == cpu.num_pos
+        && gpu_exp.is_none_or(|d| d <= REL_TOL)
+        && cpu_exp.is_none_or(|d| d <= REL_TOL);
+    if a.json {
+        let out = json!({
+            "adapter": engine.adapter_name(),
+            "file": a.file.display().to_string(),
+            "reg": a.reg.name(),
+            "batch": batch.batch,
+            "classes": batch.classes,
+            "levels": levels.shapes(),
+            "gpu": losses_json(&gpu),
+            "cpu": losses_json(&cpu),
+            "expected": expected.as_ref().map(losses_json),
+            "max_rel_err": {
+                "gpu_vs_cpu": gpu_cpu,
+                "gpu_vs_expected": gpu_exp,
+                "cpu_vs_expected": cpu_exp,
+            },
+            "tolerance": {"rel": REL_TOL, "abs": ABS_TOL},
+            "ok": ok,
+        });
+        println!("{out}");
+    } else {
+        println!("adapter: {}", engine.adapter_name());
+        println!(
+            "file: {} (B = {}, C = {}, L = {}, P = {}, reg = {})",
+            a.file.display(),
+            batch.batch,
+            batch.classes,
+            levels.len(),
+            levels.positions(),
+            a.reg.name()
+        );
+        println!(
+            "{:>5} {:>7} {:>4} {:>12} {:>12} {:>12}",
+            "image", "num_pos", "", "cls", "cnt", "reg"
+        );
+        for b in 0..gpu.batch() {
+            let row = |name: &str, l: &Losses| {
+                println!(
+                    "{b:>5} {:>7} {name:>4} {:>12.6} {:>12.6} {:>12.6}",
+                    l.num_pos[b], l.cls[b], l.cnt[b], l.reg[b]
+                );
+            };
+            row("gpu", &gpu);
+            row("cpu", &cpu);
+            if let Some(e) = &expected {
+                row("exp", e);
+            }
+        }
+        println!("total: gpu {:.6}, cpu {:.6}", gpu.total, cpu.total);
+        println!("largest relative error GPU vs CPU: {gpu_cpu:.2e}");
+        if let (Some(g), Some(c)) = (gpu_exp, cpu_exp) {
+            println!("largest relative error GPU vs expected: {g:.2e}; CPU vs expected: {c:.2e}");
+        } else {
+            println!("no expected values for reg = {} in the file", a.reg.name());
+        }
+        println!(
+            "tolerance: relative {REL_TOL:.0e} (absolute {ABS_TOL:.0e} near zero): {}",
+            if ok { "ok" } else { "FAILED" }
+        );
+    }
+    if ok {
+        Ok(())
+    } else {
+        if a.json {
+            eprintln!("error: results disagree beyond tolerance");
+        }
+        Err(Failure::Mismatch)
+    }
+}

@@ -125,7 +125,8 @@ pub fn losses(config: &LossConfig, levels: &Levels, inputs: &Inputs) -> Result<L
                     let reg = inputs.reg_preds[l];
                     let pr: [f64; 4] =
                         std::array::from_fn(|k| reg[levels.nchw_index(l, 4, b, k, pix)] as f64);
-                    let tg: [f64; 4] = std::array::from_fn(|k| inputs.reg_targets[bp * 4 + k] as f64);
+                    let tg: [f64; 4] =
+                        std::array::from_fn(|k| inputs.reg_targets[bp * 4 + k] as f64);
                     s.reg += box_loss(pr, tg, config.reg_loss);
                 }
             }

@@ -75,7 +75,11 @@ impl SyntheticSpec {
 /// Draws a batch in the style of `peers/gen_case.py`: logits around the prior,
 /// positives with a random class and centerness, box targets scaled by the level's
 /// stride and predictions near them. `strides` scale the boxes (cycled if shorter than the levels).
-pub fn generate(levels: &Levels, strides: &[u32], spec: &SyntheticSpec) -> Result<Batch, FcosError> {
+pub fn generate(
+    levels: &Levels,
+    strides: &[u32],
+    spec: &SyntheticSpec,
+) -> Result<Batch, FcosError> {
     if spec.batch == 0 || spec.classes == 0 {
         return Err(FcosError::InvalidConfig(format!(
             "synthetic batch needs B >= 1 and C >= 1, got B = {}, C = {}",

@@ -56,16 +56,22 @@ impl GpuContext {
     }
 
     async fn open_async() -> Result<Self, FcosError> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let mut adapters = instance.enumerate_adapters(backends).await;
-        let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
+        let wanted = std::env::var("WGPU_ADAPTER_NAME")
+            .ok()
+            .map(|s| s.to_lowercase());
         let mut detail = String::new();
         if let Ok(b) = std::env::var("WGPU_BACKEND") {
             detail += &format!(" for WGPU_BACKEND={b}");
         }
         if let Some(name) = &wanted {
-            let names: Vec<String> = adapters.iter().map(|a| adapter_label(&a.get_info())).collect();
+            let names: Vec<String> = adapters
+                .iter()
+                .map(|a| adapter_label(&a.get_info()))
+                .collect();
             adapters.retain(|a| a.get_info().name.to_lowercase().contains(name.as_str()));
             detail += &format!(" matching WGPU_ADAPTER_NAME={name} (adapters present: {names:?})");
         }

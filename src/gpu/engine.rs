@@ -19,8 +19,13 @@ use crate::losses::Losses;
 /// Default time a call waits for the GPU before it returns [`FcosError::Timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Default number of workgroups the fused pass aims for (positions × class chunks × images).
-pub const DEFAULT_TARGET_WORKGROUPS: u32 = 2048;
+/// Workgroups the fused pass aims for (positions × class chunks × images) on a GPU:
+/// enough to fill a large one even at B = 1.
+pub const GPU_TARGET_WORKGROUPS: u32 = 4096;
+
+/// Workgroups the fused pass aims for on a CPU adapter (lavapipe, llvmpipe, WARP),
+/// where each workgroup has a fixed cost and a few hundred keep every core busy.
+pub const CPU_TARGET_WORKGROUPS: u32 = 256;
 
 /// Inputs already on the device, for apps that produce them there.
 ///
@@ -97,13 +102,17 @@ impl FcosLoss {
     pub fn with_context(ctx: GpuContext, config: LossConfig) -> Result<Self, FcosError> {
         config.validate()?;
         let pipelines = scoped(&ctx.device, || Pipelines::new(&ctx.device))?;
+        let target_workgroups = match ctx.info.device_type {
+            wgpu::DeviceType::Cpu => CPU_TARGET_WORKGROUPS,
+            _ => GPU_TARGET_WORKGROUPS,
+        };
         Ok(FcosLoss {
             ctx,
             config,
             pipelines,
             pool: Mutex::new(Pool::new()),
             timeout: DEFAULT_TIMEOUT,
-            target_workgroups: DEFAULT_TARGET_WORKGROUPS,
+            target_workgroups,
         })
     }
 
@@ -125,7 +134,9 @@ impl FcosLoss {
     }
 
     /// How many workgroups the fused pass aims for (more fill a large GPU; fewer cost
-    /// less on a CPU adapter). Results stay deterministic for a given value.
+    /// less on a CPU adapter). The default is [`GPU_TARGET_WORKGROUPS`], or
+    /// [`CPU_TARGET_WORKGROUPS`] on a CPU adapter. Results stay bitwise deterministic
+    /// for a given value (and differ from other values only by float rounding).
     pub fn set_target_workgroups(&mut self, n: u32) {
         self.target_workgroups = n.max(1);
     }
@@ -163,7 +174,14 @@ impl FcosLoss {
         scoped(device, || {
             for (i, name) in INPUT_NAMES.iter().enumerate() {
                 let bytes = self.input_bytes(levels, b, i);
-                Pool::ensure(&mut pool.inputs[i], &mut pool.created, device, name, bytes, usage);
+                Pool::ensure(
+                    &mut pool.inputs[i],
+                    &mut pool.created,
+                    device,
+                    name,
+                    bytes,
+                    usage,
+                );
             }
         })?;
         for (i, slices) in heads.iter().enumerate() {
@@ -172,7 +190,9 @@ impl FcosLoss {
             for (l, s) in slices.iter().enumerate() {
                 if !s.is_empty() {
                     let at = 4 * levels.packed_offset(l, b, ch) as u64;
-                    self.ctx.queue.write_buffer(buf, at, bytemuck::cast_slice(s));
+                    self.ctx
+                        .queue
+                        .write_buffer(buf, at, bytemuck::cast_slice(s));
                 }
             }
         }
@@ -195,7 +215,11 @@ impl FcosLoss {
 
     /// Loss of one batch whose inputs are already on the device (see [`DeviceInputs`]
     /// for the layout). Only the per-image losses come back to the host.
-    pub fn compute_device(&self, levels: &Levels, inputs: &DeviceInputs) -> Result<Losses, FcosError> {
+    pub fn compute_device(
+        &self,
+        levels: &Levels,
+        inputs: &DeviceInputs,
+    ) -> Result<Losses, FcosError> {
         let b = inputs.batch;
         if b == 0 {
             return Err(FcosError::shape("batch", "B >= 1", "B = 0"));
@@ -269,7 +293,12 @@ impl FcosLoss {
     }
 
     /// Checks the call against the device limits and makes the work buffers.
-    fn ensure_work_buffers(&self, pool: &mut Pool, levels: &Levels, b: usize) -> Result<(), FcosError> {
+    fn ensure_work_buffers(
+        &self,
+        pool: &mut Pool,
+        levels: &Levels,
+        b: usize,
+    ) -> Result<(), FcosError> {
         let limits = &self.ctx.limits;
         let grid = self.grid(levels, b);
         let max_dim = limits.max_compute_workgroups_per_dimension;
@@ -284,12 +313,12 @@ impl FcosLoss {
                 )));
             }
         }
-        for i in 0..INPUT_NAMES.len() {
+        for (i, name) in INPUT_NAMES.iter().enumerate() {
             let bytes = self.input_bytes(levels, b, i);
-            if bytes > limits.max_storage_buffer_binding_size as u64 || bytes > limits.max_buffer_size {
+            if bytes > limits.max_storage_buffer_binding_size || bytes > limits.max_buffer_size {
                 return Err(FcosError::Limit(format!(
-                    "{} needs {bytes} bytes in one binding; the adapter allows max_storage_buffer_binding_size = {} and max_buffer_size = {}",
-                    INPUT_NAMES[i], limits.max_storage_buffer_binding_size, limits.max_buffer_size
+                    "{name} needs {bytes} bytes in one binding; the adapter allows max_storage_buffer_binding_size = {} and max_buffer_size = {}",
+                    limits.max_storage_buffer_binding_size, limits.max_buffer_size
                 )));
             }
         }
@@ -492,7 +521,10 @@ fn pool_view(pool: &Pool) -> WorkBuffers<'_> {
 }
 
 /// Binding 0 is the params, then `bufs` in order.
-fn bind_entries<'a>(params: &'a wgpu::Buffer, bufs: &[&'a wgpu::Buffer]) -> Vec<wgpu::BindGroupEntry<'a>> {
+fn bind_entries<'a>(
+    params: &'a wgpu::Buffer,
+    bufs: &[&'a wgpu::Buffer],
+) -> Vec<wgpu::BindGroupEntry<'a>> {
     std::iter::once(params)
         .chain(bufs.iter().copied())
         .enumerate()

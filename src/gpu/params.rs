@@ -55,7 +55,9 @@ impl Grid {
     pub fn new(positions: u32, classes: u32, batch: u32, wg: u32, target_workgroups: u32) -> Self {
         let tiles = positions.div_ceil(wg).max(1);
         let base = (tiles as u64 * batch as u64).max(1);
-        let want = (target_workgroups as u64).div_ceil(base).clamp(1, classes.max(1) as u64) as u32;
+        let want = (target_workgroups as u64)
+            .div_ceil(base)
+            .clamp(1, classes.max(1) as u64) as u32;
         let classes_per_chunk = classes.div_ceil(want).max(1);
         let chunks = classes.div_ceil(classes_per_chunk).max(1);
         Grid {

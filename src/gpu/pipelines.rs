@@ -29,10 +29,18 @@ fn entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntr
 }
 
 /// Binding 0 is the uniform params, then `read_only` storage bindings, then `read_write` ones.
-fn layout(device: &wgpu::Device, label: &str, read_only: u32, read_write: u32) -> wgpu::BindGroupLayout {
+fn layout(
+    device: &wgpu::Device,
+    label: &str,
+    read_only: u32,
+    read_write: u32,
+) -> wgpu::BindGroupLayout {
     let mut entries = vec![entry(0, wgpu::BufferBindingType::Uniform)];
     for i in 0..read_only {
-        entries.push(entry(1 + i, wgpu::BufferBindingType::Storage { read_only: true }));
+        entries.push(entry(
+            1 + i,
+            wgpu::BufferBindingType::Storage { read_only: true },
+        ));
     }
     for i in 0..read_write {
         entries.push(entry(

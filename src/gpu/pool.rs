@@ -53,7 +53,9 @@ impl Pool {
         size: u64,
         usage: wgpu::BufferUsages,
     ) {
-        let size = size.max(MIN_SIZE).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let size = size
+            .max(MIN_SIZE)
+            .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
         if slot.as_ref().is_some_and(|b| b.size() >= size) {
             return;
         }

@@ -18,15 +18,29 @@ pub fn engine(config: LossConfig) -> FcosLoss {
 }
 
 /// A batch filled with one value per tensor (the notebook's cells use `ones`).
-pub fn constant_batch(levels: &Levels, b: usize, c: usize, logit: f32, cls_t: f32, cnt_t: f32, reg: f32) -> Batch {
+pub fn constant_batch(
+    levels: &Levels,
+    b: usize,
+    c: usize,
+    logit: f32,
+    cls_t: f32,
+    cnt_t: f32,
+    reg: f32,
+) -> Batch {
     let p = levels.positions();
     Batch {
         levels: levels.clone(),
         batch: b,
         classes: c,
-        cls_logits: (0..levels.len()).map(|l| vec![logit; levels.level_len(l, b, c)]).collect(),
-        cnt_logits: (0..levels.len()).map(|l| vec![logit; levels.level_len(l, b, 1)]).collect(),
-        reg_preds: (0..levels.len()).map(|l| vec![reg; levels.level_len(l, b, 4)]).collect(),
+        cls_logits: (0..levels.len())
+            .map(|l| vec![logit; levels.level_len(l, b, c)])
+            .collect(),
+        cnt_logits: (0..levels.len())
+            .map(|l| vec![logit; levels.level_len(l, b, 1)])
+            .collect(),
+        reg_preds: (0..levels.len())
+            .map(|l| vec![reg; levels.level_len(l, b, 4)])
+            .collect(),
         cls_targets: vec![cls_t; b * p],
         cnt_targets: vec![cnt_t; b * p],
         reg_targets: vec![reg; b * p * 4],
