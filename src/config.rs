@@ -113,3 +113,38 @@ impl LossConfig {
         Ok(())
     }
 }
+
+/// Weights of the three batch-mean losses in the objective the backward pass
+/// differentiates, `L = cls · cls_loss + cnt · cnt_loss + reg · reg_loss`. They are
+/// also the upstream gradients `dOut/d(cls_loss)` etc. when the loss feeds a larger graph.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossWeights {
+    /// Weight of the classification loss.
+    pub cls: f32,
+    /// Weight of the centerness loss.
+    pub cnt: f32,
+    /// Weight of the regression loss.
+    pub reg: f32,
+}
+
+impl LossWeights {
+    /// The notebook's total: `1, 1, 1`, with the centerness weight 0 when
+    /// `add_centerness` is false.
+    pub fn for_config(config: &LossConfig) -> Self {
+        LossWeights {
+            cls: 1.0,
+            cnt: if config.add_centerness { 1.0 } else { 0.0 },
+            reg: 1.0,
+        }
+    }
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        LossWeights {
+            cls: 1.0,
+            cnt: 1.0,
+            reg: 1.0,
+        }
+    }
+}

@@ -27,7 +27,7 @@ pub mod losses;
 pub mod reference;
 pub mod synthetic;
 
-pub use config::{LossConfig, RegLoss};
+pub use config::{LossConfig, LossWeights, RegLoss};
 pub use error::FcosError;
 pub use gpu::{DeviceInputs, FcosLoss};
 pub use inputs::{Batch, Inputs};
