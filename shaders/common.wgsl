@@ -1,30 +1,49 @@
-// Shared by every FCOS loss kernel: the parameter block and the numerics.
-// Assembled in front of each kernel file by src/gpu/shaders.rs (WGSL has no #include).
+// Shared by every FCOS loss kernel: the parameter block and the numerics, forward
+// and backward. Assembled in front of each kernel by src/gpu/shaders.rs (WGSL has no
+// #include; that file also resolves the #ifdef blocks of the kernels).
 
 // Threads per workgroup of the reduction kernels. The Rust side reads the same
 // number from src/gpu/shaders.rs::WORKGROUP_SIZE (a test checks they agree).
 const WG: u32 = 256u;
 
+// One dispatch ("segment") covers one pyramid level for a run of images.
 // Mirrors `Params` in src/gpu/params.rs (a test checks size and offsets).
 struct Params {
+    // Whole batch: images B, classes C, positions per image P.
     batch: u32,
     classes: u32,
     positions: u32,
-    num_levels: u32,
-    // Workgroups along x (position tiles of WG positions) and y (class chunks).
+    // The level: offset in the flattened position axis and H*W.
+    level_offset: u32,
+    level_size: u32,
+    // First image of the segment (workgroup z adds to it).
+    image0: u32,
+    // Workgroups along x (tiles of WG positions of this level) and y (class chunks).
     tiles: u32,
     chunks: u32,
     classes_per_chunk: u32,
+    // Partial-sum slots per image (all levels) and this level's first slot.
+    partials_per_image: u32,
+    slot_base: u32,
     // 0 = IoU, 1 = GIoU.
     reg_mode: u32,
-    gamma: f32,
-    alpha: f32,
+    // Element offsets of (this level, image0) from the start of each input binding
+    // (bindings start at aligned offsets at or before them). Targets are shared by
+    // cls_targets and cnt_targets; reg_targets counts vec4s.
+    cls_base: u32,
+    cnt_base: u32,
+    reg_base: u32,
+    tgt_base: u32,
+    reg_tgt_base: u32,
     // 1 when gamma == 2: (1 - pt)^2 is a product, not pow.
     gamma_is_two: u32,
-    // tiles * chunks: partial sums per image.
-    partials_per_image: u32,
-    // Per level: x = offset of the level in the flattened position axis, y = H*W.
-    levels: array<vec4<u32>, 16>,
+    gamma: f32,
+    alpha: f32,
+    // Backward: weights of the batch-mean losses (upstream gradients).
+    w_cls: f32,
+    w_cnt: f32,
+    w_reg: f32,
+    _pad: u32,
 }
 
 // log(1 + e) for e in [0, 1]: a short series where 1 + e would lose e's digits
@@ -34,7 +53,7 @@ fn log1p_small(e: f32) -> f32 {
     return select(log(1.0 + e), series, e < 0.0625);
 }
 
-// Focal-loss factor (1 - pt)^gamma for q = 1 - pt in [0, 1].
+// q^gamma for q in [0, 1].
 fn focal_mod(q: f32) -> f32 {
     if (params.gamma_is_two != 0u) {
         return q * q;
@@ -43,10 +62,17 @@ fn focal_mod(q: f32) -> f32 {
     return select(0.0, pow(max(q, 1e-30), params.gamma), q > 0.0);
 }
 
-// Sigmoid focal loss of logit z against a binary target, with
-// log(sigmoid(z)) = -softplus(-z) and log(1 - sigmoid(z)) = -softplus(z):
-// one exp and one log per logit, finite for every finite z.
-fn focal(z: f32, positive: bool) -> f32 {
+// What the focal loss and its gradient need of one logit z and a binary target,
+// from one exp and one log: q = 1 - pt, r = pt, nl = -log(pt) (= softplus(±z)),
+// and the alpha weight. Finite for every finite z.
+struct FocalTerms {
+    q: f32,
+    r: f32,
+    nl: f32,
+    w: f32,
+}
+
+fn focal_terms(z: f32, positive: bool) -> FocalTerms {
     let e = exp(-abs(z));
     let l1p = log1p_small(e);
     let inv = 1.0 / (1.0 + e);
@@ -56,11 +82,30 @@ fn focal(z: f32, positive: bool) -> f32 {
     let nonneg = z >= 0.0;
     let sig = select(lo, hi, nonneg);
     let one_minus_sig = select(hi, lo, nonneg);
-    // q = 1 - pt, nl = -log(pt), w = the alpha weight.
-    let q = select(sig, one_minus_sig, positive);
-    let nl = select(max(z, 0.0), max(-z, 0.0), positive) + l1p;
-    let w = select(1.0 - params.alpha, params.alpha, positive);
-    return w * focal_mod(q) * nl;
+    var t: FocalTerms;
+    t.q = select(sig, one_minus_sig, positive);
+    t.r = select(one_minus_sig, sig, positive);
+    t.nl = select(max(z, 0.0), max(-z, 0.0), positive) + l1p;
+    t.w = select(1.0 - params.alpha, params.alpha, positive);
+    return t;
+}
+
+// -w (1 - pt)^gamma log(pt).
+fn focal_loss(t: FocalTerms) -> f32 {
+    return t.w * focal_mod(t.q) * t.nl;
+}
+
+// d focal / dz = s w q^gamma (q + gamma r nl), s = -1 for the target class, +1 otherwise
+// (SPEC §4's closed forms).
+fn focal_grad(t: FocalTerms, positive: bool) -> f32 {
+    let g = t.w * focal_mod(t.q) * (t.q + params.gamma * t.r * t.nl);
+    return select(g, -g, positive);
+}
+
+// sigmoid(x), stable for either sign.
+fn sigmoid(x: f32) -> f32 {
+    let e = exp(-abs(x));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), x >= 0.0);
 }
 
 // binary_cross_entropy_with_logits(x, y) of one element.
@@ -68,20 +113,77 @@ fn bce(x: f32, y: f32) -> f32 {
     return max(x, 0.0) - x * y + log1p_small(exp(-abs(x)));
 }
 
-// IoU (mode 0) or GIoU (mode 1) loss of ltrb prediction p against ltrb target t.
-// A zero union (PyTorch: NaN) counts as iou = 0.
-fn box_loss(p: vec4<f32>, t: vec4<f32>) -> f32 {
+// The intersection, union, iou and enclosing area of ltrb prediction p and target t.
+struct BoxTerms {
+    iw: f32,
+    ih: f32,
+    inter: f32,
+    uni: f32,
+    iou: f32,
+    ew: f32,
+    eh: f32,
+    enclose: f32,
+}
+
+fn box_terms(p: vec4<f32>, t: vec4<f32>) -> BoxTerms {
+    var b: BoxTerms;
     let mn = min(p, t);
-    let inter = max(mn.x + mn.z, 0.0) * max(mn.y + mn.w, 0.0);
-    let area_p = (p.x + p.z) * (p.y + p.w);
-    let area_t = (t.x + t.z) * (t.y + t.w);
-    let uni = area_p + area_t - inter;
-    let nonzero = uni != 0.0;
-    let iou = select(0.0, inter / select(1.0, uni, nonzero), nonzero);
-    if (params.reg_mode == 0u) {
-        return -log(max(iou, 1e-6));
-    }
+    b.iw = max(mn.x + mn.z, 0.0);
+    b.ih = max(mn.y + mn.w, 0.0);
+    b.inter = b.iw * b.ih;
+    b.uni = (p.x + p.z) * (p.y + p.w) + (t.x + t.z) * (t.y + t.w) - b.inter;
+    // A zero union (PyTorch: NaN) counts as iou = 0.
+    let nonzero = b.uni != 0.0;
+    b.iou = select(0.0, b.inter / select(1.0, b.uni, nonzero), nonzero);
     let mx = max(p, t);
-    let enclose = max(mx.x + mx.z, 0.0) * max(mx.y + mx.w, 0.0);
-    return 1.0 - (iou - (enclose - uni) / max(enclose, 1e-10));
+    b.ew = max(mx.x + mx.z, 0.0);
+    b.eh = max(mx.y + mx.w, 0.0);
+    b.enclose = b.ew * b.eh;
+    return b;
+}
+
+// IoU (mode 0) or GIoU (mode 1) loss.
+fn box_loss(b: BoxTerms) -> f32 {
+    if (params.reg_mode == 0u) {
+        return -log(max(b.iou, 1e-6));
+    }
+    return 1.0 - (b.iou - (b.enclose - b.uni) / max(b.enclose, 1e-10));
+}
+
+// d min(a, b) / da with PyTorch's rule: 1 below, 1/2 at a tie, 0 above (max mirrored).
+fn dmin(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    return select(select(vec4<f32>(0.0), vec4<f32>(0.5), a == b), vec4<f32>(1.0), a < b);
+}
+
+fn dmax(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    return select(select(vec4<f32>(0.0), vec4<f32>(0.5), a == b), vec4<f32>(1.0), a > b);
+}
+
+// d box_loss / d p (ltrb). min/max send the gradient to the chosen argument, the
+// clamps at 0 pass it where their input is >= 0, the iou clamp at 1e-6 passes none.
+fn box_grad(p: vec4<f32>, t: vec4<f32>, b: BoxTerms) -> vec4<f32> {
+    let mn = min(p, t);
+    let mx = max(p, t);
+    // d iw / d(l, r), d ih / d(t, b); zero where the clamp at 0 cut the raw sum.
+    let pass_w = select(0.0, 1.0, mn.x + mn.z >= 0.0);
+    let pass_h = select(0.0, 1.0, mn.y + mn.w >= 0.0);
+    let dm = dmin(p, t);
+    let d_inter = vec4<f32>(b.ih * pass_w * dm.x, b.iw * pass_h * dm.y, b.ih * pass_w * dm.z, b.iw * pass_h * dm.w);
+    let d_area = vec4<f32>(p.y + p.w, p.x + p.z, p.y + p.w, p.x + p.z);
+    let d_uni = d_area - d_inter;
+    let nonzero = b.uni != 0.0;
+    let u = select(1.0, b.uni, nonzero);
+    let d_iou = select(vec4<f32>(0.0), (d_inter - b.iou * d_uni) / u, nonzero);
+    if (params.reg_mode == 0u) {
+        // -log(iou): -(d iou) / iou where iou >= 1e-6, nothing where the clamp holds.
+        return select(vec4<f32>(0.0), -d_iou / max(b.iou, 1e-6), b.iou >= 1e-6);
+    }
+    let ew_pass = select(0.0, 1.0, mx.x + mx.z >= 0.0);
+    let eh_pass = select(0.0, 1.0, mx.y + mx.w >= 0.0);
+    let dx = dmax(p, t);
+    let d_enc = vec4<f32>(b.eh * ew_pass * dx.x, b.ew * eh_pass * dx.y, b.eh * ew_pass * dx.z, b.ew * eh_pass * dx.w);
+    let e = max(b.enclose, 1e-10);
+    let d_e = select(vec4<f32>(0.0), d_enc, b.enclose >= 1e-10);
+    // loss = 1 - iou + (enclose - union) / e
+    return -d_iou + (d_enc - d_uni) / e - ((b.enclose - b.uni) / e) * (d_e / e);
 }

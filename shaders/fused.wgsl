@@ -1,20 +1,33 @@
-// The fused forward pass. One workgroup covers WG consecutive flattened positions
-// (x: tile) of one image (z) for one chunk of classes (y). Each thread reads its
-// position's logits straight from the NCHW levels through the level-flatten index
-// map (SPEC §1), sums the focal terms of its classes, and, in class chunk 0, the
-// centerness BCE and box loss at positives and the positive count. A shared-memory
-// tree reduces the workgroup to one partial {cls, cnt, reg, num_pos}.
+// The fused pass over one segment (one pyramid level, a run of images). One
+// workgroup covers WG consecutive positions of the level (x: tile) of one image (z)
+// for one chunk of classes (y). Each thread reads its position's logits straight
+// from the NCHW level through the level-flatten index map (SPEC §1), sums the focal
+// terms of its classes and, in class chunk 0, the centerness BCE and box loss at a
+// positive and the positive count. A shared-memory tree reduces the workgroup to one
+// partial {cls, cnt, reg, num_pos}, stored in a fixed slot per image.
+//
+// Variants (resolved by src/gpu/shaders.rs):
+//   BACKWARD  also writes dL/d(input) for every input element, in the input layout.
+//   ROOFLINE  the same memory reads, with the maths replaced by plain sums.
 
 @group(0) @binding(0) var<uniform> params: Params;
-// Each head: its levels packed one after another, level l at element B*ch*offset_l.
+// Each binding starts at or before (this level, image0); params.*_base say where.
 @group(0) @binding(1) var<storage, read> cls_logits: array<f32>;
 @group(0) @binding(2) var<storage, read> cnt_logits: array<f32>;
 @group(0) @binding(3) var<storage, read> reg_preds: array<f32>;
 @group(0) @binding(4) var<storage, read> cls_targets: array<f32>;
 @group(0) @binding(5) var<storage, read> cnt_targets: array<f32>;
 @group(0) @binding(6) var<storage, read> reg_targets: array<vec4<f32>>;
-// [B][tiles][chunks] partial sums; w is the positive count of the workgroup.
+// [B][partials_per_image] partial sums; w is the positive count of the workgroup.
 @group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
+#ifdef BACKWARD
+// Positives per image, counted by count.wgsl before this pass.
+@group(0) @binding(8) var<storage, read> num_pos: array<u32>;
+// Gradients, bound exactly like the matching inputs.
+@group(0) @binding(9) var<storage, read_write> grad_cls: array<f32>;
+@group(0) @binding(10) var<storage, read_write> grad_cnt: array<f32>;
+@group(0) @binding(11) var<storage, read_write> grad_reg: array<f32>;
+#endif
 
 var<workgroup> scratch: array<vec4<f32>, WG>;
 
@@ -22,44 +35,79 @@ var<workgroup> scratch: array<vec4<f32>, WG>;
 fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tile = wg.x;
     let chunk = wg.y;
-    let b = wg.z;
-    let p = tile * WG + lid;
+    let bl = wg.z;
+    let b = params.image0 + bl;
+    let hw = params.level_size;
+    let pix = tile * WG + lid;
     var acc = vec4<f32>(0.0);
-    if (p < params.positions) {
-        // The level holding p: the last one starting at or before p (empty levels
-        // share their successor's offset, so the last match is never empty).
-        var level = 0u;
-        for (var k = 1u; k < params.num_levels; k++) {
-            if (params.levels[k].x <= p) {
-                level = k;
-            }
-        }
-        let off = params.levels[level].x;
-        let hw = params.levels[level].y;
-        let pix = p - off;
-        let bp = b * params.positions + p;
+    if (pix < hw) {
         let n_cls = params.classes;
-
-        let tcls = cls_targets[bp];
+        let t = params.tgt_base + bl * params.positions + pix;
+#ifdef BACKWARD
+        let scale = 1.0 / (f32(params.batch) * f32(max(num_pos[b], 1u)));
+#endif
+        let tcls = cls_targets[t];
         let c0 = chunk * params.classes_per_chunk;
         let c1 = min(c0 + params.classes_per_chunk, n_cls);
-        // Element ((b*C + c)*HW + pix) of level `level`, which starts at B*C*off.
-        var idx = n_cls * params.batch * off + (b * n_cls + c0) * hw + pix;
+        // Element ((b*C + c)*HW + pix) of the level.
+        var idx = params.cls_base + (bl * n_cls + c0) * hw + pix;
         var cls_sum = 0.0;
         for (var c = c0; c < c1; c++) {
-            cls_sum += focal(cls_logits[idx], tcls == f32(c + 1u));
+            let z = cls_logits[idx];
+#ifdef ROOFLINE
+            cls_sum += z;
+#else
+            // The notebook's one-hot: float compare of the target with c + 1.
+            let positive = tcls == f32(c + 1u);
+            let ft = focal_terms(z, positive);
+            cls_sum += focal_loss(ft);
+#ifdef BACKWARD
+            grad_cls[idx] = params.w_cls * scale * focal_grad(ft, positive);
+#endif
+#endif
             idx += hw;
         }
+#ifdef ROOFLINE
+        cls_sum += tcls;
+#endif
         acc.x = cls_sum;
 
         if (chunk == 0u) {
-            let ct = cnt_targets[bp];
+            let ct = cnt_targets[t];
+            let ci = params.cnt_base + bl * hw + pix;
+            let r = params.reg_base + 4u * bl * hw + pix;
             if (ct > -1.0) {
-                acc.y = bce(cnt_logits[params.batch * off + b * hw + pix], ct);
-                let r = 4u * params.batch * off + 4u * b * hw + pix;
+                let x = cnt_logits[ci];
                 let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-                acc.z = box_loss(pred, reg_targets[bp]);
+                let tgt = reg_targets[params.reg_tgt_base + bl * params.positions + pix];
+#ifdef ROOFLINE
+                acc.y = x + ct;
+                acc.z = dot(pred + tgt, vec4<f32>(1.0));
+#else
+                acc.y = bce(x, ct);
+                let bt = box_terms(pred, tgt);
+                acc.z = box_loss(bt);
+#ifdef BACKWARD
+                grad_cnt[ci] = params.w_cnt * scale * (sigmoid(x) - ct);
+                let g = params.w_reg * scale * box_grad(pred, tgt, bt);
+                grad_reg[r] = g.x;
+                grad_reg[r + hw] = g.y;
+                grad_reg[r + 2u * hw] = g.z;
+                grad_reg[r + 3u * hw] = g.w;
+#endif
+#endif
                 acc.w = 1.0;
+            } else {
+#ifdef ROOFLINE
+                acc.y = ct;
+#endif
+#ifdef BACKWARD
+                grad_cnt[ci] = 0.0;
+                grad_reg[r] = 0.0;
+                grad_reg[r + hw] = 0.0;
+                grad_reg[r + 2u * hw] = 0.0;
+                grad_reg[r + 3u * hw] = 0.0;
+#endif
             }
         }
     }
@@ -72,6 +120,6 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     if (lid == 0u) {
-        partials[(b * params.tiles + tile) * params.chunks + chunk] = scratch[0];
+        partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = scratch[0];
     }
 }

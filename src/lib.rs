@@ -29,7 +29,7 @@ pub mod synthetic;
 
 pub use config::{LossConfig, LossWeights, RegLoss};
 pub use error::FcosError;
-pub use gpu::{DeviceInputs, FcosLoss};
+pub use gpu::{DeviceGradients, DeviceInputs, FcosLoss, Gradients, Timed};
 pub use inputs::{Batch, Inputs};
 pub use layout::Levels;
 pub use losses::Losses;

@@ -1,17 +1,19 @@
 //! The engine: validates a call, uploads (host path) or binds (device path) the
 //! inputs, runs the fused pass and the finalize reduce in one submission, and reads
-//! back only the `[B] × {cls, cnt, reg, num_pos}` result.
+//! back only the `[B] × {cls, cnt, reg, num_pos}` result (and, for the host backward
+//! path, the gradients).
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::config::LossConfig;
+use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
 use crate::gpu::context::GpuContext;
-use crate::gpu::params::{Grid, ImageLoss, Params};
-use crate::gpu::pipelines::Pipelines;
+use crate::gpu::params::{ImageLoss, Params};
+use crate::gpu::pipelines::{Kernel, Pipelines, BACKWARD_STORAGE_BUFFERS};
+use crate::gpu::plan::{Plan, PlanLimits, CHANNELS};
 use crate::gpu::pool::{Pool, INPUT_NAMES};
-use crate::gpu::shaders::WORKGROUP_SIZE;
+use crate::gpu::shaders::{FusedVariant, WORKGROUP_SIZE};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 use crate::losses::Losses;
@@ -66,8 +68,40 @@ impl DeviceInputs<'_> {
     }
 }
 
-/// Channels of each input in [`INPUT_NAMES`] order (`0` stands for `C`).
-const CHANNELS: [usize; 6] = [0, 1, 4, 1, 1, 4];
+/// Gradient buffers on the device, laid out exactly like the matching
+/// [`DeviceInputs`] heads (levels packed, NCHW). Each needs `BufferUsages::STORAGE`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceGradients<'a> {
+    /// dL/d`cls_logits`, `Σ_l B·C·H_l·W_l` floats.
+    pub cls_logits: &'a wgpu::Buffer,
+    /// dL/d`cnt_logits`, `B·P` floats.
+    pub cnt_logits: &'a wgpu::Buffer,
+    /// dL/d`reg_preds`, `4·B·P` floats.
+    pub reg_preds: &'a wgpu::Buffer,
+}
+
+/// Gradients on the host, per level, in the input layouts (NCHW).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gradients {
+    /// dL/d`cls_logits[l]`, `[B, C, H_l, W_l]`.
+    pub cls_logits: Vec<Vec<f32>>,
+    /// dL/d`cnt_logits[l]`, `[B, 1, H_l, W_l]`.
+    pub cnt_logits: Vec<Vec<f32>>,
+    /// dL/d`reg_preds[l]`, `[B, 4, H_l, W_l]`.
+    pub reg_preds: Vec<Vec<f32>>,
+}
+
+/// A result with its timing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timed<T> {
+    /// The result.
+    pub value: T,
+    /// GPU time of the kernels, from timestamp queries (`None` when the adapter has no
+    /// `TIMESTAMP_QUERY`).
+    pub kernel: Option<Duration>,
+    /// Wall-clock time of the whole call (upload, kernels, readback).
+    pub call: Duration,
+}
 
 /// The FCOS loss on a GPU. Pipelines and layouts are made once; buffers are pooled.
 ///
@@ -79,8 +113,17 @@ pub struct FcosLoss {
     config: LossConfig,
     pipelines: Pipelines,
     pool: Mutex<Pool>,
+    query_set: Option<wgpu::QuerySet>,
     timeout: Duration,
     target_workgroups: u32,
+}
+
+/// Where a call's inputs (or gradients) live.
+enum Source<'a, const N: usize> {
+    /// In the pool (host path).
+    Pool,
+    /// In the user's buffers (device path).
+    User([&'a wgpu::Buffer; N]),
 }
 
 impl FcosLoss {
@@ -101,7 +144,28 @@ impl FcosLoss {
     /// Runs on a prepared [`GpuContext`].
     pub fn with_context(ctx: GpuContext, config: LossConfig) -> Result<Self, FcosError> {
         config.validate()?;
+        let need = 7;
+        if ctx.limits.max_storage_buffers_per_shader_stage < need {
+            return Err(FcosError::Limit(format!(
+                "the forward pass binds {need} storage buffers; the device allows max_storage_buffers_per_shader_stage = {}",
+                ctx.limits.max_storage_buffers_per_shader_stage
+            )));
+        }
         let pipelines = scoped(&ctx.device, || Pipelines::new(&ctx.device))?;
+        let query_set = ctx
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+            .then(|| {
+                scoped(&ctx.device, || {
+                    ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("fcos timestamps"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: 2,
+                    })
+                })
+                .ok()
+            })
+            .flatten();
         let target_workgroups = match ctx.info.device_type {
             wgpu::DeviceType::Cpu => CPU_TARGET_WORKGROUPS,
             _ => GPU_TARGET_WORKGROUPS,
@@ -110,7 +174,8 @@ impl FcosLoss {
             ctx,
             config,
             pipelines,
-            pool: Mutex::new(Pool::new()),
+            pool: Mutex::new(Pool::default()),
+            query_set,
             timeout: DEFAULT_TIMEOUT,
             target_workgroups,
         })
@@ -128,7 +193,8 @@ impl FcosLoss {
         Ok(())
     }
 
-    /// How long a call waits for the GPU before failing with [`FcosError::Timeout`].
+    /// How long a call waits for the GPU before failing with [`FcosError::Timeout`]
+    /// (default [`DEFAULT_TIMEOUT`]).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
@@ -151,6 +217,11 @@ impl FcosLoss {
         self.ctx.adapter_label()
     }
 
+    /// Whether kernel times come from timestamp queries.
+    pub fn has_timestamps(&self) -> bool {
+        self.query_set.is_some()
+    }
+
     /// Buffers the engine has created so far (they are reused across calls).
     pub fn buffers_created(&self) -> u64 {
         self.pool.lock().map(|p| p.created).unwrap_or(0)
@@ -159,19 +230,224 @@ impl FcosLoss {
     /// Loss of one batch from host slices: uploads the inputs, runs the kernels,
     /// reads back the per-image losses.
     pub fn compute(&self, levels: &Levels, inputs: &Inputs) -> Result<Losses, FcosError> {
+        Ok(self.compute_timed(levels, inputs)?.value)
+    }
+
+    /// [`compute`](Self::compute) with its kernel and call times.
+    pub fn compute_timed(
+        &self,
+        levels: &Levels,
+        inputs: &Inputs,
+    ) -> Result<Timed<Losses>, FcosError> {
+        self.host_call(
+            levels,
+            inputs,
+            FusedVariant::Forward,
+            &LossWeights::default(),
+        )
+        .map(|t| Timed {
+            value: t.value.0,
+            kernel: t.kernel,
+            call: t.call,
+        })
+    }
+
+    /// Loss of one batch whose inputs are already on the device (see [`DeviceInputs`]
+    /// for the layout). Only the per-image losses come back to the host.
+    pub fn compute_device(
+        &self,
+        levels: &Levels,
+        inputs: &DeviceInputs,
+    ) -> Result<Losses, FcosError> {
+        Ok(self.compute_device_timed(levels, inputs)?.value)
+    }
+
+    /// [`compute_device`](Self::compute_device) with its kernel and call times.
+    pub fn compute_device_timed(
+        &self,
+        levels: &Levels,
+        inputs: &DeviceInputs,
+    ) -> Result<Timed<Losses>, FcosError> {
+        self.device_call(
+            levels,
+            inputs,
+            None,
+            FusedVariant::Forward,
+            &LossWeights::default(),
+        )
+    }
+
+    /// The memory roofline of this call on this adapter: a kernel that reads exactly
+    /// the bytes the fused forward pass reads, in the same layout and order, and only
+    /// sums them. Its value is meaningless; its time is the point.
+    pub fn roofline_device(
+        &self,
+        levels: &Levels,
+        inputs: &DeviceInputs,
+    ) -> Result<Timed<()>, FcosError> {
+        let t = self.device_call(
+            levels,
+            inputs,
+            None,
+            FusedVariant::Roofline,
+            &LossWeights::default(),
+        )?;
+        Ok(Timed {
+            value: (),
+            kernel: t.kernel,
+            call: t.call,
+        })
+    }
+
+    /// Losses and gradients from host slices: the gradients of
+    /// `L = w.cls·cls_loss + w.cnt·cnt_loss + w.reg·reg_loss` (batch means) with
+    /// respect to every input logit and box, per level in the input layouts.
+    pub fn forward_backward(
+        &self,
+        levels: &Levels,
+        inputs: &Inputs,
+        weights: &LossWeights,
+    ) -> Result<(Losses, Gradients), FcosError> {
+        let t = self.forward_backward_timed(levels, inputs, weights)?;
+        Ok(t.value)
+    }
+
+    /// [`forward_backward`](Self::forward_backward) with its kernel and call times.
+    pub fn forward_backward_timed(
+        &self,
+        levels: &Levels,
+        inputs: &Inputs,
+        weights: &LossWeights,
+    ) -> Result<Timed<(Losses, Gradients)>, FcosError> {
+        let t = self.host_call(levels, inputs, FusedVariant::Backward, weights)?;
+        let (losses, grads) = t.value;
+        let grads = grads
+            .ok_or_else(|| FcosError::Gpu("the backward pass returned no gradients".into()))?;
+        Ok(Timed {
+            value: (losses, grads),
+            kernel: t.kernel,
+            call: t.call,
+        })
+    }
+
+    /// Losses from device buffers, with the gradients written into the user's
+    /// `grads` buffers on the device (nothing but the losses comes back).
+    pub fn forward_backward_device(
+        &self,
+        levels: &Levels,
+        inputs: &DeviceInputs,
+        grads: &DeviceGradients,
+        weights: &LossWeights,
+    ) -> Result<Timed<Losses>, FcosError> {
+        self.device_call(levels, inputs, Some(grads), FusedVariant::Backward, weights)
+    }
+
+    fn lock_pool(&self) -> Result<std::sync::MutexGuard<'_, Pool>, FcosError> {
+        self.ctx.health()?;
+        // Every pooled buffer is replaced whole, so a lock poisoned by a panic in
+        // another thread still guards a consistent pool.
+        Ok(self.pool.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn channels(&self, input: usize) -> usize {
+        match CHANNELS[input] {
+            0 => self.config.num_classes as usize,
+            c => c as usize,
+        }
+    }
+
+    fn input_bytes(&self, levels: &Levels, b: usize, input: usize) -> u64 {
+        4 * levels.packed_len(b, self.channels(input)) as u64
+    }
+
+    fn plan(&self, levels: &Levels, b: usize) -> Result<Plan, FcosError> {
+        if b as u64 > u32::MAX as u64 {
+            return Err(FcosError::Limit(format!("B = {b} images is too many")));
+        }
+        Plan::new(
+            levels,
+            b as u32,
+            self.config.num_classes,
+            WORKGROUP_SIZE,
+            self.target_workgroups,
+            PlanLimits::of(&self.ctx.limits),
+        )
+    }
+
+    fn check_buffer_sizes(&self, levels: &Levels, b: usize) -> Result<(), FcosError> {
+        let limits = &self.ctx.limits;
+        for (i, name) in INPUT_NAMES.iter().enumerate() {
+            let bytes = self.input_bytes(levels, b, i);
+            if bytes > limits.max_buffer_size || bytes > u32::MAX as u64 * 4 {
+                return Err(FcosError::Limit(format!(
+                    "{name} needs a {bytes}-byte buffer; the adapter allows max_buffer_size = {}",
+                    limits.max_buffer_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn backward_available(&self, variant: FusedVariant) -> Result<(), FcosError> {
+        if variant == FusedVariant::Backward && self.pipelines.backward.is_none() {
+            return Err(FcosError::Limit(format!(
+                "the backward pass binds {BACKWARD_STORAGE_BUFFERS} storage buffers; the device allows max_storage_buffers_per_shader_stage = {}",
+                self.ctx.limits.max_storage_buffers_per_shader_stage
+            )));
+        }
+        Ok(())
+    }
+
+    fn zero_losses(&self, b: usize) -> Losses {
+        Losses::from_per_image(
+            vec![0.0; b],
+            vec![0.0; b],
+            vec![0.0; b],
+            vec![0; b],
+            self.config.add_centerness,
+        )
+    }
+
+    fn empty_grads(&self, levels: &Levels, b: usize) -> Gradients {
+        let head = |ch: usize| {
+            (0..levels.len())
+                .map(|l| vec![0.0; levels.level_len(l, b, ch)])
+                .collect()
+        };
+        Gradients {
+            cls_logits: head(self.config.num_classes as usize),
+            cnt_logits: head(1),
+            reg_preds: head(4),
+        }
+    }
+
+    fn host_call(
+        &self,
+        levels: &Levels,
+        inputs: &Inputs,
+        variant: FusedVariant,
+        weights: &LossWeights,
+    ) -> Result<Timed<(Losses, Option<Gradients>)>, FcosError> {
+        let start = Instant::now();
+        self.backward_available(variant)?;
         inputs.check_shapes(levels, self.config.num_classes as usize)?;
         let b = inputs.batch;
+        let backward = variant == FusedVariant::Backward;
         if levels.positions() == 0 {
-            return Ok(self.empty(b));
+            let grads = backward.then(|| self.empty_grads(levels, b));
+            return Ok(Timed {
+                value: (self.zero_losses(b), grads),
+                kernel: None,
+                call: start.elapsed(),
+            });
         }
-        let mut pool = self.lock_pool()?;
-        let pool = &mut *pool;
-        self.ensure_work_buffers(pool, levels, b)?;
+        self.check_buffer_sizes(levels, b)?;
+        let plan = self.plan(levels, b)?;
+        let mut guard = self.lock_pool()?;
+        let pool = &mut *guard;
         let device = &self.ctx.device;
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let heads = [&inputs.cls_logits, &inputs.cnt_logits, &inputs.reg_preds];
-        let targets = [inputs.cls_targets, inputs.cnt_targets, inputs.reg_targets];
         scoped(device, || {
+            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
             for (i, name) in INPUT_NAMES.iter().enumerate() {
                 let bytes = self.input_bytes(levels, b, i);
                 Pool::ensure(
@@ -183,157 +459,192 @@ impl FcosLoss {
                     usage,
                 );
             }
+            if backward {
+                let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+                let mut total = 0;
+                for (i, name) in ["grad cls_logits", "grad cnt_logits", "grad reg_preds"]
+                    .iter()
+                    .enumerate()
+                {
+                    let bytes = self.input_bytes(levels, b, i);
+                    total += bytes;
+                    Pool::ensure(
+                        &mut pool.grads[i],
+                        &mut pool.created,
+                        device,
+                        name,
+                        bytes,
+                        usage,
+                    );
+                }
+                Pool::ensure(
+                    &mut pool.grad_readback,
+                    &mut pool.created,
+                    device,
+                    "grad readback",
+                    total,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                );
+            }
         })?;
+        // Upload: each level's slice at its packed offset; targets whole.
+        let heads = [&inputs.cls_logits, &inputs.cnt_logits, &inputs.reg_preds];
         for (i, slices) in heads.iter().enumerate() {
             let buf = pool.inputs[i].as_ref().ok_or_else(missing)?;
-            let ch = self.channels(i);
             for (l, s) in slices.iter().enumerate() {
                 if !s.is_empty() {
-                    let at = 4 * levels.packed_offset(l, b, ch) as u64;
+                    let at = 4 * levels.packed_offset(l, b, self.channels(i)) as u64;
                     self.ctx
                         .queue
                         .write_buffer(buf, at, bytemuck::cast_slice(s));
                 }
             }
         }
-        for (i, s) in targets.iter().enumerate() {
+        for (i, s) in [inputs.cls_targets, inputs.cnt_targets, inputs.reg_targets]
+            .iter()
+            .enumerate()
+        {
             let buf = pool.inputs[3 + i].as_ref().ok_or_else(missing)?;
             self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(s));
         }
-        let [a, b2, c, d, e, f] = &pool.inputs;
-        let bufs = [a, b2, c, d, e, f].map(|x| x.as_ref());
-        if bufs.iter().any(Option::is_none) {
-            return Err(missing());
-        }
-        let bufs = bufs.map(|x| x.expect("checked above"));
-        let (out, readback_cleared) = self.run(pool_view(pool), levels, b, bufs);
-        if readback_cleared {
-            pool.readback = None;
-        }
-        out
+        let grad_source = backward.then_some(Source::Pool);
+        let (losses, kernel) = self.execute(
+            pool,
+            levels,
+            &plan,
+            Source::Pool,
+            grad_source,
+            variant,
+            weights,
+        )?;
+        let grads = if backward {
+            Some(self.read_grads(pool, levels, b)?)
+        } else {
+            None
+        };
+        Ok(Timed {
+            value: (losses, grads),
+            kernel,
+            call: start.elapsed(),
+        })
     }
 
-    /// Loss of one batch whose inputs are already on the device (see [`DeviceInputs`]
-    /// for the layout). Only the per-image losses come back to the host.
-    pub fn compute_device(
+    fn device_call(
         &self,
         levels: &Levels,
         inputs: &DeviceInputs,
-    ) -> Result<Losses, FcosError> {
+        grads: Option<&DeviceGradients>,
+        variant: FusedVariant,
+        weights: &LossWeights,
+    ) -> Result<Timed<Losses>, FcosError> {
+        let start = Instant::now();
+        self.backward_available(variant)?;
         let b = inputs.batch;
         if b == 0 {
             return Err(FcosError::shape("batch", "B >= 1", "B = 0"));
         }
-        for (i, buf) in inputs.buffers().iter().enumerate() {
-            let need = self.input_bytes(levels, b, i);
-            if buf.size() < need {
-                return Err(FcosError::shape(
+        let mut named: Vec<(String, &wgpu::Buffer, u64)> = inputs
+            .buffers()
+            .iter()
+            .enumerate()
+            .map(|(i, buf)| {
+                (
                     format!("{} buffer", INPUT_NAMES[i]),
+                    *buf,
+                    self.input_bytes(levels, b, i),
+                )
+            })
+            .collect();
+        if let Some(g) = grads {
+            for (i, buf) in [g.cls_logits, g.cnt_logits, g.reg_preds]
+                .into_iter()
+                .enumerate()
+            {
+                named.push((
+                    format!("grad {} buffer", INPUT_NAMES[i]),
+                    buf,
+                    self.input_bytes(levels, b, i),
+                ));
+            }
+        }
+        for (name, buf, need) in &named {
+            if buf.size() < *need {
+                return Err(FcosError::shape(
+                    name.clone(),
                     format!("at least {need} bytes ({} f32)", need / 4),
                     format!("{} bytes", buf.size()),
                 ));
             }
             if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
                 return Err(FcosError::Gpu(format!(
-                    "{} buffer lacks BufferUsages::STORAGE (usage {:?})",
-                    INPUT_NAMES[i],
+                    "{name} lacks BufferUsages::STORAGE (its usage is {:?})",
                     buf.usage()
                 )));
             }
         }
+        if variant == FusedVariant::Backward && grads.is_none() {
+            return Err(FcosError::Gpu(
+                "the backward pass needs gradient buffers".into(),
+            ));
+        }
         if levels.positions() == 0 {
-            return Ok(self.empty(b));
+            return Ok(Timed {
+                value: self.zero_losses(b),
+                kernel: None,
+                call: start.elapsed(),
+            });
         }
-        let mut pool = self.lock_pool()?;
-        let pool = &mut *pool;
-        self.ensure_work_buffers(pool, levels, b)?;
-        let (out, readback_cleared) = self.run(pool_view(pool), levels, b, inputs.buffers());
-        if readback_cleared {
-            pool.readback = None;
-        }
-        out
+        let plan = self.plan(levels, b)?;
+        let mut guard = self.lock_pool()?;
+        let grad_source = grads.map(|g| Source::User([g.cls_logits, g.cnt_logits, g.reg_preds]));
+        let (losses, kernel) = self.execute(
+            &mut guard,
+            levels,
+            &plan,
+            Source::User(inputs.buffers()),
+            grad_source,
+            variant,
+            weights,
+        )?;
+        Ok(Timed {
+            value: losses,
+            kernel,
+            call: start.elapsed(),
+        })
     }
 
-    fn lock_pool(&self) -> Result<std::sync::MutexGuard<'_, Pool>, FcosError> {
-        self.ctx.health()?;
-        // A panic in another thread cannot leave the pool half-built: every buffer
-        // is replaced whole, so a poisoned lock is safe to take.
-        Ok(self.pool.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    fn empty(&self, b: usize) -> Losses {
-        Losses::from_per_image(
-            vec![0.0; b],
-            vec![0.0; b],
-            vec![0.0; b],
-            vec![0; b],
-            self.config.add_centerness,
-        )
-    }
-
-    fn channels(&self, input: usize) -> usize {
-        match CHANNELS[input] {
-            0 => self.config.num_classes as usize,
-            c => c,
-        }
-    }
-
-    fn input_bytes(&self, levels: &Levels, b: usize, input: usize) -> u64 {
-        4 * levels.packed_len(b, self.channels(input)) as u64
-    }
-
-    fn grid(&self, levels: &Levels, b: usize) -> Grid {
-        Grid::new(
-            levels.positions() as u32,
-            self.config.num_classes,
-            b as u32,
-            WORKGROUP_SIZE,
-            self.target_workgroups,
-        )
-    }
-
-    /// Checks the call against the device limits and makes the work buffers.
-    fn ensure_work_buffers(
+    /// Makes the work buffers, encodes every dispatch of `plan` in one compute pass,
+    /// submits, and reads back the per-image losses and the kernel time.
+    #[allow(clippy::too_many_arguments)]
+    fn execute(
         &self,
         pool: &mut Pool,
         levels: &Levels,
-        b: usize,
-    ) -> Result<(), FcosError> {
-        let limits = &self.ctx.limits;
-        let grid = self.grid(levels, b);
-        let max_dim = limits.max_compute_workgroups_per_dimension;
-        for (what, n) in [
-            ("position tiles", grid.tiles as u64),
-            ("class chunks", grid.chunks as u64),
-            ("images (B)", b as u64),
-        ] {
-            if n > max_dim as u64 {
-                return Err(FcosError::Limit(format!(
-                    "{what}: {n} workgroups exceed the adapter's max_compute_workgroups_per_dimension = {max_dim}"
-                )));
-            }
-        }
-        for (i, name) in INPUT_NAMES.iter().enumerate() {
-            let bytes = self.input_bytes(levels, b, i);
-            if bytes > limits.max_storage_buffer_binding_size || bytes > limits.max_buffer_size {
-                return Err(FcosError::Limit(format!(
-                    "{name} needs {bytes} bytes in one binding; the adapter allows max_storage_buffer_binding_size = {} and max_buffer_size = {}",
-                    limits.max_storage_buffer_binding_size, limits.max_buffer_size
-                )));
-            }
-        }
+        plan: &Plan,
+        inputs: Source<'_, 6>,
+        grads: Option<Source<'_, 3>>,
+        variant: FusedVariant,
+        weights: &LossWeights,
+    ) -> Result<(Losses, Option<Duration>), FcosError> {
         let device = &self.ctx.device;
-        let partial_bytes = 16 * b as u64 * grid.partials_per_image() as u64;
-        let out_bytes = 16 * b as u64;
-        let created = &mut pool.created;
+        let b = plan.batch as u64;
+        let backward = variant == FusedVariant::Backward;
+        let stride = (std::mem::size_of::<Params>() as u64)
+            .next_multiple_of(self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64);
+        let slots = 1 + plan.segments.len() as u64;
+        let out_bytes = 16 * b;
         scoped(device, || {
+            let created = &mut pool.created;
+            let storage = wgpu::BufferUsages::STORAGE;
+            // Sized by a bound that only grows with B, so a smaller batch never regrows it.
+            let partial_bytes = 16 * b * plan.partials_capacity_per_image as u64;
             Pool::ensure(
                 &mut pool.partials,
                 created,
                 device,
                 "fcos partials",
                 partial_bytes,
-                wgpu::BufferUsages::STORAGE,
+                storage,
             );
             Pool::ensure(
                 &mut pool.image_losses,
@@ -341,14 +652,14 @@ impl FcosLoss {
                 device,
                 "fcos image losses",
                 out_bytes,
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                storage | wgpu::BufferUsages::COPY_SRC,
             );
             Pool::ensure(
                 &mut pool.readback,
                 created,
                 device,
                 "fcos readback",
-                out_bytes,
+                out_bytes + 16,
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             );
             Pool::ensure(
@@ -356,110 +667,242 @@ impl FcosLoss {
                 created,
                 device,
                 "fcos params",
-                std::mem::size_of::<Params>() as u64,
+                stride * slots,
                 wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             );
-        })
-    }
-
-    /// Encodes, submits and reads back one call. The second value is true when the
-    /// readback buffer may be left mapped (after a timeout) and must be replaced.
-    fn run(
-        &self,
-        work: WorkBuffers<'_>,
-        levels: &Levels,
-        b: usize,
-        inputs: [&wgpu::Buffer; 6],
-    ) -> (Result<Losses, FcosError>, bool) {
-        let Complete {
-            partials,
-            image_losses,
-            readback,
-            params_buf,
-        } = match work.complete() {
-            Ok(w) => w,
-            Err(e) => return (Err(e), false),
+            if backward {
+                Pool::ensure(
+                    &mut pool.num_pos,
+                    created,
+                    device,
+                    "fcos num_pos",
+                    4 * b,
+                    storage,
+                );
+            }
+            if self.query_set.is_some() {
+                Pool::ensure(
+                    &mut pool.timestamps,
+                    created,
+                    device,
+                    "fcos timestamps",
+                    16,
+                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                );
+            }
+        })?;
+        let pool = &*pool;
+        let partials = pool.partials.as_ref().ok_or_else(missing)?;
+        let image_losses = pool.image_losses.as_ref().ok_or_else(missing)?;
+        let readback = pool.readback.as_ref().ok_or_else(missing)?;
+        let params_buf = pool.params.as_ref().ok_or_else(missing)?;
+        let input_bufs: [&wgpu::Buffer; 6] = match inputs {
+            Source::User(bufs) => bufs,
+            Source::Pool => {
+                let mut out = Vec::with_capacity(6);
+                for slot in &pool.inputs {
+                    out.push(slot.as_ref().ok_or_else(missing)?);
+                }
+                out.try_into().map_err(|_| missing())?
+            }
         };
-        let device = &self.ctx.device;
-        let grid = self.grid(levels, b);
-        let params = Params::new(&self.config, levels, b as u32, grid);
-        let out_bytes = 16 * b as u64;
+        let grad_bufs: Option<[&wgpu::Buffer; 3]> = match grads {
+            None => None,
+            Some(Source::User(bufs)) => Some(bufs),
+            Some(Source::Pool) => {
+                let mut out = Vec::with_capacity(3);
+                for slot in &pool.grads {
+                    out.push(slot.as_ref().ok_or_else(missing)?);
+                }
+                Some(out.try_into().map_err(|_| missing())?)
+            }
+        };
+        let num_pos = if backward {
+            Some(pool.num_pos.as_ref().ok_or_else(missing)?)
+        } else {
+            None
+        };
+        let kernel: &Kernel = match variant {
+            FusedVariant::Forward => &self.pipelines.forward,
+            FusedVariant::Roofline => &self.pipelines.roofline,
+            FusedVariant::Backward => self.pipelines.backward.as_ref().ok_or_else(missing)?,
+        };
+
+        // Params: slot 0 global, slot 1 + s for segment s.
+        let global = plan.global_params(&Params::global(
+            &self.config,
+            weights,
+            plan.batch,
+            levels.positions() as u32,
+        ));
+        let mut param_bytes = vec![0u8; (stride * slots) as usize];
+        let mut put = |slot: usize, p: &Params| {
+            let at = slot * stride as usize;
+            param_bytes[at..at + std::mem::size_of::<Params>()]
+                .copy_from_slice(bytemuck::bytes_of(p));
+        };
+        put(0, &global);
+        for (s, seg) in plan.segments.iter().enumerate() {
+            put(1 + s, &plan.params(&global, levels, seg));
+        }
+        let params_size = std::num::NonZeroU64::new(std::mem::size_of::<Params>() as u64);
+        let params_entry = |slot: u64| wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: params_buf,
+                offset: slot * stride,
+                size: params_size,
+            }),
+        };
         let submitted = scoped(device, || {
-            self.ctx
-                .queue
-                .write_buffer(params_buf, 0, bytemuck::bytes_of(&params));
-            let mut fused_bufs: Vec<&wgpu::Buffer> = inputs.to_vec();
-            fused_bufs.push(partials);
-            let fused_bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("fcos fused"),
-                layout: &self.pipelines.fused_layout,
-                entries: &bind_entries(params_buf, &fused_bufs),
-            });
+            self.ctx.queue.write_buffer(params_buf, 0, &param_bytes);
+            let mut groups = Vec::with_capacity(plan.segments.len());
+            for (s, seg) in plan.segments.iter().enumerate() {
+                let mut entries = vec![params_entry(1 + s as u64)];
+                for (i, buf) in input_bufs.iter().enumerate() {
+                    entries.push(range_entry(1 + i as u32, buf, seg.ranges[i]));
+                }
+                entries.push(whole(7, partials));
+                if let (Some(g), Some(np)) = (grad_bufs, num_pos) {
+                    entries.push(whole(8, np));
+                    for (i, buf) in g.iter().enumerate() {
+                        entries.push(range_entry(9 + i as u32, buf, seg.ranges[i]));
+                    }
+                }
+                groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("fcos fused segment"),
+                    layout: &kernel.layout,
+                    entries: &entries,
+                }));
+            }
             let finalize_bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("fcos finalize"),
-                layout: &self.pipelines.finalize_layout,
-                entries: &bind_entries(params_buf, &[partials, image_losses]),
+                layout: &self.pipelines.finalize.layout,
+                entries: &[params_entry(0), whole(1, partials), whole(2, image_losses)],
+            });
+            let count_bg = num_pos.map(|np| {
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("fcos count"),
+                    layout: &self.pipelines.count.layout,
+                    entries: &[params_entry(0), whole(1, input_bufs[4]), whole(2, np)],
+                })
             });
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("fcos loss"),
             });
             {
+                let timestamp_writes =
+                    self.query_set
+                        .as_ref()
+                        .map(|q| wgpu::ComputePassTimestampWrites {
+                            query_set: q,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        });
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("fcos loss"),
-                    timestamp_writes: None,
+                    timestamp_writes,
                 });
-                pass.set_pipeline(&self.pipelines.fused);
-                pass.set_bind_group(0, &fused_bg, &[]);
-                pass.dispatch_workgroups(grid.tiles, grid.chunks, b as u32);
-                pass.set_pipeline(&self.pipelines.finalize);
+                if let Some(bg) = &count_bg {
+                    pass.set_pipeline(&self.pipelines.count.pipeline);
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(plan.batch, 1, 1);
+                }
+                pass.set_pipeline(&kernel.pipeline);
+                for (seg, bg) in plan.segments.iter().zip(&groups) {
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(seg.tiles, plan.chunks, seg.images);
+                }
+                pass.set_pipeline(&self.pipelines.finalize.pipeline);
                 pass.set_bind_group(0, &finalize_bg, &[]);
-                pass.dispatch_workgroups(b as u32, 1, 1);
+                pass.dispatch_workgroups(plan.batch, 1, 1);
             }
             encoder.copy_buffer_to_buffer(image_losses, 0, readback, 0, out_bytes);
+            if let (Some(q), Some(ts)) = (&self.query_set, &pool.timestamps) {
+                encoder.resolve_query_set(q, 0..2, ts, 0);
+                encoder.copy_buffer_to_buffer(ts, 0, readback, out_bytes, 16);
+            }
+            if let (Some(g), Some(staging)) = (grad_bufs, &pool.grad_readback) {
+                if matches!(grads, Some(Source::Pool)) {
+                    let mut at = 0;
+                    for (i, buf) in g.iter().enumerate() {
+                        let bytes = self.input_bytes(levels, plan.batch as usize, i);
+                        encoder.copy_buffer_to_buffer(buf, 0, staging, at, bytes);
+                        at += bytes;
+                    }
+                }
+            }
             self.ctx.queue.submit([encoder.finish()])
+        })?;
+        let bytes = self.map_read(readback, 0..out_bytes + 16, submitted)?;
+        let images: Vec<ImageLoss> = bytemuck::pod_collect_to_vec(&bytes[..out_bytes as usize]);
+        let kernel_time = self.query_set.as_ref().and_then(|_| {
+            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes[out_bytes as usize..]);
+            let ticks = ts.get(1)?.checked_sub(*ts.first()?)?;
+            let ns = ticks as f64 * self.ctx.queue.get_timestamp_period() as f64;
+            Some(Duration::from_nanos(ns as u64))
         });
-        let index = match submitted {
-            Ok(i) => i,
-            Err(e) => return (Err(e), false),
-        };
-        match self.read_back(readback, out_bytes, index) {
-            Ok(images) => {
-                let f = |g: fn(&ImageLoss) -> f32| images.iter().map(|x| g(x) as f64).collect();
-                let losses = Losses::from_per_image(
-                    f(|x| x.cls),
-                    f(|x| x.cnt),
-                    f(|x| x.reg),
-                    images.iter().map(|x| x.num_pos).collect(),
-                    self.config.add_centerness,
-                );
-                (Ok(losses), false)
-            }
-            Err(e) => {
-                let replace = matches!(e, FcosError::Timeout(_));
-                (Err(e), replace)
-            }
-        }
+        let f = |g: fn(&ImageLoss) -> f32| images.iter().map(|x| g(x) as f64).collect();
+        let losses = Losses::from_per_image(
+            f(|x| x.cls),
+            f(|x| x.cnt),
+            f(|x| x.reg),
+            images.iter().map(|x| x.num_pos).collect(),
+            self.config.add_centerness,
+        );
+        Ok((losses, kernel_time))
     }
 
-    fn read_back(
+    /// Reads the pooled gradient staging buffer (already filled by the submission
+    /// [`execute`](Self::execute) made) into per-level vectors.
+    fn read_grads(&self, pool: &Pool, levels: &Levels, b: usize) -> Result<Gradients, FcosError> {
+        let staging = pool.grad_readback.as_ref().ok_or_else(missing)?;
+        let total: u64 = (0..3).map(|i| self.input_bytes(levels, b, i)).sum();
+        let bytes = self.map_read(staging, 0..total, None)?;
+        let floats: &[f32] = bytemuck::try_cast_slice(&bytes)
+            .map_err(|e| FcosError::Gpu(format!("gradient readback: {e}")))?;
+        let mut at = 0usize;
+        let mut head = |ch: usize| -> Vec<Vec<f32>> {
+            let mut out = Vec::with_capacity(levels.len());
+            for l in 0..levels.len() {
+                let n = levels.level_len(l, b, ch);
+                out.push(floats[at..at + n].to_vec());
+                at += n;
+            }
+            out
+        };
+        Ok(Gradients {
+            cls_logits: head(self.config.num_classes as usize),
+            cnt_logits: head(1),
+            reg_preds: head(4),
+        })
+    }
+
+    /// Maps `range` of a MAP_READ buffer after the GPU finished `index` (or all work),
+    /// copies it out and unmaps. Waits at most the engine's timeout.
+    fn map_read(
         &self,
-        readback: &wgpu::Buffer,
-        bytes: u64,
-        index: wgpu::SubmissionIndex,
-    ) -> Result<Vec<ImageLoss>, FcosError> {
-        let slice = readback.slice(0..bytes);
+        buf: &wgpu::Buffer,
+        range: std::ops::Range<u64>,
+        index: impl Into<Option<wgpu::SubmissionIndex>>,
+    ) -> Result<Vec<u8>, FcosError> {
+        let slice = buf.slice(range);
         let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
-            // The receiver lives until the end of this function; a failed send only
-            // means nobody waits any more.
+            // A failed send only means the receiver gave up waiting.
             let _ = tx.send(r);
         });
-        match self.ctx.device.poll(wgpu::PollType::Wait {
-            submission_index: Some(index),
+        let waited = self.ctx.device.poll(wgpu::PollType::Wait {
+            submission_index: index.into(),
             timeout: Some(self.timeout),
-        }) {
+        });
+        match waited {
             Ok(_) => {}
-            Err(wgpu::PollError::Timeout) => return Err(FcosError::Timeout(self.timeout)),
+            Err(wgpu::PollError::Timeout) => {
+                // The mapping stays pending; unmapping cancels it so the buffer can be reused.
+                buf.unmap();
+                return Err(FcosError::Timeout(self.timeout));
+            }
             Err(e) => {
                 self.ctx.health()?;
                 return Err(FcosError::Gpu(format!("waiting for the GPU failed: {e}")));
@@ -477,62 +920,34 @@ impl FcosLoss {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| FcosError::Gpu(format!("reading the result failed: {e}")))?;
-            bytemuck::pod_collect_to_vec::<u8, ImageLoss>(&view)
+            view.to_vec()
         };
-        readback.unmap();
+        buf.unmap();
         self.ctx.health()?;
         Ok(out)
     }
 }
 
-/// The pooled work buffers of one call, borrowed from the pool.
-struct WorkBuffers<'a> {
-    partials: Option<&'a wgpu::Buffer>,
-    image_losses: Option<&'a wgpu::Buffer>,
-    readback: Option<&'a wgpu::Buffer>,
-    params_buf: Option<&'a wgpu::Buffer>,
-}
-
-struct Complete<'a> {
-    partials: &'a wgpu::Buffer,
-    image_losses: &'a wgpu::Buffer,
-    readback: &'a wgpu::Buffer,
-    params_buf: &'a wgpu::Buffer,
-}
-
-impl<'a> WorkBuffers<'a> {
-    fn complete(self) -> Result<Complete<'a>, FcosError> {
-        Ok(Complete {
-            partials: self.partials.ok_or_else(missing)?,
-            image_losses: self.image_losses.ok_or_else(missing)?,
-            readback: self.readback.ok_or_else(missing)?,
-            params_buf: self.params_buf.ok_or_else(missing)?,
-        })
+fn whole(binding: u32, buf: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: buf.as_entire_binding(),
     }
 }
 
-fn pool_view(pool: &Pool) -> WorkBuffers<'_> {
-    WorkBuffers {
-        partials: pool.partials.as_ref(),
-        image_losses: pool.image_losses.as_ref(),
-        readback: pool.readback.as_ref(),
-        params_buf: pool.params.as_ref(),
+fn range_entry(
+    binding: u32,
+    buf: &wgpu::Buffer,
+    r: crate::gpu::plan::BindRange,
+) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: buf,
+            offset: r.offset,
+            size: std::num::NonZeroU64::new(r.size),
+        }),
     }
-}
-
-/// Binding 0 is the params, then `bufs` in order.
-fn bind_entries<'a>(
-    params: &'a wgpu::Buffer,
-    bufs: &[&'a wgpu::Buffer],
-) -> Vec<wgpu::BindGroupEntry<'a>> {
-    std::iter::once(params)
-        .chain(bufs.iter().copied())
-        .enumerate()
-        .map(|(i, buf)| wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource: buf.as_entire_binding(),
-        })
-        .collect()
 }
 
 fn missing() -> FcosError {

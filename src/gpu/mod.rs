@@ -1,11 +1,12 @@
-//! The GPU side: device context, shaders, pipelines, buffer pool and the engine.
+//! The GPU side: device context, shaders, dispatch plan, pipelines, buffer pool and the engine.
 
 pub mod context;
 pub mod engine;
 pub mod params;
 pub mod pipelines;
+pub mod plan;
 pub mod pool;
 pub mod shaders;
 
 pub use context::GpuContext;
-pub use engine::{DeviceInputs, FcosLoss, DEFAULT_TIMEOUT};
+pub use engine::{DeviceGradients, DeviceInputs, FcosLoss, Gradients, Timed, DEFAULT_TIMEOUT};

@@ -1,22 +1,43 @@
 //! Bind group layouts and compute pipelines, made once per engine.
 
-use crate::gpu::shaders::{self, ShaderSource};
+use crate::gpu::shaders::{self, FusedVariant, ShaderSource};
 
-/// The engine's pipelines and their layouts.
+/// A pipeline and the layout of its one bind group.
 #[derive(Debug)]
-pub struct Pipelines {
-    /// Layout of the fused pass: params, six inputs, partials.
-    pub fused_layout: wgpu::BindGroupLayout,
-    /// The fused forward pass.
-    pub fused: wgpu::ComputePipeline,
-    /// Layout of the finalize pass: params, partials, per-image losses.
-    pub finalize_layout: wgpu::BindGroupLayout,
-    /// The finalize reduce.
-    pub finalize: wgpu::ComputePipeline,
+pub struct Kernel {
+    /// Layout of bind group 0.
+    pub layout: wgpu::BindGroupLayout,
+    /// The pipeline.
+    pub pipeline: wgpu::ComputePipeline,
 }
 
-fn entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
+/// Every kernel of the engine.
+#[derive(Debug)]
+pub struct Pipelines {
+    /// The fused forward pass.
+    pub forward: Kernel,
+    /// The fused forward + backward pass (built on devices with enough storage bindings).
+    pub backward: Option<Kernel>,
+    /// The roofline kernel: the forward pass's reads without its maths.
+    pub roofline: Kernel,
+    /// The per-image finalize reduce.
+    pub finalize: Kernel,
+    /// The per-image positive count.
+    pub count: Kernel,
+}
+
+/// Kinds of binding, in binding order after the uniform params at binding 0.
+#[derive(Debug, Clone, Copy)]
+enum B {
+    Read,
+    Write,
+}
+
+/// Storage buffers the backward pass binds.
+pub const BACKWARD_STORAGE_BUFFERS: u32 = 11;
+
+fn kernel(device: &wgpu::Device, shader: &ShaderSource, bindings: &[B]) -> Kernel {
+    let entry = |binding: u32, ty| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
@@ -25,69 +46,71 @@ fn entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntr
             min_binding_size: None,
         },
         count: None,
-    }
-}
-
-/// Binding 0 is the uniform params, then `read_only` storage bindings, then `read_write` ones.
-fn layout(
-    device: &wgpu::Device,
-    label: &str,
-    read_only: u32,
-    read_write: u32,
-) -> wgpu::BindGroupLayout {
+    };
     let mut entries = vec![entry(0, wgpu::BufferBindingType::Uniform)];
-    for i in 0..read_only {
+    for (i, b) in bindings.iter().enumerate() {
+        let read_only = matches!(b, B::Read);
         entries.push(entry(
-            1 + i,
-            wgpu::BufferBindingType::Storage { read_only: true },
+            1 + i as u32,
+            wgpu::BufferBindingType::Storage { read_only },
         ));
     }
-    for i in 0..read_write {
-        entries.push(entry(
-            1 + read_only + i,
-            wgpu::BufferBindingType::Storage { read_only: false },
-        ));
-    }
-    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+    let label = shader.name.as_str();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),
         entries: &entries,
-    })
-}
-
-fn pipeline(
-    device: &wgpu::Device,
-    shader: &ShaderSource,
-    layout: &wgpu::BindGroupLayout,
-) -> wgpu::ComputePipeline {
+    });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(shader.name),
+        label: Some(label),
         source: wgpu::ShaderSource::Wgsl(shader.source.as_str().into()),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(shader.name),
-        bind_group_layouts: &[Some(layout)],
+        label: Some(label),
+        bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(shader.name),
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some(shader.entry_point),
         compilation_options: wgpu::PipelineCompilationOptions::default(),
         cache: None,
-    })
+    });
+    Kernel { layout, pipeline }
 }
 
 impl Pipelines {
-    /// Builds every pipeline (call inside an error scope).
+    /// Builds every pipeline the device supports (call inside an error scope).
     pub fn new(device: &wgpu::Device) -> Self {
-        let fused_layout = layout(device, "fcos fused", 6, 1);
-        let finalize_layout = layout(device, "fcos finalize", 1, 1);
+        use B::{Read, Write};
+        let forward_bindings = [Read, Read, Read, Read, Read, Read, Write];
+        let backward_bindings = [
+            Read, Read, Read, Read, Read, Read, Write, Read, Write, Write, Write,
+        ];
+        let backward = (device.limits().max_storage_buffers_per_shader_stage
+            >= BACKWARD_STORAGE_BUFFERS)
+            .then(|| {
+                kernel(
+                    device,
+                    &shaders::fused(FusedVariant::Backward),
+                    &backward_bindings,
+                )
+            });
         Pipelines {
-            fused: pipeline(device, &shaders::fused(), &fused_layout),
-            finalize: pipeline(device, &shaders::finalize(), &finalize_layout),
-            fused_layout,
-            finalize_layout,
+            forward: kernel(
+                device,
+                &shaders::fused(FusedVariant::Forward),
+                &forward_bindings,
+            ),
+            backward,
+            roofline: kernel(
+                device,
+                &shaders::fused(FusedVariant::Roofline),
+                &forward_bindings,
+            ),
+            finalize: kernel(device, &shaders::finalize(), &[Read, Write]),
+            count: kernel(device, &shaders::count(), &[Read, Write]),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Buffers reused across calls, grown only when a larger batch comes.
 
-/// Index of each input head in [`Pool::inputs`].
+/// The six inputs, in binding order.
 pub const INPUT_NAMES: [&str; 6] = [
     "cls_logits",
     "cnt_logits",
@@ -11,38 +11,34 @@ pub const INPUT_NAMES: [&str; 6] = [
 ];
 
 /// Every buffer the engine owns.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Pool {
     /// Upload targets of the host-slice path, one per input tensor (heads packed by level).
     pub inputs: [Option<wgpu::Buffer>; 6],
+    /// Gradients of the host-slice backward path, one per head, laid out like the inputs.
+    pub grads: [Option<wgpu::Buffer>; 3],
+    /// Mappable copy of `grads` (one buffer, heads one after another).
+    pub grad_readback: Option<wgpu::Buffer>,
     /// The fused pass's partial sums.
     pub partials: Option<wgpu::Buffer>,
     /// The finalize pass's per-image losses.
     pub image_losses: Option<wgpu::Buffer>,
-    /// Mappable copy of `image_losses`.
+    /// Positives per image (backward).
+    pub num_pos: Option<wgpu::Buffer>,
+    /// Mappable copy of `image_losses`, followed by the two timestamps.
     pub readback: Option<wgpu::Buffer>,
-    /// The uniform params.
+    /// The uniform params, one aligned slot per dispatch.
     pub params: Option<wgpu::Buffer>,
+    /// Resolved timestamps.
+    pub timestamps: Option<wgpu::Buffer>,
     /// How many buffers this pool has created (for tests of reuse).
     pub created: u64,
 }
 
-/// Storage buffers are never bound smaller than this (a zero-sized binding is invalid).
-const MIN_SIZE: u64 = 16;
+/// Buffers are never made smaller than this (a zero-sized binding is invalid).
+const MIN_SIZE: u64 = 256;
 
 impl Pool {
-    /// An empty pool.
-    pub fn new() -> Self {
-        Pool {
-            inputs: Default::default(),
-            partials: None,
-            image_losses: None,
-            readback: None,
-            params: None,
-            created: 0,
-        }
-    }
-
     /// Makes `slot` hold a buffer of at least `size` bytes, creating it only when it is
     /// missing or too small.
     pub fn ensure(
@@ -53,12 +49,12 @@ impl Pool {
         size: u64,
         usage: wgpu::BufferUsages,
     ) {
-        let size = size
-            .max(MIN_SIZE)
-            .next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let size = size.max(MIN_SIZE).next_multiple_of(16);
         if slot.as_ref().is_some_and(|b| b.size() >= size) {
             return;
         }
+        // Drop the old buffer first so that growing never holds both.
+        *slot = None;
         *slot = Some(device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
@@ -66,11 +62,5 @@ impl Pool {
             mapped_at_creation: false,
         }));
         *created += 1;
-    }
-}
-
-impl Default for Pool {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -1,5 +1,7 @@
 //! The WGSL sources, assembled: `common.wgsl` (parameters and numerics) in front of
-//! each kernel file, since WGSL has no `#include`.
+//! each kernel file, with the kernel's `#ifdef NAME` / `#ifndef NAME` / `#else` /
+//! `#endif` blocks resolved for the variant at hand (WGSL has neither `#include`
+//! nor a preprocessor).
 
 /// Threads per workgroup of the reduction kernels (`WG` in `shaders/common.wgsl`).
 pub const WORKGROUP_SIZE: u32 = 256;
@@ -7,19 +9,63 @@ pub const WORKGROUP_SIZE: u32 = 256;
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const FUSED: &str = include_str!("../../shaders/fused.wgsl");
 const FINALIZE: &str = include_str!("../../shaders/finalize.wgsl");
+const COUNT: &str = include_str!("../../shaders/count.wgsl");
 
 /// One assembled shader: its name, entry point and full source.
 #[derive(Debug, Clone)]
 pub struct ShaderSource {
-    /// File name of the kernel part, for labels and messages.
-    pub name: &'static str,
+    /// Kernel file and variant, for labels and messages.
+    pub name: String,
     /// The compute entry point.
     pub entry_point: &'static str,
-    /// `common.wgsl` followed by the kernel file.
+    /// `common.wgsl` followed by the kernel, preprocessed.
     pub source: String,
 }
 
-fn assemble(name: &'static str, entry_point: &'static str, body: &str) -> ShaderSource {
+/// Resolves `#ifdef`/`#ifndef`/`#else`/`#endif` lines (nestable) for the given
+/// defined names. Unbalanced directives are an error.
+pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
+    // Each open block: (this branch active, parent active).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let mut out = String::with_capacity(source.len());
+    for (n, line) in source.lines().enumerate() {
+        let t = line.trim();
+        let active = stack.last().is_none_or(|&(a, _)| a);
+        if let Some(name) = t.strip_prefix("#ifdef ") {
+            stack.push((active && defines.contains(&name.trim()), active));
+        } else if let Some(name) = t.strip_prefix("#ifndef ") {
+            stack.push((active && !defines.contains(&name.trim()), active));
+        } else if t == "#else" {
+            let (a, parent) = stack
+                .pop()
+                .ok_or_else(|| format!("line {}: #else without #ifdef", n + 1))?;
+            stack.push((parent && !a, parent));
+        } else if t == "#endif" {
+            stack
+                .pop()
+                .ok_or_else(|| format!("line {}: #endif without #ifdef", n + 1))?;
+        } else if t.starts_with('#') {
+            return Err(format!("line {}: unknown directive '{t}'", n + 1));
+        } else if active {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !stack.is_empty() {
+        return Err(format!("{} #ifdef block(s) left open", stack.len()));
+    }
+    Ok(out)
+}
+
+fn assemble(file: &str, entry_point: &'static str, body: &str, defines: &[&str]) -> ShaderSource {
+    let name = if defines.is_empty() {
+        file.to_string()
+    } else {
+        format!("{file} [{}]", defines.join(", "))
+    };
+    // The sources are part of the crate and tested; a directive error is a bug that
+    // the naga test reports, so it becomes a WGSL comment naga will choke on.
+    let body = preprocess(body, defines).unwrap_or_else(|e| format!("preprocessor error: {e}"));
     ShaderSource {
         name,
         entry_point,
@@ -27,19 +73,51 @@ fn assemble(name: &'static str, entry_point: &'static str, body: &str) -> Shader
     }
 }
 
-/// The fused forward pass (`shaders/fused.wgsl`).
-pub fn fused() -> ShaderSource {
-    assemble("fused.wgsl", "fused", FUSED)
+/// Which computation a fused-pass pipeline performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FusedVariant {
+    /// Losses only.
+    Forward,
+    /// Losses and gradients.
+    Backward,
+    /// The same reads as `Forward`, summed without the maths: the memory roofline.
+    Roofline,
+}
+
+impl FusedVariant {
+    fn defines(self) -> &'static [&'static str] {
+        match self {
+            FusedVariant::Forward => &[],
+            FusedVariant::Backward => &["BACKWARD"],
+            FusedVariant::Roofline => &["ROOFLINE"],
+        }
+    }
+}
+
+/// The fused pass (`shaders/fused.wgsl`) in one variant.
+pub fn fused(variant: FusedVariant) -> ShaderSource {
+    assemble("fused.wgsl", "fused", FUSED, variant.defines())
 }
 
 /// The per-image finalize reduce (`shaders/finalize.wgsl`).
 pub fn finalize() -> ShaderSource {
-    assemble("finalize.wgsl", "finalize", FINALIZE)
+    assemble("finalize.wgsl", "finalize", FINALIZE, &[])
+}
+
+/// The positive count per image (`shaders/count.wgsl`).
+pub fn count() -> ShaderSource {
+    assemble("count.wgsl", "count_positives", COUNT, &[])
 }
 
 /// Every shader the engine builds.
 pub fn all() -> Vec<ShaderSource> {
-    vec![fused(), finalize()]
+    vec![
+        fused(FusedVariant::Forward),
+        fused(FusedVariant::Backward),
+        fused(FusedVariant::Roofline),
+        finalize(),
+        count(),
+    ]
 }
 
 /// Parses and validates a shader with naga, as wgpu would, without a GPU.
@@ -54,4 +132,28 @@ pub fn validate(shader: &ShaderSource) -> Result<naga::Module, String> {
         .validate(&module)
         .map_err(|e| format!("{}: {}", shader.name, e.emit_to_string(&shader.source)))?;
     Ok(module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preprocessor_resolves_nested_blocks() {
+        let src = "a\n#ifdef X\nb\n#ifdef Y\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n";
+        assert_eq!(preprocess(src, &[]).unwrap(), "a\ne\nf\n");
+        assert_eq!(preprocess(src, &["X"]).unwrap(), "a\nb\nd\nf\n");
+        assert_eq!(preprocess(src, &["X", "Y"]).unwrap(), "a\nb\nc\nf\n");
+        assert_eq!(preprocess("#ifndef X\na\n#endif\n", &[]).unwrap(), "a\n");
+        assert!(preprocess("#ifdef X\n", &[]).is_err());
+        assert!(preprocess("#endif\n", &[]).is_err());
+        assert!(preprocess("#include x\n", &[]).is_err());
+    }
+
+    #[test]
+    fn every_shader_validates() {
+        for s in all() {
+            validate(&s).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
 }

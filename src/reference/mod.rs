@@ -2,6 +2,8 @@
 //! log-sigmoid of SPEC §3, every term in `f64` and every sum accumulated in `f64`.
 //! It is the oracle every GPU result is held to.
 
+pub mod grad;
+
 use crate::config::{LossConfig, RegLoss};
 use crate::error::FcosError;
 use crate::inputs::Inputs;

@@ -1,0 +1,317 @@
+//! How one call is cut into dispatches: class chunks, and segments of one pyramid
+//! level for a run of images, each with its own buffer bindings, so that no binding
+//! exceeds `max_storage_buffer_binding_size` and no dispatch exceeds
+//! `max_compute_workgroups_per_dimension`. Pure arithmetic, tested without a GPU.
+
+use crate::error::FcosError;
+use crate::gpu::params::Params;
+use crate::layout::Levels;
+
+/// The device limits a plan respects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Largest storage binding, bytes.
+    pub max_binding: u64,
+    /// Alignment of storage binding offsets, bytes.
+    pub offset_alignment: u64,
+    /// Largest workgroup count per dispatch dimension.
+    pub max_workgroups: u32,
+}
+
+impl PlanLimits {
+    /// The limits of a device.
+    pub fn of(limits: &wgpu::Limits) -> Self {
+        PlanLimits {
+            max_binding: limits.max_storage_buffer_binding_size,
+            offset_alignment: limits.min_storage_buffer_offset_alignment.max(4) as u64,
+            max_workgroups: limits.max_compute_workgroups_per_dimension,
+        }
+    }
+}
+
+/// A byte range of a buffer bound to one binding, and the element offset of the
+/// segment's first element from the range's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindRange {
+    /// Byte offset of the binding (aligned).
+    pub offset: u64,
+    /// Byte size of the binding.
+    pub size: u64,
+    /// Offset of the segment's first element from `offset`, in elements of `elem` bytes.
+    pub base: u32,
+}
+
+/// One dispatch of the fused pass: level `level`, images `image0 .. image0 + images`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// The pyramid level.
+    pub level: usize,
+    /// First image.
+    pub image0: u32,
+    /// Images (workgroups along z).
+    pub images: u32,
+    /// Position tiles (workgroups along x).
+    pub tiles: u32,
+    /// First partial slot of this level within an image's slots.
+    pub slot_base: u32,
+    /// Bindings of the six inputs, in `pool::INPUT_NAMES` order (gradients reuse the first three).
+    pub ranges: [BindRange; 6],
+}
+
+/// The dispatches of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Images `B`.
+    pub batch: u32,
+    /// Classes `C`.
+    pub classes: u32,
+    /// Class chunks (workgroups along y).
+    pub chunks: u32,
+    /// Classes per chunk.
+    pub classes_per_chunk: u32,
+    /// Partial slots per image.
+    pub partials_per_image: u32,
+    /// Partial slots per image for any batch size at these levels and classes (the
+    /// plan of B = 1 has the most class chunks): the pooled buffer's size per image.
+    pub partials_capacity_per_image: u32,
+    /// The fused-pass dispatches, level by level.
+    pub segments: Vec<Segment>,
+}
+
+/// Channels of each input in `pool::INPUT_NAMES` order; `0` stands for `C`.
+pub const CHANNELS: [u64; 6] = [0, 1, 4, 1, 1, 4];
+
+fn range(first_elem: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange {
+    let start = first_elem * elem_bytes;
+    let offset = start / align * align;
+    let end = (first_elem + elems) * elem_bytes;
+    BindRange {
+        offset,
+        size: (end - offset).max(elem_bytes),
+        base: ((start - offset) / elem_bytes) as u32,
+    }
+}
+
+impl Plan {
+    /// Plans a call of `B` images and `C` classes over `levels`, aiming at about
+    /// `target_workgroups` workgroups of `wg` threads.
+    pub fn new(
+        levels: &Levels,
+        batch: u32,
+        classes: u32,
+        wg: u32,
+        target_workgroups: u32,
+        limits: PlanLimits,
+    ) -> Result<Self, FcosError> {
+        let (b, c, p) = (
+            batch as u64,
+            classes.max(1) as u64,
+            levels.positions() as u64,
+        );
+        let align = limits.offset_alignment;
+        let tiles: Vec<u64> = (0..levels.len())
+            .map(|l| (levels.level_size(l) as u64).div_ceil(wg as u64))
+            .collect();
+        let all_tiles: u64 = tiles.iter().sum::<u64>().max(1);
+        let chunks_for = |images: u64| {
+            let want = (target_workgroups as u64)
+                .div_ceil(all_tiles * images.max(1))
+                .clamp(1, c);
+            let per_chunk = c.div_ceil(want);
+            (c.div_ceil(per_chunk), per_chunk)
+        };
+        let (chunks, classes_per_chunk) = chunks_for(b);
+        let most_chunks = chunks_for(1).0.max(chunks);
+        let max_dim = limits.max_workgroups as u64;
+        if chunks > max_dim {
+            return Err(FcosError::Limit(format!(
+                "{chunks} class chunks exceed max_compute_workgroups_per_dimension = {max_dim}"
+            )));
+        }
+        let mut segments = Vec::new();
+        let mut slot = 0u64;
+        for (l, &t) in tiles.iter().enumerate() {
+            if t == 0 {
+                continue;
+            }
+            let hw = levels.level_size(l) as u64;
+            let off = levels.offsets()[l] as u64;
+            if t > max_dim {
+                return Err(FcosError::Limit(format!(
+                    "level {l} ({hw} positions) needs {t} workgroups along x; max_compute_workgroups_per_dimension = {max_dim}"
+                )));
+            }
+            // Images per segment: every binding (plus alignment slack) within the limit.
+            let room = limits.max_binding.saturating_sub(align);
+            let mut g = b.min(max_dim);
+            for (i, &ch) in CHANNELS.iter().enumerate() {
+                let ch = if ch == 0 { c } else { ch };
+                let fit = if i < 3 {
+                    room / (4 * ch * hw)
+                } else {
+                    // Targets: image stride P, a run of hw positions in each image.
+                    (room / (4 * ch))
+                        .checked_sub(hw)
+                        .map_or(0, |r| r / p.max(1) + 1)
+                };
+                g = g.min(fit);
+            }
+            if g == 0 {
+                return Err(FcosError::Limit(format!(
+                    "one image of level {l} ({hw} positions × {c} classes = {} bytes of cls_logits) does not fit max_storage_buffer_binding_size = {}",
+                    4 * c * hw,
+                    limits.max_binding
+                )));
+            }
+            let mut image0 = 0u64;
+            while image0 < b {
+                let n = g.min(b - image0);
+                let ranges = std::array::from_fn(|i| {
+                    let ch = if CHANNELS[i] == 0 { c } else { CHANNELS[i] };
+                    if i < 3 {
+                        range(b * ch * off + image0 * ch * hw, n * ch * hw, 4, align)
+                    } else {
+                        let elem = 4 * ch;
+                        range(image0 * p + off, (n - 1) * p + hw, elem, align)
+                    }
+                });
+                segments.push(Segment {
+                    level: l,
+                    image0: image0 as u32,
+                    images: n as u32,
+                    tiles: t as u32,
+                    slot_base: slot as u32,
+                    ranges,
+                });
+                image0 += n;
+            }
+            slot += t * chunks;
+        }
+        if b > max_dim {
+            return Err(FcosError::Limit(format!(
+                "B = {b} images exceed max_compute_workgroups_per_dimension = {max_dim} (the finalize pass runs one workgroup per image)"
+            )));
+        }
+        Ok(Plan {
+            batch,
+            classes,
+            chunks: chunks as u32,
+            classes_per_chunk: classes_per_chunk as u32,
+            partials_per_image: slot as u32,
+            partials_capacity_per_image: (all_tiles * most_chunks) as u32,
+            segments,
+        })
+    }
+
+    /// The params of segment `s`, on top of the call's global params.
+    pub fn params(&self, global: &Params, levels: &Levels, s: &Segment) -> Params {
+        Params {
+            level_offset: levels.offsets()[s.level],
+            level_size: levels.level_size(s.level) as u32,
+            image0: s.image0,
+            tiles: s.tiles,
+            chunks: self.chunks,
+            classes_per_chunk: self.classes_per_chunk,
+            partials_per_image: self.partials_per_image,
+            slot_base: s.slot_base,
+            cls_base: s.ranges[0].base,
+            cnt_base: s.ranges[1].base,
+            reg_base: s.ranges[2].base,
+            tgt_base: s.ranges[3].base,
+            reg_tgt_base: s.ranges[5].base,
+            ..*global
+        }
+    }
+
+    /// The call's global params (count and finalize passes read these).
+    pub fn global_params(&self, global: &Params) -> Params {
+        Params {
+            chunks: self.chunks,
+            classes_per_chunk: self.classes_per_chunk,
+            partials_per_image: self.partials_per_image,
+            ..*global
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAVAPIPE: PlanLimits = PlanLimits {
+        max_binding: 128 << 20,
+        offset_alignment: 256,
+        max_workgroups: 65535,
+    };
+
+    #[test]
+    fn every_class_and_slot_is_covered_once() {
+        let levels = Levels::from_image(800, 1024, &[8, 16, 32, 64, 128]).unwrap();
+        for c in [1, 7, 80, 100] {
+            for t in [1, 256, 4096, 100_000] {
+                let plan = Plan::new(&levels, 3, c, 256, t, LAVAPIPE).unwrap();
+                assert!(plan.chunks * plan.classes_per_chunk >= c);
+                assert!((plan.chunks - 1) * plan.classes_per_chunk < c);
+                let slots: u32 = plan
+                    .segments
+                    .iter()
+                    .filter(|s| s.image0 == 0)
+                    .map(|s| s.tiles * plan.chunks)
+                    .sum();
+                assert_eq!(slots, plan.partials_per_image);
+                assert!(plan.partials_per_image <= plan.partials_capacity_per_image);
+            }
+        }
+    }
+
+    #[test]
+    fn large_batches_split_into_segments_within_the_binding_limit() {
+        // COCO B = 32, C = 80, 800×1333: 228 MB of class logits.
+        let levels = Levels::from_image(800, 1333, &[8, 16, 32, 64, 128]).unwrap();
+        let plan = Plan::new(&levels, 32, 80, 256, 256, LAVAPIPE).unwrap();
+        for l in 0..levels.len() {
+            let images: u32 = plan
+                .segments
+                .iter()
+                .filter(|s| s.level == l)
+                .map(|s| s.images)
+                .sum();
+            assert_eq!(images, 32, "level {l}");
+        }
+        assert!(plan.segments.len() > levels.len(), "level 0 must split");
+        for s in &plan.segments {
+            for r in &s.ranges {
+                assert!(r.size <= LAVAPIPE.max_binding);
+                assert_eq!(r.offset % 256, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_point_at_the_segment_start() {
+        let levels = Levels::from_shapes(&[(5, 7), (3, 3)]).unwrap();
+        let plan = Plan::new(&levels, 4, 3, 256, 1, LAVAPIPE).unwrap();
+        let s = &plan.segments[1];
+        assert_eq!(s.level, 1);
+        // cls level 1 starts at B·C·off = 4·3·35 = 420 floats = 1680 bytes.
+        let r = s.ranges[0];
+        assert_eq!(r.offset + 4 * r.base as u64, 1680);
+        // reg targets: vec4 index image0·P + off = 35.
+        let r = s.ranges[5];
+        assert_eq!(r.offset + 16 * r.base as u64, 16 * 35);
+    }
+
+    #[test]
+    fn a_level_too_large_for_one_binding_is_an_error() {
+        let levels = Levels::from_shapes(&[(1000, 1000)]).unwrap();
+        let small = PlanLimits {
+            max_binding: 1 << 20,
+            ..LAVAPIPE
+        };
+        let e = Plan::new(&levels, 1, 80, 256, 256, small).unwrap_err();
+        assert!(
+            e.to_string().contains("max_storage_buffer_binding_size"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,561 @@
+//! The CPU twin of the backward pass: gradients of the weighted objective
+//! `L = w.cls · cls_loss + w.cnt · cnt_loss + w.reg · reg_loss` (SPEC §4) with
+//! respect to the three heads, every term in `f64`.
+//!
+//! The derivative rules follow PyTorch autograd of the notebook's code (the golden
+//! gradients came from it), with the stable log-sigmoid of SPEC §3:
+//!
+//! - `torch.min` / `torch.minimum` / `torch.maximum` of two tensors send the
+//!   gradient to the chosen argument and split it in halves at a tie;
+//! - `clamp(min = m)` passes the gradient where its input is `>= m` (inclusive);
+//! - the IoU clamp at `1e-6` therefore passes nothing where `iou < 1e-6`;
+//! - a zero union gives `iou = 0` in the forward pass (PyTorch: NaN), and no
+//!   gradient flows through the `iou` term there.
+//!
+//! [`losses_f64`] is the forward pass of [`super::losses`] on `f64` heads (the same
+//! element functions, the same summation order), so the gradients can be checked
+//! against central finite differences without rounding the perturbed inputs to `f32`.
+
+use super::{bce_with_logits, box_loss, focal, sigmoid, softplus};
+use crate::config::{LossConfig, LossWeights, RegLoss};
+use crate::error::FcosError;
+use crate::inputs::Inputs;
+use crate::layout::Levels;
+use crate::losses::Losses;
+
+/// Gradients of the weighted objective with respect to the three heads, per level,
+/// in exactly the input layouts (NCHW per level).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefGradients {
+    /// `∂L/∂cls_logits[l]`, `[B, C, H_l, W_l]` per level.
+    pub cls_logits: Vec<Vec<f64>>,
+    /// `∂L/∂cnt_logits[l]`, `[B, 1, H_l, W_l]` per level (zero off the positives).
+    pub cnt_logits: Vec<Vec<f64>>,
+    /// `∂L/∂reg_preds[l]`, `[B, 4, H_l, W_l]` per level (zero off the positives).
+    pub reg_preds: Vec<Vec<f64>>,
+}
+
+impl RefGradients {
+    /// Zero gradients shaped like the heads of `levels` for `batch` images and `classes` classes.
+    pub fn zeros(levels: &Levels, batch: usize, classes: usize) -> Self {
+        let head = |ch: usize| -> Vec<Vec<f64>> {
+            (0..levels.len())
+                .map(|l| vec![0.0; levels.level_len(l, batch, ch)])
+                .collect()
+        };
+        RefGradients {
+            cls_logits: head(classes),
+            cnt_logits: head(1),
+            reg_preds: head(4),
+        }
+    }
+
+    /// The largest magnitude of each head over all its levels: `[cls, cnt, reg]`.
+    pub fn max_abs(&self) -> [f64; 3] {
+        let m = |h: &[Vec<f64>]| {
+            h.iter()
+                .flat_map(|v| v.iter())
+                .fold(0.0f64, |a, &x| a.max(x.abs()))
+        };
+        [m(&self.cls_logits), m(&self.cnt_logits), m(&self.reg_preds)]
+    }
+
+    /// The gradients rounded to `f32`: `(cls_logits, cnt_logits, reg_preds)`, the
+    /// layout of [`crate::io::Grads`].
+    pub fn to_f32(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let f = |h: &[Vec<f64>]| -> Vec<Vec<f32>> {
+            h.iter()
+                .map(|v| v.iter().map(|&x| x as f32).collect())
+                .collect()
+        };
+        (f(&self.cls_logits), f(&self.cnt_logits), f(&self.reg_preds))
+    }
+}
+
+/// The three heads in `f64`, per level, in the input layouts: the point at which
+/// [`losses_f64`] and [`gradients_f64`] evaluate (the targets stay in [`Inputs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadsF64 {
+    /// Class logits, `[B, C, H_l, W_l]` per level.
+    pub cls_logits: Vec<Vec<f64>>,
+    /// Centerness logits, `[B, 1, H_l, W_l]` per level.
+    pub cnt_logits: Vec<Vec<f64>>,
+    /// Box regressions (ltrb), `[B, 4, H_l, W_l]` per level.
+    pub reg_preds: Vec<Vec<f64>>,
+}
+
+impl HeadsF64 {
+    /// The heads of `inputs`, widened exactly to `f64`.
+    pub fn from_inputs(inputs: &Inputs) -> Self {
+        let w = |h: &[&[f32]]| -> Vec<Vec<f64>> {
+            h.iter()
+                .map(|v| v.iter().map(|&x| x as f64).collect())
+                .collect()
+        };
+        HeadsF64 {
+            cls_logits: w(&inputs.cls_logits),
+            cnt_logits: w(&inputs.cnt_logits),
+            reg_preds: w(&inputs.reg_preds),
+        }
+    }
+
+    /// Checks that every level has the length of the corresponding head of `inputs`.
+    fn check_against(&self, inputs: &Inputs) -> Result<(), FcosError> {
+        let heads: [(&str, &Vec<Vec<f64>>, &Vec<&[f32]>); 3] = [
+            ("cls_logits", &self.cls_logits, &inputs.cls_logits),
+            ("cnt_logits", &self.cnt_logits, &inputs.cnt_logits),
+            ("reg_preds", &self.reg_preds, &inputs.reg_preds),
+        ];
+        for (name, mine, theirs) in heads {
+            if mine.len() != theirs.len() {
+                return Err(FcosError::shape(
+                    format!("{name} (f64)"),
+                    format!("{} levels", theirs.len()),
+                    format!("{} levels", mine.len()),
+                ));
+            }
+            for (l, (a, b)) in mine.iter().zip(theirs.iter()).enumerate() {
+                if a.len() != b.len() {
+                    return Err(FcosError::shape(
+                        format!("{name}.{l} (f64)"),
+                        format!("{} elements", b.len()),
+                        format!("{} elements", a.len()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `d FL / d z` of the sigmoid focal loss [`focal`] of one logit `z` against a
+/// binary target (SPEC §4), with `σ = σ(z)`:
+///
+/// - `positive`: `α (1−σ)^γ (γ σ log σ − (1−σ))`
+/// - otherwise:  `(1−α) σ^γ (σ − γ (1−σ) log(1−σ))`
+///
+/// using `log σ = −softplus(−z)`, `log(1−σ) = −softplus(z)`; `γ = 2` squares by a
+/// product. Finite for every non-NaN `z`, infinities included.
+pub fn focal_grad(z: f64, positive: bool, gamma: f64, alpha: f64) -> f64 {
+    // `q` is 1 − pt, `s` is pt, `nl` is −log(pt); d(pt)/dz = s·q for a positive and
+    // −s·q for a negative, so dFL/dz = ±w q^γ (−γ s nl − q).
+    let (q, s, nl, w) = if positive {
+        (sigmoid(-z), sigmoid(z), softplus(-z), alpha)
+    } else {
+        (sigmoid(z), sigmoid(-z), softplus(z), 1.0 - alpha)
+    };
+    let m = if gamma == 2.0 { q * q } else { q.powf(gamma) };
+    // s · (−log s): zero where s underflows (keeps 0 · ∞ out at infinite logits).
+    let s_nl = if s == 0.0 { 0.0 } else { s * nl };
+    // Positive: dFL/dz = w q^γ (−γ s nl − q); negative: the same with the sign flipped.
+    let g = w * m * (-gamma * s_nl - q);
+    if positive {
+        g
+    } else {
+        -g
+    }
+}
+
+/// `d BCE / d x` of [`bce_with_logits`]: `σ(x) − y`.
+pub fn bce_grad(x: f64, y: f64) -> f64 {
+    sigmoid(x) - y
+}
+
+/// Weight of `a` in the gradient of `torch.minimum(a, b)`: 1, ½ at a tie, else 0.
+fn min_share(a: f64, b: f64) -> f64 {
+    if a < b {
+        1.0
+    } else if a == b {
+        0.5
+    } else {
+        0.0
+    }
+}
+
+/// Weight of `a` in the gradient of `torch.maximum(a, b)`: 1, ½ at a tie, else 0.
+fn max_share(a: f64, b: f64) -> f64 {
+    min_share(b, a)
+}
+
+/// Gradient of `clamp(x, min = 0)`: passes where `x >= 0`.
+fn clamp0_pass(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// `d loss / d p` of [`box_loss`] of ltrb prediction `p` against ltrb target `t`.
+///
+/// `min`/`max` follow `torch.minimum`/`torch.maximum` (the chosen argument gets the
+/// gradient, a tie splits it in halves), `clamp(min = 0)` passes where its input is
+/// `>= 0`, IoU's `max(iou, 1e-6)` passes nothing where `iou < 1e-6`, GIoU's
+/// `max(enclose, 1e-10)` passes where `enclose >= 1e-10`, and a zero union (where the
+/// forward pass sets `iou = 0`) passes nothing through the `iou` term. Always finite
+/// for finite inputs.
+pub fn box_loss_grad(p: [f64; 4], t: [f64; 4], mode: RegLoss) -> [f64; 4] {
+    // Forward, as in `box_terms`, keeping the pieces.
+    let mn: [f64; 4] = std::array::from_fn(|k| p[k].min(t[k]));
+    let w_raw = mn[0] + mn[2];
+    let h_raw = mn[1] + mn[3];
+    let (iw, ih) = (w_raw.max(0.0), h_raw.max(0.0));
+    let inter = iw * ih;
+    let (pw, ph) = (p[0] + p[2], p[1] + p[3]);
+    let ap = pw * ph;
+    let at = (t[0] + t[2]) * (t[1] + t[3]);
+    let union = ap + at - inter;
+    let iou = if union != 0.0 { inter / union } else { 0.0 };
+
+    // Upstream: d loss / d iou, then d loss / d inter (direct), d loss / d union,
+    // d loss / d enclose.
+    let mut d_iou = 0.0;
+    let mut d_union = 0.0;
+    let mut d_enclose = 0.0;
+    let mut enclose_parts = None;
+    match mode {
+        RegLoss::Iou => {
+            if union != 0.0 && iou >= 1e-6 {
+                d_iou = -1.0 / iou;
+            }
+        }
+        RegLoss::Giou => {
+            // loss = 1 − iou + (enclose − union) / max(enclose, 1e-10)
+            if union != 0.0 {
+                d_iou = -1.0;
+            }
+            let mx: [f64; 4] = std::array::from_fn(|k| p[k].max(t[k]));
+            let ew_raw = mx[0] + mx[2];
+            let eh_raw = mx[1] + mx[3];
+            let (ew, eh) = (ew_raw.max(0.0), eh_raw.max(0.0));
+            let enclose = ew * eh;
+            let den = enclose.max(1e-10);
+            d_union -= 1.0 / den;
+            d_enclose = 1.0 / den;
+            if enclose >= 1e-10 {
+                d_enclose -= (enclose - union) / (den * den);
+            }
+            enclose_parts = Some((ew_raw, eh_raw, ew, eh));
+        }
+    }
+    let mut d_inter = 0.0;
+    if union != 0.0 && d_iou != 0.0 {
+        d_inter += d_iou / union;
+        d_union -= d_iou * inter / (union * union);
+    }
+    // union = ap + at − inter
+    d_inter -= d_union;
+    let d_ap = d_union;
+
+    let mut g = [0.0f64; 4];
+    // inter = clamp(w_raw, 0) · clamp(h_raw, 0), w_raw = min(p0, t0) + min(p2, t2), ...
+    let d_w = d_inter * ih * clamp0_pass(w_raw);
+    let d_h = d_inter * iw * clamp0_pass(h_raw);
+    for k in [0, 2] {
+        g[k] += d_w * min_share(p[k], t[k]) + d_ap * ph;
+    }
+    for k in [1, 3] {
+        g[k] += d_h * min_share(p[k], t[k]) + d_ap * pw;
+    }
+    if let Some((ew_raw, eh_raw, ew, eh)) = enclose_parts {
+        let d_ew = d_enclose * eh * clamp0_pass(ew_raw);
+        let d_eh = d_enclose * ew * clamp0_pass(eh_raw);
+        for k in [0, 2] {
+            g[k] += d_ew * max_share(p[k], t[k]);
+        }
+        for k in [1, 3] {
+            g[k] += d_eh * max_share(p[k], t[k]);
+        }
+    }
+    g
+}
+
+/// The weighted objective of SPEC §4: `w.cls · cls_loss + w.cnt · cnt_loss + w.reg · reg_loss`
+/// (independent of `add_centerness`: the weights say what enters).
+pub fn objective(losses: &Losses, weights: &LossWeights) -> f64 {
+    weights.cls as f64 * losses.cls_loss
+        + weights.cnt as f64 * losses.cnt_loss
+        + weights.reg as f64 * losses.reg_loss
+}
+
+/// Positive positions per image (`cnt_targets > -1`).
+fn positives(inputs: &Inputs, p_n: usize) -> Vec<u32> {
+    (0..inputs.batch)
+        .map(|b| {
+            inputs.cnt_targets[b * p_n..(b + 1) * p_n]
+                .iter()
+                .filter(|&&c| c > -1.0)
+                .count() as u32
+        })
+        .collect()
+}
+
+fn check_weights(weights: &LossWeights) -> Result<(), FcosError> {
+    for (name, w) in [
+        ("cls", weights.cls),
+        ("cnt", weights.cnt),
+        ("reg", weights.reg),
+    ] {
+        if !w.is_finite() {
+            return Err(FcosError::InvalidConfig(format!(
+                "loss weight '{name}' must be finite, got {w}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// [`super::losses`] evaluated at `f64` heads (`inputs` gives the shapes and the
+/// targets; its heads are ignored). Same element functions and summation order, so
+/// at `HeadsF64::from_inputs(inputs)` it returns exactly what [`super::losses`] does.
+pub fn losses_f64(
+    config: &LossConfig,
+    levels: &Levels,
+    inputs: &Inputs,
+    heads: &HeadsF64,
+) -> Result<Losses, FcosError> {
+    config.validate()?;
+    let c_n = config.num_classes as usize;
+    inputs.check_shapes(levels, c_n)?;
+    heads.check_against(inputs)?;
+    let b_n = inputs.batch;
+    let p_n = levels.positions();
+    let (gamma, alpha) = (config.gamma as f64, config.alpha as f64);
+    let (mut cls_s, mut cnt_s, mut reg_s) = (vec![0.0; b_n], vec![0.0; b_n], vec![0.0; b_n]);
+    let mut num_pos = vec![0u32; b_n];
+    for b in 0..b_n {
+        for (l, &off) in levels.offsets().iter().enumerate() {
+            for pix in 0..levels.level_size(l) {
+                let bp = b * p_n + off as usize + pix;
+                let tcls = inputs.cls_targets[bp];
+                for c in 0..c_n {
+                    let z = heads.cls_logits[l][levels.nchw_index(l, c_n, b, c, pix)];
+                    cls_s[b] += focal(z, tcls == (c + 1) as f32, gamma, alpha);
+                }
+                let ct = inputs.cnt_targets[bp];
+                if ct > -1.0 {
+                    num_pos[b] += 1;
+                    let x = heads.cnt_logits[l][levels.nchw_index(l, 1, b, 0, pix)];
+                    cnt_s[b] += bce_with_logits(x, ct as f64);
+                    let pr: [f64; 4] = std::array::from_fn(|k| {
+                        heads.reg_preds[l][levels.nchw_index(l, 4, b, k, pix)]
+                    });
+                    let tg: [f64; 4] =
+                        std::array::from_fn(|k| inputs.reg_targets[bp * 4 + k] as f64);
+                    reg_s[b] += box_loss(pr, tg, config.reg_loss);
+                }
+            }
+        }
+    }
+    let div = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .zip(&num_pos)
+            .map(|(s, &n)| s / n.max(1) as f64)
+            .collect()
+    };
+    Ok(Losses::from_per_image(
+        div(&cls_s),
+        div(&cnt_s),
+        div(&reg_s),
+        num_pos.clone(),
+        config.add_centerness,
+    ))
+}
+
+/// The gradients of the weighted objective at `f64` heads (shapes and targets from
+/// `inputs`). Assumes the shapes were checked.
+fn grads_at(
+    config: &LossConfig,
+    levels: &Levels,
+    inputs: &Inputs,
+    heads: &HeadsF64,
+    weights: &LossWeights,
+) -> RefGradients {
+    let c_n = config.num_classes as usize;
+    let b_n = inputs.batch;
+    let p_n = levels.positions();
+    let (gamma, alpha) = (config.gamma as f64, config.alpha as f64);
+    let num_pos = positives(inputs, p_n);
+    let mut g = RefGradients::zeros(levels, b_n, c_n);
+    for (b, &np) in num_pos.iter().enumerate() {
+        // d(batch mean of per-image loss / max(1, num_pos_b)) per element.
+        let scale = 1.0 / (b_n as f64 * np.max(1) as f64);
+        let (f_cls, f_cnt, f_reg) = (
+            weights.cls as f64 * scale,
+            weights.cnt as f64 * scale,
+            weights.reg as f64 * scale,
+        );
+        for (l, &off) in levels.offsets().iter().enumerate() {
+            for pix in 0..levels.level_size(l) {
+                let bp = b * p_n + off as usize + pix;
+                let tcls = inputs.cls_targets[bp];
+                for c in 0..c_n {
+                    let i = levels.nchw_index(l, c_n, b, c, pix);
+                    let t = tcls == (c + 1) as f32;
+                    g.cls_logits[l][i] =
+                        f_cls * focal_grad(heads.cls_logits[l][i], t, gamma, alpha);
+                }
+                let ct = inputs.cnt_targets[bp];
+                if ct > -1.0 {
+                    let i = levels.nchw_index(l, 1, b, 0, pix);
+                    g.cnt_logits[l][i] = f_cnt * bce_grad(heads.cnt_logits[l][i], ct as f64);
+                    let idx: [usize; 4] =
+                        std::array::from_fn(|k| levels.nchw_index(l, 4, b, k, pix));
+                    let pr: [f64; 4] = std::array::from_fn(|k| heads.reg_preds[l][idx[k]]);
+                    let tg: [f64; 4] =
+                        std::array::from_fn(|k| inputs.reg_targets[bp * 4 + k] as f64);
+                    let d = box_loss_grad(pr, tg, config.reg_loss);
+                    for k in 0..4 {
+                        g.reg_preds[l][idx[k]] = f_reg * d[k];
+                    }
+                }
+            }
+        }
+    }
+    g
+}
+
+/// The forward losses ([`super::losses`]) and the gradients of
+/// `L = w.cls · cls_loss + w.cnt · cnt_loss + w.reg · reg_loss` with respect to the
+/// three heads, all in `f64`.
+///
+/// Each element's gradient is `w / (B · max(1, num_pos_b))` times the element
+/// derivative ([`focal_grad`], [`bce_grad`], [`box_loss_grad`]); centerness and box
+/// gradients are zero off the positives (`cnt_target <= -1`), class gradients cover
+/// every position. Errors: the config, shape and weight checks.
+pub fn gradients(
+    config: &LossConfig,
+    levels: &Levels,
+    inputs: &Inputs,
+    weights: &LossWeights,
+) -> Result<(Losses, RefGradients), FcosError> {
+    check_weights(weights)?;
+    let losses = super::losses(config, levels, inputs)?;
+    let heads = HeadsF64::from_inputs(inputs);
+    Ok((losses, grads_at(config, levels, inputs, &heads, weights)))
+}
+
+/// [`gradients`] at `f64` heads: the forward pass is [`losses_f64`] and the
+/// gradients are taken at `heads` (shapes and targets from `inputs`).
+pub fn gradients_f64(
+    config: &LossConfig,
+    levels: &Levels,
+    inputs: &Inputs,
+    heads: &HeadsF64,
+    weights: &LossWeights,
+) -> Result<(Losses, RefGradients), FcosError> {
+    check_weights(weights)?;
+    let losses = losses_f64(config, levels, inputs, heads)?;
+    Ok((losses, grads_at(config, levels, inputs, heads, weights)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Central difference of `f` at `x`.
+    fn fd(f: impl Fn(f64) -> f64, x: f64) -> f64 {
+        let h = 1e-6 * x.abs().max(1.0);
+        (f(x + h) - f(x - h)) / (2.0 * h)
+    }
+
+    #[test]
+    fn focal_grad_is_the_derivative_of_focal() {
+        for &gamma in &[2.0, 0.0, 0.5, 1.5, 3.0] {
+            for &alpha in &[0.25, 0.6] {
+                for &z in &[-9.0, -3.0, -0.4, 0.0, 0.3, 2.0, 7.5] {
+                    for &t in &[true, false] {
+                        let g = focal_grad(z, t, gamma, alpha);
+                        let n = fd(|z| focal(z, t, gamma, alpha), z);
+                        assert!(
+                            (g - n).abs() <= 1e-7 * g.abs().max(1e-3),
+                            "γ {gamma} α {alpha} z {z} t {t}: {g} vs {n}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn focal_grad_matches_the_closed_forms() {
+        let (gamma, alpha) = (2.0, 0.25);
+        for &z in &[-6.0, -1.0, 0.0, 1.2, 6.0f64] {
+            let s = 1.0 / (1.0 + (-z).exp());
+            let pos = alpha * (1.0 - s).powi(2) * (gamma * s * s.ln() - (1.0 - s));
+            let neg = (1.0 - alpha) * s.powi(2) * (s - gamma * (1.0 - s) * (1.0 - s).ln());
+            assert!((focal_grad(z, true, gamma, alpha) - pos).abs() < 1e-12);
+            assert!((focal_grad(z, false, gamma, alpha) - neg).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn focal_grad_is_finite_everywhere() {
+        for &z in &[f64::NEG_INFINITY, -1e300, -50.0, 50.0, 1e300, f64::INFINITY] {
+            for &t in &[true, false] {
+                assert!(focal_grad(z, t, 2.0, 0.25).is_finite(), "z {z} t {t}");
+                assert!(focal_grad(z, t, 0.5, 0.25).is_finite(), "z {z} t {t}");
+            }
+        }
+        assert!((focal_grad(-50.0, true, 2.0, 0.25) + 0.25).abs() < 1e-12);
+        assert!((focal_grad(50.0, false, 2.0, 0.25) - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bce_grad_is_the_derivative_of_bce() {
+        for &x in &[-7.0, -0.5, 0.0, 0.8, 6.0] {
+            for &y in &[0.0, 0.3, 1.0] {
+                let n = fd(|x| bce_with_logits(x, y), x);
+                assert!((bce_grad(x, y) - n).abs() < 1e-8);
+            }
+        }
+    }
+
+    #[test]
+    fn box_grad_is_the_derivative_of_box_loss() {
+        let cases = [
+            ([3.0, 4.0, 5.0, 6.0], [3.5, 3.1, 4.2, 7.0]),
+            ([10.0, 2.0, 1.0, 8.0], [4.0, 6.0, 9.0, 2.5]),
+            ([0.5, 0.7, 0.2, 0.9], [20.0, 30.0, 25.0, 15.0]),
+        ];
+        for mode in [RegLoss::Iou, RegLoss::Giou] {
+            for (p, t) in cases {
+                let g = box_loss_grad(p, t, mode);
+                for k in 0..4 {
+                    let n = fd(
+                        |x| {
+                            let mut q = p;
+                            q[k] = x;
+                            box_loss(q, t, mode)
+                        },
+                        p[k],
+                    );
+                    assert!(
+                        (g[k] - n).abs() <= 1e-6 * g[k].abs().max(1e-3),
+                        "{mode:?} {p:?} {t:?} k {k}: {} vs {n}",
+                        g[k]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn box_grad_ties_split_and_clamps_block() {
+        // Identical boxes: every min and max ties; IoU loss is −log(1) with gradient
+        // from the area terms only through the halves.
+        let b = [3.0, 4.0, 5.0, 6.0];
+        for mode in [RegLoss::Iou, RegLoss::Giou] {
+            let g = box_loss_grad(b, b, mode);
+            assert!(g.iter().all(|x| x.is_finite()), "{mode:?} {g:?}");
+        }
+        // Disjoint (negative-width) intersection: iou = 0 < 1e-6, no IoU gradient.
+        let g = box_loss_grad([-5.0, 1.0, -1.0, 1.0], [1.0, 1.0, 1.0, 1.0], RegLoss::Iou);
+        assert_eq!(g, [0.0; 4]);
+        // Zero union: finite everywhere.
+        for mode in [RegLoss::Iou, RegLoss::Giou] {
+            let g = box_loss_grad([0.0; 4], [0.0; 4], mode);
+            assert!(g.iter().all(|x| x.is_finite()), "{mode:?} {g:?}");
+        }
+    }
+}
