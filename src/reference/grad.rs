@@ -20,6 +20,7 @@ use super::{bce_with_logits, box_loss, focal, sigmoid, softplus};
 use crate::config::{LossConfig, LossWeights, RegLoss};
 use crate::error::FcosError;
 use crate::inputs::Inputs;
+use crate::io;
 use crate::layout::Levels;
 use crate::losses::Losses;
 
@@ -60,15 +61,19 @@ impl RefGradients {
         [m(&self.cls_logits), m(&self.cnt_logits), m(&self.reg_preds)]
     }
 
-    /// The gradients rounded to `f32`: `(cls_logits, cnt_logits, reg_preds)`, the
-    /// layout of [`crate::io::Grads`].
-    pub fn to_f32(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    /// The gradients rounded to `f32`, as an [`io::Grads`] (the layout of a case
+    /// file's `expected.grad.*`).
+    pub fn to_f32(&self) -> io::Grads {
         let f = |h: &[Vec<f64>]| -> Vec<Vec<f32>> {
             h.iter()
                 .map(|v| v.iter().map(|&x| x as f32).collect())
                 .collect()
         };
-        (f(&self.cls_logits), f(&self.cnt_logits), f(&self.reg_preds))
+        io::Grads {
+            cls_logits: f(&self.cls_logits),
+            cnt_logits: f(&self.cnt_logits),
+            reg_preds: f(&self.reg_preds),
+        }
     }
 }
 
@@ -101,7 +106,7 @@ impl HeadsF64 {
 
     /// Checks that every level has the length of the corresponding head of `inputs`.
     fn check_against(&self, inputs: &Inputs) -> Result<(), FcosError> {
-        let heads: [(&str, &Vec<Vec<f64>>, &Vec<&[f32]>); 3] = [
+        let heads = [
             ("cls_logits", &self.cls_logits, &inputs.cls_logits),
             ("cnt_logits", &self.cnt_logits, &inputs.cnt_logits),
             ("reg_preds", &self.reg_preds, &inputs.reg_preds),

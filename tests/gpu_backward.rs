@@ -1,0 +1,301 @@
+//! The fused backward pass: against PyTorch autograd (golden files), against the f64
+//! CPU reference on randomized shapes, on both input paths, at extreme logits.
+
+mod common;
+
+use std::path::Path;
+
+use fcos_loss::reference::grad::{self, RefGradients};
+use fcos_loss::synthetic::{self, Rng, SyntheticSpec};
+use fcos_loss::{
+    io, DeviceGradients, DeviceInputs, Gradients, Levels, LossConfig, LossWeights, RegLoss,
+};
+use wgpu::util::DeviceExt;
+
+/// Largest |got - want| over a head, relative to the largest |want| in it.
+fn head_error(got: &[Vec<f32>], want: &[Vec<f64>]) -> (f64, f64) {
+    let scale = want.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
+    let err = got
+        .iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .map(|(g, w)| {
+            let d = (*g as f64 - w).abs();
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0f64, f64::max);
+    (err, scale)
+}
+
+fn assert_heads(what: &str, got: &Gradients, want: &RefGradients, tol: f64) {
+    for (name, g, w) in [
+        ("cls_logits", &got.cls_logits, &want.cls_logits),
+        ("cnt_logits", &got.cnt_logits, &want.cnt_logits),
+        ("reg_preds", &got.reg_preds, &want.reg_preds),
+    ] {
+        assert_eq!(g.len(), w.len(), "{what}: {name} levels");
+        for (l, (a, b)) in g.iter().zip(w.iter()).enumerate() {
+            assert_eq!(a.len(), b.len(), "{what}: {name}.{l} length");
+        }
+        let (err, scale) = head_error(g, w);
+        // Heads that are all zero (no positives) must be exactly zero.
+        let bound = tol * scale.max(1e-30);
+        assert!(
+            err <= bound,
+            "{what}: {name} max error {err:e} > {tol:e} x max |ref| {scale:e}"
+        );
+    }
+}
+
+fn as_f64(h: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    h.iter()
+        .map(|v| v.iter().map(|&x| x as f64).collect())
+        .collect()
+}
+
+#[test]
+fn golden_gradients_match_pytorch() {
+    let mut engine = common::engine(LossConfig::new(1));
+    for name in [
+        "voc_b2_c20_512x512",
+        "odd_b3_c7_100x150",
+        "single_b1_c1_64x64",
+    ] {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.safetensors"));
+        let case = io::read_case(&path).unwrap();
+        let exp = case.expected.as_ref().unwrap();
+        let b = &case.batch;
+        // IoU: d(cls + cnt + reg)/d inputs.
+        engine
+            .set_config(LossConfig::new(b.classes as u32))
+            .unwrap();
+        let (losses, g) = engine
+            .forward_backward(&b.levels, &b.inputs(), &LossWeights::default())
+            .unwrap();
+        let fwd = engine.compute(&b.levels, &b.inputs()).unwrap();
+        assert_eq!(
+            losses, fwd,
+            "{name}: forward_backward losses equal the forward's"
+        );
+        let want = exp.grad.as_ref().expect("golden gradients");
+        let want = RefGradients {
+            cls_logits: as_f64(&want.cls_logits),
+            cnt_logits: as_f64(&want.cnt_logits),
+            reg_preds: as_f64(&want.reg_preds),
+        };
+        assert_heads(&format!("{name} IoU vs PyTorch"), &g, &want, 1e-4);
+        // GIoU: d(reg_loss)/d reg_preds alone.
+        engine
+            .set_config(LossConfig::new(b.classes as u32).with_reg_loss(RegLoss::Giou))
+            .unwrap();
+        let w = LossWeights {
+            cls: 0.0,
+            cnt: 0.0,
+            reg: 1.0,
+        };
+        let (_, g) = engine.forward_backward(&b.levels, &b.inputs(), &w).unwrap();
+        let want = as_f64(exp.grad_giou_reg.as_ref().expect("golden GIoU gradients"));
+        let (err, scale) = head_error(&g.reg_preds, &want);
+        assert!(
+            err <= 1e-4 * scale,
+            "{name} GIoU reg_preds: {err:e} > 1e-4 x {scale:e}"
+        );
+        assert!(
+            g.cls_logits.iter().flatten().all(|&x| x == 0.0),
+            "{name}: w_cls = 0 gives zero cls grads"
+        );
+    }
+}
+
+#[test]
+fn random_shapes_match_the_cpu_reference() {
+    let mut rng = Rng::new(7);
+    let mut engine = common::engine(LossConfig::new(1));
+    for case in 0..36 {
+        let b = rng.range(1, 5) as usize;
+        let c = rng.range(1, 40) as u32;
+        let l_n = rng.range(1, 5) as usize;
+        let shapes: Vec<(u32, u32)> = (0..l_n)
+            .map(|_| (rng.range(0, 17) as u32, rng.range(1, 19) as u32))
+            .collect();
+        let levels = Levels::from_shapes(&shapes).unwrap();
+        let mut spec = SyntheticSpec::new(b, c as usize);
+        spec.seed = case;
+        spec.pos_frac = match case % 4 {
+            0 => vec![0.0],
+            1 => vec![1.0],
+            2 => vec![0.0, 1.0, 0.2],
+            _ => vec![0.05],
+        };
+        spec.logit_scale = 1.0 + rng.uniform() * 4.0;
+        let batch = synthetic::generate(&levels, &[8, 16, 32, 64, 128], &spec).unwrap();
+        let mode = if case % 2 == 0 {
+            RegLoss::Iou
+        } else {
+            RegLoss::Giou
+        };
+        let config = LossConfig::new(c)
+            .with_reg_loss(mode)
+            .with_centerness(case % 3 != 0);
+        let weights = if case % 5 == 0 {
+            LossWeights {
+                cls: 0.5,
+                cnt: 2.0,
+                reg: 1.5,
+            }
+        } else {
+            LossWeights::for_config(&config)
+        };
+        engine.set_config(config.clone()).unwrap();
+        let what = format!(
+            "case {case}: B {b} C {c} levels {shapes:?} {mode:?} pos {:?}",
+            spec.pos_frac
+        );
+        let (gl, gg) = engine
+            .forward_backward(&levels, &batch.inputs(), &weights)
+            .unwrap();
+        let (cl, cg) = grad::gradients(&config, &levels, &batch.inputs(), &weights).unwrap();
+        common::assert_close(&what, &gl, &cl);
+        assert_heads(&what, &gg, &cg, 1e-4);
+    }
+}
+
+#[test]
+fn extreme_logits_give_finite_gradients() {
+    let levels = Levels::from_shapes(&[(3, 5), (2, 2)]).unwrap();
+    let config = LossConfig::new(4);
+    let engine = common::engine(config.clone());
+    let mut spec = SyntheticSpec::new(2, 4);
+    spec.pos_frac = vec![0.5];
+    let mut batch = synthetic::generate(&levels, &[8, 16], &spec).unwrap();
+    let pattern = [-50.0f32, 50.0, -30.0, 30.0, -17.0, 17.0, 0.0];
+    for head in batch
+        .cls_logits
+        .iter_mut()
+        .chain(batch.cnt_logits.iter_mut())
+    {
+        for (i, x) in head.iter_mut().enumerate() {
+            *x = pattern[i % pattern.len()];
+        }
+    }
+    let w = LossWeights::default();
+    let (gl, gg) = engine
+        .forward_backward(&levels, &batch.inputs(), &w)
+        .unwrap();
+    let (cl, cg) = grad::gradients(&config, &levels, &batch.inputs(), &w).unwrap();
+    assert!(gg
+        .cls_logits
+        .iter()
+        .chain(&gg.cnt_logits)
+        .chain(&gg.reg_preds)
+        .flatten()
+        .all(|x| x.is_finite()));
+    common::assert_close("extreme logits", &gl, &cl);
+    assert_heads("extreme logits", &gg, &cg, 1e-4);
+}
+
+#[test]
+fn device_path_writes_the_same_gradients_into_user_buffers() {
+    let config = LossConfig::new(20).with_reg_loss(RegLoss::Giou);
+    let levels = Levels::from_image(200, 264, &config.strides).unwrap();
+    let mut spec = SyntheticSpec::new(3, 20);
+    spec.pos_frac = vec![0.05, 0.0, 1.0];
+    let batch = synthetic::generate(&levels, &config.strides, &spec).unwrap();
+    let engine = common::engine(config.clone());
+    let device = &engine.context().device;
+    let upload = |data: &[f32]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test input"),
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+    };
+    let bufs = [
+        upload(&batch.cls_logits.concat()),
+        upload(&batch.cnt_logits.concat()),
+        upload(&batch.reg_preds.concat()),
+        upload(&batch.cls_targets),
+        upload(&batch.cnt_targets),
+        upload(&batch.reg_targets),
+    ];
+    let grad_buf = |n: usize| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("test grad"),
+            size: 4 * n as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    };
+    let grads = [
+        grad_buf(levels.packed_len(3, 20)),
+        grad_buf(levels.packed_len(3, 1)),
+        grad_buf(levels.packed_len(3, 4)),
+    ];
+    let inputs = DeviceInputs {
+        batch: 3,
+        cls_logits: &bufs[0],
+        cnt_logits: &bufs[1],
+        reg_preds: &bufs[2],
+        cls_targets: &bufs[3],
+        cnt_targets: &bufs[4],
+        reg_targets: &bufs[5],
+    };
+    let w = LossWeights::default();
+    let dev = engine
+        .forward_backward_device(
+            &levels,
+            &inputs,
+            &DeviceGradients {
+                cls_logits: &grads[0],
+                cnt_logits: &grads[1],
+                reg_preds: &grads[2],
+            },
+            &w,
+        )
+        .unwrap();
+    let (host, hg) = engine
+        .forward_backward(&levels, &batch.inputs(), &w)
+        .unwrap();
+    assert_eq!(dev.value, host);
+    // Read the user's gradient buffers back and compare with the host path, bitwise.
+    let read = |buf: &wgpu::Buffer| -> Vec<f32> {
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: buf.size(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
+        engine.context().queue.submit([enc.finish()]);
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+        let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
+        v
+    };
+    assert_eq!(read(&grads[0]), hg.cls_logits.concat());
+    assert_eq!(read(&grads[1]), hg.cnt_logits.concat());
+    assert_eq!(read(&grads[2]), hg.reg_preds.concat());
+    // A gradient buffer that is too small is a shape error naming it.
+    let small = grad_buf(10);
+    let e = engine
+        .forward_backward_device(
+            &levels,
+            &inputs,
+            &DeviceGradients {
+                cls_logits: &small,
+                cnt_logits: &grads[1],
+                reg_preds: &grads[2],
+            },
+            &w,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("grad cls_logits"), "{e}");
+}
