@@ -52,17 +52,8 @@ pub struct Expected {
     pub grad_giou_reg: Option<Vec<Vec<f32>>>,
 }
 
-/// Gradients with respect to the three heads, per level, flat NCHW, each the
-/// shape of the corresponding input level.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Grads {
-    /// `∂L/∂cls_logits[l]`, `[B, C, H_l, W_l]`.
-    pub cls_logits: Vec<Vec<f32>>,
-    /// `∂L/∂cnt_logits[l]`, `[B, 1, H_l, W_l]`.
-    pub cnt_logits: Vec<Vec<f32>>,
-    /// `∂L/∂reg_preds[l]`, `[B, 4, H_l, W_l]`.
-    pub reg_preds: Vec<Vec<f32>>,
-}
+/// Gradients per head and level, as in the `expected.grad.*` tensors.
+pub type Grads = crate::losses::Gradients;
 
 /// Reads a case file (SPEC §5 tensor names) and checks its shapes.
 ///

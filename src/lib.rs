@@ -26,13 +26,15 @@ pub mod layout;
 pub mod losses;
 pub mod reference;
 pub mod synthetic;
+pub mod bench;
+pub mod validate;
 
 pub use config::{LossConfig, LossWeights, RegLoss};
 pub use error::FcosError;
-pub use gpu::{DeviceGradients, DeviceInputs, FcosLoss, Gradients, Timed};
+pub use gpu::{DeviceGradients, DeviceInputs, FcosLoss, Timed};
 pub use inputs::{Batch, Inputs};
 pub use layout::Levels;
-pub use losses::Losses;
+pub use losses::{Gradients, Losses};
 
 /// Relative tolerance of SPEC §3 for per-image losses.
 pub const REL_TOL: f64 = 1e-4;

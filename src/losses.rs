@@ -80,3 +80,15 @@ impl Losses {
         .fold(0.0, f64::max)
     }
 }
+
+/// Gradients on the host, per level, in the input layouts (NCHW).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Gradients {
+    /// dL/d`cls_logits[l]`, `[B, C, H_l, W_l]`.
+    pub cls_logits: Vec<Vec<f32>>,
+    /// dL/d`cnt_logits[l]`, `[B, 1, H_l, W_l]`.
+    pub cnt_logits: Vec<Vec<f32>>,
+    /// dL/d`reg_preds[l]`, `[B, 4, H_l, W_l]`.
+    pub reg_preds: Vec<Vec<f32>>,
+}
+

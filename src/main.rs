@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 use fcos_loss::{
-    io, reference, synthetic, FcosError, FcosLoss, Levels, LossConfig, Losses, RegLoss, ABS_TOL,
+    io, reference, synthetic, FcosError, FcosLoss, Gradients, Levels, LossConfig, LossWeights, Losses,
+    RegLoss, ABS_TOL,
     REL_TOL,
 };
 
@@ -28,6 +29,23 @@ enum Command {
     Demo(DemoArgs),
     /// Compute a case file (SPEC §5 tensor names) on the GPU and the CPU reference; compare with its expected values.
     Check(CheckArgs),
+    /// Gradients of a case file on the GPU, written to a safetensors file; compared with the CPU reference and expected gradients.
+    Grad(GradArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GradArgs {
+    /// A safetensors file with the tensors of SPEC §5.
+    file: PathBuf,
+    /// Where to write `grad.{cls_logits,cnt_logits,reg_preds}.{l}` and `loss.{cls,cnt,reg}`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Box regression loss (GIoU compares reg_preds with `expected.grad_giou.reg_preds.*`).
+    #[arg(long, default_value = "iou", value_parser = parse_reg)]
+    reg: RegLoss,
+    /// Print one JSON object on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -114,6 +132,7 @@ fn main() -> ExitCode {
         None => demo(&DemoArgs::default()),
         Some(Command::Demo(a)) => demo(&a),
         Some(Command::Check(a)) => check(&a),
+        Some(Command::Grad(a)) => grad(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -331,6 +350,113 @@ fn check(a: &CheckArgs) -> Result<(), Failure> {
     } else {
         if a.json {
             eprintln!("error: results disagree beyond tolerance");
+        }
+        Err(Failure::Mismatch)
+    }
+}
+
+/// Largest `|got - want|` of each level tensor relative to that tensor's largest
+/// `|want|` (SPEC §4 tolerance: 1e-4), over all levels of one head.
+fn grad_error(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            let scale = w.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+            let err = g
+                .iter()
+                .zip(w)
+                .map(|(&a, &b)| (a as f64 - b as f64).abs())
+                .fold(0.0f64, |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+            if err == 0.0 {
+                0.0
+            } else {
+                err / scale.max(f64::MIN_POSITIVE)
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+fn grad(a: &GradArgs) -> Result<(), Failure> {
+    let case = io::read_case(&a.file)?;
+    let batch = &case.batch;
+    let levels = &batch.levels;
+    let config = LossConfig::new(batch.classes as u32).with_reg_loss(a.reg);
+    let weights = LossWeights::for_config(&config);
+    let engine = FcosLoss::new(config.clone())?;
+    let (gpu, g) = engine.forward_backward(levels, &batch.inputs(), &weights)?;
+    let (cpu, cg) = reference::grad::gradients(&config, levels, &batch.inputs(), &weights)?;
+    let cg = cg.to_f32();
+    let heads = |x: &Gradients| [x.cls_logits.clone(), x.cnt_logits.clone(), x.reg_preds.clone()];
+    let names = ["cls_logits", "cnt_logits", "reg_preds"];
+    let vs_cpu: Vec<f64> = heads(&g).iter().zip(heads(&cg).iter()).map(|(x, y)| grad_error(x, y)).collect();
+    // Expected gradients: cls and cnt from expected.grad.*, reg from the mode's own tensors.
+    let expected: Option<[Option<Vec<Vec<f32>>>; 3]> = case.expected.as_ref().map(|e| {
+        let iou = e.grad.as_ref();
+        [
+            iou.map(|x| x.cls_logits.clone()),
+            iou.map(|x| x.cnt_logits.clone()),
+            match a.reg {
+                RegLoss::Iou => iou.map(|x| x.reg_preds.clone()),
+                RegLoss::Giou => e.grad_giou_reg.clone(),
+            },
+        ]
+    });
+    let vs_exp: Vec<Option<f64>> = match &expected {
+        Some(ex) => heads(&g).iter().zip(ex).map(|(x, y)| y.as_ref().map(|y| grad_error(x, y))).collect(),
+        None => vec![None; 3],
+    };
+    let mut tensors = Vec::new();
+    let b = batch.batch;
+    for (head, ch, data) in [
+        ("cls_logits", batch.classes, &g.cls_logits),
+        ("cnt_logits", 1, &g.cnt_logits),
+        ("reg_preds", 4, &g.reg_preds),
+    ] {
+        for (l, v) in data.iter().enumerate() {
+            let (h, w) = levels.shapes()[l];
+            tensors.push((format!("grad.{head}.{l}"), vec![b, ch, h as usize, w as usize], v.clone()));
+        }
+    }
+    for (name, v) in [("loss.cls", &gpu.cls), ("loss.cnt", &gpu.cnt), ("loss.reg", &gpu.reg)] {
+        tensors.push((name.to_string(), vec![b], v.iter().map(|&x| x as f32).collect()));
+    }
+    io::write_tensors(&a.out, &tensors)?;
+    let loss_ok = gpu.max_rel_diff(&cpu, REL_TOL, ABS_TOL) <= REL_TOL;
+    let ok = loss_ok && vs_cpu.iter().chain(vs_exp.iter().flatten()).all(|&d| d <= 1e-4);
+    if a.json {
+        let per_head = |v: &[Option<f64>]| -> Value {
+            names.iter().zip(v).map(|(n, d)| (n.to_string(), json!(d))).collect::<serde_json::Map<_, _>>().into()
+        };
+        let out = json!({
+            "adapter": engine.adapter_name(),
+            "file": a.file.display().to_string(),
+            "out": a.out.display().to_string(),
+            "reg": a.reg.name(),
+            "gpu": losses_json(&gpu),
+            "cpu": losses_json(&cpu),
+            "max_grad_err": {
+                "gpu_vs_cpu": per_head(&vs_cpu.iter().map(|&x| Some(x)).collect::<Vec<_>>()),
+                "gpu_vs_expected": per_head(&vs_exp),
+            },
+            "tolerance": 1e-4,
+            "ok": ok,
+        });
+        println!("{out}");
+    } else {
+        println!("adapter: {}", engine.adapter_name());
+        println!("wrote {} ({} tensors)", a.out.display(), tensors.len());
+        println!("losses per image (gpu): cls {:?} cnt {:?} reg {:?}", gpu.cls, gpu.cnt, gpu.reg);
+        for (i, n) in names.iter().enumerate() {
+            let exp = vs_exp[i].map_or("n/a".to_string(), |d| format!("{d:.2e}"));
+            println!("grad {n:<10}: largest error vs CPU {:.2e}, vs expected {exp} (of the tensor's largest magnitude)", vs_cpu[i]);
+        }
+        println!("tolerance 1e-4: {}", if ok { "ok" } else { "FAILED" });
+    }
+    if ok {
+        Ok(())
+    } else {
+        if a.json {
+            eprintln!("error: gradients disagree beyond tolerance");
         }
         Err(Failure::Mismatch)
     }

@@ -16,7 +16,7 @@ use crate::gpu::pool::{Pool, INPUT_NAMES};
 use crate::gpu::shaders::{FusedVariant, WORKGROUP_SIZE};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
-use crate::losses::Losses;
+use crate::losses::{Gradients, Losses};
 
 /// Default time a call waits for the GPU before it returns [`FcosError::Timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -78,17 +78,6 @@ pub struct DeviceGradients<'a> {
     pub cnt_logits: &'a wgpu::Buffer,
     /// dL/d`reg_preds`, `4·B·P` floats.
     pub reg_preds: &'a wgpu::Buffer,
-}
-
-/// Gradients on the host, per level, in the input layouts (NCHW).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gradients {
-    /// dL/d`cls_logits[l]`, `[B, C, H_l, W_l]`.
-    pub cls_logits: Vec<Vec<f32>>,
-    /// dL/d`cnt_logits[l]`, `[B, 1, H_l, W_l]`.
-    pub cnt_logits: Vec<Vec<f32>>,
-    /// dL/d`reg_preds[l]`, `[B, 4, H_l, W_l]`.
-    pub reg_preds: Vec<Vec<f32>>,
 }
 
 /// A result with its timing.

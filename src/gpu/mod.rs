@@ -9,4 +9,4 @@ pub mod pool;
 pub mod shaders;
 
 pub use context::GpuContext;
-pub use engine::{DeviceGradients, DeviceInputs, FcosLoss, Gradients, Timed, DEFAULT_TIMEOUT};
+pub use engine::{DeviceGradients, DeviceInputs, FcosLoss, Timed, DEFAULT_TIMEOUT};

@@ -1,0 +1,145 @@
+//! A training loop on the GPU: a small synthetic batch whose logits and box
+//! predictions are the parameters, updated by plain gradient descent with the
+//! gradients from `forward_backward_device`. Nothing but the losses leaves the device.
+//!
+//! Run: `cargo run --release --example train_step`
+
+use fcos_loss::{synthetic, DeviceGradients, DeviceInputs, FcosLoss, Levels, LossConfig, LossWeights};
+use wgpu::util::DeviceExt;
+
+/// `param -= lr * grad`, one thread per element.
+const SGD: &str = r#"
+@group(0) @binding(0) var<storage, read_write> param: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<uniform> lr: vec4<f32>;
+
+@compute @workgroup_size(256)
+fn sgd(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + id.y * 65535u * 256u;
+    if (i < arrayLength(&param)) {
+        param[i] = param[i] - lr.x * grad[i];
+    }
+}
+"#;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = LossConfig::new(10);
+    let levels = Levels::from_image(160, 192, &config.strides)?;
+    let mut spec = synthetic::SyntheticSpec::new(2, 10);
+    spec.pos_frac = vec![0.05];
+    let batch = synthetic::generate(&levels, &config.strides, &spec)?;
+    let engine = FcosLoss::new(config.clone())?;
+    let device = engine.context().device.clone();
+    let queue = engine.context().queue.clone();
+    println!("training on {}", engine.adapter_name());
+
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let buffer = |label: &str, data: &[f32]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(data),
+            usage: storage,
+        })
+    };
+    // Parameters (the network outputs) and fixed targets, on the device.
+    let params = [
+        buffer("cls_logits", &batch.cls_logits.concat()),
+        buffer("cnt_logits", &batch.cnt_logits.concat()),
+        buffer("reg_preds", &batch.reg_preds.concat()),
+    ];
+    let targets = [
+        buffer("cls_targets", &batch.cls_targets),
+        buffer("cnt_targets", &batch.cnt_targets),
+        buffer("reg_targets", &batch.reg_targets),
+    ];
+    let grads: Vec<wgpu::Buffer> = params
+        .iter()
+        .map(|p| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("grad"),
+                size: p.size(),
+                usage: storage,
+                mapped_at_creation: false,
+            })
+        })
+        .collect();
+
+    // The optimiser: one pipeline, one bind group per head, a learning rate per head
+    // (box predictions are in pixels, logits are not).
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("sgd"),
+        source: wgpu::ShaderSource::Wgsl(SGD.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("sgd"),
+        layout: None,
+        module: &module,
+        entry_point: Some("sgd"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let lrs = [200.0f32, 20.0, 2000.0];
+    let groups: Vec<wgpu::BindGroup> = (0..3)
+        .map(|i| {
+            let lr = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("lr"),
+                contents: bytemuck::cast_slice(&[lrs[i], 0.0, 0.0, 0.0]),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("sgd"),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &[
+                    wgpu::BindGroupEntry { binding: 0, resource: params[i].as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 1, resource: grads[i].as_entire_binding() },
+                    wgpu::BindGroupEntry { binding: 2, resource: lr.as_entire_binding() },
+                ],
+            })
+        })
+        .collect();
+
+    let inputs = DeviceInputs {
+        batch: batch.batch,
+        cls_logits: &params[0],
+        cnt_logits: &params[1],
+        reg_preds: &params[2],
+        cls_targets: &targets[0],
+        cnt_targets: &targets[1],
+        reg_targets: &targets[2],
+    };
+    let out = DeviceGradients {
+        cls_logits: &grads[0],
+        cnt_logits: &grads[1],
+        reg_preds: &grads[2],
+    };
+    let weights = LossWeights::for_config(&config);
+    let steps = 40;
+    let mut first = None;
+    let mut last = 0.0;
+    for step in 0..steps {
+        let losses = engine.forward_backward_device(&levels, &inputs, &out, &weights)?.value;
+        println!(
+            "step {step:>2}: total {:.5}  (cls {:.5}, cnt {:.5}, reg {:.5})",
+            losses.total, losses.cls_loss, losses.cnt_loss, losses.reg_loss
+        );
+        first.get_or_insert(losses.total);
+        last = losses.total;
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            for (i, g) in groups.iter().enumerate() {
+                let n = (params[i].size() / 4) as u32;
+                pass.set_bind_group(0, g, &[]);
+                pass.dispatch_workgroups(n.div_ceil(256).min(65535), n.div_ceil(256 * 65535), 1);
+            }
+        }
+        queue.submit([encoder.finish()]);
+    }
+    let first = first.unwrap_or(last);
+    println!("loss {first:.5} -> {last:.5} after {steps} steps");
+    if last >= first {
+        return Err("the loss did not go down".into());
+    }
+    Ok(())
+}
