@@ -4,7 +4,9 @@
 //!
 //! Run: `cargo run --release --example train_step`
 
-use fcos_loss::{synthetic, DeviceGradients, DeviceInputs, FcosLoss, Levels, LossConfig, LossWeights};
+use fcos_loss::{
+    synthetic, DeviceGradients, DeviceInputs, FcosLoss, Levels, LossConfig, LossWeights,
+};
 use wgpu::util::DeviceExt;
 
 /// `param -= lr * grad`, one thread per element.
@@ -33,7 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let queue = engine.context().queue.clone();
     println!("training on {}", engine.adapter_name());
 
-    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let storage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
     let buffer = |label: &str, data: &[f32]| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
@@ -90,9 +93,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 label: Some("sgd"),
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &[
-                    wgpu::BindGroupEntry { binding: 0, resource: params[i].as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 1, resource: grads[i].as_entire_binding() },
-                    wgpu::BindGroupEntry { binding: 2, resource: lr.as_entire_binding() },
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: params[i].as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: grads[i].as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: lr.as_entire_binding(),
+                    },
                 ],
             })
         })
@@ -117,7 +129,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut first = None;
     let mut last = 0.0;
     for step in 0..steps {
-        let losses = engine.forward_backward_device(&levels, &inputs, &out, &weights)?.value;
+        let losses = engine
+            .forward_backward_device(&levels, &inputs, &out, &weights)?
+            .value;
         println!(
             "step {step:>2}: total {:.5}  (cls {:.5}, cnt {:.5}, reg {:.5})",
             losses.total, losses.cls_loss, losses.cnt_loss, losses.reg_loss

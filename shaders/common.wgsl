@@ -46,6 +46,33 @@ struct Params {
     _pad: u32,
 }
 
+// One workgroup's partial: {cls, cnt, reg, positives} and the OR of its check flags.
+struct Partial {
+    sums: vec4<f32>,
+    flags: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Check flags: which input holds a value the loss cannot use (src/gpu/params.rs).
+const FLAG_CLS_LOGITS: u32 = 1u;
+const FLAG_CNT_LOGITS: u32 = 2u;
+const FLAG_REG_PREDS: u32 = 4u;
+const FLAG_CLS_TARGETS: u32 = 8u;
+const FLAG_CNT_TARGETS: u32 = 16u;
+const FLAG_REG_TARGETS: u32 = 32u;
+
+// NaN or ±Inf, told by the bit pattern (an integer test: WGSL may assume floats
+// are finite, so no float operation can be trusted to tell).
+fn not_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
+}
+
+fn any_not_finite(v: vec4<f32>) -> bool {
+    return any((bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u));
+}
+
 // log(1 + e) for e in [0, 1]: a short series where 1 + e would lose e's digits
 // (GPU `log` is only absolutely accurate near 1), the plain log elsewhere.
 fn log1p_small(e: f32) -> f32 {

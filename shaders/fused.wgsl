@@ -9,6 +9,9 @@
 // Variants (resolved by src/gpu/shaders.rs):
 //   BACKWARD  also writes dL/d(input) for every input element, in the input layout.
 //   ROOFLINE  the same memory reads, with the maths replaced by plain sums.
+//   CHECKS    also reads every input element once and flags values the loss cannot
+//             use (NaN/Inf by their bit pattern, targets out of range), OR-reduced
+//             into the partial's flags (bits as in src/gpu/params.rs::FLAG_*).
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Each binding starts at or before (this level, image0); params.*_base say where.
@@ -18,8 +21,8 @@
 @group(0) @binding(4) var<storage, read> cls_targets: array<f32>;
 @group(0) @binding(5) var<storage, read> cnt_targets: array<f32>;
 @group(0) @binding(6) var<storage, read> reg_targets: array<vec4<f32>>;
-// [B][partials_per_image] partial sums; w is the positive count of the workgroup.
-@group(0) @binding(7) var<storage, read_write> partials: array<vec4<f32>>;
+// [B][partials_per_image] partial sums (w is the positive count) and check flags.
+@group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
 #ifdef BACKWARD
 // Positives per image, counted by count.wgsl before this pass.
 @group(0) @binding(8) var<storage, read> num_pos: array<u32>;
@@ -30,6 +33,9 @@
 #endif
 
 var<workgroup> scratch: array<vec4<f32>, WG>;
+#ifdef CHECKS
+var<workgroup> wg_flags: atomic<u32>;
+#endif
 
 @compute @workgroup_size(WG)
 fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -40,6 +46,13 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     let hw = params.level_size;
     let pix = tile * WG + lid;
     var acc = vec4<f32>(0.0);
+#ifdef CHECKS
+    if (lid == 0u) {
+        atomicStore(&wg_flags, 0u);
+    }
+    workgroupBarrier();
+    var flags = 0u;
+#endif
     if (pix < hw) {
         let n_cls = params.classes;
         let t = params.tgt_base + bl * params.positions + pix;
@@ -52,8 +65,15 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         // Element ((b*C + c)*HW + pix) of the level.
         var idx = params.cls_base + (bl * n_cls + c0) * hw + pix;
         var cls_sum = 0.0;
+#ifdef CHECKS
+        let bad_class = not_finite(tcls) || tcls != floor(tcls) || tcls < 0.0 || tcls > f32(n_cls);
+        flags |= select(0u, FLAG_CLS_TARGETS, bad_class);
+#endif
         for (var c = c0; c < c1; c++) {
             let z = cls_logits[idx];
+#ifdef CHECKS
+            flags |= select(0u, FLAG_CLS_LOGITS, not_finite(z));
+#endif
 #ifdef ROOFLINE
             cls_sum += z;
 #else
@@ -76,6 +96,17 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
             let ct = cnt_targets[t];
             let ci = params.cnt_base + bl * hw + pix;
             let r = params.reg_base + 4u * bl * hw + pix;
+#ifdef CHECKS
+            // Every element once, positive or not.
+            let bad_ct = not_finite(ct) || (ct != -1.0 && (ct < 0.0 || ct > 1.0));
+            flags |= select(0u, FLAG_CNT_TARGETS, bad_ct);
+            flags |= select(0u, FLAG_CNT_LOGITS, not_finite(cnt_logits[ci]));
+            let rp = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
+            flags |= select(0u, FLAG_REG_PREDS, any_not_finite(rp));
+            let rt = reg_targets[params.reg_tgt_base + bl * params.positions + pix];
+            let bad_rt = any_not_finite(rt) || (ct > -1.0 && any(rt < vec4<f32>(0.0)));
+            flags |= select(0u, FLAG_REG_TARGETS, bad_rt);
+#endif
             if (ct > -1.0) {
                 let x = cnt_logits[ci];
                 let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
@@ -111,6 +142,11 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
+#ifdef CHECKS
+    if (flags != 0u) {
+        atomicOr(&wg_flags, flags);
+    }
+#endif
     scratch[lid] = acc;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
@@ -120,6 +156,11 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     if (lid == 0u) {
-        partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = scratch[0];
+        var out: Partial;
+        out.sums = scratch[0];
+#ifdef CHECKS
+        out.flags = atomicLoad(&wg_flags);
+#endif
+        partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = out;
     }
 }

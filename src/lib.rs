@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod gpu;
@@ -26,7 +27,6 @@ pub mod layout;
 pub mod losses;
 pub mod reference;
 pub mod synthetic;
-pub mod bench;
 pub mod validate;
 
 pub use config::{LossConfig, LossWeights, RegLoss};

@@ -91,4 +91,3 @@ pub struct Gradients {
     /// dL/d`reg_preds[l]`, `[B, 4, H_l, W_l]`.
     pub reg_preds: Vec<Vec<f32>>,
 }
-

@@ -8,9 +8,8 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 use fcos_loss::{
-    io, reference, synthetic, FcosError, FcosLoss, Gradients, Levels, LossConfig, LossWeights, Losses,
-    RegLoss, ABS_TOL,
-    REL_TOL,
+    io, reference, synthetic, FcosError, FcosLoss, Gradients, Levels, LossConfig, LossWeights,
+    Losses, RegLoss, ABS_TOL, REL_TOL,
 };
 
 /// The FCOS loss (focal + centerness BCE + IoU/GIoU) on the GPU through wgpu.
@@ -366,7 +365,10 @@ fn grad_error(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
                 .iter()
                 .zip(w)
                 .map(|(&a, &b)| (a as f64 - b as f64).abs())
-                .fold(0.0f64, |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) });
+                .fold(
+                    0.0f64,
+                    |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+                );
             if err == 0.0 {
                 0.0
             } else {
@@ -386,9 +388,19 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
     let (gpu, g) = engine.forward_backward(levels, &batch.inputs(), &weights)?;
     let (cpu, cg) = reference::grad::gradients(&config, levels, &batch.inputs(), &weights)?;
     let cg = cg.to_f32();
-    let heads = |x: &Gradients| [x.cls_logits.clone(), x.cnt_logits.clone(), x.reg_preds.clone()];
+    let heads = |x: &Gradients| {
+        [
+            x.cls_logits.clone(),
+            x.cnt_logits.clone(),
+            x.reg_preds.clone(),
+        ]
+    };
     let names = ["cls_logits", "cnt_logits", "reg_preds"];
-    let vs_cpu: Vec<f64> = heads(&g).iter().zip(heads(&cg).iter()).map(|(x, y)| grad_error(x, y)).collect();
+    let vs_cpu: Vec<f64> = heads(&g)
+        .iter()
+        .zip(heads(&cg).iter())
+        .map(|(x, y)| grad_error(x, y))
+        .collect();
     // Expected gradients: cls and cnt from expected.grad.*, reg from the mode's own tensors.
     let expected: Option<[Option<Vec<Vec<f32>>>; 3]> = case.expected.as_ref().map(|e| {
         let iou = e.grad.as_ref();
@@ -402,7 +414,11 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
         ]
     });
     let vs_exp: Vec<Option<f64>> = match &expected {
-        Some(ex) => heads(&g).iter().zip(ex).map(|(x, y)| y.as_ref().map(|y| grad_error(x, y))).collect(),
+        Some(ex) => heads(&g)
+            .iter()
+            .zip(ex)
+            .map(|(x, y)| y.as_ref().map(|y| grad_error(x, y)))
+            .collect(),
         None => vec![None; 3],
     };
     let mut tensors = Vec::new();
@@ -414,18 +430,39 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
     ] {
         for (l, v) in data.iter().enumerate() {
             let (h, w) = levels.shapes()[l];
-            tensors.push((format!("grad.{head}.{l}"), vec![b, ch, h as usize, w as usize], v.clone()));
+            tensors.push((
+                format!("grad.{head}.{l}"),
+                vec![b, ch, h as usize, w as usize],
+                v.clone(),
+            ));
         }
     }
-    for (name, v) in [("loss.cls", &gpu.cls), ("loss.cnt", &gpu.cnt), ("loss.reg", &gpu.reg)] {
-        tensors.push((name.to_string(), vec![b], v.iter().map(|&x| x as f32).collect()));
+    for (name, v) in [
+        ("loss.cls", &gpu.cls),
+        ("loss.cnt", &gpu.cnt),
+        ("loss.reg", &gpu.reg),
+    ] {
+        tensors.push((
+            name.to_string(),
+            vec![b],
+            v.iter().map(|&x| x as f32).collect(),
+        ));
     }
     io::write_tensors(&a.out, &tensors)?;
     let loss_ok = gpu.max_rel_diff(&cpu, REL_TOL, ABS_TOL) <= REL_TOL;
-    let ok = loss_ok && vs_cpu.iter().chain(vs_exp.iter().flatten()).all(|&d| d <= 1e-4);
+    let ok = loss_ok
+        && vs_cpu
+            .iter()
+            .chain(vs_exp.iter().flatten())
+            .all(|&d| d <= 1e-4);
     if a.json {
         let per_head = |v: &[Option<f64>]| -> Value {
-            names.iter().zip(v).map(|(n, d)| (n.to_string(), json!(d))).collect::<serde_json::Map<_, _>>().into()
+            names
+                .iter()
+                .zip(v)
+                .map(|(n, d)| (n.to_string(), json!(d)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
         };
         let out = json!({
             "adapter": engine.adapter_name(),
@@ -445,7 +482,10 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
     } else {
         println!("adapter: {}", engine.adapter_name());
         println!("wrote {} ({} tensors)", a.out.display(), tensors.len());
-        println!("losses per image (gpu): cls {:?} cnt {:?} reg {:?}", gpu.cls, gpu.cnt, gpu.reg);
+        println!(
+            "losses per image (gpu): cls {:?} cnt {:?} reg {:?}",
+            gpu.cls, gpu.cnt, gpu.reg
+        );
         for (i, n) in names.iter().enumerate() {
             let exp = vs_exp[i].map_or("n/a".to_string(), |d| format!("{d:.2e}"));
             println!("grad {n:<10}: largest error vs CPU {:.2e}, vs expected {exp} (of the tensor's largest magnitude)", vs_cpu[i]);

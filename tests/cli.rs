@@ -140,24 +140,54 @@ fn demo_runs_on_a_small_batch() {
 #[test]
 fn grad_writes_gradients_in_the_input_shapes() {
     for reg in ["iou", "giou"] {
-        let out_path = std::env::temp_dir().join(format!("fcos-cli-grad-{reg}-{}.safetensors", std::process::id()));
+        let out_path = std::env::temp_dir().join(format!(
+            "fcos-cli-grad-{reg}-{}.safetensors",
+            std::process::id()
+        ));
         let out = bin()
-            .args(["grad", &data("odd_b3_c7_100x150.safetensors"), "--out", &out_path.display().to_string(), "--reg", reg, "--json"])
+            .args([
+                "grad",
+                &data("odd_b3_c7_100x150.safetensors"),
+                "--out",
+                &out_path.display().to_string(),
+                "--reg",
+                reg,
+                "--json",
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{reg}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{reg}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
         for head in ["cls_logits", "cnt_logits", "reg_preds"] {
-            assert!(v["max_grad_err"]["gpu_vs_expected"][head].as_f64().unwrap() <= 1e-4, "{head}");
-            assert!(v["max_grad_err"]["gpu_vs_cpu"][head].as_f64().unwrap() <= 1e-4, "{head}");
+            assert!(
+                v["max_grad_err"]["gpu_vs_expected"][head].as_f64().unwrap() <= 1e-4,
+                "{head}"
+            );
+            assert!(
+                v["max_grad_err"]["gpu_vs_cpu"][head].as_f64().unwrap() <= 1e-4,
+                "{head}"
+            );
         }
         let bytes = std::fs::read(&out_path).unwrap();
         let _ = std::fs::remove_file(&out_path);
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        assert_eq!(st.tensor("grad.cls_logits.0").unwrap().shape(), &[3, 7, 13, 19]);
-        assert_eq!(st.tensor("grad.cnt_logits.4").unwrap().shape(), &[3, 1, 1, 2]);
-        assert_eq!(st.tensor("grad.reg_preds.2").unwrap().shape(), &[3, 4, 4, 5]);
+        assert_eq!(
+            st.tensor("grad.cls_logits.0").unwrap().shape(),
+            &[3, 7, 13, 19]
+        );
+        assert_eq!(
+            st.tensor("grad.cnt_logits.4").unwrap().shape(),
+            &[3, 1, 1, 2]
+        );
+        assert_eq!(
+            st.tensor("grad.reg_preds.2").unwrap().shape(),
+            &[3, 4, 4, 5]
+        );
         assert_eq!(st.tensor("loss.reg").unwrap().shape(), &[3]);
     }
 }

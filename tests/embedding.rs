@@ -11,46 +11,7 @@ use wgpu::util::DeviceExt;
 
 /// Opens a device the way an application would, honouring `WGPU_BACKEND`.
 fn app_device() -> (wgpu::Device, wgpu::Queue) {
-    pollster::block_on(async {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-        let mut adapters = instance.enumerate_adapters(backends).await;
-        // Prefer real GPUs over software ones, as an application would.
-        adapters.sort_by_key(|a| match a.get_info().device_type {
-            wgpu::DeviceType::DiscreteGpu => 0,
-            wgpu::DeviceType::IntegratedGpu => 1,
-            wgpu::DeviceType::VirtualGpu => 2,
-            wgpu::DeviceType::Cpu => 3,
-            wgpu::DeviceType::Other => 4,
-        });
-        let Some(adapter) = adapters.into_iter().next() else {
-            panic!(
-                "the embedding tests need a wgpu adapter and none was found for backends {backends:?} \
-                 (WGPU_BACKEND={:?}). On Debian/Ubuntu: `apt-get install mesa-vulkan-drivers` \
-                 (lavapipe, Vulkan) or an EGL/OpenGL driver (llvmpipe); select one with \
-                 WGPU_BACKEND=vulkan|gl.",
-                std::env::var("WGPU_BACKEND").ok()
-            )
-        };
-        let info = adapter.get_info();
-        adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("embedding test app"),
-                required_features: wgpu::Features::empty(),
-                required_limits: adapter.limits(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
-                memory_hints: wgpu::MemoryHints::default(),
-                trace: wgpu::Trace::Off,
-            })
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not open a device on adapter '{}' ({:?}): {e}; try another one with WGPU_BACKEND=vulkan|gl",
-                    info.name, info.backend
-                )
-            })
-    })
+    common::app_device_with(|limits| limits)
 }
 
 fn app_engine(config: LossConfig) -> (wgpu::Device, FcosLoss) {

@@ -3,8 +3,16 @@
 
 use std::mem::{offset_of, size_of};
 
-use fcos_loss::gpu::params::{ImageLoss, Params};
+use fcos_loss::gpu::params::{ImageLoss, Params, PARTIAL_BYTES};
 use fcos_loss::gpu::shaders::{self, ShaderSource};
+
+/// The shaders assembled with `common.wgsl` (all but the stand-alone word copy).
+fn common_modules() -> Vec<(ShaderSource, naga::Module)> {
+    modules()
+        .into_iter()
+        .filter(|(s, _)| s.name != "copy_words.wgsl")
+        .collect()
+}
 
 fn modules() -> Vec<(ShaderSource, naga::Module)> {
     shaders::all()
@@ -173,8 +181,10 @@ fn params_matches_the_wgsl_struct() {
         w_reg,
         _pad,
     });
-    for (s, m) in modules() {
+    for (s, m) in common_modules() {
         check_layout(&m, &s.name, "Params", size_of::<Params>(), &rust);
+        let (span, _) = naga_struct(&m, "Partial").expect("Partial");
+        assert_eq!(span as u64, PARTIAL_BYTES, "{}: size of Partial", s.name);
     }
 }
 
@@ -184,7 +194,11 @@ fn image_loss_matches_the_wgsl_struct() {
         cls,
         cnt,
         reg,
-        num_pos
+        num_pos,
+        flags,
+        _pad0,
+        _pad1,
+        _pad2
     });
     let all = modules();
     let (s, m) = all
@@ -196,7 +210,7 @@ fn image_loss_matches_the_wgsl_struct() {
 
 #[test]
 fn workgroup_size_matches_wg() {
-    for (s, m) in modules() {
+    for (s, m) in common_modules() {
         let (_, c) = m
             .constants
             .iter()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
 use crate::gpu::context::GpuContext;
-use crate::gpu::params::{ImageLoss, Params};
+use crate::gpu::params::{ImageLoss, Params, PARTIAL_BYTES};
 use crate::gpu::pipelines::{Kernel, Pipelines, BACKWARD_STORAGE_BUFFERS};
 use crate::gpu::plan::{Plan, PlanLimits, CHANNELS};
 use crate::gpu::pool::{Pool, INPUT_NAMES};
@@ -105,7 +105,10 @@ pub struct FcosLoss {
     query_set: Option<wgpu::QuerySet>,
     timeout: Duration,
     target_workgroups: u32,
+    checks: bool,
 }
+
+mod locate;
 
 /// Where a call's inputs (or gradients) live.
 enum Source<'a, const N: usize> {
@@ -167,6 +170,7 @@ impl FcosLoss {
             query_set,
             timeout: DEFAULT_TIMEOUT,
             target_workgroups,
+            checks: true,
         })
     }
 
@@ -194,6 +198,21 @@ impl FcosLoss {
     /// for a given value (and differ from other values only by float rounding).
     pub fn set_target_workgroups(&mut self, n: u32) {
         self.target_workgroups = n.max(1);
+    }
+
+    /// Input value checks (on by default): the host path checks the values on the
+    /// CPU before uploading ([`crate::validate::check_values`]); the device path
+    /// checks them on the GPU inside the fused pass and, when one is bad, finds the
+    /// first bad element and returns the same [`FcosError::Value`] the host path
+    /// would. Turning them off saves that time; bad values then give unspecified
+    /// (possibly non-finite) losses instead of an error.
+    pub fn set_checks(&mut self, enabled: bool) {
+        self.checks = enabled;
+    }
+
+    /// Whether input value checks are on.
+    pub fn checks(&self) -> bool {
+        self.checks
     }
 
     /// The device context (device, queue, adapter info, limits).
@@ -420,6 +439,9 @@ impl FcosLoss {
         let start = Instant::now();
         self.backward_available(variant)?;
         inputs.check_shapes(levels, self.config.num_classes as usize)?;
+        if self.checks {
+            crate::validate::check_values(levels, inputs, self.config.num_classes as usize)?;
+        }
         let b = inputs.batch;
         let backward = variant == FusedVariant::Backward;
         if levels.positions() == 0 {
@@ -497,13 +519,15 @@ impl FcosLoss {
             self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(s));
         }
         let grad_source = backward.then_some(Source::Pool);
-        let (losses, kernel) = self.execute(
+        // Values were checked on the host: the kernel need not check them again.
+        let (losses, kernel, _) = self.execute(
             pool,
             levels,
             &plan,
             Source::Pool,
             grad_source,
             variant,
+            false,
             weights,
         )?;
         let grads = if backward {
@@ -586,15 +610,21 @@ impl FcosLoss {
         let plan = self.plan(levels, b)?;
         let mut guard = self.lock_pool()?;
         let grad_source = grads.map(|g| Source::User([g.cls_logits, g.cnt_logits, g.reg_preds]));
-        let (losses, kernel) = self.execute(
+        let checked = self.checks && variant != FusedVariant::Roofline;
+        let (losses, kernel, flags) = self.execute(
             &mut guard,
             levels,
             &plan,
             Source::User(inputs.buffers()),
             grad_source,
             variant,
+            checked,
             weights,
         )?;
+        if flags != 0 {
+            drop(guard);
+            return Err(self.locate_bad_input(levels, inputs, flags));
+        }
         Ok(Timed {
             value: losses,
             kernel,
@@ -613,20 +643,21 @@ impl FcosLoss {
         inputs: Source<'_, 6>,
         grads: Option<Source<'_, 3>>,
         variant: FusedVariant,
+        checked: bool,
         weights: &LossWeights,
-    ) -> Result<(Losses, Option<Duration>), FcosError> {
+    ) -> Result<(Losses, Option<Duration>, u32), FcosError> {
         let device = &self.ctx.device;
         let b = plan.batch as u64;
         let backward = variant == FusedVariant::Backward;
         let stride = (std::mem::size_of::<Params>() as u64)
             .next_multiple_of(self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64);
         let slots = 1 + plan.segments.len() as u64;
-        let out_bytes = 16 * b;
+        let out_bytes = std::mem::size_of::<ImageLoss>() as u64 * b;
         scoped(device, || {
             let created = &mut pool.created;
             let storage = wgpu::BufferUsages::STORAGE;
             // Sized by a bound that only grows with B, so a smaller batch never regrows it.
-            let partial_bytes = 16 * b * plan.partials_capacity_per_image as u64;
+            let partial_bytes = PARTIAL_BYTES * b * plan.partials_capacity_per_image as u64;
             Pool::ensure(
                 &mut pool.partials,
                 created,
@@ -711,10 +742,13 @@ impl FcosLoss {
         } else {
             None
         };
-        let kernel: &Kernel = match variant {
-            FusedVariant::Forward => &self.pipelines.forward,
-            FusedVariant::Roofline => &self.pipelines.roofline,
-            FusedVariant::Backward => self.pipelines.backward.as_ref().ok_or_else(missing)?,
+        let p = &self.pipelines;
+        let kernel: &Kernel = match (variant, checked) {
+            (FusedVariant::Forward, false) => &p.forward,
+            (FusedVariant::Forward, true) => &p.forward_checked,
+            (FusedVariant::Roofline, _) => &p.roofline,
+            (FusedVariant::Backward, false) => p.backward.as_ref().ok_or_else(missing)?,
+            (FusedVariant::Backward, true) => p.backward_checked.as_ref().ok_or_else(missing)?,
         };
 
         // Params: slot 0 global, slot 1 + s for segment s.
@@ -839,7 +873,8 @@ impl FcosLoss {
             images.iter().map(|x| x.num_pos).collect(),
             self.config.add_centerness,
         );
-        Ok((losses, kernel_time))
+        let flags = images.iter().fold(0, |f, x| f | x.flags);
+        Ok((losses, kernel_time, flags))
     }
 
     /// Reads the pooled gradient staging buffer (already filled by the submission

@@ -93,4 +93,26 @@ pub struct ImageLoss {
     pub reg: f32,
     /// Positives.
     pub num_pos: u32,
+    /// OR of the on-device check flags of the image ([`FLAGS`]).
+    pub flags: u32,
+    /// Padding.
+    pub _pad0: u32,
+    /// Padding.
+    pub _pad1: u32,
+    /// Padding.
+    pub _pad2: u32,
 }
+
+/// Bytes of one workgroup partial (`Partial` in `common.wgsl`).
+pub const PARTIAL_BYTES: u64 = 32;
+
+/// The on-device check flags (`FLAG_*` in `common.wgsl`) and the input each names,
+/// in the order of [`crate::gpu::pool::INPUT_NAMES`].
+pub const FLAGS: [(u32, &str); 6] = [
+    (1, "cls_logits"),
+    (2, "cnt_logits"),
+    (4, "reg_preds"),
+    (8, "cls_targets"),
+    (16, "cnt_targets"),
+    (32, "reg_targets"),
+];

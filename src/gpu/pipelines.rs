@@ -16,14 +16,20 @@ pub struct Kernel {
 pub struct Pipelines {
     /// The fused forward pass.
     pub forward: Kernel,
+    /// The fused forward pass with on-device input checks.
+    pub forward_checked: Kernel,
     /// The fused forward + backward pass (built on devices with enough storage bindings).
     pub backward: Option<Kernel>,
+    /// The fused forward + backward pass with on-device input checks.
+    pub backward_checked: Option<Kernel>,
     /// The roofline kernel: the forward pass's reads without its maths.
     pub roofline: Kernel,
     /// The per-image finalize reduce.
     pub finalize: Kernel,
     /// The per-image positive count.
     pub count: Kernel,
+    /// The raw word copy (error path of the on-device checks).
+    pub copy_words: Kernel,
 }
 
 /// Kinds of binding, in binding order after the uniform params at binding 0.
@@ -37,6 +43,20 @@ enum B {
 pub const BACKWARD_STORAGE_BUFFERS: u32 = 11;
 
 fn kernel(device: &wgpu::Device, shader: &ShaderSource, bindings: &[B]) -> Kernel {
+    build(device, shader, bindings, true)
+}
+
+/// A kernel whose bindings start at 0 with no params uniform: `src` (read), `dst` (write).
+fn kernel_without_params(device: &wgpu::Device, shader: &ShaderSource) -> Kernel {
+    build(device, shader, &[B::Read, B::Write], false)
+}
+
+fn build(
+    device: &wgpu::Device,
+    shader: &ShaderSource,
+    bindings: &[B],
+    with_params: bool,
+) -> Kernel {
     let entry = |binding: u32, ty| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -47,11 +67,15 @@ fn kernel(device: &wgpu::Device, shader: &ShaderSource, bindings: &[B]) -> Kerne
         },
         count: None,
     };
-    let mut entries = vec![entry(0, wgpu::BufferBindingType::Uniform)];
+    let first = u32::from(with_params);
+    let mut entries = Vec::new();
+    if with_params {
+        entries.push(entry(0, wgpu::BufferBindingType::Uniform));
+    }
     for (i, b) in bindings.iter().enumerate() {
         let read_only = matches!(b, B::Read);
         entries.push(entry(
-            1 + i as u32,
+            first + i as u32,
             wgpu::BufferBindingType::Storage { read_only },
         ));
     }
@@ -88,29 +112,28 @@ impl Pipelines {
         let backward_bindings = [
             Read, Read, Read, Read, Read, Read, Write, Read, Write, Write, Write,
         ];
-        let backward = (device.limits().max_storage_buffers_per_shader_stage
-            >= BACKWARD_STORAGE_BUFFERS)
-            .then(|| {
+        let can_backward =
+            device.limits().max_storage_buffers_per_shader_stage >= BACKWARD_STORAGE_BUFFERS;
+        let backward = |checks| {
+            can_backward.then(|| {
                 kernel(
                     device,
-                    &shaders::fused(FusedVariant::Backward),
+                    &shaders::fused(FusedVariant::Backward, checks),
                     &backward_bindings,
                 )
-            });
+            })
+        };
+        let forward =
+            |variant, checks| kernel(device, &shaders::fused(variant, checks), &forward_bindings);
         Pipelines {
-            forward: kernel(
-                device,
-                &shaders::fused(FusedVariant::Forward),
-                &forward_bindings,
-            ),
-            backward,
-            roofline: kernel(
-                device,
-                &shaders::fused(FusedVariant::Roofline),
-                &forward_bindings,
-            ),
+            forward: forward(FusedVariant::Forward, false),
+            forward_checked: forward(FusedVariant::Forward, true),
+            backward: backward(false),
+            backward_checked: backward(true),
+            roofline: forward(FusedVariant::Roofline, false),
             finalize: kernel(device, &shaders::finalize(), &[Read, Write]),
             count: kernel(device, &shaders::count(), &[Read, Write]),
+            copy_words: kernel_without_params(device, &shaders::copy_words()),
         }
     }
 }

@@ -10,6 +10,7 @@ const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const FUSED: &str = include_str!("../../shaders/fused.wgsl");
 const FINALIZE: &str = include_str!("../../shaders/finalize.wgsl");
 const COUNT: &str = include_str!("../../shaders/count.wgsl");
+const COPY_WORDS: &str = include_str!("../../shaders/copy_words.wgsl");
 
 /// One assembled shader: its name, entry point and full source.
 #[derive(Debug, Clone)]
@@ -84,19 +85,18 @@ pub enum FusedVariant {
     Roofline,
 }
 
-impl FusedVariant {
-    fn defines(self) -> &'static [&'static str] {
-        match self {
-            FusedVariant::Forward => &[],
-            FusedVariant::Backward => &["BACKWARD"],
-            FusedVariant::Roofline => &["ROOFLINE"],
-        }
+/// The fused pass (`shaders/fused.wgsl`) in one variant, with or without the
+/// on-device input checks.
+pub fn fused(variant: FusedVariant, checks: bool) -> ShaderSource {
+    let mut defines = match variant {
+        FusedVariant::Forward => vec![],
+        FusedVariant::Backward => vec!["BACKWARD"],
+        FusedVariant::Roofline => vec!["ROOFLINE"],
+    };
+    if checks {
+        defines.push("CHECKS");
     }
-}
-
-/// The fused pass (`shaders/fused.wgsl`) in one variant.
-pub fn fused(variant: FusedVariant) -> ShaderSource {
-    assemble("fused.wgsl", "fused", FUSED, variant.defines())
+    assemble("fused.wgsl", "fused", FUSED, &defines)
 }
 
 /// The per-image finalize reduce (`shaders/finalize.wgsl`).
@@ -109,14 +109,26 @@ pub fn count() -> ShaderSource {
     assemble("count.wgsl", "count_positives", COUNT, &[])
 }
 
+/// The raw word copy (`shaders/copy_words.wgsl`), which stands alone.
+pub fn copy_words() -> ShaderSource {
+    ShaderSource {
+        name: "copy_words.wgsl".to_string(),
+        entry_point: "copy_words",
+        source: COPY_WORDS.to_string(),
+    }
+}
+
 /// Every shader the engine builds.
 pub fn all() -> Vec<ShaderSource> {
     vec![
-        fused(FusedVariant::Forward),
-        fused(FusedVariant::Backward),
-        fused(FusedVariant::Roofline),
+        fused(FusedVariant::Forward, false),
+        fused(FusedVariant::Forward, true),
+        fused(FusedVariant::Backward, false),
+        fused(FusedVariant::Backward, true),
+        fused(FusedVariant::Roofline, false),
         finalize(),
         count(),
+        copy_words(),
     ]
 }
 
