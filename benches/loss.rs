@@ -109,8 +109,8 @@ fn criterion_benches() {
     let engine = open_engine();
     let mut c = Criterion::default()
         .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     for (name, spec) in BenchSpec::presets() {
         bench_shape(&mut c, &engine, name, &spec);

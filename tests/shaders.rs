@@ -173,13 +173,13 @@ fn params_matches_the_wgsl_struct() {
         reg_base,
         tgt_base,
         reg_tgt_base,
-        gamma_is_two,
+        _pad0,
         gamma,
         alpha,
         w_cls,
         w_cnt,
         w_reg,
-        _pad,
+        _pad1,
     });
     for (s, m) in common_modules() {
         check_layout(&m, &s.name, "Params", size_of::<Params>(), &rust);

@@ -317,48 +317,6 @@ fn mismatched_shapes_do_not_panic() {
     let _ = check_values(&b.levels, &inputs, b.classes);
 }
 
-/// Release-mode timing on the COCO default batch (8×80×17064 logits):
-/// `cargo test --release --test validate -- --ignored --nocapture coco`.
-#[test]
-#[ignore = "timing; run in release mode"]
-fn coco_default_timing() {
-    let b = synthetic::coco_default().unwrap();
-    let inputs = b.inputs();
-    inputs.check_shapes(&b.levels, b.classes).unwrap();
-    let mut times = Vec::new();
-    for _ in 0..30 {
-        let t = std::time::Instant::now();
-        check_values(&b.levels, &inputs, b.classes).unwrap();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let first = times[0];
-    times.sort_by(f64::total_cmp);
-    let mb = b.input_bytes() as f64 / 1e6;
-    println!(
-        "check_values on the COCO default batch ({mb:.1} MB): first {first:.3} ms, min {:.3} ms, median {:.3} ms ({:.1} GB/s)",
-        times[0],
-        times[times.len() / 2],
-        mb / times[times.len() / 2]
-    );
-    // For comparison: a plain short-circuiting scan of the logits alone.
-    let mut naive = Vec::new();
-    for _ in 0..10 {
-        let t = std::time::Instant::now();
-        let bad = inputs
-            .cls_logits
-            .iter()
-            .map(|s| s.iter().position(|x| !x.is_finite()))
-            .fold(0, |n, p| n + p.is_some() as usize);
-        assert_eq!(std::hint::black_box(bad), 0);
-        naive.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    naive.sort_by(f64::total_cmp);
-    println!(
-        "plain iter().position(!is_finite) over cls_logits only: median {:.3} ms",
-        naive[naive.len() / 2]
-    );
-}
-
 // ---------------------------------------------------------------------------
 // Property test
 

@@ -143,7 +143,9 @@ impl FcosLoss {
                 ctx.limits.max_storage_buffers_per_shader_stage
             )));
         }
-        let pipelines = scoped(&ctx.device, || Pipelines::new(&ctx.device))?;
+        let pipelines = scoped(&ctx.device, || {
+            Pipelines::new(&ctx.device, config.gamma == 2.0)
+        })?;
         let query_set = ctx
             .features
             .contains(wgpu::Features::TIMESTAMP_QUERY)
@@ -179,9 +181,14 @@ impl FcosLoss {
         &self.config
     }
 
-    /// Replaces the loss configuration (no pipeline is rebuilt).
+    /// Replaces the loss configuration. Pipelines are rebuilt only when γ switches
+    /// between 2 and another value (γ = 2 is compiled in as a square).
     pub fn set_config(&mut self, config: LossConfig) -> Result<(), FcosError> {
         config.validate()?;
+        if (config.gamma == 2.0) != (self.config.gamma == 2.0) {
+            let device = &self.ctx.device;
+            self.pipelines = scoped(device, || Pipelines::new(device, config.gamma == 2.0))?;
+        }
         self.config = config;
         Ok(())
     }

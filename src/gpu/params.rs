@@ -43,8 +43,8 @@ pub struct Params {
     pub tgt_base: u32,
     /// `vec4` offset in the `reg_targets` binding.
     pub reg_tgt_base: u32,
-    /// 1 when γ = 2.
-    pub gamma_is_two: u32,
+    /// Padding (γ = 2 is a pipeline constant, not a parameter).
+    pub _pad0: u32,
     /// Focal γ.
     pub gamma: f32,
     /// Focal α.
@@ -56,7 +56,7 @@ pub struct Params {
     /// Weight of `reg_loss`.
     pub w_reg: f32,
     /// Padding to a multiple of 16 bytes.
-    pub _pad: u32,
+    pub _pad1: u32,
 }
 
 impl Params {
@@ -70,7 +70,6 @@ impl Params {
                 RegLoss::Iou => 0,
                 RegLoss::Giou => 1,
             },
-            gamma_is_two: u32::from(config.gamma == 2.0),
             gamma: config.gamma,
             alpha: config.alpha,
             w_cls: weights.cls,

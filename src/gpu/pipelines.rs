@@ -42,13 +42,24 @@ enum B {
 /// Storage buffers the backward pass binds.
 pub const BACKWARD_STORAGE_BUFFERS: u32 = 11;
 
-fn kernel(device: &wgpu::Device, shader: &ShaderSource, bindings: &[B]) -> Kernel {
-    build(device, shader, bindings, true)
+fn kernel(
+    device: &wgpu::Device,
+    shader: &ShaderSource,
+    bindings: &[B],
+    gamma_is_two: bool,
+) -> Kernel {
+    build(
+        device,
+        shader,
+        bindings,
+        true,
+        &[("GAMMA_IS_TWO", f64::from(u8::from(gamma_is_two)))],
+    )
 }
 
 /// A kernel whose bindings start at 0 with no params uniform: `src` (read), `dst` (write).
 fn kernel_without_params(device: &wgpu::Device, shader: &ShaderSource) -> Kernel {
-    build(device, shader, &[B::Read, B::Write], false)
+    build(device, shader, &[B::Read, B::Write], false, &[])
 }
 
 fn build(
@@ -56,6 +67,7 @@ fn build(
     shader: &ShaderSource,
     bindings: &[B],
     with_params: bool,
+    constants: &[(&str, f64)],
 ) -> Kernel {
     let entry = |binding: u32, ty| wgpu::BindGroupLayoutEntry {
         binding,
@@ -84,10 +96,11 @@ fn build(
         label: Some(label),
         entries: &entries,
     });
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    let desc = wgpu::ShaderModuleDescriptor {
         label: Some(label),
         source: wgpu::ShaderSource::Wgsl(shader.source.as_str().into()),
-    });
+    };
+    let module = device.create_shader_module(desc);
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(label),
         bind_group_layouts: &[Some(&layout)],
@@ -98,15 +111,20 @@ fn build(
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some(shader.entry_point),
-        compilation_options: wgpu::PipelineCompilationOptions::default(),
+        // Every kernel writes its workgroup memory before reading it.
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            zero_initialize_workgroup_memory: false,
+        },
         cache: None,
     });
     Kernel { layout, pipeline }
 }
 
 impl Pipelines {
-    /// Builds every pipeline the device supports (call inside an error scope).
-    pub fn new(device: &wgpu::Device) -> Self {
+    /// Builds every pipeline the device supports (call inside an error scope), for
+    /// γ = 2 (`gamma_is_two`, the square as a product) or any other γ.
+    pub fn new(device: &wgpu::Device, gamma_is_two: bool) -> Self {
         use B::{Read, Write};
         let forward_bindings = [Read, Read, Read, Read, Read, Read, Write];
         let backward_bindings = [
@@ -120,19 +138,26 @@ impl Pipelines {
                     device,
                     &shaders::fused(FusedVariant::Backward, checks),
                     &backward_bindings,
+                    gamma_is_two,
                 )
             })
         };
-        let forward =
-            |variant, checks| kernel(device, &shaders::fused(variant, checks), &forward_bindings);
+        let forward = |variant, checks| {
+            kernel(
+                device,
+                &shaders::fused(variant, checks),
+                &forward_bindings,
+                gamma_is_two,
+            )
+        };
         Pipelines {
             forward: forward(FusedVariant::Forward, false),
             forward_checked: forward(FusedVariant::Forward, true),
             backward: backward(false),
             backward_checked: backward(true),
             roofline: forward(FusedVariant::Roofline, false),
-            finalize: kernel(device, &shaders::finalize(), &[Read, Write]),
-            count: kernel(device, &shaders::count(), &[Read, Write]),
+            finalize: kernel(device, &shaders::finalize(), &[Read, Write], gamma_is_two),
+            count: kernel(device, &shaders::count(), &[Read, Write], gamma_is_two),
             copy_words: kernel_without_params(device, &shaders::copy_words()),
         }
     }
