@@ -252,6 +252,8 @@ fn check(a: &CheckArgs) -> Result<(), Failure> {
     let config = LossConfig::new(batch.classes as u32).with_reg_loss(a.reg);
     let levels = &batch.levels;
     let inputs = batch.inputs();
+    // Bad values are reported before a device is opened.
+    fcos_loss::validate::check_values(levels, &inputs, batch.classes)?;
     let engine = FcosLoss::new(config.clone())?;
     let gpu = engine.compute(levels, &inputs)?;
     let cpu = reference::losses(&config, levels, &inputs)?;
@@ -384,6 +386,7 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
     let levels = &batch.levels;
     let config = LossConfig::new(batch.classes as u32).with_reg_loss(a.reg);
     let weights = LossWeights::for_config(&config);
+    fcos_loss::validate::check_values(levels, &batch.inputs(), batch.classes)?;
     let engine = FcosLoss::new(config.clone())?;
     let (gpu, g) = engine.forward_backward(levels, &batch.inputs(), &weights)?;
     let (cpu, cg) = reference::grad::gradients(&config, levels, &batch.inputs(), &weights)?;

@@ -191,3 +191,103 @@ fn grad_writes_gradients_in_the_input_shapes() {
         assert_eq!(st.tensor("loss.reg").unwrap().shape(), &[3]);
     }
 }
+
+/// Files a PyTorch user might hand over with a defect: each gets exit code 2 and one
+/// line naming the tensor.
+#[test]
+fn defective_case_files_name_the_tensor() {
+    use safetensors::tensor::{serialize, Dtype, TensorView};
+    let case =
+        fcos_loss::io::read_case(Path::new(&data("single_b1_c1_64x64.safetensors"))).unwrap();
+    let b = &case.batch;
+    type Tensor = (String, Vec<usize>, Vec<u8>, Dtype);
+    let mut tensors: Vec<Tensor> = Vec::new();
+    for (head, ch, data) in [
+        ("cls_logits", b.classes, &b.cls_logits),
+        ("cnt_logits", 1, &b.cnt_logits),
+        ("reg_preds", 4, &b.reg_preds),
+    ] {
+        for (l, v) in data.iter().enumerate() {
+            let (h, w) = b.levels.shapes()[l];
+            tensors.push((
+                format!("{head}.{l}"),
+                vec![b.batch, ch, h as usize, w as usize],
+                bytemuck::cast_slice(v).to_vec(),
+                Dtype::F32,
+            ));
+        }
+    }
+    let p = b.levels.positions();
+    tensors.push((
+        "cls_targets".into(),
+        vec![b.batch, p, 1],
+        bytemuck::cast_slice(&b.cls_targets).to_vec(),
+        Dtype::F32,
+    ));
+    tensors.push((
+        "cnt_targets".into(),
+        vec![b.batch, p, 1],
+        bytemuck::cast_slice(&b.cnt_targets).to_vec(),
+        Dtype::F32,
+    ));
+    tensors.push((
+        "reg_targets".into(),
+        vec![b.batch, p, 4],
+        bytemuck::cast_slice(&b.reg_targets).to_vec(),
+        Dtype::F32,
+    ));
+    let write = |name: &str, ts: &[Tensor]| -> String {
+        let views: Vec<(String, TensorView)> = ts
+            .iter()
+            .map(|(n, s, d, t)| (n.clone(), TensorView::new(*t, s.clone(), d).unwrap()))
+            .collect();
+        let bytes = serialize(views, None).unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "fcos-cli-{name}-{}.safetensors",
+            std::process::id()
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let mut variants: Vec<(&str, Vec<Tensor>, &str)> = Vec::new();
+    variants.push((
+        "missing",
+        tensors
+            .iter()
+            .filter(|t| t.0 != "reg_targets")
+            .cloned()
+            .collect(),
+        "reg_targets",
+    ));
+    let mut rank = tensors.clone();
+    rank[0].1 = vec![rank[0].1.iter().product()];
+    variants.push(("rank", rank, "cls_logits.0"));
+    let mut dtype = tensors.clone();
+    let n: usize = dtype[1].1.iter().product();
+    dtype[1].2 = vec![1u8; n];
+    dtype[1].3 = Dtype::U8;
+    variants.push(("u8", dtype, "cls_logits.1"));
+    let mut boolean = tensors.clone();
+    let last = boolean.len() - 3;
+    let n: usize = boolean[last].1.iter().product();
+    boolean[last].2 = vec![0u8; n];
+    boolean[last].3 = Dtype::BOOL;
+    variants.push(("bool", boolean, "cls_targets"));
+    let mut nan = tensors.clone();
+    nan[0].2[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    variants.push(("nan", nan, "cls_logits.0"));
+    for (name, ts, tensor) in variants {
+        let path = write(name, &ts);
+        let out = bin().args(["check", &path]).output().unwrap();
+        let _ = std::fs::remove_file(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect::<Vec<_>>();
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert_eq!(line.len(), 1, "{name}: {stderr}");
+        assert!(line[0].contains(tensor), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
