@@ -2,9 +2,10 @@
 // and backward. Assembled in front of each kernel by src/gpu/shaders.rs (WGSL has no
 // #include; that file also resolves the #ifdef blocks of the kernels).
 
-// Threads per workgroup of the reduction kernels. The Rust side reads the same
-// number from src/gpu/shaders.rs::WORKGROUP_SIZE (a test checks they agree).
-const WG: u32 = 256u;
+// Threads per workgroup of the reduction kernels, a power of two set when the
+// pipeline is made (FcosLoss::set_workgroup_size). The default is the Rust side's
+// src/gpu/shaders.rs::WORKGROUP_SIZE (a test checks they agree).
+override WG: u32 = 256u;
 
 // One dispatch ("segment") covers one pyramid level for a run of images.
 // Mirrors `Params` in src/gpu/params.rs (a test checks size and offsets).

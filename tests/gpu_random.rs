@@ -557,3 +557,46 @@ fn shape_errors_name_the_tensor() {
     let want = reference::losses(&config, &levels, &batch.inputs()).unwrap();
     common::assert_close("after shape errors", &got, &want);
 }
+
+/// Every workgroup size (an override constant) gives the reference's losses and
+/// gradients; bad sizes are refused with a message.
+#[test]
+fn every_workgroup_size_matches_the_reference() {
+    let config = LossConfig::new(9).with_reg_loss(RegLoss::Giou);
+    let mut engine = common::engine(config.clone());
+    let levels = Levels::from_shapes(&[(23, 31), (12, 16), (1, 1)]).unwrap();
+    let mut spec = SyntheticSpec::new(3, 9);
+    spec.pos_frac = vec![0.1, 0.0, 1.0];
+    let batch = synthetic::generate(&levels, &[8, 16, 32], &spec).unwrap();
+    let cpu = reference::losses(&config, &levels, &batch.inputs()).unwrap();
+    let w = fcos_loss::LossWeights::default();
+    let (_, cg) = reference::grad::gradients(&config, &levels, &batch.inputs(), &w).unwrap();
+    for wg in [32, 64, 128, 256, 512] {
+        engine.set_workgroup_size(wg).unwrap();
+        assert_eq!(engine.workgroup_size(), wg);
+        let got = engine.compute(&levels, &batch.inputs()).unwrap();
+        assert!(
+            mismatches(&got, &cpu).is_empty(),
+            "WG {wg}: {:?}",
+            mismatches(&got, &cpu)
+        );
+        let (_, g) = engine
+            .forward_backward(&levels, &batch.inputs(), &w)
+            .unwrap();
+        let worst = g
+            .cls_logits
+            .iter()
+            .flatten()
+            .zip(cg.cls_logits.iter().flatten())
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= 1e-4 * cg.max_abs()[0],
+            "WG {wg}: gradient error {worst}"
+        );
+    }
+    for bad in [0, 48, 16, 2048] {
+        let e = engine.set_workgroup_size(bad).unwrap_err();
+        assert!(e.to_string().contains("workgroup size"), "{e}");
+    }
+}

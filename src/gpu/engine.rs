@@ -10,7 +10,7 @@ use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
 use crate::gpu::context::GpuContext;
 use crate::gpu::params::{ImageLoss, Params, PARTIAL_BYTES};
-use crate::gpu::pipelines::{Kernel, Pipelines, BACKWARD_STORAGE_BUFFERS};
+use crate::gpu::pipelines::{Kernel, Pipelines, Spec, BACKWARD_STORAGE_BUFFERS};
 use crate::gpu::plan::{Plan, PlanLimits, CHANNELS};
 use crate::gpu::pool::{Pool, INPUT_NAMES};
 use crate::gpu::shaders::{FusedVariant, WORKGROUP_SIZE};
@@ -106,6 +106,7 @@ pub struct FcosLoss {
     timeout: Duration,
     target_workgroups: u32,
     checks: bool,
+    spec: Spec,
 }
 
 mod locate;
@@ -143,9 +144,11 @@ impl FcosLoss {
                 ctx.limits.max_storage_buffers_per_shader_stage
             )));
         }
-        let pipelines = scoped(&ctx.device, || {
-            Pipelines::new(&ctx.device, config.gamma == 2.0)
-        })?;
+        let spec = Spec {
+            gamma_is_two: config.gamma == 2.0,
+            workgroup_size: WORKGROUP_SIZE,
+        };
+        let pipelines = scoped(&ctx.device, || Pipelines::new(&ctx.device, spec))?;
         let query_set = ctx
             .features
             .contains(wgpu::Features::TIMESTAMP_QUERY)
@@ -173,6 +176,7 @@ impl FcosLoss {
             timeout: DEFAULT_TIMEOUT,
             target_workgroups,
             checks: true,
+            spec,
         })
     }
 
@@ -185,11 +189,48 @@ impl FcosLoss {
     /// between 2 and another value (γ = 2 is compiled in as a square).
     pub fn set_config(&mut self, config: LossConfig) -> Result<(), FcosError> {
         config.validate()?;
-        if (config.gamma == 2.0) != (self.config.gamma == 2.0) {
-            let device = &self.ctx.device;
-            self.pipelines = scoped(device, || Pipelines::new(device, config.gamma == 2.0))?;
-        }
+        self.rebuild(Spec {
+            gamma_is_two: config.gamma == 2.0,
+            ..self.spec
+        })?;
         self.config = config;
+        Ok(())
+    }
+
+    /// Threads per workgroup of every kernel (default [`WORKGROUP_SIZE`]): a power of
+    /// two from 32 up to what the device allows. Rebuilds the pipelines.
+    pub fn set_workgroup_size(&mut self, n: u32) -> Result<(), FcosError> {
+        let l = &self.ctx.limits;
+        // The fused pass keeps one vec4<f32> per thread in workgroup memory, plus a flag word.
+        let storage = 16 * n as u64 + 16;
+        if !n.is_power_of_two()
+            || !(32..=1024).contains(&n)
+            || n > l.max_compute_invocations_per_workgroup
+            || n > l.max_compute_workgroup_size_x
+            || storage > l.max_compute_workgroup_storage_size as u64
+        {
+            return Err(FcosError::InvalidConfig(format!(
+                "workgroup size must be a power of two in 32..=1024 within the device's limits (max_compute_invocations_per_workgroup = {}, max_compute_workgroup_size_x = {}, max_compute_workgroup_storage_size = {} bytes for {storage}), got {n}",
+                l.max_compute_invocations_per_workgroup, l.max_compute_workgroup_size_x, l.max_compute_workgroup_storage_size
+            )));
+        }
+        self.rebuild(Spec {
+            workgroup_size: n,
+            ..self.spec
+        })
+    }
+
+    /// Threads per workgroup of every kernel.
+    pub fn workgroup_size(&self) -> u32 {
+        self.spec.workgroup_size
+    }
+
+    fn rebuild(&mut self, spec: Spec) -> Result<(), FcosError> {
+        if spec != self.spec {
+            let device = &self.ctx.device;
+            self.pipelines = scoped(device, || Pipelines::new(device, spec))?;
+            self.spec = spec;
+        }
         Ok(())
     }
 
@@ -383,7 +424,7 @@ impl FcosLoss {
             levels,
             b as u32,
             self.config.num_classes,
-            WORKGROUP_SIZE,
+            self.spec.workgroup_size,
             self.target_workgroups,
             PlanLimits::of(&self.ctx.limits),
         )

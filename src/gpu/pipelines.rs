@@ -39,21 +39,28 @@ enum B {
     Write,
 }
 
+/// The pipeline constants every kernel with `common.wgsl` is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// γ = 2: the focal factor is a square, decided at compile time.
+    pub gamma_is_two: bool,
+    /// Threads per workgroup (`WG`), a power of two.
+    pub workgroup_size: u32,
+}
+
 /// Storage buffers the backward pass binds.
 pub const BACKWARD_STORAGE_BUFFERS: u32 = 11;
 
-fn kernel(
-    device: &wgpu::Device,
-    shader: &ShaderSource,
-    bindings: &[B],
-    gamma_is_two: bool,
-) -> Kernel {
+fn kernel(device: &wgpu::Device, shader: &ShaderSource, bindings: &[B], spec: Spec) -> Kernel {
     build(
         device,
         shader,
         bindings,
         true,
-        &[("GAMMA_IS_TWO", f64::from(u8::from(gamma_is_two)))],
+        &[
+            ("GAMMA_IS_TWO", f64::from(u8::from(spec.gamma_is_two))),
+            ("WG", f64::from(spec.workgroup_size)),
+        ],
     )
 }
 
@@ -123,8 +130,8 @@ fn build(
 
 impl Pipelines {
     /// Builds every pipeline the device supports (call inside an error scope), for
-    /// γ = 2 (`gamma_is_two`, the square as a product) or any other γ.
-    pub fn new(device: &wgpu::Device, gamma_is_two: bool) -> Self {
+    /// the constants of `spec`.
+    pub fn new(device: &wgpu::Device, spec: Spec) -> Self {
         use B::{Read, Write};
         let forward_bindings = [Read, Read, Read, Read, Read, Read, Write];
         let backward_bindings = [
@@ -138,7 +145,7 @@ impl Pipelines {
                     device,
                     &shaders::fused(FusedVariant::Backward, checks),
                     &backward_bindings,
-                    gamma_is_two,
+                    spec,
                 )
             })
         };
@@ -147,7 +154,7 @@ impl Pipelines {
                 device,
                 &shaders::fused(variant, checks),
                 &forward_bindings,
-                gamma_is_two,
+                spec,
             )
         };
         Pipelines {
@@ -156,8 +163,8 @@ impl Pipelines {
             backward: backward(false),
             backward_checked: backward(true),
             roofline: forward(FusedVariant::Roofline, false),
-            finalize: kernel(device, &shaders::finalize(), &[Read, Write], gamma_is_two),
-            count: kernel(device, &shaders::count(), &[Read, Write], gamma_is_two),
+            finalize: kernel(device, &shaders::finalize(), &[Read, Write], spec),
+            count: kernel(device, &shaders::count(), &[Read, Write], spec),
             copy_words: kernel_without_params(device, &shaders::copy_words()),
         }
     }

@@ -3,7 +3,8 @@
 //! `#endif` blocks resolved for the variant at hand (WGSL has neither `#include`
 //! nor a preprocessor).
 
-/// Threads per workgroup of the reduction kernels (`WG` in `shaders/common.wgsl`).
+/// Default threads per workgroup of the reduction kernels (the default of the
+/// `WG` override in `shaders/common.wgsl`).
 pub const WORKGROUP_SIZE: u32 = 256;
 
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
