@@ -91,3 +91,39 @@ pub struct Gradients {
     /// dL/d`reg_preds[l]`, `[B, 4, H_l, W_l]`.
     pub reg_preds: Vec<Vec<f32>>,
 }
+
+/// The largest `|got - want|` of each level tensor of one head, relative to that
+/// tensor's largest `|want|` (SPEC §4's tolerance for gradients: each element within
+/// `1e-4` of the largest magnitude in its tensor), over all levels. A tensor whose
+/// elements all match counts 0 (even when all zero); a NaN never passes.
+pub fn max_tensor_error<A, B>(got: &[Vec<A>], want: &[Vec<B>]) -> f64
+where
+    A: Copy + Into<f64>,
+    B: Copy + Into<f64>,
+{
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            if g.len() != w.len() {
+                return f64::INFINITY;
+            }
+            let scale = w.iter().fold(0.0f64, |m, &x| m.max(x.into().abs()));
+            let err = g
+                .iter()
+                .zip(w)
+                .map(|(&a, &b)| (a.into() - b.into()).abs())
+                .fold(
+                    0.0f64,
+                    |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+                );
+            if err == 0.0 {
+                0.0
+            } else {
+                err / scale
+            }
+        })
+        .fold(0.0, f64::max)
+}

@@ -356,30 +356,6 @@ fn check(a: &CheckArgs) -> Result<(), Failure> {
     }
 }
 
-/// Largest `|got - want|` of each level tensor relative to that tensor's largest
-/// `|want|` (SPEC §4 tolerance: 1e-4), over all levels of one head.
-fn grad_error(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| {
-            let scale = w.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
-            let err = g
-                .iter()
-                .zip(w)
-                .map(|(&a, &b)| (a as f64 - b as f64).abs())
-                .fold(
-                    0.0f64,
-                    |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
-                );
-            if err == 0.0 {
-                0.0
-            } else {
-                err / scale.max(f64::MIN_POSITIVE)
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
 fn grad(a: &GradArgs) -> Result<(), Failure> {
     let case = io::read_case(&a.file)?;
     let batch = &case.batch;
@@ -402,7 +378,7 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
     let vs_cpu: Vec<f64> = heads(&g)
         .iter()
         .zip(heads(&cg).iter())
-        .map(|(x, y)| grad_error(x, y))
+        .map(|(x, y)| fcos_loss::losses::max_tensor_error(x, y))
         .collect();
     // Expected gradients: cls and cnt from expected.grad.*, reg from the mode's own tensors.
     let expected: Option<[Option<Vec<Vec<f32>>>; 3]> = case.expected.as_ref().map(|e| {
@@ -420,7 +396,10 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
         Some(ex) => heads(&g)
             .iter()
             .zip(ex)
-            .map(|(x, y)| y.as_ref().map(|y| grad_error(x, y)))
+            .map(|(x, y)| {
+                y.as_ref()
+                    .map(|y| fcos_loss::losses::max_tensor_error(x, y))
+            })
             .collect(),
         None => vec![None; 3],
     };

@@ -12,31 +12,6 @@ use fcos_loss::{
 };
 use wgpu::util::DeviceExt;
 
-/// Largest |got - want| of each level tensor relative to that tensor's largest |want|
-/// (the tolerance: each element within 1e-4 of the largest magnitude in its
-/// tensor), over all levels of a head. An all-zero tensor must match exactly.
-fn head_error(got: &[Vec<f32>], want: &[Vec<f64>]) -> f64 {
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| {
-            let scale = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            let err = g
-                .iter()
-                .zip(w)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(
-                    0.0f64,
-                    |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
-                );
-            if err == 0.0 {
-                0.0
-            } else {
-                err / scale
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
 fn assert_heads(what: &str, got: &Gradients, want: &RefGradients, tol: f64) {
     for (name, g, w) in [
         ("cls_logits", &got.cls_logits, &want.cls_logits),
@@ -47,7 +22,7 @@ fn assert_heads(what: &str, got: &Gradients, want: &RefGradients, tol: f64) {
         for (l, (a, b)) in g.iter().zip(w.iter()).enumerate() {
             assert_eq!(a.len(), b.len(), "{what}: {name}.{l} length");
         }
-        let err = head_error(g, w);
+        let err = fcos_loss::losses::max_tensor_error(g, w);
         assert!(
             err <= tol,
             "{what}: {name} max error {err:e} of its tensor's largest magnitude > {tol:e}"
@@ -104,7 +79,7 @@ fn golden_gradients_match_pytorch() {
         };
         let (_, g) = engine.forward_backward(&b.levels, &b.inputs(), &w).unwrap();
         let want = as_f64(exp.grad_giou_reg.as_ref().expect("golden GIoU gradients"));
-        let err = head_error(&g.reg_preds, &want);
+        let err = fcos_loss::losses::max_tensor_error(&g.reg_preds, &want);
         assert!(err <= 1e-4, "{name} GIoU reg_preds: {err:e} > 1e-4");
         assert!(
             g.cls_logits.iter().flatten().all(|&x| x == 0.0),
