@@ -36,6 +36,7 @@ use serde::Serialize;
 
 use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
+use crate::gpu::engine::scoped;
 use crate::gpu::{DeviceGradients, DeviceInputs, FcosLoss, Timed};
 use crate::inputs::Batch;
 use crate::layout::Levels;
@@ -326,11 +327,10 @@ impl<'e> Workload<'e> {
                 num_classes: spec.classes,
                 ..engine.config().clone()
             };
-            EngineRef::Owned(Box::new(FcosLoss::from_device(
-                ctx.device.clone(),
-                ctx.queue.clone(),
-                config,
-            )?))
+            let mut owned = FcosLoss::from_device(ctx.device.clone(), ctx.queue.clone(), config)?;
+            owned.set_checks(engine.checks());
+            owned.set_workgroup_size(engine.workgroup_size())?;
+            EngineRef::Owned(Box::new(owned))
         };
         let levels = spec.levels()?;
         let synth = SyntheticSpec {
@@ -520,19 +520,6 @@ fn check_size(name: &str, bytes: u64, max: u64) -> Result<(), FcosError> {
         )));
     }
     Ok(())
-}
-
-/// Runs `f` inside validation and out-of-memory error scopes.
-fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T, FcosError> {
-    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let out = f();
-    let v = pollster::block_on(validation.pop());
-    let o = pollster::block_on(oom.pop());
-    match v.or(o) {
-        Some(e) => Err(FcosError::Gpu(crate::gpu::engine::describe(&e))),
-        None => Ok(out),
-    }
 }
 
 /// Times one shape with the default [`BenchOptions`] (one warm-up, three CPU

@@ -30,6 +30,36 @@ enum Command {
     Check(CheckArgs),
     /// Gradients of a case file on the GPU, written to a safetensors file; compared with the CPU reference and expected gradients.
     Grad(GradArgs),
+    /// Kernel and call times on this adapter beside the memory roofline and the CPU reference.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Base shape: voc (B 2, C 20, 512x512), coco (B 8, C 80, 800x1024) or coco-large (B 16, C 80, 800x1333).
+    #[arg(long, default_value = "coco")]
+    preset: String,
+    /// Images per batch (overrides the preset).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Classes (overrides the preset).
+    #[arg(long)]
+    classes: Option<u32>,
+    /// Image size HxW (overrides the preset).
+    #[arg(long)]
+    image: Option<String>,
+    /// Timed repetitions (medians and minima are reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Timed runs of the CPU reference (0 skips it).
+    #[arg(long, default_value_t = 3)]
+    cpu_reps: usize,
+    /// Leave out the forward + backward pass.
+    #[arg(long)]
+    no_backward: bool,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -132,6 +162,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(a)) => demo(&a),
         Some(Command::Check(a)) => check(&a),
         Some(Command::Grad(a)) => grad(&a),
+        Some(Command::Bench(a)) => bench(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -482,4 +513,75 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
         }
         Err(Failure::Mismatch)
     }
+}
+
+fn bench(a: &BenchArgs) -> Result<(), Failure> {
+    use fcos_loss::bench::{self, BenchOptions, BenchSpec};
+    let mut spec = BenchSpec::preset(&a.preset)?.with_reps(a.reps);
+    if let Some(b) = a.batch {
+        spec = spec.with_batch(b);
+    }
+    if let Some(c) = a.classes {
+        spec.classes = c;
+    }
+    if let Some(img) = &a.image {
+        spec.image = parse_image(img)?;
+    }
+    let mut engine = FcosLoss::new(LossConfig::new(spec.classes))?;
+    let options = BenchOptions {
+        warmup: 1,
+        cpu_reps: a.cpu_reps,
+        backward: !a.no_backward,
+    };
+    // With the input checks (the default) and without them, to show what they cost.
+    let checked = bench::run_with(&engine, &spec, &options)?;
+    engine.set_checks(false);
+    let unchecked = bench::run_with(
+        &engine,
+        &spec,
+        &BenchOptions {
+            cpu_reps: 0,
+            backward: false,
+            ..options.clone()
+        },
+    )?;
+    let kernel_cost = checked.kernel_ms / unchecked.kernel_ms;
+    let call_cost = checked.call_ms / unchecked.call_ms;
+    if a.json {
+        let mut out = serde_json::to_value(&checked).map_err(|e| FcosError::File(e.to_string()))?;
+        if let Value::Object(m) = &mut out {
+            m.insert("checks".into(), json!(true));
+            m.insert(
+                "without_checks".into(),
+                json!({
+                    "kernel_ms": unchecked.kernel_ms,
+                    "call_ms": unchecked.call_ms,
+                    "device_call_ms": unchecked.device_call_ms,
+                    "kernel_over_roofline": unchecked.kernel_over_roofline,
+                }),
+            );
+            m.insert("checks_kernel_cost".into(), json!(kernel_cost));
+            m.insert("checks_call_cost".into(), json!(call_cost));
+        }
+        println!("{out}");
+    } else {
+        println!("with input checks (the default):");
+        println!("{}", bench::table(std::slice::from_ref(&checked)));
+        println!("without input checks (set_checks(false)):");
+        println!("{}", bench::table(std::slice::from_ref(&unchecked)));
+        println!(
+            "checks cost: kernel x{kernel_cost:.3} (GPU flags in the fused pass), host call x{call_cost:.3} (CPU validation before upload)"
+        );
+        if let Some(d) = checked.max_rel_diff {
+            println!("GPU vs CPU reference: largest relative difference {d:.2e}");
+        }
+        if !checked.timestamps {
+            println!("(no TIMESTAMP_QUERY on this adapter: kernel times are wall-clock times of device-buffer calls)");
+        }
+    }
+    if checked.max_rel_diff.is_some_and(|d| d > REL_TOL) {
+        eprintln!("error: GPU and CPU reference disagree beyond tolerance");
+        return Err(Failure::Mismatch);
+    }
+    Ok(())
 }

@@ -291,3 +291,48 @@ fn defective_case_files_name_the_tensor() {
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
 }
+
+#[test]
+fn bench_json_has_the_documented_keys() {
+    let out = bin()
+        .args([
+            "bench",
+            "--preset",
+            "voc",
+            "--batch",
+            "1",
+            "--image",
+            "128x160",
+            "--reps",
+            "2",
+            "--cpu-reps",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    for key in [
+        "kernel_ms",
+        "call_ms",
+        "device_call_ms",
+        "roofline_ms",
+        "kernel_over_roofline",
+        "cpu_ms",
+        "backward_kernel_ms",
+        "checks_kernel_cost",
+    ] {
+        assert!(
+            v[key].as_f64().is_some_and(|x| x.is_finite() && x > 0.0),
+            "{key}: {v}"
+        );
+    }
+    assert!(v["adapter"].as_str().is_some());
+    assert!(v["max_rel_diff"].as_f64().unwrap() <= 1e-4);
+}

@@ -1096,7 +1096,7 @@ fn missing() -> FcosError {
 
 /// Runs `f` inside validation and out-of-memory error scopes and turns what they
 /// catch into [`FcosError::Gpu`].
-fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T, FcosError> {
+pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T, FcosError> {
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let out = f();
