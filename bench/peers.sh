@@ -5,12 +5,12 @@
 #
 # usage: bench/peers.sh [--crate]
 #   --crate   right after PyTorch, time the crate on the same machine
-#             (FCOS_BENCH=report cargo bench --bench loss, WGPU_BACKEND=vulkan unless set),
+#             (cargo run --release -- bench, WGPU_BACKEND=vulkan unless set),
 #             so both sides are measured in one sitting.
 #
 # Environment (defaults in brackets):
 #   VENV   the virtual environment with torch [/tmp/torch]; made if missing
-#   PEERS  the peers scripts (gen_case.py, bench_peers.py, notebook_loss.py) [/work/shared/peers]
+#   PEERS  the peers scripts (gen_case.py, bench_peers.py, notebook_loss.py) [../shared/peers]
 #   CASE   the case file [/tmp/coco8.safetensors]
 #   N      timed repetitions (after 2 untimed ones) [10]
 #
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${VENV:-/tmp/torch}"
-PEERS="${PEERS:-/work/shared/peers}"
+PEERS="${PEERS:-../shared/peers}"
 CASE="${CASE:-/tmp/coco8.safetensors}"
 N="${N:-10}"
 PY="$VENV/bin/python"
@@ -48,6 +48,6 @@ if [[ "${1:-}" == "--crate" ]]; then
     export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
     export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/fcos-loss-xdg}"
     mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
-    echo "== crate (WGPU_BACKEND=$WGPU_BACKEND): FCOS_BENCH=report cargo bench --bench loss"
-    FCOS_BENCH=report FCOS_BENCH_REPS="$N" cargo bench --quiet --bench loss
+    echo "== crate (WGPU_BACKEND=$WGPU_BACKEND): fcos-loss bench --preset coco --reps $N"
+    cargo run --release --quiet -- bench --preset coco --reps "$N"
 fi
