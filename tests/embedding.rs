@@ -4,9 +4,7 @@
 mod common;
 
 use fcos_loss::synthetic::{self, SyntheticSpec};
-use fcos_loss::{
-    reference, Batch, DeviceInputs, FcosError, FcosLoss, Levels, LossConfig, Losses, RegLoss,
-};
+use fcos_loss::{reference, Batch, DeviceInputs, FcosError, FcosLoss, Levels, LossConfig, RegLoss};
 use wgpu::util::DeviceExt;
 
 /// Opens a device the way an application would, honouring `WGPU_BACKEND`.
@@ -105,17 +103,6 @@ impl AppBuffers {
     }
 }
 
-fn bits(l: &Losses) -> Vec<u64> {
-    l.cls
-        .iter()
-        .chain(&l.cnt)
-        .chain(&l.reg)
-        .chain([&l.cls_loss, &l.cnt_loss, &l.reg_loss, &l.total])
-        .map(|x| x.to_bits())
-        .chain(l.num_pos.iter().map(|&n| n as u64))
-        .collect()
-}
-
 fn case(classes: usize, shapes: &[(u32, u32)], pos_frac: Vec<f64>, seed: u64) -> (Levels, Batch) {
     let levels = Levels::from_shapes(shapes).unwrap();
     let mut spec = SyntheticSpec::new(pos_frac.len(), classes);
@@ -139,8 +126,8 @@ fn check_device_path(
         .expect("compute_device");
     let host = engine.compute(levels, &batch.inputs()).expect("compute");
     assert_eq!(
-        bits(&on_device),
-        bits(&host),
+        common::bits(&on_device),
+        common::bits(&host),
         "{what}: device and host paths differ\n device {on_device:?}\n host   {host:?}"
     );
     let cpu = reference::losses(engine.config(), levels, &batch.inputs()).unwrap();
@@ -317,6 +304,6 @@ fn engine_and_app_share_the_device() {
     });
     drop(extra);
     let again = engine.compute_device(&levels, &bufs.inputs()).unwrap();
-    assert_eq!(bits(&first), bits(&again));
+    assert_eq!(common::bits(&first), common::bits(&again));
     assert_eq!(engine.context().device, device);
 }

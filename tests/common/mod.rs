@@ -103,3 +103,16 @@ pub fn app_device_with(
             })
     })
 }
+
+/// Every value of a result as bits (per-image losses, means, total, num_pos), for
+/// bitwise comparisons.
+pub fn bits(l: &Losses) -> Vec<u64> {
+    l.cls
+        .iter()
+        .chain(&l.cnt)
+        .chain(&l.reg)
+        .chain([&l.cls_loss, &l.cnt_loss, &l.reg_loss, &l.total])
+        .map(|x| x.to_bits())
+        .chain(l.num_pos.iter().map(|&n| n as u64))
+        .collect()
+}
