@@ -9,6 +9,9 @@
 // Variants (resolved by src/gpu/shaders.rs):
 //   BACKWARD  also writes dL/d(input) for every input element, in the input layout.
 //   ROOFLINE  the same memory reads, with the maths replaced by plain sums.
+//   SUBGROUPS reduces each workgroup with subgroupAdd and one shared-memory slot per
+//             subgroup (adapters with Features::SUBGROUP; any subgroup size)
+//             instead of the shared-memory tree.
 //   CHECKS    also reads every input element once and flags values the loss cannot
 //             use (NaN/Inf by their bit pattern, targets out of range), OR-reduced
 //             into the partial's flags (bits as in src/gpu/params.rs::FLAG_*).
@@ -38,7 +41,15 @@ var<workgroup> wg_flags: atomic<u32>;
 #endif
 
 @compute @workgroup_size(WG)
-fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn fused(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#ifdef SUBGROUPS
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(num_subgroups) n_sg: u32,
+#endif
+) {
     let tile = wg.x;
     let chunk = wg.y;
     let bl = wg.z;
@@ -147,6 +158,22 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         atomicOr(&wg_flags, flags);
     }
 #endif
+#ifdef SUBGROUPS
+    // One sum per subgroup, then the subgroup sums in subgroup order by one thread:
+    // a fixed order, so the result is the same on every call.
+    let sg_sum = subgroupAdd(acc);
+    if (sg_lane == 0u) {
+        scratch[sg_id] = sg_sum;
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        var total = scratch[0];
+        for (var k = 1u; k < n_sg; k++) {
+            total += scratch[k];
+        }
+        scratch[0] = total;
+    }
+#else
     scratch[lid] = acc;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
@@ -155,6 +182,7 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
+#endif
     if (lid == 0u) {
         var out: Partial;
         out.sums = scratch[0];

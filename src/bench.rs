@@ -330,6 +330,7 @@ impl<'e> Workload<'e> {
             let mut owned = FcosLoss::from_device(ctx.device.clone(), ctx.queue.clone(), config)?;
             owned.set_checks(engine.checks());
             owned.set_workgroup_size(engine.workgroup_size())?;
+            owned.set_subgroups(engine.subgroups())?;
             EngineRef::Owned(Box::new(owned))
         };
         let levels = spec.levels()?;

@@ -580,3 +580,59 @@ fn every_workgroup_size_matches_the_reference() {
         assert!(e.to_string().contains("workgroup size"), "{e}");
     }
 }
+
+/// The subgroup reduction (where the device has `Features::SUBGROUP`) and the
+/// shared-memory tree both match the reference, forward and backward, and each is
+/// bitwise repeatable.
+#[test]
+fn subgroup_and_shared_memory_reductions_match_the_reference() {
+    let config = LossConfig::new(13);
+    let mut engine = common::engine(config.clone());
+    let has_subgroups = engine.context().features.contains(wgpu::Features::SUBGROUP);
+    assert_eq!(
+        engine.subgroups(),
+        has_subgroups,
+        "subgroups are the default where available"
+    );
+    let levels = Levels::from_shapes(&[(19, 27), (10, 14), (5, 7), (1, 1)]).unwrap();
+    let mut spec = SyntheticSpec::new(2, 13);
+    spec.pos_frac = vec![0.08, 1.0];
+    let batch = synthetic::generate(&levels, &[8, 16, 32, 64], &spec).unwrap();
+    let cpu = reference::losses(&config, &levels, &batch.inputs()).unwrap();
+    let w = fcos_loss::LossWeights::default();
+    let (_, cg) = reference::grad::gradients(&config, &levels, &batch.inputs(), &w).unwrap();
+    let modes: &[bool] = if has_subgroups {
+        &[true, false]
+    } else {
+        &[false]
+    };
+    for &sg in modes {
+        engine.set_subgroups(sg).unwrap();
+        for wg in [64, 256] {
+            engine.set_workgroup_size(wg).unwrap();
+            let got = engine.compute(&levels, &batch.inputs()).unwrap();
+            assert!(
+                mismatches(&got, &cpu).is_empty(),
+                "subgroups {sg}, WG {wg}: {:?}",
+                mismatches(&got, &cpu)
+            );
+            let again = engine.compute(&levels, &batch.inputs()).unwrap();
+            assert_eq!(
+                common::bits(&got),
+                common::bits(&again),
+                "subgroups {sg}, WG {wg}"
+            );
+            let (_, g) = engine
+                .forward_backward(&levels, &batch.inputs(), &w)
+                .unwrap();
+            let worst = fcos_loss::losses::max_tensor_error(&g.cls_logits, &cg.cls_logits);
+            assert!(
+                worst <= 1e-4,
+                "subgroups {sg}, WG {wg}: gradient error {worst:e}"
+            );
+        }
+    }
+    if !has_subgroups {
+        assert!(engine.set_subgroups(true).is_err());
+    }
+}

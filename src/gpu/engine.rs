@@ -147,6 +147,7 @@ impl FcosLoss {
         let spec = Spec {
             gamma_is_two: config.gamma == 2.0,
             workgroup_size: WORKGROUP_SIZE,
+            subgroups: ctx.features.contains(wgpu::Features::SUBGROUP),
         };
         let pipelines = scoped(&ctx.device, || Pipelines::new(&ctx.device, spec))?;
         let query_set = ctx
@@ -223,6 +224,28 @@ impl FcosLoss {
     /// Threads per workgroup of every kernel.
     pub fn workgroup_size(&self) -> u32 {
         self.spec.workgroup_size
+    }
+
+    /// Whether the fused pass reduces each workgroup with subgroup operations (the
+    /// default where the device has `Features::SUBGROUP`) or with the shared-memory
+    /// tree (everywhere else). Rebuilds the pipelines; asking for subgroups on a
+    /// device without them is an error.
+    pub fn set_subgroups(&mut self, enabled: bool) -> Result<(), FcosError> {
+        if enabled && !self.ctx.features.contains(wgpu::Features::SUBGROUP) {
+            return Err(FcosError::InvalidConfig(format!(
+                "the device on '{}' has no Features::SUBGROUP",
+                self.adapter_name()
+            )));
+        }
+        self.rebuild(Spec {
+            subgroups: enabled,
+            ..self.spec
+        })
+    }
+
+    /// Whether the fused pass reduces with subgroup operations.
+    pub fn subgroups(&self) -> bool {
+        self.spec.subgroups
     }
 
     fn rebuild(&mut self, spec: Spec) -> Result<(), FcosError> {

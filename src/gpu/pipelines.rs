@@ -46,6 +46,8 @@ pub struct Spec {
     pub gamma_is_two: bool,
     /// Threads per workgroup (`WG`), a power of two.
     pub workgroup_size: u32,
+    /// Reduce with subgroup operations (needs `Features::SUBGROUP`).
+    pub subgroups: bool,
 }
 
 /// Storage buffers the backward pass binds.
@@ -143,7 +145,7 @@ impl Pipelines {
             can_backward.then(|| {
                 kernel(
                     device,
-                    &shaders::fused(FusedVariant::Backward, checks),
+                    &shaders::fused(FusedVariant::Backward, checks, spec.subgroups),
                     &backward_bindings,
                     spec,
                 )
@@ -152,7 +154,7 @@ impl Pipelines {
         let forward = |variant, checks| {
             kernel(
                 device,
-                &shaders::fused(variant, checks),
+                &shaders::fused(variant, checks, spec.subgroups),
                 &forward_bindings,
                 spec,
             )

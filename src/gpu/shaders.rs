@@ -87,8 +87,9 @@ pub enum FusedVariant {
 }
 
 /// The fused pass (`shaders/fused.wgsl`) in one variant, with or without the
-/// on-device input checks.
-pub fn fused(variant: FusedVariant, checks: bool) -> ShaderSource {
+/// on-device input checks, reducing with the shared-memory tree or with subgroup
+/// operations.
+pub fn fused(variant: FusedVariant, checks: bool, subgroups: bool) -> ShaderSource {
     let mut defines = match variant {
         FusedVariant::Forward => vec![],
         FusedVariant::Backward => vec!["BACKWARD"],
@@ -96,6 +97,9 @@ pub fn fused(variant: FusedVariant, checks: bool) -> ShaderSource {
     };
     if checks {
         defines.push("CHECKS");
+    }
+    if subgroups {
+        defines.push("SUBGROUPS");
     }
     assemble("fused.wgsl", "fused", FUSED, &defines)
 }
@@ -121,16 +125,16 @@ pub fn copy_words() -> ShaderSource {
 
 /// Every shader the engine builds.
 pub fn all() -> Vec<ShaderSource> {
-    vec![
-        fused(FusedVariant::Forward, false),
-        fused(FusedVariant::Forward, true),
-        fused(FusedVariant::Backward, false),
-        fused(FusedVariant::Backward, true),
-        fused(FusedVariant::Roofline, false),
-        finalize(),
-        count(),
-        copy_words(),
-    ]
+    let mut out = Vec::new();
+    for subgroups in [false, true] {
+        for checks in [false, true] {
+            out.push(fused(FusedVariant::Forward, checks, subgroups));
+            out.push(fused(FusedVariant::Backward, checks, subgroups));
+        }
+        out.push(fused(FusedVariant::Roofline, false, subgroups));
+    }
+    out.extend([finalize(), count(), copy_words()]);
+    out
 }
 
 /// Parses and validates a shader with naga, as wgpu would, without a GPU.
@@ -139,8 +143,14 @@ pub fn validate(shader: &ShaderSource) -> Result<naga::Module, String> {
         .map_err(|e| format!("{}: {}", shader.name, e.emit_to_string(&shader.source)))?;
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
+        naga::valid::Capabilities::default() | naga::valid::Capabilities::SUBGROUP,
     );
+    validator
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(
+            naga::valid::SubgroupOperationSet::BASIC
+                | naga::valid::SubgroupOperationSet::ARITHMETIC,
+        );
     validator
         .validate(&module)
         .map_err(|e| format!("{}: {}", shader.name, e.emit_to_string(&shader.source)))?;
