@@ -17,6 +17,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod bench;
 pub mod config;
 pub mod error;
