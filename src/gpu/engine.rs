@@ -859,7 +859,21 @@ impl FcosLoss {
                 device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("fcos count"),
                     layout: &self.pipelines.count.layout,
-                    entries: &[params_entry(0), whole(1, input_bufs[4]), whole(2, np)],
+                    entries: &[
+                        params_entry(0),
+                        // Only the [B, P] the layout uses: a user's buffer may be larger
+                        // than one binding.
+                        range_entry(
+                            1,
+                            input_bufs[4],
+                            crate::gpu::plan::BindRange {
+                                offset: 0,
+                                size: self.input_bytes(levels, plan.batch as usize, 4),
+                                base: 0,
+                            },
+                        ),
+                        whole(2, np),
+                    ],
                 })
             });
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {

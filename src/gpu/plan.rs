@@ -187,6 +187,13 @@ impl Plan {
             }
             slot += t * chunks;
         }
+        if 4 * b * p > limits.max_binding {
+            return Err(FcosError::Limit(format!(
+                "the positive count binds cnt_targets whole: B·P = {} floats exceed max_storage_buffer_binding_size = {} bytes",
+                b * p,
+                limits.max_binding
+            )));
+        }
         if b > max_dim {
             return Err(FcosError::Limit(format!(
                 "B = {b} images exceed max_compute_workgroups_per_dimension = {max_dim} (the finalize pass runs one workgroup per image)"
