@@ -135,11 +135,13 @@ fn focal_loss(t: FocalTerms) -> f32 {
     return t.w * focal_mod(t.q) * t.nl;
 }
 
-// d focal / dz = s w q^gamma (q + gamma r nl), s = -1 for the target class, +1 otherwise
-// (SPEC §4's closed forms).
-fn focal_grad(t: FocalTerms, positive: bool) -> f32 {
-    let g = t.w * focal_mod(t.q) * (t.q + params.gamma * t.r * t.nl);
-    return select(g, -g, positive);
+// d focal / dz = s w q^gamma (q + gamma r nl) = s (w q^gamma q + gamma r loss), with
+// s = -1 for the target class, +1 otherwise (SPEC §4's closed forms), reusing the
+// element's loss `fl` = w q^gamma nl. Returns the unsigned value; the caller folds
+// the sign into its scale.
+fn focal_grad_unsigned(t: FocalTerms, fl: f32) -> f32 {
+    let gamma = select(params.gamma, 2.0, GAMMA_IS_TWO);
+    return t.w * focal_mod(t.q) * t.q + gamma * t.r * fl;
 }
 
 // sigmoid(x), stable for either sign.

@@ -69,6 +69,7 @@ fn fused(
         let t = params.tgt_base + bl * params.positions + pix;
 #ifdef BACKWARD
         let scale = 1.0 / (f32(params.batch) * f32(max(num_pos[b], 1u)));
+        let coef = params.w_cls * scale;
 #endif
         let tcls = cls_targets[t];
         let c0 = chunk * params.classes_per_chunk;
@@ -80,10 +81,15 @@ fn fused(
         let bad_class = not_finite(tcls) || tcls != floor(tcls) || tcls < 0.0 || tcls > f32(n_cls);
         flags |= select(0u, FLAG_CLS_TARGETS, bad_class);
 #endif
+#ifdef CHECKS
+        // The smallest complement of an exponent field: 0 exactly when some logit is
+        // NaN or ±Inf (exponent all ones). One AND, one NOT, one MIN per element.
+        var exp_min = 0x7f800000u;
+#endif
         for (var c = c0; c < c1; c++) {
             let z = cls_logits[idx];
 #ifdef CHECKS
-            flags |= select(0u, FLAG_CLS_LOGITS, not_finite(z));
+            exp_min = min(exp_min, ~bitcast<u32>(z) & 0x7f800000u);
 #endif
 #ifdef ROOFLINE
             cls_sum += z;
@@ -91,13 +97,17 @@ fn fused(
             // The notebook's one-hot: float compare of the target with c + 1.
             let positive = tcls == f32(c + 1u);
             let ft = focal_terms(z, positive);
-            cls_sum += focal_loss(ft);
+            let fl = focal_loss(ft);
+            cls_sum += fl;
 #ifdef BACKWARD
-            grad_cls[idx] = params.w_cls * scale * focal_grad(ft, positive);
+            grad_cls[idx] = select(coef, -coef, positive) * focal_grad_unsigned(ft, fl);
 #endif
 #endif
             idx += hw;
         }
+#ifdef CHECKS
+        flags |= select(0u, FLAG_CLS_LOGITS, exp_min == 0u);
+#endif
 #ifdef ROOFLINE
         cls_sum += tcls;
 #endif
@@ -107,21 +117,26 @@ fn fused(
             let ct = cnt_targets[t];
             let ci = params.cnt_base + bl * hw + pix;
             let r = params.reg_base + 4u * bl * hw + pix;
+            let rt_index = params.reg_tgt_base + bl * params.positions + pix;
 #ifdef CHECKS
-            // Every element once, positive or not.
+            // Every element once, positive or not; the positive branch reuses them.
+            let x = cnt_logits[ci];
+            let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
+            let tgt = reg_targets[rt_index];
             let bad_ct = not_finite(ct) || (ct != -1.0 && (ct < 0.0 || ct > 1.0));
             flags |= select(0u, FLAG_CNT_TARGETS, bad_ct);
-            flags |= select(0u, FLAG_CNT_LOGITS, not_finite(cnt_logits[ci]));
-            let rp = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-            flags |= select(0u, FLAG_REG_PREDS, any_not_finite(rp));
-            let rt = reg_targets[params.reg_tgt_base + bl * params.positions + pix];
-            let bad_rt = any_not_finite(rt) || (ct > -1.0 && any(rt < vec4<f32>(0.0)));
+            flags |= select(0u, FLAG_CNT_LOGITS, not_finite(x));
+            flags |= select(0u, FLAG_REG_PREDS, any_not_finite(pred));
+            let bad_rt = any_not_finite(tgt) || (ct > -1.0 && any(tgt < vec4<f32>(0.0)));
             flags |= select(0u, FLAG_REG_TARGETS, bad_rt);
 #endif
             if (ct > -1.0) {
+#ifndef CHECKS
+                // Only positives read the centerness logit and the boxes.
                 let x = cnt_logits[ci];
                 let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-                let tgt = reg_targets[params.reg_tgt_base + bl * params.positions + pix];
+                let tgt = reg_targets[rt_index];
+#endif
 #ifdef ROOFLINE
                 acc.y = x + ct;
                 acc.z = dot(pred + tgt, vec4<f32>(1.0));
