@@ -1,0 +1,177 @@
+//! Moving data between the host and the device: the host path's upload through
+//! the pooled staging buffer, mapping with a timeout, and the gradient readback.
+
+use super::*;
+
+impl FcosLoss {
+    /// Reads the pooled gradient staging buffer (already filled by the submission
+    /// [`execute`](Self::execute) made) into per-level vectors.
+    pub(super) fn read_grads(
+        &self,
+        pool: &Pool,
+        levels: &Levels,
+        b: usize,
+    ) -> Result<Gradients, FcosError> {
+        let staging = pool.grad_readback.as_ref().ok_or_else(missing)?;
+        let total: u64 = (0..3).map(|i| self.input_bytes(levels, b, i)).sum();
+        let bytes = self.map_read(staging, 0..total, None)?;
+        let floats: &[f32] = bytemuck::try_cast_slice(&bytes)
+            .map_err(|e| FcosError::Gpu(format!("gradient readback: {e}")))?;
+        let mut at = 0usize;
+        let mut head = |ch: usize| -> Vec<Vec<f32>> {
+            let mut out = Vec::with_capacity(levels.len());
+            for l in 0..levels.len() {
+                let n = levels.level_len(l, b, ch);
+                out.push(floats[at..at + n].to_vec());
+                at += n;
+            }
+            out
+        };
+        Ok(Gradients {
+            cls_logits: head(self.config.num_classes as usize),
+            cnt_logits: head(1),
+            reg_preds: head(4),
+        })
+    }
+
+    /// Maps `range` of a mappable buffer in `mode` once the GPU finished `index` (or
+    /// all submitted work). Waits at most the engine's timeout; on a timeout the
+    /// pending mapping is cancelled so the buffer can be reused.
+    pub(super) fn map(
+        &self,
+        buf: &wgpu::Buffer,
+        range: std::ops::Range<u64>,
+        mode: wgpu::MapMode,
+        index: Option<wgpu::SubmissionIndex>,
+    ) -> Result<(), FcosError> {
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        buf.slice(range).map_async(mode, move |r| {
+            // A failed send only means the receiver gave up waiting.
+            let _ = tx.send(r);
+        });
+        let waited = self.ctx.device.poll(wgpu::PollType::Wait {
+            submission_index: index,
+            timeout: Some(self.timeout),
+        });
+        match waited {
+            Ok(_) => {}
+            Err(wgpu::PollError::Timeout) => {
+                buf.unmap();
+                return Err(FcosError::Timeout(self.timeout));
+            }
+            Err(e) => {
+                self.ctx.health()?;
+                return Err(FcosError::Gpu(format!("waiting for the GPU failed: {e}")));
+            }
+        }
+        match pollster::block_on(rx.receive()) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                self.ctx.health()?;
+                Err(FcosError::Gpu(format!("mapping a buffer failed: {e}")))
+            }
+            None => Err(FcosError::Gpu("a buffer was never mapped".into())),
+        }
+    }
+
+    /// Maps `range` of a MAP_READ buffer after the GPU finished `index` (or all work),
+    /// copies it out and unmaps.
+    pub(super) fn map_read(
+        &self,
+        buf: &wgpu::Buffer,
+        range: std::ops::Range<u64>,
+        index: impl Into<Option<wgpu::SubmissionIndex>>,
+    ) -> Result<Vec<u8>, FcosError> {
+        self.map(buf, range.clone(), wgpu::MapMode::Read, index.into())?;
+        let out = {
+            let view = buf
+                .slice(range)
+                .get_mapped_range()
+                .map_err(|e| FcosError::Gpu(format!("reading the result failed: {e}")));
+            view.map(|v| v.to_vec())
+        };
+        buf.unmap();
+        let out = out?;
+        self.ctx.health()?;
+        Ok(out)
+    }
+
+    /// The host path's upload: the inputs are written straight into the pooled,
+    /// mapped staging buffer (the one staging copy), then copied on the device into
+    /// the pooled input buffers. Unlike `Queue::write_buffer`, this allocates nothing
+    /// per call, so large batches do not pay for fresh pages every time.
+    pub(super) fn upload(
+        &self,
+        pool: &mut Pool,
+        levels: &Levels,
+        inputs: &Inputs,
+    ) -> Result<(), FcosError> {
+        let b = inputs.batch;
+        let sizes: Vec<u64> = (0..INPUT_NAMES.len())
+            .map(|i| self.input_bytes(levels, b, i))
+            .collect();
+        let starts: Vec<u64> = sizes
+            .iter()
+            .scan(0u64, |at, &n| {
+                let start = *at;
+                *at += n;
+                Some(start)
+            })
+            .collect();
+        let total: u64 = sizes.iter().sum();
+        let device = &self.ctx.device;
+        scoped(device, || {
+            Pool::ensure(
+                &mut pool.upload,
+                &mut pool.created,
+                device,
+                "fcos upload",
+                total,
+                wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            )
+        })?;
+        let staging = pool.upload.as_ref().ok_or_else(missing)?;
+        self.map(staging, 0..total, wgpu::MapMode::Write, None)?;
+        {
+            let mut view = match staging.slice(0..total).get_mapped_range_mut() {
+                Ok(v) => v,
+                Err(e) => {
+                    staging.unmap();
+                    return Err(FcosError::Gpu(format!("writing the inputs failed: {e}")));
+                }
+            };
+            let mut put = |at: u64, data: &[f32]| {
+                let at = at as usize;
+                view.slice(at..at + 4 * data.len())
+                    .copy_from_slice(bytemuck::cast_slice(data));
+            };
+            let heads = [&inputs.cls_logits, &inputs.cnt_logits, &inputs.reg_preds];
+            for (i, slices) in heads.iter().enumerate() {
+                for (l, s) in slices.iter().enumerate() {
+                    put(
+                        starts[i] + 4 * levels.packed_offset(l, b, self.channels(i)) as u64,
+                        s,
+                    );
+                }
+            }
+            for (i, s) in [inputs.cls_targets, inputs.cnt_targets, inputs.reg_targets]
+                .iter()
+                .enumerate()
+            {
+                put(starts[3 + i], s);
+            }
+        }
+        staging.unmap();
+        scoped(device, || -> Result<(), FcosError> {
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fcos upload"),
+            });
+            for (i, slot) in pool.inputs.iter().enumerate() {
+                let dst = slot.as_ref().ok_or_else(missing)?;
+                encoder.copy_buffer_to_buffer(staging, starts[i], dst, 0, sizes[i]);
+            }
+            self.ctx.queue.submit([encoder.finish()]);
+            Ok(())
+        })?
+    }
+}
