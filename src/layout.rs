@@ -2,8 +2,9 @@
 
 use crate::error::FcosError;
 
-/// The most pyramid levels one call handles (the shader's uniform holds this many).
-pub const MAX_LEVELS: usize = 16;
+/// The most pyramid levels one layout may have: a sanity bound (each level is at
+/// least one dispatch per call), far above the five of FCOS.
+pub const MAX_LEVELS: usize = 64;
 
 /// The pyramid levels of one batch: `H_l × W_l` per level, their offsets into the
 /// flattened position axis, and `P = Σ H_l·W_l`.
