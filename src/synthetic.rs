@@ -119,8 +119,11 @@ pub fn generate(
         } else {
             spec.pos_frac[b % spec.pos_frac.len()]
         };
-        for p in 0..p_n {
-            let (l, pix) = levels.locate(p).expect("p < P");
+        // Positions in flattened order: level by level, y·W + x within a level.
+        let positions = (0..levels.len())
+            .flat_map(|l| (0..levels.level_size(l)).map(move |pix| (l, pix)))
+            .enumerate();
+        for (p, (l, pix)) in positions {
             let bp = b * p_n + p;
             let pos = rng.uniform() < frac;
             let s = stride(l);
