@@ -276,6 +276,48 @@ fn defective_case_files_name_the_tensor() {
     let mut nan = tensors.clone();
     nan[0].2[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
     variants.push(("nan", nan, "cls_logits.0"));
+    let mut short = tensors.clone();
+    let at = short.len() - 2;
+    short[at].1[1] -= 1; // cnt_targets with one position too few
+    let n: usize = short[at].1.iter().product();
+    short[at].2.truncate(4 * n);
+    variants.push(("length", short, "cnt_targets"));
+    // A truncated file (the first half of a valid one) names the file.
+    let whole = write("whole", &tensors);
+    let bytes = std::fs::read(&whole).unwrap();
+    std::fs::write(&whole, &bytes[..bytes.len() / 2]).unwrap();
+    let out = bin().args(["check", &whole]).output().unwrap();
+    let _ = std::fs::remove_file(&whole);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "truncated: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "truncated: {stderr}");
+    assert!(stderr.contains("fcos-cli-whole"), "truncated: {stderr}");
+    // What PyTorch dumps: f64 logits and int64 class targets are accepted.
+    let mut torchy = tensors.clone();
+    for t in torchy.iter_mut() {
+        let floats: Vec<f32> = bytemuck::pod_collect_to_vec(&t.2);
+        if t.0 == "cls_targets" {
+            t.2 = floats
+                .iter()
+                .flat_map(|&x| (x as i64).to_le_bytes())
+                .collect();
+            t.3 = Dtype::I64;
+        } else {
+            t.2 = floats
+                .iter()
+                .flat_map(|&x| (x as f64).to_le_bytes())
+                .collect();
+            t.3 = Dtype::F64;
+        }
+    }
+    let path = write("torchy", &torchy);
+    let out = bin().args(["check", &path, "--json"]).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "f64/i64: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (name, ts, tensor) in variants {
         let path = write(name, &ts);
         let out = bin().args(["check", &path]).output().unwrap();
