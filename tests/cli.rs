@@ -7,6 +7,18 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fcos-loss"))
 }
 
+/// Runs the binary with `args`, asserts success, and parses its one JSON object.
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let out = bin().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
 fn data(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
@@ -18,23 +30,13 @@ fn data(name: &str) -> String {
 #[test]
 fn check_json_reports_gpu_and_cpu() {
     for reg in ["iou", "giou"] {
-        let out = bin()
-            .args([
-                "check",
-                &data("odd_b3_c7_100x150.safetensors"),
-                "--reg",
-                reg,
-                "--json",
-            ])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{reg}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        let v = run_json(&[
+            "check",
+            &data("odd_b3_c7_100x150.safetensors"),
+            "--reg",
+            reg,
+            "--json",
+        ]);
         assert!(v["adapter"].as_str().unwrap().contains('('));
         for side in ["gpu", "cpu"] {
             for key in ["cls_loss", "cnt_loss", "reg_loss", "num_pos"] {
@@ -144,25 +146,16 @@ fn grad_writes_gradients_in_the_input_shapes() {
             "fcos-cli-grad-{reg}-{}.safetensors",
             std::process::id()
         ));
-        let out = bin()
-            .args([
-                "grad",
-                &data("odd_b3_c7_100x150.safetensors"),
-                "--out",
-                &out_path.display().to_string(),
-                "--reg",
-                reg,
-                "--json",
-            ])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{reg}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        let out_arg = out_path.display().to_string();
+        let v = run_json(&[
+            "grad",
+            &data("odd_b3_c7_100x150.safetensors"),
+            "--out",
+            &out_arg,
+            "--reg",
+            reg,
+            "--json",
+        ]);
         for head in ["cls_logits", "cnt_logits", "reg_preds"] {
             assert!(
                 v["max_grad_err"]["gpu_vs_expected"][head].as_f64().unwrap() <= 1e-4,
@@ -336,30 +329,20 @@ fn defective_case_files_name_the_tensor() {
 
 #[test]
 fn bench_json_has_the_documented_keys() {
-    let out = bin()
-        .args([
-            "bench",
-            "--preset",
-            "voc",
-            "--batch",
-            "1",
-            "--image",
-            "128x160",
-            "--reps",
-            "2",
-            "--cpu-reps",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let v = run_json(&[
+        "bench",
+        "--preset",
+        "voc",
+        "--batch",
+        "1",
+        "--image",
+        "128x160",
+        "--reps",
+        "2",
+        "--cpu-reps",
+        "1",
+        "--json",
+    ]);
     for key in [
         "kernel_ms",
         "call_ms",
