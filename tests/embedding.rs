@@ -25,14 +25,8 @@ struct AppBuffers {
     batch: usize,
 }
 
-const NAMES: [&str; 6] = [
-    "cls_logits",
-    "cnt_logits",
-    "reg_preds",
-    "cls_targets",
-    "cnt_targets",
-    "reg_targets",
-];
+/// The six inputs, in the engine's order.
+const NAMES: [&str; 6] = fcos_loss::gpu::pool::INPUT_NAMES;
 
 fn upload(
     device: &wgpu::Device,
