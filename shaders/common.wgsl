@@ -76,6 +76,20 @@ fn any_not_finite(v: vec4<f32>) -> bool {
 // log(1 + e) for e in [0, 1] as e·P(e), P a degree-8 Chebyshev fit of log1p(e)/e:
 // relative error below 2e-7 over the whole interval (f32 rounding), no `log`
 // (GPU `log` is only absolutely accurate near 1, and costs more than the FMAs).
+// log1p_small4 is the same on four values at once.
+fn log1p_small4(e: vec4<f32>) -> vec4<f32> {
+    var p = vec4<f32>(0.005253458);
+    p = p * e - 0.029588507;
+    p = p * e + 0.078361668;
+    p = p * e - 0.136747703;
+    p = p * e + 0.191114306;
+    p = p * e - 0.248443693;
+    p = p * e + 0.333192706;
+    p = p * e - 0.499995023;
+    p = p * e + 1.0;
+    return e * p;
+}
+
 fn log1p_small(e: f32) -> f32 {
     var p = 0.005253458;
     p = p * e - 0.029588507;
@@ -94,54 +108,59 @@ fn log1p_small(e: f32) -> f32 {
 // much as both sides on SIMD-over-lanes adapters such as lavapipe.
 override GAMMA_IS_TWO: bool = true;
 
-// q^gamma for q in [0, 1].
-fn focal_mod(q: f32) -> f32 {
+// q^gamma for q in [0, 1], per component.
+fn focal_mod(q: vec4<f32>, gamma: f32) -> vec4<f32> {
     if (GAMMA_IS_TWO) {
         return q * q;
     }
     // pow(0, gamma) goes through log(0): keep it out of the shader.
-    return select(0.0, pow(max(q, 1e-30), params.gamma), q > 0.0);
+    return select(vec4<f32>(0.0), pow(max(q, vec4<f32>(1e-30)), vec4<f32>(gamma)), q > vec4<f32>(0.0));
 }
 
-// What the focal loss and its gradient need of one logit z and a binary target,
-// from one exp and one log. With u = z for a negative and u = -z for the target
-// class, 1 - pt = sigmoid(u) and -log(pt) = softplus(u) in both cases, so
-// q = 1 - pt = sigmoid(u), r = pt = sigmoid(-u), nl = -log(pt) = softplus(u).
-// Finite for every finite z.
+// What the focal loss and its gradient need of four logits z (four classes of one
+// position) and their binary targets, from one exp and one log per logit. With
+// u = z for a negative and u = -z for the target class, 1 - pt = sigmoid(u) and
+// -log(pt) = softplus(u) in both cases, so q = 1 - pt = sigmoid(u),
+// r = pt = sigmoid(-u), nl = -log(pt) = softplus(u). Finite for every finite z.
+// Four at a time so that four independent exp/log chains are in flight: a CPU
+// adapter such as lavapipe runs them in one basic block, where the latency of one
+// chain would otherwise stall the core.
 struct FocalTerms {
-    q: f32,
-    r: f32,
-    nl: f32,
-    w: f32,
+    q: vec4<f32>,
+    r: vec4<f32>,
+    nl: vec4<f32>,
+    w: vec4<f32>,
 }
 
-fn focal_terms(z: f32, positive: bool) -> FocalTerms {
+// `alpha` is params.alpha, read once by the caller before its class loop: lavapipe
+// gathers a uniform-buffer field lane by lane on every read.
+fn focal_terms(z: vec4<f32>, positive: vec4<bool>, alpha: f32) -> FocalTerms {
     let u = select(z, -z, positive);
     let e = exp(-abs(u));
     let inv = 1.0 / (1.0 + e);
     // sigmoid(|u|) = inv and 1 - sigmoid(|u|) = e * inv, neither by cancellation.
     let lo = e * inv;
-    let nonneg = u >= 0.0;
+    let nonneg = u >= vec4<f32>(0.0);
     var t: FocalTerms;
     t.q = select(lo, inv, nonneg);
     t.r = select(inv, lo, nonneg);
-    t.nl = max(u, 0.0) + log1p_small(e);
-    t.w = select(1.0 - params.alpha, params.alpha, positive);
+    t.nl = max(u, vec4<f32>(0.0)) + log1p_small4(e);
+    t.w = select(vec4<f32>(1.0 - alpha), vec4<f32>(alpha), positive);
     return t;
 }
 
-// -w (1 - pt)^gamma log(pt).
-fn focal_loss(t: FocalTerms) -> f32 {
-    return t.w * focal_mod(t.q) * t.nl;
+// -w (1 - pt)^gamma log(pt), per component.
+fn focal_loss(t: FocalTerms, gamma: f32) -> vec4<f32> {
+    return t.w * focal_mod(t.q, gamma) * t.nl;
 }
 
 // d focal / dz = s w q^gamma (q + gamma r nl) = s (w q^gamma q + gamma r loss), with
 // s = -1 for the target class, +1 otherwise (SPEC §4's closed forms), reusing the
-// element's loss `fl` = w q^gamma nl. Returns the unsigned value; the caller folds
+// elements' loss `fl` = w q^gamma nl. Returns the unsigned value; the caller folds
 // the sign into its scale.
-fn focal_grad_unsigned(t: FocalTerms, fl: f32) -> f32 {
-    let gamma = select(params.gamma, 2.0, GAMMA_IS_TWO);
-    return t.w * focal_mod(t.q) * t.q + gamma * t.r * fl;
+fn focal_grad_unsigned(t: FocalTerms, fl: vec4<f32>, gamma: f32) -> vec4<f32> {
+    let g = select(gamma, 2.0, GAMMA_IS_TWO);
+    return t.w * focal_mod(t.q, gamma) * t.q + g * t.r * fl;
 }
 
 // sigmoid(x), stable for either sign.

@@ -35,6 +35,45 @@
 @group(0) @binding(11) var<storage, read_write> grad_reg: array<f32>;
 #endif
 
+// What the class loop needs of its position: the target class and the scalars.
+struct ClassScale {
+    tcls: f32,
+    alpha: f32,
+    gamma: f32,
+    // Backward: dL/d(focal term) of this image (w_cls / (B · max(num_pos, 1))).
+    coef: f32,
+}
+
+struct ClassStep {
+    // Sum of the focal terms of the step's live classes.
+    loss: f32,
+    // Their gradients (BACKWARD only; the caller stores the live lanes).
+    grad: vec4<f32>,
+}
+
+// The focal loss of classes c .. c+3 of one position, from their logits z; lanes
+// at or past `n` count nothing.
+fn cls_step(z: vec4<f32>, c: u32, n: u32, cs: ClassScale) -> ClassStep {
+    // The notebook's one-hot: float compare of the target with c + 1.
+    let positive = vec4<f32>(cs.tcls) == f32(c) + vec4<f32>(1.0, 2.0, 3.0, 4.0);
+    let live = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
+    let ft = focal_terms(z, positive, cs.alpha);
+    let fl = select(vec4<f32>(0.0), focal_loss(ft, cs.gamma), live);
+    var out: ClassStep;
+    out.loss = (fl.x + fl.y) + (fl.z + fl.w);
+#ifdef BACKWARD
+    out.grad = select(vec4<f32>(cs.coef), vec4<f32>(-cs.coef), positive) * focal_grad_unsigned(ft, fl, cs.gamma);
+#endif
+    return out;
+}
+
+// The smallest complement of the exponent fields of z: 0 exactly when some
+// component is NaN or ±Inf (exponent all ones).
+fn exponent_min(z: vec4<f32>) -> u32 {
+    let ex = ~bitcast<vec4<u32>>(z) & vec4<u32>(0x7f800000u);
+    return min(min(ex.x, ex.y), min(ex.z, ex.w));
+}
+
 var<workgroup> scratch: array<vec4<f32>, WG>;
 #ifdef CHECKS
 var<workgroup> wg_flags: atomic<u32>;
@@ -80,31 +119,68 @@ fn fused(
 #ifdef CHECKS
         let bad_class = not_finite(tcls) || tcls != floor(tcls) || tcls < 0.0 || tcls > f32(n_cls);
         flags |= select(0u, FLAG_CLS_TARGETS, bad_class);
-#endif
-#ifdef CHECKS
         // The smallest complement of an exponent field: 0 exactly when some logit is
         // NaN or ±Inf (exponent all ones). One AND, one NOT, one MIN per element.
         var exp_min = 0x7f800000u;
 #endif
+#ifdef ROOFLINE
         for (var c = c0; c < c1; c++) {
             let z = cls_logits[idx];
 #ifdef CHECKS
             exp_min = min(exp_min, ~bitcast<u32>(z) & 0x7f800000u);
 #endif
-#ifdef ROOFLINE
             cls_sum += z;
-#else
-            // The notebook's one-hot: float compare of the target with c + 1.
-            let positive = tcls == f32(c + 1u);
-            let ft = focal_terms(z, positive);
-            let fl = focal_loss(ft);
-            cls_sum += fl;
-#ifdef BACKWARD
-            grad_cls[idx] = select(coef, -coef, positive) * focal_grad_unsigned(ft, fl);
-#endif
-#endif
             idx += hw;
         }
+#else
+#ifdef BACKWARD
+        let cs = ClassScale(tcls, params.alpha, params.gamma, coef);
+#else
+        let cs = ClassScale(tcls, params.alpha, params.gamma, 0.0);
+#endif
+        var c = c0;
+        // Four classes per step: SIMD-over-lanes adapters run the four exp/log chains
+        // side by side. The last 1..3 classes take a masked step after the loop.
+        for (; c + 4u <= c1; c += 4u) {
+            let z = vec4<f32>(cls_logits[idx], cls_logits[idx + hw], cls_logits[idx + 2u * hw], cls_logits[idx + 3u * hw]);
+#ifdef CHECKS
+            exp_min = min(exp_min, exponent_min(z));
+#endif
+            let out = cls_step(z, c, 4u, cs);
+            cls_sum += out.loss;
+#ifdef BACKWARD
+            grad_cls[idx] = out.grad.x;
+            grad_cls[idx + hw] = out.grad.y;
+            grad_cls[idx + 2u * hw] = out.grad.z;
+            grad_cls[idx + 3u * hw] = out.grad.w;
+#endif
+            idx += 4u * hw;
+        }
+        let n = c1 - c;
+        if (n > 0u) {
+            var z = vec4<f32>(cls_logits[idx], 0.0, 0.0, 0.0);
+            if (n > 1u) {
+                z.y = cls_logits[idx + hw];
+            }
+            if (n > 2u) {
+                z.z = cls_logits[idx + 2u * hw];
+            }
+#ifdef CHECKS
+            exp_min = min(exp_min, exponent_min(z));
+#endif
+            let out = cls_step(z, c, n, cs);
+            cls_sum += out.loss;
+#ifdef BACKWARD
+            grad_cls[idx] = out.grad.x;
+            if (n > 1u) {
+                grad_cls[idx + hw] = out.grad.y;
+            }
+            if (n > 2u) {
+                grad_cls[idx + 2u * hw] = out.grad.z;
+            }
+#endif
+        }
+#endif
 #ifdef CHECKS
         flags |= select(0u, FLAG_CLS_LOGITS, exp_min == 0u);
 #endif
