@@ -76,30 +76,31 @@ fn any_not_finite(v: vec4<f32>) -> bool {
 // log(1 + e) for e in [0, 1] as e·P(e), P a degree-8 Chebyshev fit of log1p(e)/e:
 // relative error below 2e-7 over the whole interval (f32 rounding), no `log`
 // (GPU `log` is only absolutely accurate near 1, and costs more than the FMAs).
-// log1p_small4 is the same on four values at once.
+// Horner steps as explicit fma: one instruction each where the adapter has FMA (a
+// CPU adapter does not fuse `p * e + c` by itself). log1p_small4: four at once.
 fn log1p_small4(e: vec4<f32>) -> vec4<f32> {
     var p = vec4<f32>(0.005253458);
-    p = p * e - 0.029588507;
-    p = p * e + 0.078361668;
-    p = p * e - 0.136747703;
-    p = p * e + 0.191114306;
-    p = p * e - 0.248443693;
-    p = p * e + 0.333192706;
-    p = p * e - 0.499995023;
-    p = p * e + 1.0;
+    p = fma(p, e, vec4<f32>(-0.029588507));
+    p = fma(p, e, vec4<f32>(0.078361668));
+    p = fma(p, e, vec4<f32>(-0.136747703));
+    p = fma(p, e, vec4<f32>(0.191114306));
+    p = fma(p, e, vec4<f32>(-0.248443693));
+    p = fma(p, e, vec4<f32>(0.333192706));
+    p = fma(p, e, vec4<f32>(-0.499995023));
+    p = fma(p, e, vec4<f32>(1.0));
     return e * p;
 }
 
 fn log1p_small(e: f32) -> f32 {
-    var p = 0.005253458;
-    p = p * e - 0.029588507;
-    p = p * e + 0.078361668;
-    p = p * e - 0.136747703;
-    p = p * e + 0.191114306;
-    p = p * e - 0.248443693;
-    p = p * e + 0.333192706;
-    p = p * e - 0.499995023;
-    p = p * e + 1.0;
+    var p = f32(0.005253458);
+    p = fma(p, e, f32(-0.029588507));
+    p = fma(p, e, f32(0.078361668));
+    p = fma(p, e, f32(-0.136747703));
+    p = fma(p, e, f32(0.191114306));
+    p = fma(p, e, f32(-0.248443693));
+    p = fma(p, e, f32(0.333192706));
+    p = fma(p, e, f32(-0.499995023));
+    p = fma(p, e, f32(1.0));
     return e * p;
 }
 
