@@ -118,25 +118,20 @@ fn focal_mod(q: vec4<f32>, gamma: f32) -> vec4<f32> {
     return select(vec4<f32>(0.0), pow(max(q, vec4<f32>(1e-30)), vec4<f32>(gamma)), q > vec4<f32>(0.0));
 }
 
-// What the focal loss and its gradient need of four logits z (four classes of one
-// position) and their binary targets, from one exp and one log per logit. With
-// u = z for a negative and u = -z for the target class, 1 - pt = sigmoid(u) and
-// -log(pt) = softplus(u) in both cases, so q = 1 - pt = sigmoid(u),
-// r = pt = sigmoid(-u), nl = -log(pt) = softplus(u). Finite for every finite z.
-// Four at a time so that four independent exp/log chains are in flight: a CPU
-// adapter such as lavapipe runs them in one basic block, where the latency of one
-// chain would otherwise stall the core.
+// What the focal loss and its gradient need of four logits, each taken as
+// u = z for a negative class or u = -z for the target class: then 1 - pt =
+// sigmoid(u) and -log(pt) = softplus(u) in both cases, so q = 1 - pt = sigmoid(u),
+// r = pt = sigmoid(-u) and nl = -log(pt) = softplus(u), from one exp and one log
+// per logit, finite for every finite u. Four at a time so that four independent
+// exp/log chains are in flight: a CPU adapter such as lavapipe runs them in one
+// basic block, where the latency of one chain would otherwise stall the core.
 struct FocalTerms {
     q: vec4<f32>,
     r: vec4<f32>,
     nl: vec4<f32>,
-    w: vec4<f32>,
 }
 
-// `alpha` is params.alpha, read once by the caller before its class loop: lavapipe
-// gathers a uniform-buffer field lane by lane on every read.
-fn focal_terms(z: vec4<f32>, positive: vec4<bool>, alpha: f32) -> FocalTerms {
-    let u = select(z, -z, positive);
+fn focal_terms(u: vec4<f32>) -> FocalTerms {
     let e = exp(-abs(u));
     let inv = 1.0 / (1.0 + e);
     // sigmoid(|u|) = inv and 1 - sigmoid(|u|) = e * inv, neither by cancellation.
@@ -146,22 +141,22 @@ fn focal_terms(z: vec4<f32>, positive: vec4<bool>, alpha: f32) -> FocalTerms {
     t.q = select(lo, inv, nonneg);
     t.r = select(inv, lo, nonneg);
     t.nl = max(u, vec4<f32>(0.0)) + log1p_small4(e);
-    t.w = select(vec4<f32>(1.0 - alpha), vec4<f32>(alpha), positive);
     return t;
 }
 
-// -w (1 - pt)^gamma log(pt), per component.
-fn focal_loss(t: FocalTerms, gamma: f32) -> vec4<f32> {
-    return t.w * focal_mod(t.q, gamma) * t.nl;
+// (1 - pt)^gamma (-log pt) per component: the focal loss without its weight
+// (1 - alpha for a negative, alpha for the target class), which the caller applies
+// once to its sum.
+fn focal_core(t: FocalTerms, gamma: f32) -> vec4<f32> {
+    return focal_mod(t.q, gamma) * t.nl;
 }
 
-// d focal / dz = s w q^gamma (q + gamma r nl) = s (w q^gamma q + gamma r loss), with
-// s = -1 for the target class, +1 otherwise (SPEC §4's closed forms), reusing the
-// elements' loss `fl` = w q^gamma nl. Returns the unsigned value; the caller folds
-// the sign into its scale.
-fn focal_grad_unsigned(t: FocalTerms, fl: vec4<f32>, gamma: f32) -> vec4<f32> {
+// d focal_core / du = q^gamma q + gamma r q^gamma nl (SPEC §4's closed forms,
+// reusing the elements' `core`); d/dz is this times the weight, and times -1 for
+// the target class (u = -z).
+fn focal_grad_core(t: FocalTerms, core: vec4<f32>, gamma: f32) -> vec4<f32> {
     let g = select(gamma, 2.0, GAMMA_IS_TWO);
-    return t.w * focal_mod(t.q, gamma) * t.q + g * t.r * fl;
+    return focal_mod(t.q, gamma) * t.q + g * t.r * core;
 }
 
 // sigmoid(x), stable for either sign.

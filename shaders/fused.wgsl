@@ -38,31 +38,34 @@
 // What the class loop needs of its position: the target class and the scalars.
 struct ClassScale {
     tcls: f32,
-    alpha: f32,
     gamma: f32,
-    // Backward: dL/d(focal term) of this image (w_cls / (B · max(num_pos, 1))).
-    coef: f32,
+    // Backward: dL/d(focal_core) of a negative of this image,
+    // (1 - alpha) · w_cls / (B · max(num_pos, 1)).
+    coef_neg: f32,
 }
 
 struct ClassStep {
-    // Sum of the focal terms of the step's live classes.
+    // Sum of focal_core over the step's live negatives.
     loss: f32,
-    // Their gradients (BACKWARD only; the caller stores the live lanes).
+    // Their gradients (BACKWARD only; the caller stores the live lanes, and the
+    // target class's lane is stored again, right, after the class loop).
     grad: vec4<f32>,
 }
 
-// The focal loss of classes c .. c+3 of one position, from their logits z; lanes
-// at or past `n` count nothing.
+// Classes c .. c+3 of one position, every one taken as a negative (u = z): the
+// step's target class, if any, and lanes at or past `n` count nothing here (the
+// target class is redone as a positive after the class loop). One compare and one
+// select per logit instead of choosing u and the weight per logit.
 fn cls_step(z: vec4<f32>, c: u32, n: u32, cs: ClassScale) -> ClassStep {
     // The notebook's one-hot: float compare of the target with c + 1.
-    let positive = vec4<f32>(cs.tcls) == f32(c) + vec4<f32>(1.0, 2.0, 3.0, 4.0);
+    let negative = vec4<f32>(cs.tcls) != f32(c) + vec4<f32>(1.0, 2.0, 3.0, 4.0);
     let live = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
-    let ft = focal_terms(z, positive, cs.alpha);
-    let fl = select(vec4<f32>(0.0), focal_loss(ft, cs.gamma), live);
+    let ft = focal_terms(z);
+    let core = select(vec4<f32>(0.0), focal_core(ft, cs.gamma), negative & live);
     var out: ClassStep;
-    out.loss = (fl.x + fl.y) + (fl.z + fl.w);
+    out.loss = (core.x + core.y) + (core.z + core.w);
 #ifdef BACKWARD
-    out.grad = select(vec4<f32>(cs.coef), vec4<f32>(-cs.coef), positive) * focal_grad_unsigned(ft, fl, cs.gamma);
+    out.grad = cs.coef_neg * focal_grad_core(ft, core, cs.gamma);
 #endif
     return out;
 }
@@ -109,6 +112,8 @@ fn fused(
 #ifdef BACKWARD
         let scale = 1.0 / (f32(params.batch) * f32(max(num_pos[b], 1u)));
         let coef = params.w_cls * scale;
+#else
+        let coef = 0.0;
 #endif
         let tcls = cls_targets[t];
         let c0 = chunk * params.classes_per_chunk;
@@ -133,11 +138,10 @@ fn fused(
             idx += hw;
         }
 #else
-#ifdef BACKWARD
-        let cs = ClassScale(tcls, params.alpha, params.gamma, coef);
-#else
-        let cs = ClassScale(tcls, params.alpha, params.gamma, 0.0);
-#endif
+        let alpha = params.alpha;
+        let gamma = params.gamma;
+        let cs = ClassScale(tcls, gamma, (1.0 - alpha) * coef);
+        let idx0 = idx;
         var c = c0;
         // Four classes per step: SIMD-over-lanes adapters run the four exp/log chains
         // side by side. The last 1..3 classes take a masked step after the loop.
@@ -180,6 +184,21 @@ fn fused(
             }
 #endif
         }
+        // The target class, when it falls in this chunk: its logit again, as a
+        // positive (u = -z, weight alpha). A target that is not a whole class number
+        // in range matches no class, as with the notebook's float compare.
+        var pos_core = 0.0;
+        if (tcls >= f32(c0 + 1u) && tcls <= f32(c1) && tcls == floor(tcls)) {
+            let ip = idx0 + (u32(tcls) - 1u - c0) * hw;
+            // Only the x lane is used: a SIMD-over-lanes compiler drops the others.
+            let ft = focal_terms(vec4<f32>(-cls_logits[ip], 0.0, 0.0, 0.0));
+            let core = focal_core(ft, gamma);
+            pos_core = core.x;
+#ifdef BACKWARD
+            grad_cls[ip] = -alpha * coef * focal_grad_core(ft, core, gamma).x;
+#endif
+        }
+        cls_sum = (1.0 - alpha) * cls_sum + alpha * pos_core;
 #endif
 #ifdef CHECKS
         flags |= select(0u, FLAG_CLS_LOGITS, exp_min == 0u);
