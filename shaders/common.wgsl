@@ -63,14 +63,17 @@ const FLAG_CLS_TARGETS: u32 = 8u;
 const FLAG_CNT_TARGETS: u32 = 16u;
 const FLAG_REG_TARGETS: u32 = 32u;
 
+// The exponent field of an f32.
+const EXPONENT_BITS: u32 = 0x7f800000u;
+
 // NaN or ±Inf, told by the bit pattern (an integer test: WGSL may assume floats
 // are finite, so no float operation can be trusted to tell).
 fn not_finite(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
+    return (bitcast<u32>(x) & EXPONENT_BITS) == EXPONENT_BITS;
 }
 
 fn any_not_finite(v: vec4<f32>) -> bool {
-    return any((bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u));
+    return any((bitcast<vec4<u32>>(v) & vec4<u32>(EXPONENT_BITS)) == vec4<u32>(EXPONENT_BITS));
 }
 
 // log(1 + e) for e in [0, 1] as e·P(e), P a degree-8 Chebyshev fit of log1p(e)/e:

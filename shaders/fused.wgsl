@@ -70,11 +70,11 @@ fn cls_step(z: vec4<f32>, c: u32, n: u32, cs: ClassScale) -> ClassStep {
     return out;
 }
 
-// The smallest complement of the exponent fields of z: 0 exactly when some
-// component is NaN or ±Inf (exponent all ones).
-fn exponent_min(z: vec4<f32>) -> u32 {
-    let ex = ~bitcast<vec4<u32>>(z) & vec4<u32>(0x7f800000u);
-    return min(min(ex.x, ex.y), min(ex.z, ex.w));
+// The largest exponent field (bits 23..30) of z: all ones exactly when some
+// component is NaN or ±Inf, the largest value the field can take.
+fn exponent_max(z: vec4<f32>) -> u32 {
+    let ex = bitcast<vec4<u32>>(z) & vec4<u32>(EXPONENT_BITS);
+    return max(max(ex.x, ex.y), max(ex.z, ex.w));
 }
 
 var<workgroup> scratch: array<vec4<f32>, WG>;
@@ -124,15 +124,15 @@ fn fused(
 #ifdef CHECKS
         let bad_class = not_finite(tcls) || tcls != floor(tcls) || tcls < 0.0 || tcls > f32(n_cls);
         flags |= select(0u, FLAG_CLS_TARGETS, bad_class);
-        // The smallest complement of an exponent field: 0 exactly when some logit is
-        // NaN or ±Inf (exponent all ones). One AND, one NOT, one MIN per element.
-        var exp_min = 0x7f800000u;
+        // The largest exponent field of the logits: all ones exactly when some logit
+        // is NaN or ±Inf. One AND and one MAX per element.
+        var exp_max = 0u;
 #endif
 #ifdef ROOFLINE
         for (var c = c0; c < c1; c++) {
             let z = cls_logits[idx];
 #ifdef CHECKS
-            exp_min = min(exp_min, ~bitcast<u32>(z) & 0x7f800000u);
+            exp_max = max(exp_max, bitcast<u32>(z) & EXPONENT_BITS);
 #endif
             cls_sum += z;
             idx += hw;
@@ -148,7 +148,7 @@ fn fused(
         for (; c + 4u <= c1; c += 4u) {
             let z = vec4<f32>(cls_logits[idx], cls_logits[idx + hw], cls_logits[idx + 2u * hw], cls_logits[idx + 3u * hw]);
 #ifdef CHECKS
-            exp_min = min(exp_min, exponent_min(z));
+            exp_max = max(exp_max, exponent_max(z));
 #endif
             let out = cls_step(z, c, 4u, cs);
             cls_sum += out.loss;
@@ -170,7 +170,7 @@ fn fused(
                 z.z = cls_logits[idx + 2u * hw];
             }
 #ifdef CHECKS
-            exp_min = min(exp_min, exponent_min(z));
+            exp_max = max(exp_max, exponent_max(z));
 #endif
             let out = cls_step(z, c, n, cs);
             cls_sum += out.loss;
@@ -201,7 +201,7 @@ fn fused(
         cls_sum = (1.0 - alpha) * cls_sum + alpha * pos_core;
 #endif
 #ifdef CHECKS
-        flags |= select(0u, FLAG_CLS_LOGITS, exp_min == 0u);
+        flags |= select(0u, FLAG_CLS_LOGITS, exp_max == EXPONENT_BITS);
 #endif
 #ifdef ROOFLINE
         cls_sum += tcls;
