@@ -79,7 +79,8 @@ fn exponent_max(z: vec4<f32>) -> u32 {
 
 var<workgroup> scratch: array<vec4<f32>, WG>;
 #ifdef CHECKS
-var<workgroup> wg_flags: atomic<u32>;
+// The check flags, OR-reduced beside the sums (no barrier of their own).
+var<workgroup> flag_scratch: array<u32, WG>;
 #endif
 
 @compute @workgroup_size(WG)
@@ -100,10 +101,6 @@ fn fused(
     let pix = tile * WG + lid;
     var acc = vec4<f32>(0.0);
 #ifdef CHECKS
-    if (lid == 0u) {
-        atomicStore(&wg_flags, 0u);
-    }
-    workgroupBarrier();
     var flags = 0u;
 #endif
     if (pix < hw) {
@@ -263,17 +260,18 @@ fn fused(
             }
         }
     }
-#ifdef CHECKS
-    if (flags != 0u) {
-        atomicOr(&wg_flags, flags);
-    }
-#endif
 #ifdef SUBGROUPS
     // One sum per subgroup, then the subgroup sums in subgroup order by one thread:
     // a fixed order, so the result is the same on every call.
     let sg_sum = subgroupAdd(acc);
+#ifdef CHECKS
+    let sg_flags = subgroupOr(flags);
+#endif
     if (sg_lane == 0u) {
         scratch[sg_id] = sg_sum;
+#ifdef CHECKS
+        flag_scratch[sg_id] = sg_flags;
+#endif
     }
     workgroupBarrier();
     if (lid == 0u) {
@@ -282,13 +280,26 @@ fn fused(
             total += scratch[k];
         }
         scratch[0] = total;
+#ifdef CHECKS
+        var any_flags = 0u;
+        for (var k = 0u; k < n_sg; k++) {
+            any_flags |= flag_scratch[k];
+        }
+        flag_scratch[0] = any_flags;
+#endif
     }
 #else
     scratch[lid] = acc;
+#ifdef CHECKS
+    flag_scratch[lid] = flags;
+#endif
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
             scratch[lid] += scratch[lid + s];
+#ifdef CHECKS
+            flag_scratch[lid] |= flag_scratch[lid + s];
+#endif
         }
         workgroupBarrier();
     }
@@ -297,7 +308,7 @@ fn fused(
         var out: Partial;
         out.sums = scratch[0];
 #ifdef CHECKS
-        out.flags = atomicLoad(&wg_flags);
+        out.flags = flag_scratch[0];
 #endif
         partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = out;
     }

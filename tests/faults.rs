@@ -57,10 +57,16 @@ impl Uploaded {
 }
 
 /// Each kind of bad value: the device path (checked on the GPU) reports exactly the
-/// error the host path (checked on the CPU) reports.
+/// error the host path (checked on the CPU) reports, with the flags reduced by
+/// subgroup operations (where the adapter has them) and by the shared-memory tree.
 #[test]
 fn device_checks_report_the_same_error_as_the_host() {
-    let engine = common::engine(LossConfig::new(6));
+    let mut engine = common::engine(LossConfig::new(6));
+    let reductions: &[bool] = if engine.subgroups() {
+        &[true, false]
+    } else {
+        &[false]
+    };
     let good = batch(2, 6, 96, 130, 1);
     let p = good.levels.positions();
     let pos = good
@@ -95,18 +101,27 @@ fn device_checks_report_the_same_error_as_the_host() {
     let mut b = good.clone();
     b.reg_targets[pos * 4 + 2] = -3.0;
     cases.push(("reg_targets", b));
-    for (tensor, bad) in &cases {
-        let host = engine.compute(&bad.levels, &bad.inputs()).unwrap_err();
-        let up = Uploaded::new(&engine.context().device, bad);
-        let dev = engine
-            .compute_device(&bad.levels, &up.inputs(2))
-            .unwrap_err();
-        match &dev {
-            FcosError::Value { tensor: t, .. } => assert_eq!(t, tensor, "{dev}"),
-            other => panic!("{tensor}: expected a Value error, got {other}"),
+    for &sg in reductions {
+        engine.set_subgroups(sg).unwrap();
+        for (tensor, bad) in &cases {
+            let host = engine.compute(&bad.levels, &bad.inputs()).unwrap_err();
+            let up = Uploaded::new(&engine.context().device, bad);
+            let dev = engine
+                .compute_device(&bad.levels, &up.inputs(2))
+                .unwrap_err();
+            match &dev {
+                FcosError::Value { tensor: t, .. } => {
+                    assert_eq!(t, tensor, "subgroups {sg}: {dev}")
+                }
+                other => panic!("{tensor}, subgroups {sg}: expected a Value error, got {other}"),
+            }
+            assert_eq!(
+                dev.to_string(),
+                host.to_string(),
+                "{tensor}, subgroups {sg}"
+            );
+            assert_eq!(dev.to_string().lines().count(), 1);
         }
-        assert_eq!(dev.to_string(), host.to_string(), "{tensor}");
-        assert_eq!(dev.to_string().lines().count(), 1);
     }
     // The engine still works after every error, and a negative reg target at a
     // negative position is fine.

@@ -204,8 +204,8 @@ impl FcosLoss {
     /// two from 32 up to what the device allows. Rebuilds the pipelines.
     pub fn set_workgroup_size(&mut self, n: u32) -> Result<(), FcosError> {
         let l = &self.ctx.limits;
-        // The fused pass keeps one vec4<f32> per thread in workgroup memory, plus a flag word.
-        let storage = 16 * n as u64 + 16;
+        // The fused pass keeps one vec4<f32> and one flag word per thread in workgroup memory.
+        let storage = 20 * n as u64;
         if !n.is_power_of_two()
             || !(32..=1024).contains(&n)
             || n > l.max_compute_invocations_per_workgroup
