@@ -12,9 +12,12 @@
 //   SUBGROUPS reduces each workgroup with subgroupAdd and one shared-memory slot per
 //             subgroup (adapters with Features::SUBGROUP; any subgroup size)
 //             instead of the shared-memory tree.
-//   CHECKS    also reads every input element once and flags values the loss cannot
-//             use (NaN/Inf by their bit pattern, targets out of range), OR-reduced
-//             into the partial's flags (bits as in src/gpu/params.rs::FLAG_*).
+//   CHECKS    also reads every input element once (READ_ALL) and flags values the
+//             loss cannot use (NaN/Inf by their bit pattern, targets out of range),
+//             OR-reduced into the partial's flags (bits as in src/gpu/params.rs::FLAG_*).
+//   READ_ALL  reads the centerness and box inputs at every position, not only at the
+//             positives: set with CHECKS, and with ROOFLINE for the checked pass's
+//             roofline (the same bytes, no flag maths).
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Each binding starts at or before (this level, image0); params.*_base say where.
@@ -127,11 +130,7 @@ fn fused(
 #endif
 #ifdef ROOFLINE
         for (var c = c0; c < c1; c++) {
-            let z = cls_logits[idx];
-#ifdef CHECKS
-            exp_max = max(exp_max, bitcast<u32>(z) & EXPONENT_BITS);
-#endif
-            cls_sum += z;
+            cls_sum += cls_logits[idx];
             idx += hw;
         }
 #else
@@ -210,11 +209,13 @@ fn fused(
             let ci = params.cnt_base + bl * hw + pix;
             let r = params.reg_base + 4u * bl * hw + pix;
             let rt_index = params.reg_tgt_base + bl * params.positions + pix;
-#ifdef CHECKS
+#ifdef READ_ALL
             // Every element once, positive or not; the positive branch reuses them.
             let x = cnt_logits[ci];
             let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
             let tgt = reg_targets[rt_index];
+#endif
+#ifdef CHECKS
             let bad_ct = not_finite(ct) || (ct != -1.0 && (ct < 0.0 || ct > 1.0));
             flags |= select(0u, FLAG_CNT_TARGETS, bad_ct);
             flags |= select(0u, FLAG_CNT_LOGITS, not_finite(x));
@@ -222,16 +223,24 @@ fn fused(
             let bad_rt = any_not_finite(tgt) || (ct > -1.0 && any(tgt < vec4<f32>(0.0)));
             flags |= select(0u, FLAG_REG_TARGETS, bad_rt);
 #endif
+#ifdef ROOFLINE
+#ifdef READ_ALL
+            acc.y = x + ct;
+            acc.z = dot(pred + tgt, vec4<f32>(1.0));
+#endif
+#endif
             if (ct > -1.0) {
-#ifndef CHECKS
+#ifndef READ_ALL
                 // Only positives read the centerness logit and the boxes.
                 let x = cnt_logits[ci];
                 let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
                 let tgt = reg_targets[rt_index];
 #endif
 #ifdef ROOFLINE
+#ifndef READ_ALL
                 acc.y = x + ct;
                 acc.z = dot(pred + tgt, vec4<f32>(1.0));
+#endif
 #else
                 acc.y = bce(x, ct);
                 let bt = box_terms(pred, tgt);
@@ -248,7 +257,9 @@ fn fused(
                 acc.w = 1.0;
             } else {
 #ifdef ROOFLINE
+#ifndef READ_ALL
                 acc.y = ct;
+#endif
 #endif
 #ifdef BACKWARD
                 grad_cnt[ci] = 0.0;

@@ -360,7 +360,10 @@ impl FcosLoss {
 
     /// The memory roofline of this call on this adapter: a kernel that reads exactly
     /// the bytes the fused forward pass reads, in the same layout and order, and only
-    /// sums them. Its value is meaningless; its time is the point.
+    /// sums them. With checks on (the default) that is every input element, as the
+    /// checked pass reads; with checks off, the class logits and targets everywhere
+    /// and the centerness and box inputs at the positives. Its value is meaningless;
+    /// its time is the point.
     pub fn roofline_device(
         &self,
         levels: &Levels,

@@ -24,6 +24,8 @@ pub struct Pipelines {
     pub backward_checked: Option<Kernel>,
     /// The roofline kernel: the forward pass's reads without its maths.
     pub roofline: Kernel,
+    /// The roofline of the checked forward pass (which reads every input element).
+    pub roofline_checked: Kernel,
     /// The per-image finalize reduce.
     pub finalize: Kernel,
     /// The per-image positive count.
@@ -165,6 +167,7 @@ impl Pipelines {
             backward: backward(false),
             backward_checked: backward(true),
             roofline: forward(FusedVariant::Roofline, false),
+            roofline_checked: forward(FusedVariant::Roofline, true),
             finalize: kernel(device, &shaders::finalize(), &[Read, Write], spec),
             count: kernel(device, &shaders::count(), &[Read, Write], spec),
             copy_words: kernel_without_params(device, &shaders::copy_words()),

@@ -87,7 +87,8 @@ pub enum FusedVariant {
 }
 
 /// The fused pass (`shaders/fused.wgsl`) in one variant, with or without the
-/// on-device input checks, reducing with the shared-memory tree or with subgroup
+/// on-device input checks (for the roofline: with or without the checked pass's
+/// extra reads), reducing with the shared-memory tree or with subgroup
 /// operations.
 pub fn fused(variant: FusedVariant, checks: bool, subgroups: bool) -> ShaderSource {
     let mut defines = match variant {
@@ -96,7 +97,11 @@ pub fn fused(variant: FusedVariant, checks: bool, subgroups: bool) -> ShaderSour
         FusedVariant::Roofline => vec!["ROOFLINE"],
     };
     if checks {
-        defines.push("CHECKS");
+        // The roofline of the checked pass reads what it reads, without the flags.
+        if variant != FusedVariant::Roofline {
+            defines.push("CHECKS");
+        }
+        defines.push("READ_ALL");
     }
     if subgroups {
         defines.push("SUBGROUPS");
@@ -132,6 +137,7 @@ pub fn all() -> Vec<ShaderSource> {
             out.push(fused(FusedVariant::Backward, checks, subgroups));
         }
         out.push(fused(FusedVariant::Roofline, false, subgroups));
+        out.push(fused(FusedVariant::Roofline, true, subgroups));
     }
     out.extend([finalize(), count(), copy_words()]);
     out

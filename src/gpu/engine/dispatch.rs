@@ -167,7 +167,7 @@ impl FcosLoss {
         let plan = self.plan(levels, b)?;
         let mut guard = self.lock_pool()?;
         let grad_source = grads.map(|g| Source::User([g.cls_logits, g.cnt_logits, g.reg_preds]));
-        let checked = self.checks && variant != FusedVariant::Roofline;
+        let checked = self.checks;
         let (losses, kernel, flags) = self.execute(
             &mut guard,
             levels,
@@ -303,7 +303,8 @@ impl FcosLoss {
         let kernel: &Kernel = match (variant, checked) {
             (FusedVariant::Forward, false) => &p.forward,
             (FusedVariant::Forward, true) => &p.forward_checked,
-            (FusedVariant::Roofline, _) => &p.roofline,
+            (FusedVariant::Roofline, false) => &p.roofline,
+            (FusedVariant::Roofline, true) => &p.roofline_checked,
             (FusedVariant::Backward, false) => p.backward.as_ref().ok_or_else(missing)?,
             (FusedVariant::Backward, true) => p.backward_checked.as_ref().ok_or_else(missing)?,
         };
