@@ -570,7 +570,7 @@ fn bench(a: &BenchArgs) -> Result<(), Failure> {
         println!("without input checks (set_checks(false)):");
         println!("{}", bench::table(std::slice::from_ref(&unchecked)));
         println!(
-            "checks cost: kernel x{kernel_cost:.3} (GPU flags in the fused pass), host call x{call_cost:.3} (CPU validation before upload)"
+            "checks cost: kernel x{kernel_cost:.3} (GPU flags in the fused pass), host call x{call_cost:.3}"
         );
         if let Some(d) = checked.max_rel_diff {
             println!("GPU vs CPU reference: largest relative difference {d:.2e}");

@@ -273,12 +273,13 @@ impl FcosLoss {
         self.target_workgroups = n.max(1);
     }
 
-    /// Input value checks (on by default): the host path checks the values on the
-    /// CPU before uploading ([`crate::validate::check_values`]); the device path
-    /// checks them on the GPU inside the fused pass and, when one is bad, finds the
-    /// first bad element and returns the same [`FcosError::Value`] the host path
-    /// would. Turning them off saves that time; bad values then give unspecified
-    /// (possibly non-finite) losses instead of an error.
+    /// Input value checks (on by default): both paths check the values on the GPU
+    /// inside the fused pass (flags reduced with the losses). When one is bad, the
+    /// host path runs [`crate::validate::check_values`] on the caller's slices and
+    /// the device path reads its buffers back to do the same, so both return the
+    /// same [`FcosError::Value`] naming the first bad element. Turning them off
+    /// saves that time; bad values then give unspecified (possibly non-finite)
+    /// losses instead of an error.
     pub fn set_checks(&mut self, enabled: bool) {
         self.checks = enabled;
     }

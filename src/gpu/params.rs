@@ -115,3 +115,12 @@ pub const FLAGS: [(u32, &str); 6] = [
     (16, "cnt_targets"),
     (32, "reg_targets"),
 ];
+
+/// The inputs the set bits of `flags` name, in [`FLAGS`] order.
+pub fn flag_names(flags: u32) -> Vec<&'static str> {
+    FLAGS
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}

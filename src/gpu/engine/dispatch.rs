@@ -15,9 +15,6 @@ impl FcosLoss {
         let start = Instant::now();
         self.backward_available(variant)?;
         inputs.check_shapes(levels, self.config.num_classes as usize)?;
-        if self.checks {
-            crate::validate::check_values(levels, inputs, self.config.num_classes as usize)?;
-        }
         let b = inputs.batch;
         let backward = variant == FusedVariant::Backward;
         if levels.positions() == 0 {
@@ -76,17 +73,29 @@ impl FcosLoss {
         })?;
         self.upload(pool, levels, inputs)?;
         let grad_source = backward.then_some(Source::Pool);
-        // Values were checked on the host: the kernel need not check them again.
-        let (losses, kernel, _) = self.execute(
+        // The values are checked inside the fused pass, as on the device path (cheaper
+        // than a separate pass over the host slices); only when it flags one does the
+        // host validator look for the first bad element, in the caller's slices.
+        let (losses, kernel, flags) = self.execute(
             pool,
             levels,
             &plan,
             Source::Pool,
             grad_source,
             variant,
-            false,
+            self.checks,
             weights,
         )?;
+        if flags != 0 {
+            let c = self.config.num_classes as usize;
+            return Err(match crate::validate::check_values(levels, inputs, c) {
+                Err(e) => e,
+                Ok(()) => FcosError::Gpu(format!(
+                    "the on-device checks flagged bad values ({}), but the host check of the same data found none",
+                    crate::gpu::params::flag_names(flags).join(", ")
+                )),
+            });
+        }
         let grads = if backward {
             Some(self.read_grads(pool, levels, b)?)
         } else {

@@ -17,11 +17,7 @@ impl FcosLoss {
         inputs: &DeviceInputs,
         flags: u32,
     ) -> FcosError {
-        let flagged: Vec<&str> = crate::gpu::params::FLAGS
-            .iter()
-            .filter(|(bit, _)| flags & bit != 0)
-            .map(|(_, name)| *name)
-            .collect();
+        let flagged = crate::gpu::params::flag_names(flags);
         let host = match self.read_inputs(levels, inputs) {
             Ok(h) => h,
             Err(e) => {
