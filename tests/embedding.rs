@@ -301,3 +301,43 @@ fn engine_and_app_share_the_device() {
     assert_eq!(common::bits(&first), common::bits(&again));
     assert_eq!(engine.context().device, device);
 }
+
+/// The host path's two uploads give bitwise the same losses and gradients: straight
+/// into mappable storage buffers (a device with `MAPPABLE_PRIMARY_BUFFERS` on a CPU
+/// or integrated adapter, e.g. lavapipe) and through the staging buffer (a device
+/// without the feature).
+#[test]
+fn zero_copy_and_staged_uploads_agree() {
+    let config = LossConfig::new(7).with_reg_loss(RegLoss::Giou);
+    let (levels, batch) = case(7, &[(13, 17), (7, 9), (1, 3)], vec![0.1, 1.0], 5);
+    let mappable = wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+    let (dev_a, queue_a) = common::app_device_with_features(|f| f & mappable, |l| l);
+    let (dev_b, queue_b) = common::app_device_with(|l| l);
+    let direct = FcosLoss::from_device(dev_a, queue_a, config.clone()).unwrap();
+    let staged = FcosLoss::from_device(dev_b, queue_b, config.clone()).unwrap();
+    assert!(!staged.context().zero_copy_upload());
+    println!(
+        "{}: zero-copy upload {}",
+        direct.adapter_name(),
+        direct.context().zero_copy_upload()
+    );
+    let w = fcos_loss::LossWeights::for_config(&config);
+    for _ in 0..2 {
+        let (la, ga) = direct
+            .forward_backward(&levels, &batch.inputs(), &w)
+            .unwrap();
+        let (lb, gb) = staged
+            .forward_backward(&levels, &batch.inputs(), &w)
+            .unwrap();
+        assert_eq!(common::bits(&la), common::bits(&lb));
+        assert_eq!(ga, gb);
+        let a = direct.compute(&levels, &batch.inputs()).unwrap();
+        assert_eq!(common::bits(&a), common::bits(&la));
+    }
+    let cpu = reference::losses(&config, &levels, &batch.inputs()).unwrap();
+    common::assert_close(
+        "zero-copy upload",
+        &direct.compute(&levels, &batch.inputs()).unwrap(),
+        &cpu,
+    );
+}

@@ -81,7 +81,11 @@ impl GpuContext {
             .next()
             .ok_or(FcosError::NoAdapter { detail })?;
         let info = adapter.get_info();
-        let wanted_features = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
+        let mut wanted_features = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP;
+        if shares_host_memory(&info) {
+            // Lets the host path write the inputs straight into the storage buffers.
+            wanted_features |= wgpu::Features::MAPPABLE_PRIMARY_BUFFERS;
+        }
         let features = adapter.features() & wanted_features;
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -153,6 +157,16 @@ impl GpuContext {
         adapter_label(&self.info)
     }
 
+    /// Whether storage buffers can be mapped for writing and the adapter reads host
+    /// memory anyway (a CPU or integrated adapter with
+    /// [`wgpu::Features::MAPPABLE_PRIMARY_BUFFERS`]): the host path then writes the
+    /// inputs straight into the storage buffers, with no staging copy.
+    pub fn zero_copy_upload(&self) -> bool {
+        self.features
+            .contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)
+            && shares_host_memory(&self.info)
+    }
+
     /// Fails when the device is known to be lost, or an error escaped every scope.
     pub(crate) fn health(&self) -> Result<(), FcosError> {
         if self.lost.load(Ordering::SeqCst) {
@@ -168,4 +182,13 @@ impl GpuContext {
         }
         Ok(())
     }
+}
+
+/// CPU and integrated adapters work in host memory: mapping a storage buffer there
+/// costs its kernels nothing (on a discrete GPU it would put it across the bus).
+fn shares_host_memory(info: &wgpu::AdapterInfo) -> bool {
+    matches!(
+        info.device_type,
+        wgpu::DeviceType::Cpu | wgpu::DeviceType::IntegratedGpu
+    )
 }

@@ -62,6 +62,14 @@ pub fn assert_close(what: &str, got: &Losses, want: &Losses) {
 pub fn app_device_with(
     adjust: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
 ) -> (wgpu::Device, wgpu::Queue) {
+    app_device_with_features(|_| wgpu::Features::empty(), adjust)
+}
+
+/// [`app_device_with`], requesting the features `features` picks from the adapter's.
+pub fn app_device_with_features(
+    features: impl FnOnce(wgpu::Features) -> wgpu::Features,
+    adjust: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+) -> (wgpu::Device, wgpu::Queue) {
     pollster::block_on(async {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -88,7 +96,7 @@ pub fn app_device_with(
         adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("embedding test app"),
-                required_features: wgpu::Features::empty(),
+                required_features: features(adapter.features()),
                 required_limits: adjust(adapter.limits()),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::default(),

@@ -31,7 +31,12 @@ impl FcosLoss {
         let pool = &mut *guard;
         let device = &self.ctx.device;
         scoped(device, || {
-            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+            let usage = wgpu::BufferUsages::STORAGE
+                | if self.ctx.zero_copy_upload() {
+                    wgpu::BufferUsages::MAP_WRITE
+                } else {
+                    wgpu::BufferUsages::COPY_DST
+                };
             for (i, name) in INPUT_NAMES.iter().enumerate() {
                 let bytes = self.input_bytes(levels, b, i);
                 Pool::ensure(

@@ -44,11 +44,27 @@ impl FcosLoss {
         mode: wgpu::MapMode,
         index: Option<wgpu::SubmissionIndex>,
     ) -> Result<(), FcosError> {
-        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-        buf.slice(range).map_async(mode, move |r| {
-            // A failed send only means the receiver gave up waiting.
-            let _ = tx.send(r);
-        });
+        self.map_all(&[(buf, range)], mode, index)
+    }
+
+    /// [`map`](Self::map) for several buffers at once, with one wait. On any failure
+    /// every buffer is left unmapped.
+    pub(super) fn map_all(
+        &self,
+        bufs: &[(&wgpu::Buffer, std::ops::Range<u64>)],
+        mode: wgpu::MapMode,
+        index: Option<wgpu::SubmissionIndex>,
+    ) -> Result<(), FcosError> {
+        let mut receivers = Vec::with_capacity(bufs.len());
+        for (buf, range) in bufs {
+            let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+            buf.slice(range.clone()).map_async(mode, move |r| {
+                // A failed send only means the receiver gave up waiting.
+                let _ = tx.send(r);
+            });
+            receivers.push(rx);
+        }
+        let unmap_all = || bufs.iter().for_each(|(b, _)| b.unmap());
         let waited = self.ctx.device.poll(wgpu::PollType::Wait {
             submission_index: index,
             timeout: Some(self.timeout),
@@ -56,22 +72,26 @@ impl FcosLoss {
         match waited {
             Ok(_) => {}
             Err(wgpu::PollError::Timeout) => {
-                buf.unmap();
+                unmap_all();
                 return Err(FcosError::Timeout(self.timeout));
             }
             Err(e) => {
+                unmap_all();
                 self.ctx.health()?;
                 return Err(FcosError::Gpu(format!("waiting for the GPU failed: {e}")));
             }
         }
-        match pollster::block_on(rx.receive()) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => {
-                self.ctx.health()?;
-                Err(FcosError::Gpu(format!("mapping a buffer failed: {e}")))
-            }
-            None => Err(FcosError::Gpu("a buffer was never mapped".into())),
+        for rx in receivers {
+            let failed = match pollster::block_on(rx.receive()) {
+                Some(Ok(())) => continue,
+                Some(Err(e)) => format!("mapping a buffer failed: {e}"),
+                None => "a buffer was never mapped".to_string(),
+            };
+            unmap_all();
+            self.ctx.health()?;
+            return Err(FcosError::Gpu(failed));
         }
+        Ok(())
     }
 
     /// Maps `range` of a MAP_READ buffer after the GPU finished `index` (or all work),
@@ -96,10 +116,13 @@ impl FcosLoss {
         Ok(out)
     }
 
-    /// The host path's upload: the inputs are written straight into the pooled,
-    /// mapped staging buffer (the one staging copy), then copied on the device into
-    /// the pooled input buffers. Unlike `Queue::write_buffer`, this allocates nothing
-    /// per call, so large batches do not pay for fresh pages every time.
+    /// The host path's upload. Where the adapter shares host memory and storage
+    /// buffers can be mapped ([`GpuContext::zero_copy_upload`]), the inputs are
+    /// written straight into the pooled input buffers: no staging copy at all.
+    /// Otherwise they are written into the pooled, mapped staging buffer (the one
+    /// staging copy), then copied on the device into the pooled input buffers.
+    /// Unlike `Queue::write_buffer`, neither allocates per call, so large batches do
+    /// not pay for fresh pages every time.
     pub(super) fn upload(
         &self,
         pool: &mut Pool,
@@ -110,6 +133,25 @@ impl FcosLoss {
         let sizes: Vec<u64> = (0..INPUT_NAMES.len())
             .map(|i| self.input_bytes(levels, b, i))
             .collect();
+        if self.ctx.zero_copy_upload() {
+            let mut bufs = Vec::with_capacity(INPUT_NAMES.len());
+            for (i, slot) in pool.inputs.iter().enumerate() {
+                bufs.push((slot.as_ref().ok_or_else(missing)?, 0..sizes[i]));
+            }
+            self.map_all(&bufs, wgpu::MapMode::Write, None)?;
+            let mut failed = None;
+            for (i, (buf, range)) in bufs.iter().enumerate() {
+                match buf.slice(range.clone()).get_mapped_range_mut() {
+                    Ok(mut view) => self.write_input(&mut view, 0, levels, inputs, i),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            bufs.iter().for_each(|(buf, _)| buf.unmap());
+            return match failed {
+                Some(e) => Err(FcosError::Gpu(format!("writing the inputs failed: {e}"))),
+                None => Ok(()),
+            };
+        }
         let starts: Vec<u64> = sizes
             .iter()
             .scan(0u64, |at, &n| {
@@ -140,25 +182,8 @@ impl FcosLoss {
                     return Err(FcosError::Gpu(format!("writing the inputs failed: {e}")));
                 }
             };
-            let mut put = |at: u64, data: &[f32]| {
-                let at = at as usize;
-                view.slice(at..at + 4 * data.len())
-                    .copy_from_slice(bytemuck::cast_slice(data));
-            };
-            let heads = [&inputs.cls_logits, &inputs.cnt_logits, &inputs.reg_preds];
-            for (i, slices) in heads.iter().enumerate() {
-                for (l, s) in slices.iter().enumerate() {
-                    put(
-                        starts[i] + 4 * levels.packed_offset(l, b, self.channels(i)) as u64,
-                        s,
-                    );
-                }
-            }
-            for (i, s) in [inputs.cls_targets, inputs.cnt_targets, inputs.reg_targets]
-                .iter()
-                .enumerate()
-            {
-                put(starts[3 + i], s);
+            for (i, &at) in starts.iter().enumerate() {
+                self.write_input(&mut view, at, levels, inputs, i);
             }
         }
         staging.unmap();
@@ -173,5 +198,37 @@ impl FcosLoss {
             self.ctx.queue.submit([encoder.finish()]);
             Ok(())
         })?
+    }
+
+    /// Writes input `i` (in [`INPUT_NAMES`] order) into `view` from byte `at`, heads
+    /// packed by level (`B·ch·off_l`), targets as they are.
+    fn write_input(
+        &self,
+        view: &mut wgpu::BufferViewMut,
+        at: u64,
+        levels: &Levels,
+        inputs: &Inputs,
+        i: usize,
+    ) {
+        let b = inputs.batch;
+        let mut put = |from: u64, data: &[f32]| {
+            let from = from as usize;
+            view.slice(from..from + 4 * data.len())
+                .copy_from_slice(bytemuck::cast_slice(data));
+        };
+        match i {
+            0..=2 => {
+                let heads = [&inputs.cls_logits, &inputs.cnt_logits, &inputs.reg_preds];
+                for (l, s) in heads[i].iter().enumerate() {
+                    put(
+                        at + 4 * levels.packed_offset(l, b, self.channels(i)) as u64,
+                        s,
+                    );
+                }
+            }
+            3 => put(at, inputs.cls_targets),
+            4 => put(at, inputs.cnt_targets),
+            _ => put(at, inputs.reg_targets),
+        }
     }
 }
