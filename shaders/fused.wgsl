@@ -60,8 +60,10 @@ struct ClassStep {
 // target class is redone as a positive after the class loop). One compare and one
 // select per logit instead of choosing u and the weight per logit.
 fn cls_step(z: vec4<f32>, c: u32, n: u32, cs: ClassScale) -> ClassStep {
-    // The notebook's one-hot: float compare of the target with c + 1.
-    let negative = vec4<f32>(cs.tcls) != f32(c) + vec4<f32>(1.0, 2.0, 3.0, 4.0);
+    // The notebook's one-hot, a float compare of the target with c + 1 .. c + 4, as
+    // tcls - c against 1 .. 4 (exact for class numbers below 2^24; a target that
+    // is not a whole number matches nothing either way).
+    let negative = vec4<f32>(cs.tcls - f32(c)) != vec4<f32>(1.0, 2.0, 3.0, 4.0);
     let live = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n);
     let ft = focal_terms(z);
     let core = select(vec4<f32>(0.0), focal_core(ft, cs.gamma), negative & live);
