@@ -158,8 +158,15 @@ fn focal_core(t: FocalTerms, gamma: f32) -> vec4<f32> {
 // reusing the elements' `core`); d/dz is this times the weight, and times -1 for
 // the target class (u = -z).
 fn focal_grad_core(t: FocalTerms, core: vec4<f32>, gamma: f32) -> vec4<f32> {
-    let g = select(gamma, 2.0, GAMMA_IS_TWO);
-    return focal_mod(t.q, gamma) * t.q + g * t.r * core;
+    let rc = t.r * core;
+    if (GAMMA_IS_TWO) {
+        // 2 rc as rc + rc: no constant in the chain, so that a SIMD-over-lanes
+        // compiler keeps this vector maths in vectors instead of redoing it lane by
+        // lane inside each store (LLVM scalarizes an extracted lane of a one-use
+        // chain whose operands include constants).
+        return t.q * t.q * t.q + (rc + rc);
+    }
+    return focal_mod(t.q, gamma) * t.q + gamma * rc;
 }
 
 // sigmoid(x), stable for either sign.
