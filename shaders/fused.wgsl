@@ -211,6 +211,10 @@ fn fused(
             let ci = params.cnt_base + bl * hw + pix;
             let r = params.reg_base + 4u * bl * hw + pix;
             let rt_index = params.reg_tgt_base + bl * params.positions + pix;
+#ifdef BACKWARD
+            var g_cnt = 0.0;
+            var g_reg = vec4<f32>(0.0);
+#endif
 #ifdef READ_ALL
             // Every element once, positive or not; the positive branch reuses them.
             let x = cnt_logits[ci];
@@ -248,12 +252,8 @@ fn fused(
                 let bt = box_terms(pred, tgt);
                 acc.z = box_loss(bt);
 #ifdef BACKWARD
-                grad_cnt[ci] = params.w_cnt * scale * (sigmoid(x) - ct);
-                let g = params.w_reg * scale * box_grad(pred, tgt, bt);
-                grad_reg[r] = g.x;
-                grad_reg[r + hw] = g.y;
-                grad_reg[r + 2u * hw] = g.z;
-                grad_reg[r + 3u * hw] = g.w;
+                g_cnt = params.w_cnt * scale * (sigmoid(x) - ct);
+                g_reg = params.w_reg * scale * box_grad(pred, tgt, bt);
 #endif
 #endif
                 acc.w = 1.0;
@@ -263,14 +263,16 @@ fn fused(
                 acc.y = ct;
 #endif
 #endif
-#ifdef BACKWARD
-                grad_cnt[ci] = 0.0;
-                grad_reg[r] = 0.0;
-                grad_reg[r + hw] = 0.0;
-                grad_reg[r + 2u * hw] = 0.0;
-                grad_reg[r + 3u * hw] = 0.0;
-#endif
             }
+#ifdef BACKWARD
+            // Stored once, positive or not (zeros off the positives): one store per
+            // element instead of one in each branch.
+            grad_cnt[ci] = g_cnt;
+            grad_reg[r] = g_reg.x;
+            grad_reg[r + hw] = g_reg.y;
+            grad_reg[r + 2u * hw] = g_reg.z;
+            grad_reg[r + 3u * hw] = g_reg.w;
+#endif
         }
     }
 #ifdef SUBGROUPS
