@@ -15,7 +15,8 @@ pub const INPUT_NAMES: [&str; 6] = [
 pub struct Pool {
     /// Upload targets of the host-slice path, one per input tensor (heads packed by level).
     pub inputs: [Option<wgpu::Buffer>; 6],
-    /// Mappable staging buffer of the host-slice path: all six inputs, one after another.
+    /// Mappable staging buffer of the host-slice path: all six inputs, one after another
+    /// (unused where the inputs are written straight into mappable storage buffers).
     pub upload: Option<wgpu::Buffer>,
     /// Gradients of the host-slice backward path, one per head, laid out like the inputs.
     pub grads: [Option<wgpu::Buffer>; 3],
