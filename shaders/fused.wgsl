@@ -85,6 +85,11 @@ fn exponent_max(z: vec4<f32>) -> u32 {
     return max(max(ex.x, ex.y), max(ex.z, ex.w));
 }
 
+// The roofline's stand-in for the centerness and box terms: plain sums of what they read.
+fn roofline_sums(x: f32, ct: f32, pred: vec4<f32>, tgt: vec4<f32>) -> vec2<f32> {
+    return vec2<f32>(x + ct, dot(pred + tgt, vec4<f32>(1.0)));
+}
+
 var<workgroup> scratch: array<vec4<f32>, WG>;
 #ifdef CHECKS
 // The check flags, OR-reduced beside the sums (no barrier of their own).
@@ -234,8 +239,7 @@ fn fused(
 #endif
 #ifdef ROOFLINE
 #ifdef READ_ALL
-            acc.y = x + ct;
-            acc.z = dot(pred + tgt, vec4<f32>(1.0));
+            acc = vec4<f32>(acc.x, roofline_sums(x, ct, pred, tgt), acc.w);
 #endif
 #endif
             if (ct > -1.0) {
@@ -247,8 +251,7 @@ fn fused(
 #endif
 #ifdef ROOFLINE
 #ifndef READ_ALL
-                acc.y = x + ct;
-                acc.z = dot(pred + tgt, vec4<f32>(1.0));
+                acc = vec4<f32>(acc.x, roofline_sums(x, ct, pred, tgt), acc.w);
 #endif
 #else
                 acc.y = bce(x, ct);
