@@ -47,8 +47,8 @@ impl FcosLoss {
         self.map_all(&[(buf, range)], mode, index)
     }
 
-    /// [`map`](Self::map) for several buffers at once, with one wait. On any failure
-    /// every buffer is left unmapped.
+    /// [`map`](Self::map) for several buffers at once, with one wait. On a failure no
+    /// buffer is left mapped (or pending).
     pub(super) fn map_all(
         &self,
         bufs: &[(&wgpu::Buffer, std::ops::Range<u64>)],
@@ -64,7 +64,6 @@ impl FcosLoss {
             });
             receivers.push(rx);
         }
-        let unmap_all = || bufs.iter().for_each(|(b, _)| b.unmap());
         let waited = self.ctx.device.poll(wgpu::PollType::Wait {
             submission_index: index,
             timeout: Some(self.timeout),
@@ -72,26 +71,35 @@ impl FcosLoss {
         match waited {
             Ok(_) => {}
             Err(wgpu::PollError::Timeout) => {
-                unmap_all();
+                // Cancels the pending mappings (and undoes any that completed).
+                bufs.iter().for_each(|(b, _)| b.unmap());
                 return Err(FcosError::Timeout(self.timeout));
             }
             Err(e) => {
-                unmap_all();
                 self.ctx.health()?;
                 return Err(FcosError::Gpu(format!("waiting for the GPU failed: {e}")));
             }
         }
-        for rx in receivers {
-            let failed = match pollster::block_on(rx.receive()) {
-                Some(Ok(())) => continue,
-                Some(Err(e)) => format!("mapping a buffer failed: {e}"),
-                None => "a buffer was never mapped".to_string(),
-            };
-            unmap_all();
-            self.ctx.health()?;
-            return Err(FcosError::Gpu(failed));
+        let results: Vec<_> = receivers
+            .into_iter()
+            .map(|rx| pollster::block_on(rx.receive()))
+            .collect();
+        let failed = results.iter().find_map(|r| match r {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(format!("mapping a buffer failed: {e}")),
+            None => Some("a buffer was never mapped".to_string()),
+        });
+        let Some(failed) = failed else {
+            return Ok(());
+        };
+        // Unmap only what did map: unmapping an unmapped buffer is itself an error.
+        for ((buf, _), r) in bufs.iter().zip(&results) {
+            if matches!(r, Some(Ok(()))) {
+                buf.unmap();
+            }
         }
-        Ok(())
+        self.ctx.health()?;
+        Err(FcosError::Gpu(failed))
     }
 
     /// Maps `range` of a MAP_READ buffer after the GPU finished `index` (or all work),
