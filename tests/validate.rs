@@ -5,7 +5,7 @@
 
 use fcos_loss::synthetic::{self, SyntheticSpec};
 use fcos_loss::validate::check_values;
-use fcos_loss::{reference, Batch, FcosError, Inputs, Levels, LossConfig, RegLoss};
+use fcos_loss::{reference, Batch, FcosError, Levels, LossConfig, RegLoss};
 use proptest::prelude::*;
 
 /// Four levels (so `cls_logits.3` exists), B = 2, C = 5, half the positions positive.
@@ -320,34 +320,6 @@ fn mismatched_shapes_do_not_panic() {
 // ---------------------------------------------------------------------------
 // Property test
 
-/// The tensors of a random case, with shapes not necessarily consistent.
-#[derive(Debug, Clone)]
-struct Raw {
-    batch: usize,
-    classes: usize,
-    shapes: Vec<(u32, u32)>,
-    cls_logits: Vec<Vec<f32>>,
-    cnt_logits: Vec<Vec<f32>>,
-    reg_preds: Vec<Vec<f32>>,
-    cls_targets: Vec<f32>,
-    cnt_targets: Vec<f32>,
-    reg_targets: Vec<f32>,
-}
-
-impl Raw {
-    fn inputs(&self) -> Inputs<'_> {
-        Inputs {
-            batch: self.batch,
-            cls_logits: self.cls_logits.iter().map(Vec::as_slice).collect(),
-            cnt_logits: self.cnt_logits.iter().map(Vec::as_slice).collect(),
-            reg_preds: self.reg_preds.iter().map(Vec::as_slice).collect(),
-            cls_targets: &self.cls_targets,
-            cnt_targets: &self.cnt_targets,
-            reg_targets: &self.reg_targets,
-        }
-    }
-}
-
 const SPECIALS: [f32; 17] = [
     f32::NAN,
     f32::INFINITY,
@@ -383,7 +355,8 @@ fn values(n: usize, v: &BoxedStrategy<f32>) -> BoxedStrategy<Vec<f32>> {
     prop::collection::vec(v.clone(), n).boxed()
 }
 
-fn raw_case() -> impl Strategy<Value = Raw> {
+/// The tensors of a random case: shapes consistent, values anything (`SPECIALS` mixed in).
+fn raw_case() -> impl Strategy<Value = Batch> {
     (
         1usize..4,
         1usize..10,
@@ -417,10 +390,10 @@ fn raw_case() -> impl Strategy<Value = Raw> {
             )
         })
         .prop_map(
-            |((batch, classes, shapes), cls_logits, cnt_logits, reg_preds, ct, nt, rt)| Raw {
+            |((batch, classes, shapes), cls_logits, cnt_logits, reg_preds, ct, nt, rt)| Batch {
+                levels: Levels::from_shapes(&shapes).expect("shapes of 1..4 levels up to 5×5"),
                 batch,
                 classes,
-                shapes,
                 cls_logits,
                 cnt_logits,
                 reg_preds,
@@ -433,7 +406,7 @@ fn raw_case() -> impl Strategy<Value = Raw> {
 
 /// The rules of `check_values`, written as plainly as possible: the first bad
 /// `(tensor, index)` in tensor order.
-fn naive_first_problem(raw: &Raw) -> Option<(String, usize)> {
+fn naive_first_problem(raw: &Batch) -> Option<(String, usize)> {
     let heads = [
         ("cls_logits", &raw.cls_logits),
         ("cnt_logits", &raw.cnt_logits),
@@ -482,10 +455,10 @@ proptest! {
 
     #[test]
     fn validated_inputs_give_finite_losses(raw in raw_case(), giou in any::<bool>(), damage in 0usize..12) {
-        let levels = Levels::from_shapes(&raw.shapes).unwrap();
+        let levels = &raw.levels;
         let inputs = raw.inputs();
-        inputs.check_shapes(&levels, raw.classes).unwrap();
-        let got = match check_values(&levels, &inputs, raw.classes) {
+        inputs.check_shapes(levels, raw.classes).unwrap();
+        let got = match check_values(levels, &inputs, raw.classes) {
             Ok(()) => None,
             Err(FcosError::Value { tensor, index, .. }) => Some((tensor, index)),
             Err(e) => return Err(TestCaseError::fail(format!("not a value error: {e}"))),
@@ -494,7 +467,7 @@ proptest! {
         if got.is_none() {
             let mode = if giou { RegLoss::Giou } else { RegLoss::Iou };
             let config = LossConfig::new(raw.classes as u32).with_reg_loss(mode);
-            let l = reference::losses(&config, &levels, &inputs).unwrap();
+            let l = reference::losses(&config, levels, &inputs).unwrap();
             let all = l.cls.iter().chain(&l.cnt).chain(&l.reg)
                 .chain([&l.cls_loss, &l.cnt_loss, &l.reg_loss, &l.total]);
             for v in all {
@@ -505,7 +478,7 @@ proptest! {
         // Damage one tensor's length: check_shapes must refuse it, and
         // check_values must not panic on it either way.
         let mut bad = raw.clone();
-        let n_levels = bad.shapes.len();
+        let n_levels = bad.levels.len();
         let victim: &mut Vec<f32> = match damage {
             0 => &mut bad.cls_targets,
             1 => &mut bad.cnt_targets,
@@ -523,7 +496,7 @@ proptest! {
             victim.push(f32::NAN);
         }
         let inputs = bad.inputs();
-        prop_assert!(inputs.check_shapes(&levels, bad.classes).is_err());
-        let _ = check_values(&levels, &inputs, bad.classes);
+        prop_assert!(inputs.check_shapes(levels, bad.classes).is_err());
+        let _ = check_values(levels, &inputs, bad.classes);
     }
 }
