@@ -92,14 +92,7 @@ impl FcosLoss {
             weights,
         )?;
         if flags != 0 {
-            let c = self.config.num_classes as usize;
-            return Err(match crate::validate::check_values(levels, inputs, c) {
-                Err(e) => e,
-                Ok(()) => FcosError::Gpu(format!(
-                    "the on-device checks flagged bad values ({}), but the host check of the same data found none",
-                    crate::gpu::params::flag_names(flags).join(", ")
-                )),
-            });
+            return Err(self.name_bad_input(levels, inputs, flags));
         }
         let grads = if backward {
             Some(self.read_grads(pool, levels, b)?)

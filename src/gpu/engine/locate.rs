@@ -1,7 +1,8 @@
 //! The error path of the on-device checks: when the fused pass flags a bad input,
 //! bring the inputs to the host in bounded chunks (raw bits, through
 //! `copy_words.wgsl`, so the user's buffers need no `COPY_SRC`) and let the host
-//! validator name the first bad element, exactly as the host path would.
+//! validator name the first bad element; the host path, whose slices are at hand,
+//! goes straight to that last step ([`FcosLoss::name_bad_input`]).
 
 use super::*;
 
@@ -47,10 +48,18 @@ impl FcosLoss {
             cnt_targets: &host[4][..b * p],
             reg_targets: &host[5][..4 * b * p],
         };
-        match crate::validate::check_values(levels, &view, c) {
+        self.name_bad_input(levels, &view, flags)
+    }
+
+    /// The error for host inputs the on-device checks flagged: the host validator's
+    /// error naming the first bad element (both paths end here).
+    pub(super) fn name_bad_input(&self, levels: &Levels, inputs: &Inputs, flags: u32) -> FcosError {
+        let c = self.config.num_classes as usize;
+        match crate::validate::check_values(levels, inputs, c) {
             Err(e) => e,
             Ok(()) => FcosError::Gpu(format!(
-                "the on-device checks flagged bad values in {flagged:?}, but the host check of the same data found none"
+                "the on-device checks flagged bad values in {:?}, but the host check of the same data found none",
+                crate::gpu::params::flag_names(flags)
             )),
         }
     }
