@@ -80,7 +80,7 @@ fn any_not_finite(v: vec4<f32>) -> bool {
 // relative error below 2e-7 over the whole interval (f32 rounding), no `log`
 // (GPU `log` is only absolutely accurate near 1, and costs more than the FMAs).
 // Horner steps as explicit fma: one instruction each where the adapter has FMA (a
-// CPU adapter does not fuse `p * e + c` by itself). log1p_small4: four at once.
+// CPU adapter does not fuse `p * e + c` by itself). Four values at once.
 fn log1p_small4(e: vec4<f32>) -> vec4<f32> {
     var p = vec4<f32>(0.005253458);
     p = fma(p, e, vec4<f32>(-0.029588507));
@@ -95,16 +95,8 @@ fn log1p_small4(e: vec4<f32>) -> vec4<f32> {
 }
 
 fn log1p_small(e: f32) -> f32 {
-    var p = f32(0.005253458);
-    p = fma(p, e, f32(-0.029588507));
-    p = fma(p, e, f32(0.078361668));
-    p = fma(p, e, f32(-0.136747703));
-    p = fma(p, e, f32(0.191114306));
-    p = fma(p, e, f32(-0.248443693));
-    p = fma(p, e, f32(0.333192706));
-    p = fma(p, e, f32(-0.499995023));
-    p = fma(p, e, f32(1.0));
-    return e * p;
+    // One lane of the vector form (the other lanes are dead code to the compiler).
+    return log1p_small4(vec4<f32>(e)).x;
 }
 
 // Set when the pipeline is made: true for gamma = 2 (the notebook's), so that the
@@ -158,15 +150,16 @@ fn focal_core(t: FocalTerms, gamma: f32) -> vec4<f32> {
 // reusing the elements' `core`); d/dz is this times the weight, and times -1 for
 // the target class (u = -z).
 fn focal_grad_core(t: FocalTerms, core: vec4<f32>, gamma: f32) -> vec4<f32> {
+    let qq = focal_mod(t.q, gamma) * t.q;
     let rc = t.r * core;
     if (GAMMA_IS_TWO) {
         // 2 rc as rc + rc: no constant in the chain, so that a SIMD-over-lanes
         // compiler keeps this vector maths in vectors instead of redoing it lane by
         // lane inside each store (LLVM scalarizes an extracted lane of a one-use
         // chain whose operands include constants).
-        return t.q * t.q * t.q + (rc + rc);
+        return qq + (rc + rc);
     }
-    return focal_mod(t.q, gamma) * t.q + gamma * rc;
+    return qq + gamma * rc;
 }
 
 // sigmoid(x), stable for either sign.
