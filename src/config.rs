@@ -137,6 +137,19 @@ impl LossWeights {
             reg: 1.0,
         }
     }
+
+    /// Checks that every weight is finite (NaN or ±Inf would reach the shaders,
+    /// which must never see them): [`FcosError::InvalidConfig`] naming the weight.
+    pub fn check(&self) -> Result<(), FcosError> {
+        for (name, w) in [("cls", self.cls), ("cnt", self.cnt), ("reg", self.reg)] {
+            if !w.is_finite() {
+                return Err(FcosError::InvalidConfig(format!(
+                    "loss weight '{name}' must be finite, got {w}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for LossWeights {

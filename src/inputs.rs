@@ -40,6 +40,7 @@ impl Inputs<'_> {
                 "num_classes (C) must be at least 1, got 0".into(),
             ));
         }
+        check_extent(levels, b, classes)?;
         let heads: [(&str, &Vec<&[f32]>, usize); 3] = [
             ("cls_logits", &self.cls_logits, classes),
             ("cnt_logits", &self.cnt_logits, 1),
@@ -80,6 +81,29 @@ impl Inputs<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Checks that the largest tensor of a call, `B · max(C, 4) · P` elements, has a
+/// byte count that fits `usize` (and so every element count and offset below it): a
+/// shape error naming `B` otherwise, before any size is computed.
+pub(crate) fn check_extent(levels: &Levels, b: usize, classes: usize) -> Result<(), FcosError> {
+    let p = levels.positions();
+    let fits = b
+        .checked_mul(classes.max(4))
+        .and_then(|n| n.checked_mul(p))
+        .and_then(|n| n.checked_mul(4))
+        .is_some();
+    if fits {
+        Ok(())
+    } else {
+        Err(FcosError::shape(
+            "batch",
+            format!(
+                "B · max(C, 4) · P · 4 bytes within the address space (C = {classes}, P = {p})"
+            ),
+            format!("B = {b}"),
+        ))
     }
 }
 

@@ -28,9 +28,15 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Uniform integer in `lo..=hi`.
+    /// Integer in `lo..=hi` (the bounds in either order), uniform up to the modulo
+    /// bias of a 64-bit draw.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
+        let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+        match (hi - lo).checked_add(1) {
+            Some(span) => lo + self.next_u64() % span,
+            // lo = 0 and hi = u64::MAX: every value.
+            None => self.next_u64(),
+        }
     }
 
     /// Standard normal (Box–Muller).
@@ -162,4 +168,22 @@ pub fn coco_default() -> Result<Batch, FcosError> {
     let strides = [8, 16, 32, 64, 128];
     let levels = Levels::from_image(800, 1024, &strides)?;
     generate(&levels, &strides, &SyntheticSpec::new(8, 80))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_takes_any_bounds() {
+        let mut rng = Rng::new(7);
+        for _ in 0..100 {
+            assert!((3..=9).contains(&rng.range(3, 9)));
+            assert!((3..=9).contains(&rng.range(9, 3)));
+            assert_eq!(rng.range(5, 5), 5);
+        }
+        // The whole u64 range: no division by zero.
+        let _ = rng.range(0, u64::MAX);
+        let _ = rng.range(u64::MAX, 0);
+    }
 }

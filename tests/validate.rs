@@ -5,7 +5,7 @@
 
 use fcos_loss::synthetic::{self, SyntheticSpec};
 use fcos_loss::validate::check_values;
-use fcos_loss::{reference, Batch, FcosError, Levels, LossConfig, RegLoss};
+use fcos_loss::{reference, Batch, FcosError, Inputs, Levels, LossConfig, RegLoss};
 use proptest::prelude::*;
 
 /// Four levels (so `cls_logits.3` exists), B = 2, C = 5, half the positions positive.
@@ -498,5 +498,34 @@ proptest! {
         let inputs = bad.inputs();
         prop_assert!(inputs.check_shapes(levels, bad.classes).is_err());
         let _ = check_values(levels, &inputs, bad.classes);
+    }
+}
+
+/// A batch count whose element counts overflow is a shape error naming `B`, from
+/// the shape check and from the reference, not a wrapped count or a panic.
+#[test]
+fn a_batch_too_large_to_count_is_a_shape_error() {
+    let levels = Levels::from_shapes(&[(2, 2)]).unwrap();
+    let v4 = vec![0.0f32; 4];
+    let v16 = vec![0.0f32; 16];
+    let inputs = Inputs {
+        batch: (1usize << 62) + 1,
+        cls_logits: vec![&v4],
+        cnt_logits: vec![&v4],
+        reg_preds: vec![&v16],
+        cls_targets: &v4,
+        cnt_targets: &v4,
+        reg_targets: &v16,
+    };
+    for e in [
+        inputs.check_shapes(&levels, 1).unwrap_err(),
+        fcos_loss::reference::losses(&LossConfig::new(1), &levels, &inputs).unwrap_err(),
+    ] {
+        let m = e.to_string();
+        assert!(matches!(e, FcosError::Shape { .. }), "{m}");
+        assert!(
+            m.contains("batch") && m.contains("B = 4611686018427387905"),
+            "{m}"
+        );
     }
 }

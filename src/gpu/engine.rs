@@ -204,8 +204,10 @@ impl FcosLoss {
     /// two from 32 up to what the device allows. Rebuilds the pipelines.
     pub fn set_workgroup_size(&mut self, n: u32) -> Result<(), FcosError> {
         let l = &self.ctx.limits;
-        // The fused pass keeps one vec4<f32> and one flag word per thread in workgroup memory.
-        let storage = 20 * n as u64;
+        // Workgroup memory per thread: the fused pass keeps a vec4<f32> and a flag
+        // word (20 bytes), the finalize pass a vec3<f32> (16-byte stride) and two
+        // u32 words (24 bytes).
+        let storage = 24 * n as u64;
         if !n.is_power_of_two()
             || !(32..=1024).contains(&n)
             || n > l.max_compute_invocations_per_workgroup
@@ -459,16 +461,37 @@ impl FcosLoss {
         )
     }
 
-    fn check_buffer_sizes(&self, levels: &Levels, b: usize) -> Result<(), FcosError> {
-        let limits = &self.ctx.limits;
-        for (i, name) in INPUT_NAMES.iter().enumerate() {
-            let bytes = self.input_bytes(levels, b, i);
-            if bytes > limits.max_buffer_size || bytes > u32::MAX as u64 * 4 {
+    /// The host path's buffers against `max_buffer_size`: each input, the staging
+    /// buffer that holds all six (where the upload is not zero-copy) and, for the
+    /// backward pass, the readback buffer that holds the three gradients.
+    fn check_buffer_sizes(
+        &self,
+        levels: &Levels,
+        b: usize,
+        backward: bool,
+    ) -> Result<(), FcosError> {
+        let max = self.ctx.limits.max_buffer_size;
+        let bytes: Vec<u64> = (0..INPUT_NAMES.len())
+            .map(|i| self.input_bytes(levels, b, i))
+            .collect();
+        for (name, &n) in INPUT_NAMES.iter().zip(&bytes) {
+            if n > max || n > u32::MAX as u64 * 4 {
                 return Err(FcosError::Limit(format!(
-                    "{name} needs a {bytes}-byte buffer; the adapter allows max_buffer_size = {}",
-                    limits.max_buffer_size
+                    "{name} needs a {n}-byte buffer; the adapter allows max_buffer_size = {max}"
                 )));
             }
+        }
+        let staged: u64 = bytes.iter().sum();
+        if !self.ctx.zero_copy_upload() && staged > max {
+            return Err(FcosError::Limit(format!(
+                "the host path stages all six inputs in one {staged}-byte buffer; the adapter allows max_buffer_size = {max} (pass device buffers instead, or a smaller batch)"
+            )));
+        }
+        let grads: u64 = bytes[..3].iter().sum();
+        if backward && grads > max {
+            return Err(FcosError::Limit(format!(
+                "the host path reads the three gradients back through one {grads}-byte buffer; the adapter allows max_buffer_size = {max} (pass device gradient buffers instead, or a smaller batch)"
+            )));
         }
         Ok(())
     }

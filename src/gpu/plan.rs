@@ -4,13 +4,15 @@
 //! `max_compute_workgroups_per_dimension`. Pure arithmetic, tested without a GPU.
 
 use crate::error::FcosError;
-use crate::gpu::params::Params;
+use crate::gpu::params::{Params, PARTIAL_BYTES};
+use crate::gpu::pool::INPUT_NAMES;
 use crate::layout::Levels;
 
 /// The device limits a plan respects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanLimits {
-    /// Largest storage binding, bytes.
+    /// Largest storage binding, bytes (at most `4 · u32::MAX`: the shaders index
+    /// bindings with `u32` element offsets).
     pub max_binding: u64,
     /// Alignment of storage binding offsets, bytes.
     pub offset_alignment: u64,
@@ -22,7 +24,9 @@ impl PlanLimits {
     /// The limits of a device.
     pub fn of(limits: &wgpu::Limits) -> Self {
         PlanLimits {
-            max_binding: limits.max_storage_buffer_binding_size,
+            max_binding: limits
+                .max_storage_buffer_binding_size
+                .min(4 * u32::MAX as u64),
             offset_alignment: limits.min_storage_buffer_offset_alignment.max(4) as u64,
             max_workgroups: limits.max_compute_workgroups_per_dimension,
         }
@@ -71,9 +75,11 @@ pub struct Plan {
     pub classes_per_chunk: u32,
     /// Partial slots per image.
     pub partials_per_image: u32,
-    /// Partial slots per image for any batch size at these levels and classes (the
-    /// plan of B = 1 has the most class chunks): the pooled buffer's size per image.
-    pub partials_capacity_per_image: u32,
+    /// Partial slots, all images, that every plan of at most this many images at
+    /// these levels, classes and target holds: the pooled buffer's size, so that a
+    /// smaller batch (which takes more class chunks) never regrows it. Within one
+    /// storage binding, and at least `batch · partials_per_image`.
+    pub partials_capacity: u64,
     /// The fused-pass dispatches, level by level.
     pub segments: Vec<Segment>,
 }
@@ -113,21 +119,25 @@ impl Plan {
             .map(|l| (levels.level_size(l) as u64).div_ceil(wg as u64))
             .collect();
         let all_tiles: u64 = tiles.iter().sum::<u64>().max(1);
-        let chunks_for = |images: u64| {
-            let want = (target_workgroups as u64)
-                .div_ceil(all_tiles * images.max(1))
-                .clamp(1, c);
-            let per_chunk = c.div_ceil(want);
-            (c.div_ceil(per_chunk), per_chunk)
-        };
-        let (chunks, classes_per_chunk) = chunks_for(b);
-        let most_chunks = chunks_for(1).0.max(chunks);
-        let max_dim = limits.max_workgroups as u64;
-        if chunks > max_dim {
+        let max_dim = limits.max_workgroups.max(1) as u64;
+        // The partial sums are one binding: B · tiles · chunks slots must fit it.
+        let max_slots = limits.max_binding / PARTIAL_BYTES;
+        let image_slots = b.max(1) * all_tiles;
+        if image_slots > max_slots {
             return Err(FcosError::Limit(format!(
-                "{chunks} class chunks exceed max_compute_workgroups_per_dimension = {max_dim}"
+                "the partial sums of B = {b} images × {all_tiles} workgroups of {wg} positions ({} bytes) exceed max_storage_buffer_binding_size = {}",
+                PARTIAL_BYTES * image_slots,
+                limits.max_binding
             )));
         }
+        // Class chunks: enough workgroups for about `target_workgroups`, at most one
+        // chunk per class, within the dispatch and the partials' binding.
+        let most = c.min(max_dim).min(max_slots / image_slots).max(1);
+        let want = (target_workgroups as u64)
+            .div_ceil(image_slots)
+            .clamp(1, most);
+        let classes_per_chunk = c.div_ceil(want);
+        let chunks = c.div_ceil(classes_per_chunk);
         let mut segments = Vec::new();
         let mut slot = 0u64;
         for (l, &t) in tiles.iter().enumerate() {
@@ -154,14 +164,15 @@ impl Plan {
                         .checked_sub(hw)
                         .map_or(0, |r| r / p.max(1) + 1)
                 };
+                if fit == 0 {
+                    return Err(FcosError::Limit(format!(
+                        "one image of level {l} ({hw} positions × {ch} channels = {} bytes of {}) does not fit max_storage_buffer_binding_size = {} (less {align} bytes of offset alignment)",
+                        4 * ch * hw,
+                        INPUT_NAMES[i],
+                        limits.max_binding
+                    )));
+                }
                 g = g.min(fit);
-            }
-            if g == 0 {
-                return Err(FcosError::Limit(format!(
-                    "one image of level {l} ({hw} positions × {c} classes = {} bytes of cls_logits) does not fit max_storage_buffer_binding_size = {}",
-                    4 * c * hw,
-                    limits.max_binding
-                )));
             }
             let mut image0 = 0u64;
             while image0 < b {
@@ -205,7 +216,11 @@ impl Plan {
             chunks: chunks as u32,
             classes_per_chunk: classes_per_chunk as u32,
             partials_per_image: slot as u32,
-            partials_capacity_per_image: (all_tiles * most_chunks) as u32,
+            // Any plan of B' <= B images has B'·tiles·chunks' <= target + B'·tiles
+            // slots (chunks' <= ceil(target / (B'·tiles))), and it fits the binding.
+            partials_capacity: (target_workgroups as u64 + b * all_tiles)
+                .min(max_slots)
+                .max(b * slot),
             segments,
         })
     }
@@ -266,7 +281,18 @@ mod tests {
                     .map(|s| s.tiles * plan.chunks)
                     .sum();
                 assert_eq!(slots, plan.partials_per_image);
-                assert!(plan.partials_per_image <= plan.partials_capacity_per_image);
+                assert!(
+                    3 * plan.partials_per_image as u64 <= plan.partials_capacity,
+                    "c {c} t {t}"
+                );
+                // A smaller batch fits the same buffer.
+                for b in [1, 2] {
+                    let small = Plan::new(&levels, b, c, 256, t, LAVAPIPE).unwrap();
+                    assert!(
+                        b as u64 * small.partials_per_image as u64 <= plan.partials_capacity,
+                        "c {c} t {t} b {b}"
+                    );
+                }
             }
         }
     }
@@ -306,6 +332,55 @@ mod tests {
         // reg targets: vec4 index image0·P + off = 35.
         let r = s.ranges[5];
         assert_eq!(r.offset + 16 * r.base as u64, 16 * 35);
+    }
+
+    #[test]
+    fn the_tensor_that_does_not_fit_is_the_one_named() {
+        // C = 1: one image's cls_logits (360 000 bytes) fits 1 MiB; reg_preds
+        // (4 channels, 1 440 000 bytes) does not.
+        let levels = Levels::from_shapes(&[(300, 300)]).unwrap();
+        let small = PlanLimits {
+            max_binding: 1 << 20,
+            ..LAVAPIPE
+        };
+        let e = Plan::new(&levels, 1, 1, 256, 256, small)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1440000 bytes of reg_preds"), "{e}");
+    }
+
+    #[test]
+    fn class_chunks_stay_within_the_dispatch_and_the_partials_binding() {
+        let levels = Levels::from_shapes(&[(1, 1)]).unwrap();
+        let plan = Plan::new(&levels, 1, 70_000, 256, 1 << 20, LAVAPIPE).unwrap();
+        assert!(plan.chunks <= LAVAPIPE.max_workgroups);
+        // 200 images × 256 classes, one position: at most 1 MiB of partials.
+        let small = PlanLimits {
+            max_binding: 1 << 20,
+            ..LAVAPIPE
+        };
+        for t in [1, 4096, 1 << 20] {
+            let plan = Plan::new(&levels, 200, 256, 256, t, small).unwrap();
+            let used = PARTIAL_BYTES * 200 * plan.partials_per_image as u64;
+            assert!(used <= small.max_binding, "t {t}: {used}");
+            assert!(PARTIAL_BYTES * plan.partials_capacity <= small.max_binding);
+        }
+        // One workgroup per image already over the binding: an error, not a bad plan.
+        let tiny = PlanLimits {
+            max_binding: 1024,
+            ..LAVAPIPE
+        };
+        let e = Plan::new(&levels, 100, 1, 256, 1, tiny).unwrap_err();
+        assert!(e.to_string().contains("partial sums"), "{e}");
+    }
+
+    #[test]
+    fn bindings_stay_within_u32_element_offsets() {
+        let huge = wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 40,
+            ..wgpu::Limits::default()
+        };
+        assert_eq!(PlanLimits::of(&huge).max_binding, 4 * u32::MAX as u64);
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub struct Pool {
 const MIN_SIZE: u64 = 256;
 
 impl Pool {
+    /// Drops every buffer (the count of created buffers stays). Called when making
+    /// buffers failed: wgpu then hands out an invalid buffer, which must not stay in
+    /// a slot where a later, smaller call would reuse it.
+    pub fn clear(&mut self) {
+        *self = Pool {
+            created: self.created,
+            ..Pool::default()
+        };
+    }
+
     /// Makes `slot` hold a buffer of at least `size` bytes, creating it only when it is
     /// missing or too small.
     pub fn ensure(

@@ -295,21 +295,6 @@ fn positives(inputs: &Inputs, p_n: usize) -> Vec<u32> {
         .collect()
 }
 
-fn check_weights(weights: &LossWeights) -> Result<(), FcosError> {
-    for (name, w) in [
-        ("cls", weights.cls),
-        ("cnt", weights.cnt),
-        ("reg", weights.reg),
-    ] {
-        if !w.is_finite() {
-            return Err(FcosError::InvalidConfig(format!(
-                "loss weight '{name}' must be finite, got {w}"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// [`super::losses`] evaluated at `f64` heads (`inputs` gives the shapes and the
 /// targets; its heads are ignored). Same element functions and summation order, so
 /// at `HeadsF64::from_inputs(inputs)` it returns exactly what [`super::losses`] does.
@@ -434,7 +419,7 @@ pub fn gradients(
     inputs: &Inputs,
     weights: &LossWeights,
 ) -> Result<(Losses, RefGradients), FcosError> {
-    check_weights(weights)?;
+    weights.check()?;
     let losses = super::losses(config, levels, inputs)?;
     let heads = HeadsF64::from_inputs(inputs);
     Ok((losses, grads_at(config, levels, inputs, &heads, weights)))
@@ -449,7 +434,7 @@ pub fn gradients_f64(
     heads: &HeadsF64,
     weights: &LossWeights,
 ) -> Result<(Losses, RefGradients), FcosError> {
-    check_weights(weights)?;
+    weights.check()?;
     let losses = losses_f64(config, levels, inputs, heads)?;
     Ok((losses, grads_at(config, levels, inputs, heads, weights)))
 }

@@ -14,6 +14,7 @@ impl FcosLoss {
     ) -> Result<Timed<(Losses, Option<Gradients>)>, FcosError> {
         let start = Instant::now();
         self.backward_available(variant)?;
+        weights.check()?;
         inputs.check_shapes(levels, self.config.num_classes as usize)?;
         let b = inputs.batch;
         let backward = variant == FusedVariant::Backward;
@@ -25,7 +26,7 @@ impl FcosLoss {
                 call: start.elapsed(),
             });
         }
-        self.check_buffer_sizes(levels, b)?;
+        self.check_buffer_sizes(levels, b, backward)?;
         let plan = self.plan(levels, b)?;
         let mut guard = self.lock_pool()?;
         let pool = &mut *guard;
@@ -75,7 +76,8 @@ impl FcosLoss {
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 );
             }
-        })?;
+        })
+        .inspect_err(|_| pool.clear())?;
         self.upload(pool, levels, inputs)?;
         let grad_source = backward.then_some(Source::Pool);
         // The values are checked inside the fused pass, as on the device path (cheaper
@@ -116,10 +118,12 @@ impl FcosLoss {
     ) -> Result<Timed<Losses>, FcosError> {
         let start = Instant::now();
         self.backward_available(variant)?;
+        weights.check()?;
         let b = inputs.batch;
         if b == 0 {
             return Err(FcosError::shape("batch", "B >= 1", "B = 0"));
         }
+        crate::inputs::check_extent(levels, b, self.config.num_classes as usize)?;
         let mut named: Vec<(String, &wgpu::Buffer, u64)> = inputs
             .buffers()
             .iter()
@@ -221,7 +225,7 @@ impl FcosLoss {
             let created = &mut pool.created;
             let storage = wgpu::BufferUsages::STORAGE;
             // Sized by a bound that only grows with B, so a smaller batch never regrows it.
-            let partial_bytes = PARTIAL_BYTES * b * plan.partials_capacity_per_image as u64;
+            let partial_bytes = PARTIAL_BYTES * plan.partials_capacity;
             Pool::ensure(
                 &mut pool.partials,
                 created,
@@ -274,7 +278,8 @@ impl FcosLoss {
                     wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                 );
             }
-        })?;
+        })
+        .inspect_err(|_| pool.clear())?;
         let pool = &*pool;
         let partials = pool.partials.as_ref().ok_or_else(missing)?;
         let image_losses = pool.image_losses.as_ref().ok_or_else(missing)?;
@@ -333,6 +338,12 @@ impl FcosLoss {
         for (s, seg) in plan.segments.iter().enumerate() {
             put(1 + s, &plan.params(&global, levels, seg));
         }
+        // Only the slots this plan uses: the pooled buffer may be larger than one binding.
+        let partials_range = crate::gpu::plan::BindRange {
+            offset: 0,
+            size: PARTIAL_BYTES * b * plan.partials_per_image as u64,
+            base: 0,
+        };
         let params_size = std::num::NonZeroU64::new(std::mem::size_of::<Params>() as u64);
         let params_entry = |slot: u64| wgpu::BindGroupEntry {
             binding: 0,
@@ -350,7 +361,7 @@ impl FcosLoss {
                 for (i, buf) in input_bufs.iter().enumerate() {
                     entries.push(range_entry(1 + i as u32, buf, seg.ranges[i]));
                 }
-                entries.push(whole(7, partials));
+                entries.push(range_entry(7, partials, partials_range));
                 if let (Some(g), Some(np)) = (grad_bufs, num_pos) {
                     entries.push(whole(8, np));
                     for (i, buf) in g.iter().enumerate() {
@@ -366,7 +377,11 @@ impl FcosLoss {
             let finalize_bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("fcos finalize"),
                 layout: &self.pipelines.finalize.layout,
-                entries: &[params_entry(0), whole(1, partials), whole(2, image_losses)],
+                entries: &[
+                    params_entry(0),
+                    range_entry(1, partials, partials_range),
+                    whole(2, image_losses),
+                ],
             });
             let count_bg = num_pos.map(|np| {
                 device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -48,8 +48,21 @@ impl FcosLoss {
     }
 
     /// [`map`](Self::map) for several buffers at once, with one wait. On a failure no
-    /// buffer is left mapped (or pending).
+    /// buffer is left mapped (or pending). wgpu's validation errors (a mapping wgpu
+    /// refuses) come back as errors here, not through the device's error handler,
+    /// which panics by default on a device the application made.
     pub(super) fn map_all(
+        &self,
+        bufs: &[(&wgpu::Buffer, std::ops::Range<u64>)],
+        mode: wgpu::MapMode,
+        index: Option<wgpu::SubmissionIndex>,
+    ) -> Result<(), FcosError> {
+        scoped(&self.ctx.device, || {
+            self.map_all_unscoped(bufs, mode, index)
+        })?
+    }
+
+    fn map_all_unscoped(
         &self,
         bufs: &[(&wgpu::Buffer, std::ops::Range<u64>)],
         mode: wgpu::MapMode,
@@ -179,7 +192,8 @@ impl FcosLoss {
                 total,
                 wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
             )
-        })?;
+        })
+        .inspect_err(|_| pool.clear())?;
         let staging = pool.upload.as_ref().ok_or_else(missing)?;
         self.map(staging, 0..total, wgpu::MapMode::Write, None)?;
         {

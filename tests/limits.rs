@@ -1,0 +1,120 @@
+//! Small device limits: every call that does not fit is a typed error, the engine
+//! stays usable afterwards, and what fits gives the reference's numbers. On an
+//! application's device (where wgpu's default error handler panics) none of this
+//! may panic.
+
+mod common;
+
+use fcos_loss::reference::{self, grad};
+use fcos_loss::synthetic::{self, SyntheticSpec};
+use fcos_loss::{Batch, FcosError, FcosLoss, Levels, LossConfig, LossWeights};
+
+const STRIDES: [u32; 5] = [8, 16, 32, 64, 128];
+
+fn batch(levels: &Levels, b: usize, c: usize, pos_frac: f64, seed: u64) -> Batch {
+    let mut spec = SyntheticSpec::new(b, c);
+    spec.pos_frac = vec![pos_frac];
+    spec.seed = seed;
+    synthetic::generate(levels, &STRIDES[..levels.len().min(5)], &spec).unwrap()
+}
+
+/// An engine on an application's device whose storage bindings and buffers are at
+/// most `binding` and `buffer` bytes.
+fn small_engine(binding: u64, buffer: u64, config: LossConfig) -> FcosLoss {
+    let (device, queue) = common::app_device_with(|mut l| {
+        l.max_storage_buffer_binding_size = binding;
+        l.max_buffer_size = buffer;
+        l
+    });
+    FcosLoss::from_device(device, queue, config).unwrap()
+}
+
+fn small_call_works(engine: &FcosLoss, what: &str) {
+    let levels = Levels::from_image(64, 64, &STRIDES).unwrap();
+    let small = batch(&levels, 1, engine.config().num_classes as usize, 0.2, 2);
+    let got = engine
+        .compute(&levels, &small.inputs())
+        .unwrap_or_else(|e| panic!("{what}: the next small call failed: {e}"));
+    let want = reference::losses(engine.config(), &levels, &small.inputs()).unwrap();
+    common::assert_close(what, &got, &want);
+}
+
+/// The host path stages all six inputs in one buffer: where that buffer would
+/// exceed max_buffer_size (though no single input does), the call is a Limit
+/// error naming the staging buffer, and the engine carries on.
+#[test]
+fn a_staging_buffer_over_the_limit_is_an_error_and_the_engine_carries_on() {
+    let engine = small_engine(1 << 20, 4 << 20, LossConfig::new(20));
+    let levels = Levels::from_image(400, 1024, &STRIDES).unwrap();
+    let big = batch(&levels, 5, 20, 0.2, 1);
+    let cls_bytes = 4 * levels.packed_len(5, 20) as u64;
+    assert!(cls_bytes < 4 << 20 && big.input_bytes() > 4 << 20);
+    small_call_works(&engine, "before");
+    match engine.compute(&levels, &big.inputs()) {
+        // Zero-copy adapters have no staging buffer: then the call must be right.
+        Ok(got) => {
+            assert!(engine.context().zero_copy_upload());
+            let want = reference::losses(engine.config(), &levels, &big.inputs()).unwrap();
+            common::assert_close("big", &got, &want);
+        }
+        Err(FcosError::Limit(m)) => assert!(
+            m.contains("stages all six inputs") && m.contains("max_buffer_size"),
+            "{m}"
+        ),
+        Err(e) => panic!("expected a Limit error about the staging buffer, got {e}"),
+    }
+    small_call_works(&engine, "after the big call");
+}
+
+/// Many classes, one position, many images: the partial sums (bound as one
+/// storage binding) are planned within the binding limit, and a smaller batch
+/// after a larger one reuses them.
+#[test]
+fn partial_sums_are_bound_within_the_limit() {
+    let config = LossConfig::new(256);
+    let engine = small_engine(1 << 20, 4 << 20, config.clone());
+    let levels = Levels::from_shapes(&[(1, 1)]).unwrap();
+    for b in [200, 600, 2] {
+        let mut spec = SyntheticSpec::new(b, 256);
+        spec.pos_frac = vec![1.0];
+        spec.seed = b as u64;
+        let batch = synthetic::generate(&levels, &[8], &spec).unwrap();
+        let got = engine
+            .compute(&levels, &batch.inputs())
+            .unwrap_or_else(|e| panic!("B = {b}: {e}"));
+        let want = reference::losses(&config, &levels, &batch.inputs()).unwrap();
+        common::assert_close(&format!("B = {b}"), &got, &want);
+    }
+}
+
+/// Non-finite loss weights are refused on the GPU as by the CPU reference, on both
+/// input paths, naming the weight.
+#[test]
+fn non_finite_weights_are_refused_like_the_reference() {
+    let config = LossConfig::new(4);
+    let engine = common::engine(config.clone());
+    let levels = Levels::from_shapes(&[(3, 5), (2, 2)]).unwrap();
+    let b = batch(&levels, 2, 4, 0.5, 4);
+    for w in [
+        LossWeights {
+            cls: f32::NAN,
+            ..LossWeights::default()
+        },
+        LossWeights {
+            reg: f32::INFINITY,
+            ..LossWeights::default()
+        },
+        LossWeights {
+            cnt: f32::NEG_INFINITY,
+            ..LossWeights::default()
+        },
+    ] {
+        let cpu = grad::gradients(&config, &levels, &b.inputs(), &w).unwrap_err();
+        let gpu = engine
+            .forward_backward(&levels, &b.inputs(), &w)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(gpu, FcosError::InvalidConfig(_)), "{gpu}");
+        assert_eq!(gpu.to_string(), cpu.to_string());
+    }
+}
