@@ -37,7 +37,7 @@ pub enum FcosError {
         got: String,
     },
     /// A tensor holds a value the loss cannot use.
-    #[error("tensor '{tensor}' at index {index}: {problem} (value {value})")]
+    #[error("tensor '{tensor}' at index {index}: {problem} (value {})", show_value(*.value))]
     Value {
         /// The tensor's name.
         tensor: String,
@@ -63,6 +63,17 @@ pub enum FcosError {
     /// Reading or writing a safetensors file failed.
     #[error("{0}")]
     File(String),
+}
+
+/// A value as an error shows it: plain for everyday magnitudes, in exponent form
+/// for very large or very small ones (`1e300`, not three hundred digits).
+fn show_value(v: f64) -> String {
+    let a = v.abs();
+    if v.is_finite() && a != 0.0 && !(1e-5..1e16).contains(&a) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
 }
 
 impl FcosError {

@@ -553,7 +553,27 @@ impl<'a> Reader<'a> {
 }
 
 fn decode_f32(name: &str, view: &TensorView<'_>, allow_int: bool) -> Result<Vec<f32>, FcosError> {
-    decode(name, view, allow_int, |x| x as f32)
+    // The first finite value (f64 or a large integer) that f32 cannot hold: it would
+    // read as ±Inf and be reported as not finite, which the file's value is not.
+    let seen = std::cell::Cell::new(0usize);
+    let overflow = std::cell::Cell::new(None);
+    let out = decode(name, view, allow_int, |x| {
+        let y = x as f32;
+        if overflow.get().is_none() && x.is_finite() && !y.is_finite() {
+            overflow.set(Some((seen.get(), x)));
+        }
+        seen.set(seen.get() + 1);
+        y
+    })?;
+    match overflow.get() {
+        Some((index, value)) => Err(FcosError::Value {
+            tensor: name.to_string(),
+            index,
+            value,
+            problem: "outside the f32 range".to_string(),
+        }),
+        None => Ok(out),
+    }
 }
 
 /// Little-endian elements of `N` bytes, without alignment assumptions.

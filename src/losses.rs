@@ -92,6 +92,39 @@ pub struct Gradients {
     pub reg_preds: Vec<Vec<f32>>,
 }
 
+/// The largest `|got - want|` over all levels of one head, relative to the largest
+/// `|want|` of the whole head (every level): the gradient check of the CLI. Unlike
+/// [`max_tensor_error`], a level whose gradients are all tiny (a few positives with
+/// targets near their predictions) is measured against the head's scale, so f32
+/// rounding there is not mistaken for an error. A NaN never passes.
+pub fn max_head_error<A, B>(got: &[Vec<A>], want: &[Vec<B>]) -> f64
+where
+    A: Copy + Into<f64>,
+    B: Copy + Into<f64>,
+{
+    if got.len() != want.len() || got.iter().zip(want).any(|(g, w)| g.len() != w.len()) {
+        return f64::INFINITY;
+    }
+    let scale = want
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, &x| m.max(x.into().abs()));
+    let err = got
+        .iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .map(|(&a, &b)| (a.into() - b.into()).abs())
+        .fold(
+            0.0f64,
+            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        );
+    if err == 0.0 {
+        0.0
+    } else {
+        err / scale
+    }
+}
+
 /// The largest `|got - want|` of each level tensor of one head, relative to that
 /// tensor's largest `|want|` (SPEC §4's tolerance for gradients: each element within
 /// `1e-4` of the largest magnitude in its tensor), over all levels. A tensor whose

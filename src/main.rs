@@ -1,4 +1,5 @@
-//! `fcos-loss`: the demo (no arguments) and the `check` command.
+//! `fcos-loss`: the demo (no arguments, or `demo`) and the `check`, `grad` and
+//! `bench` commands.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -198,11 +199,13 @@ fn demo(a: &DemoArgs) -> Result<(), Failure> {
     let config = LossConfig::new(a.classes).with_reg_loss(a.reg);
     config.validate()?;
     let levels = Levels::from_image(h, w, &config.strides)?;
+    let engine = FcosLoss::new(config.clone())?;
+    // Before drawing the batch: a shape the device cannot take fails here.
+    engine.check_fits(&levels, a.batch, false)?;
     let mut spec = synthetic::SyntheticSpec::new(a.batch, a.classes as usize);
     spec.seed = a.seed;
     let batch = synthetic::generate(&levels, &config.strides, &spec)?;
     let inputs = batch.inputs();
-    let engine = FcosLoss::new(config.clone())?;
     println!("fcos-loss demo on {}", engine.adapter_name());
     println!(
         "batch: B = {}, C = {}, image {h}x{w}, levels {:?}, P = {}, {:.1} MB of inputs, reg = {}",
@@ -409,7 +412,7 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
     let vs_cpu: Vec<f64> = heads(&g)
         .iter()
         .zip(heads(&cg).iter())
-        .map(|(x, y)| fcos_loss::losses::max_tensor_error(x, y))
+        .map(|(x, y)| fcos_loss::losses::max_head_error(x, y))
         .collect();
     // Expected gradients: cls and cnt from expected.grad.*, reg from the mode's own tensors.
     let expected: Option<[Option<Vec<Vec<f32>>>; 3]> = case.expected.as_ref().map(|e| {
@@ -427,10 +430,7 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
         Some(ex) => heads(&g)
             .iter()
             .zip(ex)
-            .map(|(x, y)| {
-                y.as_ref()
-                    .map(|y| fcos_loss::losses::max_tensor_error(x, y))
-            })
+            .map(|(x, y)| y.as_ref().map(|y| fcos_loss::losses::max_head_error(x, y)))
             .collect(),
         None => vec![None; 3],
     };
@@ -501,7 +501,7 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
         );
         for (i, n) in names.iter().enumerate() {
             let exp = vs_exp[i].map_or("n/a".to_string(), |d| format!("{d:.2e}"));
-            println!("grad {n:<10}: largest error vs CPU {:.2e}, vs expected {exp} (of the tensor's largest magnitude)", vs_cpu[i]);
+            println!("grad {n:<10}: largest error vs CPU {:.2e}, vs expected {exp} (of the largest magnitude in the head, all levels)", vs_cpu[i]);
         }
         println!("tolerance 1e-4: {}", if ok { "ok" } else { "FAILED" });
     }

@@ -92,26 +92,34 @@ pub fn generate(
             spec.batch, spec.classes
         )));
     }
-    let mut rng = Rng::new(spec.seed);
     let (b_n, c_n, p_n) = (spec.batch, spec.classes, levels.positions());
+    crate::inputs::check_extent(levels, b_n, c_n)?;
+    let mut rng = Rng::new(spec.seed);
     let mut cls_logits = Vec::with_capacity(levels.len());
     let mut cnt_logits = Vec::with_capacity(levels.len());
+    let mut reg_preds = Vec::with_capacity(levels.len());
     for l in 0..levels.len() {
         let n = levels.level_len(l, b_n, c_n);
-        cls_logits.push(
-            (0..n)
-                .map(|_| (rng.normal() * spec.logit_scale + spec.logit_shift) as f32)
-                .collect::<Vec<f32>>(),
-        );
+        let mut v = alloc("cls_logits", n)?;
+        v.extend((0..n).map(|_| (rng.normal() * spec.logit_scale + spec.logit_shift) as f32));
+        cls_logits.push(v);
         let n = levels.level_len(l, b_n, 1);
-        cnt_logits.push((0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>());
+        let mut v = alloc("cnt_logits", n)?;
+        v.extend((0..n).map(|_| rng.normal() as f32));
+        cnt_logits.push(v);
+        let n = levels.level_len(l, b_n, 4);
+        let mut v = alloc("reg_preds", n)?;
+        v.resize(n, 0.0);
+        reg_preds.push(v);
     }
-    let mut cls_targets = vec![0f32; b_n * p_n];
-    let mut cnt_targets = vec![-1f32; b_n * p_n];
-    let mut reg_targets = vec![-1f32; b_n * p_n * 4];
-    let mut reg_preds: Vec<Vec<f32>> = (0..levels.len())
-        .map(|l| vec![0f32; levels.level_len(l, b_n, 4)])
-        .collect();
+    let filled = |name: &str, n: usize, x: f32| -> Result<Vec<f32>, FcosError> {
+        let mut v = alloc(name, n)?;
+        v.resize(n, x);
+        Ok(v)
+    };
+    let mut cls_targets = filled("cls_targets", b_n * p_n, 0.0)?;
+    let mut cnt_targets = filled("cnt_targets", b_n * p_n, -1.0)?;
+    let mut reg_targets = filled("reg_targets", b_n * p_n * 4, -1.0)?;
     let stride = |l: usize| -> f64 {
         if strides.is_empty() {
             8.0 * (1u64 << l.min(20)) as f64
@@ -161,6 +169,19 @@ pub fn generate(
         cnt_targets,
         reg_targets,
     })
+}
+
+/// An empty vector with room for exactly `n` floats, or a [`FcosError::Limit`]
+/// naming the tensor when the host cannot allocate it (instead of aborting).
+fn alloc(name: &str, n: usize) -> Result<Vec<f32>, FcosError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| {
+        FcosError::Limit(format!(
+            "the synthetic {name} ({n} floats, {} bytes) cannot be allocated on the host: {e}",
+            n.saturating_mul(4)
+        ))
+    })?;
+    Ok(v)
 }
 
 /// The demo's default batch: COCO-shaped, `B = 8`, `C = 80`, an `800 × 1024` image, strides 8..128.

@@ -361,3 +361,36 @@ fn bench_json_has_the_documented_keys() {
     assert!(v["adapter"].as_str().is_some());
     assert!(v["max_rel_diff"].as_f64().unwrap() <= 1e-4);
 }
+
+/// A batch the device cannot take, or one whose sizes overflow, is refused before
+/// the synthetic batch is drawn: exit code 2 and one `error:` line, no abort and no
+/// attempt to allocate it.
+#[test]
+fn oversized_demo_and_bench_batches_exit_2() {
+    for args in [
+        &["demo", "--batch", "1000000000000", "--image", "8x8"][..],
+        &["demo", "--batch", "2305843009213693952", "--image", "16x16"][..],
+        &[
+            "bench",
+            "--batch",
+            "1000000000000",
+            "--image",
+            "8x8",
+            "--reps",
+            "1",
+        ][..],
+    ] {
+        let out = bin().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("error:"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            lines[0].contains("max_buffer_size") || lines[0].contains("batch"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -706,3 +706,20 @@ fn no_panic_on_corrupted_bytes() {
     b.extend_from_slice(h.as_bytes());
     assert!(parse_case(&b).is_err());
 }
+
+#[test]
+fn an_f64_value_beyond_f32_is_named_as_such() {
+    let mut raw = small();
+    let (_, shape, bytes) = raw["cnt_targets"].clone();
+    let mut values: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+        .collect();
+    values[3] = 1e300;
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    set(&mut raw, "cnt_targets", Dtype::F64, shape, bytes);
+    err_msg(
+        parse_case(&serialize(&raw)),
+        &["'cnt_targets'", "index 3", "outside the f32 range", "1e300"],
+    );
+}

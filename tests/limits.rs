@@ -118,3 +118,32 @@ fn non_finite_weights_are_refused_like_the_reference() {
         assert_eq!(gpu.to_string(), cpu.to_string());
     }
 }
+
+/// Targets of the whole batch larger than one binding: the positive count of the
+/// backward pass runs in several dispatches of whole images, and the gradients
+/// still match the reference.
+#[test]
+fn the_positive_count_splits_across_bindings() {
+    let config = LossConfig::new(5);
+    let (device, queue) = common::app_device_with(|mut l| {
+        l.max_storage_buffer_binding_size = 16 << 10;
+        l
+    });
+    let engine = FcosLoss::from_device(device, queue, config.clone()).unwrap();
+    let levels = Levels::from_image(128, 96, &STRIDES).unwrap();
+    let b = batch(&levels, 40, 5, 0.3, 9);
+    // 40 images × P floats of cnt_targets: more than 16 KiB.
+    assert!(4 * 40 * levels.positions() > 16 << 10);
+    let w = LossWeights::default();
+    let (gl, gg) = engine.forward_backward(&levels, &b.inputs(), &w).unwrap();
+    let (cl, cg) = grad::gradients(&config, &levels, &b.inputs(), &w).unwrap();
+    common::assert_close("losses", &gl, &cl);
+    for (name, g, r) in [
+        ("cls_logits", &gg.cls_logits, &cg.cls_logits),
+        ("cnt_logits", &gg.cnt_logits, &cg.cnt_logits),
+        ("reg_preds", &gg.reg_preds, &cg.reg_preds),
+    ] {
+        let e = fcos_loss::losses::max_tensor_error(g, r);
+        assert!(e <= 1e-4, "{name}: gradient error {e:e}");
+    }
+}

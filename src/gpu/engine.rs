@@ -418,7 +418,9 @@ impl FcosLoss {
     }
 
     /// Losses from device buffers, with the gradients written into the user's
-    /// `grads` buffers on the device (nothing but the losses comes back).
+    /// `grads` buffers on the device (nothing but the losses comes back). When the
+    /// call fails on a bad input value ([`FcosError::Value`]), the gradient buffers
+    /// have been written already and hold unspecified values.
     pub fn forward_backward_device(
         &self,
         levels: &Levels,
@@ -427,6 +429,28 @@ impl FcosLoss {
         weights: &LossWeights,
     ) -> Result<Timed<Losses>, FcosError> {
         self.device_call(levels, inputs, Some(grads), FusedVariant::Backward, weights)
+    }
+
+    /// Checks, without running anything, that a batch of `batch` images at `levels`
+    /// fits this engine's device: element counts that fit the address space, each
+    /// input within `max_buffer_size`, the host path's staging buffer (and, with
+    /// `backward`, its gradient readback buffer) too, and a plan within the binding
+    /// and dispatch limits. The errors are the ones a call would return.
+    pub fn check_fits(
+        &self,
+        levels: &Levels,
+        batch: usize,
+        backward: bool,
+    ) -> Result<(), FcosError> {
+        if batch == 0 {
+            return Err(FcosError::shape("batch", "B >= 1", "B = 0"));
+        }
+        crate::inputs::check_extent(levels, batch, self.config.num_classes as usize)?;
+        self.check_buffer_sizes(levels, batch, backward)?;
+        if levels.positions() > 0 {
+            self.plan(levels, batch)?;
+        }
+        Ok(())
     }
 
     fn lock_pool(&self) -> Result<std::sync::MutexGuard<'_, Pool>, FcosError> {

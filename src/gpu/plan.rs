@@ -62,6 +62,18 @@ pub struct Segment {
     pub ranges: [BindRange; 6],
 }
 
+/// One dispatch of the positive count (backward pass): images `image0 ..
+/// image0 + images`, their `cnt_targets` bound as one range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountGroup {
+    /// First image.
+    pub image0: u32,
+    /// Images (workgroups along x).
+    pub images: u32,
+    /// The binding of their `cnt_targets` (`base` in floats).
+    pub range: BindRange,
+}
+
 /// The dispatches of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -82,6 +94,8 @@ pub struct Plan {
     pub partials_capacity: u64,
     /// The fused-pass dispatches, level by level.
     pub segments: Vec<Segment>,
+    /// The positive count's dispatches (whole images each, within one binding).
+    pub count_groups: Vec<CountGroup>,
 }
 
 /// Channels of each input in `pool::INPUT_NAMES` order; `0` stands for `C`.
@@ -198,10 +212,33 @@ impl Plan {
             }
             slot += t * chunks;
         }
-        if 4 * b * p > limits.max_binding {
+        // The positive count reads whole images of cnt_targets: as many per dispatch
+        // as one binding holds.
+        let room = limits.max_binding.saturating_sub(align);
+        let per_count = (room / 4 / p.max(1)).min(max_dim);
+        if per_count == 0 {
             return Err(FcosError::Limit(format!(
-                "the positive count binds cnt_targets whole: B·P = {} floats exceed max_storage_buffer_binding_size = {} bytes",
-                b * p,
+                "the positive count reads one image's cnt_targets ({p} positions, {} bytes) through one binding; max_storage_buffer_binding_size = {} (less {align} bytes of offset alignment)",
+                4 * p,
+                limits.max_binding
+            )));
+        }
+        let mut count_groups = Vec::new();
+        let mut image0 = 0u64;
+        while image0 < b {
+            let n = per_count.min(b - image0);
+            count_groups.push(CountGroup {
+                image0: image0 as u32,
+                images: n as u32,
+                range: range(image0 * p, n * p, 4, align),
+            });
+            image0 += n;
+        }
+        // The finalize pass binds the per-image losses whole.
+        let loss_bytes = std::mem::size_of::<crate::gpu::params::ImageLoss>() as u64 * b;
+        if loss_bytes > limits.max_binding {
+            return Err(FcosError::Limit(format!(
+                "the per-image losses of B = {b} images ({loss_bytes} bytes) exceed max_storage_buffer_binding_size = {}",
                 limits.max_binding
             )));
         }
@@ -222,6 +259,7 @@ impl Plan {
                 .min(max_slots)
                 .max(b * slot),
             segments,
+            count_groups,
         })
     }
 
@@ -245,7 +283,16 @@ impl Plan {
         }
     }
 
-    /// The call's global params (count and finalize passes read these).
+    /// The params of count group `g`, on top of the call's global params.
+    pub fn count_params(&self, global: &Params, g: &CountGroup) -> Params {
+        Params {
+            image0: g.image0,
+            tgt_base: g.range.base,
+            ..self.global_params(global)
+        }
+    }
+
+    /// The call's global params (the finalize pass reads these).
     pub fn global_params(&self, global: &Params) -> Params {
         Params {
             chunks: self.chunks,
@@ -372,6 +419,31 @@ mod tests {
         };
         let e = Plan::new(&levels, 100, 1, 256, 1, tiny).unwrap_err();
         assert!(e.to_string().contains("partial sums"), "{e}");
+    }
+
+    #[test]
+    fn the_positive_count_splits_into_whole_images_per_binding() {
+        // P = 17 064 positions: 68 256 bytes of cnt_targets per image.
+        let levels = Levels::from_image(800, 1024, &[8, 16, 32, 64, 128]).unwrap();
+        let limits = PlanLimits {
+            max_binding: 1 << 20,
+            ..LAVAPIPE
+        };
+        let plan = Plan::new(&levels, 40, 1, 256, 256, limits).unwrap();
+        let p = levels.positions() as u64;
+        let mut next = 0;
+        for g in &plan.count_groups {
+            assert_eq!(g.image0, next);
+            assert!(g.range.size <= limits.max_binding);
+            assert_eq!(
+                g.range.offset + 4 * g.range.base as u64,
+                4 * p * g.image0 as u64
+            );
+            assert!(g.range.size >= 4 * (g.range.base as u64 + p * g.images as u64));
+            next += g.images;
+        }
+        assert_eq!(next, 40);
+        assert!(plan.count_groups.len() > 1);
     }
 
     #[test]

@@ -219,7 +219,9 @@ impl FcosLoss {
         let backward = variant == FusedVariant::Backward;
         let stride = (std::mem::size_of::<Params>() as u64)
             .next_multiple_of(self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64);
-        let slots = 1 + plan.segments.len() as u64;
+        // Params slots: the global one, one per fused segment, one per count group.
+        let count_slot0 = 1 + plan.segments.len();
+        let slots = (count_slot0 + plan.count_groups.len()) as u64;
         let out_bytes = std::mem::size_of::<ImageLoss>() as u64 * b;
         scoped(device, || {
             let created = &mut pool.created;
@@ -338,6 +340,9 @@ impl FcosLoss {
         for (s, seg) in plan.segments.iter().enumerate() {
             put(1 + s, &plan.params(&global, levels, seg));
         }
+        for (g, group) in plan.count_groups.iter().enumerate() {
+            put(count_slot0 + g, &plan.count_params(&global, group));
+        }
         // Only the slots this plan uses: the pooled buffer may be larger than one binding.
         let partials_range = crate::gpu::plan::BindRange {
             offset: 0,
@@ -383,27 +388,28 @@ impl FcosLoss {
                     whole(2, image_losses),
                 ],
             });
-            let count_bg = num_pos.map(|np| {
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("fcos count"),
-                    layout: &self.pipelines.count.layout,
-                    entries: &[
-                        params_entry(0),
-                        // Only the [B, P] the layout uses: a user's buffer may be larger
-                        // than one binding.
-                        range_entry(
-                            1,
-                            input_bufs[4],
-                            crate::gpu::plan::BindRange {
-                                offset: 0,
-                                size: self.input_bytes(levels, plan.batch as usize, 4),
-                                base: 0,
-                            },
-                        ),
-                        whole(2, np),
-                    ],
-                })
-            });
+            // The count's dispatches, each over whole images of cnt_targets within
+            // one binding (a user's buffer may also be larger than the layout).
+            let count_bgs: Vec<(u32, wgpu::BindGroup)> = match num_pos {
+                None => Vec::new(),
+                Some(np) => plan
+                    .count_groups
+                    .iter()
+                    .enumerate()
+                    .map(|(g, group)| {
+                        let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("fcos count"),
+                            layout: &self.pipelines.count.layout,
+                            entries: &[
+                                params_entry((count_slot0 + g) as u64),
+                                range_entry(1, input_bufs[4], group.range),
+                                whole(2, np),
+                            ],
+                        });
+                        (group.images, bg)
+                    })
+                    .collect(),
+            };
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("fcos loss"),
             });
@@ -420,10 +426,12 @@ impl FcosLoss {
                     label: Some("fcos loss"),
                     timestamp_writes,
                 });
-                if let Some(bg) = &count_bg {
+                if !count_bgs.is_empty() {
                     pass.set_pipeline(&self.pipelines.count.pipeline);
-                    pass.set_bind_group(0, bg, &[]);
-                    pass.dispatch_workgroups(plan.batch, 1, 1);
+                    for (images, bg) in &count_bgs {
+                        pass.set_bind_group(0, bg, &[]);
+                        pass.dispatch_workgroups(*images, 1, 1);
+                    }
                 }
                 pass.set_pipeline(&kernel.pipeline);
                 for (seg, bg) in plan.segments.iter().zip(&groups) {
@@ -455,7 +463,9 @@ impl FcosLoss {
         let images: Vec<ImageLoss> = bytemuck::pod_collect_to_vec(&bytes[..out_bytes as usize]);
         let kernel_time = self.query_set.as_ref().and_then(|_| {
             let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes[out_bytes as usize..]);
-            let ticks = ts.get(1)?.checked_sub(*ts.first()?)?;
+            // End before start, or no ticks at all: no usable time (the caller
+            // falls back to the wall clock).
+            let ticks = ts.get(1)?.checked_sub(*ts.first()?).filter(|&t| t > 0)?;
             let ns = ticks as f64 * self.ctx.queue.get_timestamp_period() as f64;
             Some(Duration::from_nanos(ns as u64))
         });
