@@ -105,24 +105,7 @@ where
     if got.len() != want.len() || got.iter().zip(want).any(|(g, w)| g.len() != w.len()) {
         return f64::INFINITY;
     }
-    let scale = want
-        .iter()
-        .flatten()
-        .fold(0.0f64, |m, &x| m.max(x.into().abs()));
-    let err = got
-        .iter()
-        .flatten()
-        .zip(want.iter().flatten())
-        .map(|(&a, &b)| (a.into() - b.into()).abs())
-        .fold(
-            0.0f64,
-            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
-        );
-    if err == 0.0 {
-        0.0
-    } else {
-        err / scale
-    }
+    scaled_error(got.iter().flatten().zip(want.iter().flatten()))
 }
 
 /// The largest `|got - want|` of each level tensor of one head, relative to that
@@ -143,20 +126,30 @@ where
             if g.len() != w.len() {
                 return f64::INFINITY;
             }
-            let scale = w.iter().fold(0.0f64, |m, &x| m.max(x.into().abs()));
-            let err = g
-                .iter()
-                .zip(w)
-                .map(|(&a, &b)| (a.into() - b.into()).abs())
-                .fold(
-                    0.0f64,
-                    |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
-                );
-            if err == 0.0 {
-                0.0
-            } else {
-                err / scale
-            }
+            scaled_error(g.iter().zip(w))
         })
         .fold(0.0, f64::max)
+}
+
+/// The largest `|got - want|` of the pairs over their largest `|want|`, in one pass:
+/// 0 when every pair matches (even all zero), infinite when a difference is NaN.
+fn scaled_error<'a, A, B>(pairs: impl Iterator<Item = (&'a A, &'a B)>) -> f64
+where
+    A: Copy + Into<f64> + 'a,
+    B: Copy + Into<f64> + 'a,
+{
+    let (scale, err) = pairs.fold((0.0f64, 0.0f64), |(scale, err), (&a, &b)| {
+        let d = (a.into() - b.into()).abs();
+        let err = if d.is_nan() {
+            f64::INFINITY
+        } else {
+            err.max(d)
+        };
+        (scale.max(b.into().abs()), err)
+    });
+    if err == 0.0 {
+        0.0
+    } else {
+        err / scale
+    }
 }

@@ -313,6 +313,12 @@ mod tests {
         max_workgroups: 65535,
     };
 
+    /// Lavapipe's limits with 1 MiB storage bindings.
+    const MIB_BINDING: PlanLimits = PlanLimits {
+        max_binding: 1 << 20,
+        ..LAVAPIPE
+    };
+
     #[test]
     fn every_class_and_slot_is_covered_once() {
         let levels = Levels::from_image(800, 1024, &[8, 16, 32, 64, 128]).unwrap();
@@ -386,10 +392,7 @@ mod tests {
         // C = 1: one image's cls_logits (360 000 bytes) fits 1 MiB; reg_preds
         // (4 channels, 1 440 000 bytes) does not.
         let levels = Levels::from_shapes(&[(300, 300)]).unwrap();
-        let small = PlanLimits {
-            max_binding: 1 << 20,
-            ..LAVAPIPE
-        };
+        let small = MIB_BINDING;
         let e = Plan::new(&levels, 1, 1, 256, 256, small)
             .unwrap_err()
             .to_string();
@@ -402,10 +405,7 @@ mod tests {
         let plan = Plan::new(&levels, 1, 70_000, 256, 1 << 20, LAVAPIPE).unwrap();
         assert!(plan.chunks <= LAVAPIPE.max_workgroups);
         // 200 images × 256 classes, one position: at most 1 MiB of partials.
-        let small = PlanLimits {
-            max_binding: 1 << 20,
-            ..LAVAPIPE
-        };
+        let small = MIB_BINDING;
         for t in [1, 4096, 1 << 20] {
             let plan = Plan::new(&levels, 200, 256, 256, t, small).unwrap();
             let used = PARTIAL_BYTES * 200 * plan.partials_per_image as u64;
@@ -425,10 +425,7 @@ mod tests {
     fn the_positive_count_splits_into_whole_images_per_binding() {
         // P = 17 064 positions: 68 256 bytes of cnt_targets per image.
         let levels = Levels::from_image(800, 1024, &[8, 16, 32, 64, 128]).unwrap();
-        let limits = PlanLimits {
-            max_binding: 1 << 20,
-            ..LAVAPIPE
-        };
+        let limits = MIB_BINDING;
         let plan = Plan::new(&levels, 40, 1, 256, 256, limits).unwrap();
         let p = levels.positions() as u64;
         let mut next = 0;
@@ -458,10 +455,7 @@ mod tests {
     #[test]
     fn a_level_too_large_for_one_binding_is_an_error() {
         let levels = Levels::from_shapes(&[(1000, 1000)]).unwrap();
-        let small = PlanLimits {
-            max_binding: 1 << 20,
-            ..LAVAPIPE
-        };
+        let small = MIB_BINDING;
         let e = Plan::new(&levels, 1, 80, 256, 256, small).unwrap_err();
         assert!(
             e.to_string().contains("max_storage_buffer_binding_size"),

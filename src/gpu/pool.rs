@@ -42,9 +42,22 @@ pub struct Pool {
 const MIN_SIZE: u64 = 256;
 
 impl Pool {
-    /// Drops every buffer (the count of created buffers stays). Called when making
-    /// buffers failed: wgpu then hands out an invalid buffer, which must not stay in
-    /// a slot where a later, smaller call would reuse it.
+    /// Runs `make` (which [`ensure`](Self::ensure)s buffers) inside wgpu error scopes.
+    /// When wgpu reports an error the pool is [`clear`](Self::clear)ed, so that an
+    /// invalid buffer it handed out is not reused by a later, smaller call.
+    pub fn grow(
+        &mut self,
+        device: &wgpu::Device,
+        make: impl FnOnce(&mut Pool),
+    ) -> Result<(), crate::FcosError> {
+        let made = crate::gpu::engine::scoped(device, || make(self));
+        if made.is_err() {
+            self.clear();
+        }
+        made
+    }
+
+    /// Drops every buffer (the count of created buffers stays).
     pub fn clear(&mut self) {
         *self = Pool {
             created: self.created,

@@ -31,7 +31,7 @@ impl FcosLoss {
         let mut guard = self.lock_pool()?;
         let pool = &mut *guard;
         let device = &self.ctx.device;
-        scoped(device, || {
+        pool.grow(device, |pool| {
             let usage = wgpu::BufferUsages::STORAGE
                 | if self.ctx.zero_copy_upload() {
                     wgpu::BufferUsages::MAP_WRITE
@@ -76,8 +76,7 @@ impl FcosLoss {
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 );
             }
-        })
-        .inspect_err(|_| pool.clear())?;
+        })?;
         self.upload(pool, levels, inputs)?;
         let grad_source = backward.then_some(Source::Pool);
         // The values are checked inside the fused pass, as on the device path (cheaper
@@ -223,7 +222,7 @@ impl FcosLoss {
         let count_slot0 = 1 + plan.segments.len();
         let slots = (count_slot0 + plan.count_groups.len()) as u64;
         let out_bytes = std::mem::size_of::<ImageLoss>() as u64 * b;
-        scoped(device, || {
+        pool.grow(device, |pool| {
             let created = &mut pool.created;
             let storage = wgpu::BufferUsages::STORAGE;
             // Sized by a bound that only grows with B, so a smaller batch never regrows it.
@@ -280,8 +279,7 @@ impl FcosLoss {
                     wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                 );
             }
-        })
-        .inspect_err(|_| pool.clear())?;
+        })?;
         let pool = &*pool;
         let partials = pool.partials.as_ref().ok_or_else(missing)?;
         let image_losses = pool.image_losses.as_ref().ok_or_else(missing)?;

@@ -183,7 +183,7 @@ impl FcosLoss {
             .collect();
         let total: u64 = sizes.iter().sum();
         let device = &self.ctx.device;
-        scoped(device, || {
+        pool.grow(device, |pool| {
             Pool::ensure(
                 &mut pool.upload,
                 &mut pool.created,
@@ -192,8 +192,7 @@ impl FcosLoss {
                 total,
                 wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
             )
-        })
-        .inspect_err(|_| pool.clear())?;
+        })?;
         let staging = pool.upload.as_ref().ok_or_else(missing)?;
         self.map(staging, 0..total, wgpu::MapMode::Write, None)?;
         {
