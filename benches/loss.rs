@@ -10,6 +10,8 @@
 //! - `call_device`: the whole call from device buffers;
 //! - `roofline`: a kernel reading exactly the fused pass's bytes (kernel time);
 //! - `forward_backward_kernel`: forward + backward from device buffers (kernel time);
+//! - `backward_roofline`: the backward pass's reads and gradient writes without the
+//!   maths (kernel time);
 //! - `cpu_reference`: the `f64` CPU reference.
 //!
 //! Two other modes print the `bench` module's table instead of running criterion:
@@ -52,7 +54,8 @@ fn bench_shape(c: &mut Criterion, engine: &FcosLoss, name: &str, spec: &BenchSpe
     ok("warm-up forward", work.forward_device());
     ok("warm-up host call", work.forward_host());
     ok("warm-up roofline", work.roofline());
-    let backward = ok("warm-up forward+backward", work.forward_backward()).is_some();
+    let backward = ok("warm-up forward+backward", work.forward_backward()).is_some()
+        && ok("warm-up backward roofline", work.backward_roofline()).is_some();
     eprintln!(
         "{name}: {} on {} (timestamps: {}), {:.1} MB read per call",
         spec.label(),
@@ -94,9 +97,19 @@ fn bench_shape(c: &mut Criterion, engine: &FcosLoss, name: &str, spec: &BenchSpe
                 })
             })
         });
+        group.bench_function("backward_roofline", |b| {
+            b.iter_custom(|iters| {
+                total(iters, || {
+                    match ok("backward roofline", work.backward_roofline()) {
+                        Some(t) => bench::kernel_time(&t),
+                        None => panic!("the backward pass became unavailable mid-bench"),
+                    }
+                })
+            })
+        });
     } else {
         eprintln!(
-            "{name}: forward_backward_kernel skipped: the adapter cannot bind the backward pass"
+            "{name}: forward_backward_kernel and backward_roofline skipped: the adapter cannot bind the backward pass"
         );
     }
     group.bench_function("cpu_reference", |b| {

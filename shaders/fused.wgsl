@@ -10,7 +10,9 @@
 //
 // Variants (resolved by src/gpu/shaders.rs):
 //   BACKWARD  also writes dL/d(input) for every input element, in the input layout.
-//   ROOFLINE  the same memory reads, with the maths replaced by plain sums.
+//   ROOFLINE  the same memory reads, with the maths replaced by plain sums. With
+//             BACKWARD also the same writes: every gradient element once, from the
+//             value read at its place (the backward's memory roofline).
 //   SUBGROUPS reduces each workgroup with subgroupAdd and one shared-memory slot per
 //             subgroup (adapters with Features::SUBGROUP; any subgroup size)
 //             instead of the shared-memory tree.
@@ -140,7 +142,11 @@ fn fused(
 #endif
 #ifdef ROOFLINE
         for (var c = c0; c < c1; c++) {
-            cls_sum += cls_logits[idx];
+            let z = cls_logits[idx];
+            cls_sum += z;
+#ifdef BACKWARD
+            grad_cls[idx] = coef * z;
+#endif
             idx += hw;
         }
 #else
@@ -252,6 +258,10 @@ fn fused(
 #ifdef ROOFLINE
 #ifndef READ_ALL
                 acc = vec4<f32>(acc.x, roofline_sums(x, ct, pred, tgt), acc.w);
+#endif
+#ifdef BACKWARD
+                g_cnt = x;
+                g_reg = pred;
 #endif
 #else
                 acc.y = bce(x, ct);

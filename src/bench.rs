@@ -10,7 +10,9 @@
 //! 2. the same loss from host slices (upload + kernels + readback);
 //! 3. the memory roofline: a kernel reading exactly the bytes the fused pass reads;
 //! 4. the fused forward + backward pass from device buffers (kernel time);
-//! 5. the CPU `f64` reference (first [`BenchOptions::cpu_reps`] repetitions only).
+//! 5. the backward pass's memory roofline: the same positive count, reads and
+//!    gradient writes without the maths (kernel time);
+//! 6. the CPU `f64` reference (first [`BenchOptions::cpu_reps`] repetitions only).
 //!
 //! It reports medians and minima in milliseconds in a [`BenchReport`] (serialisable
 //! to JSON), and [`table`] and [`csv`] format several reports.
@@ -231,6 +233,17 @@ pub struct BenchReport {
     pub backward_kernel_min_ms: Option<f64>,
     /// `backward_kernel_ms / kernel_ms`.
     pub backward_over_forward: Option<f64>,
+    /// The backward pass's roofline (its reads and gradient writes, no maths), kernel
+    /// time, median; `None` where the backward pass was not measured.
+    pub backward_roofline_ms: Option<f64>,
+    /// The backward pass's roofline, minimum.
+    pub backward_roofline_min_ms: Option<f64>,
+    /// `backward_kernel_ms / backward_roofline_ms`: how far the fused backward pass
+    /// is from moving its bytes alone.
+    pub backward_over_roofline: Option<f64>,
+    /// `backward_roofline_ms / roofline_ms`: what the gradient writes alone add to
+    /// the forward pass's memory traffic, as a ratio of the two rooflines.
+    pub backward_roofline_over_roofline: Option<f64>,
     /// CPU `f64` reference, median; `None` when skipped.
     pub cpu_ms: Option<f64>,
     /// CPU reference, minimum.
@@ -472,6 +485,28 @@ impl<'e> Workload<'e> {
         }
     }
 
+    /// The backward pass's roofline ([`FcosLoss::backward_roofline_device`]) into the
+    /// workload's gradient buffers; `None` when the device cannot hold or bind the
+    /// backward pass.
+    pub fn backward_roofline(&self) -> Result<Option<Timed<()>>, FcosError> {
+        let Some(g) = &self.grads else {
+            return Ok(None);
+        };
+        let grads = DeviceGradients {
+            cls_logits: &g.cls_logits,
+            cnt_logits: &g.cnt_logits,
+            reg_preds: &g.reg_preds,
+        };
+        match self
+            .engine
+            .backward_roofline_device(self.levels(), &self.device_inputs(), &grads)
+        {
+            Ok(t) => Ok(Some(t)),
+            Err(FcosError::Limit(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The CPU `f64` reference on the host batch, with its wall-clock time.
     pub fn cpu_reference(&self) -> Result<(Losses, Duration), FcosError> {
         let start = Instant::now();
@@ -571,14 +606,14 @@ pub fn measure(
         work.forward_device()?;
         work.forward_host()?;
         work.roofline()?;
-        if backward && work.forward_backward()?.is_none() {
+        if backward && (work.forward_backward()?.is_none() || work.backward_roofline()?.is_none()) {
             backward = false;
         }
     }
     let cpu_reps = options.cpu_reps.min(reps);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (mut kernel, mut call, mut device_call) = (vec![], vec![], vec![]);
-    let (mut roofline, mut bwd, mut cpu) = (vec![], vec![], vec![]);
+    let (mut roofline, mut bwd, mut bwd_roofline, mut cpu) = (vec![], vec![], vec![], vec![]);
     let mut gpu_losses = None;
     let mut cpu_losses = None;
     for rep in 0..reps {
@@ -589,9 +624,12 @@ pub fn measure(
         call.push(ms(work.forward_host()?.call));
         roofline.push(ms(kernel_time(&work.roofline()?)));
         if backward {
-            match work.forward_backward()? {
-                Some(t) => bwd.push(ms(kernel_time(&t))),
-                None => backward = false,
+            match (work.forward_backward()?, work.backward_roofline()?) {
+                (Some(t), Some(r)) => {
+                    bwd.push(ms(kernel_time(&t)));
+                    bwd_roofline.push(ms(kernel_time(&r)));
+                }
+                _ => backward = false,
             }
         }
         if rep < cpu_reps {
@@ -604,8 +642,14 @@ pub fn measure(
     let call_ms = median(&call);
     let roofline_ms = median(&roofline);
     let bytes = work.input_bytes();
-    let (backward_kernel_ms, backward_kernel_min_ms) = if backward && !bwd.is_empty() {
+    let measured = backward && !bwd.is_empty();
+    let (backward_kernel_ms, backward_kernel_min_ms) = if measured {
         (Some(median(&bwd)), Some(min(&bwd)))
+    } else {
+        (None, None)
+    };
+    let (backward_roofline_ms, backward_roofline_min_ms) = if measured {
+        (Some(median(&bwd_roofline)), Some(min(&bwd_roofline)))
     } else {
         (None, None)
     };
@@ -640,6 +684,12 @@ pub fn measure(
         backward_kernel_ms,
         backward_kernel_min_ms,
         backward_over_forward: backward_kernel_ms.map(|b| b / kernel_ms),
+        backward_roofline_ms,
+        backward_roofline_min_ms,
+        backward_over_roofline: backward_kernel_ms
+            .zip(backward_roofline_ms)
+            .map(|(k, r)| k / r),
+        backward_roofline_over_roofline: backward_roofline_ms.map(|r| r / roofline_ms),
         cpu_ms,
         cpu_min_ms,
         cpu_reps: cpu.len(),
@@ -692,7 +742,8 @@ fn opt(x: Option<f64>, digits: usize) -> String {
 
 /// A plain-text table of reports, one row each: adapter; shape; kernel ms (median,
 /// min); call ms from host slices; call ms from device buffers; roofline ms;
-/// fused ÷ roofline; forward + backward kernel ms; CPU ms; GB/s; G elem/s.
+/// fused ÷ roofline; forward + backward kernel ms; its ratio to the forward kernel;
+/// the backward pass's roofline ms; CPU ms; GB/s; G elem/s.
 pub fn table(reports: &[BenchReport]) -> String {
     let header = [
         "adapter",
@@ -703,11 +754,13 @@ pub fn table(reports: &[BenchReport]) -> String {
         "roofline ms",
         "fused ÷ roofline",
         "fwd+bwd kernel ms",
+        "fwd+bwd ÷ fwd",
+        "bwd roofline ms",
         "CPU ms",
         "GB/s",
         "G elem/s",
     ];
-    let rows: Vec<[String; 11]> = reports
+    let rows: Vec<[String; 13]> = reports
         .iter()
         .map(|r| {
             [
@@ -719,6 +772,8 @@ pub fn table(reports: &[BenchReport]) -> String {
                 format!("{:.2}", r.roofline_ms),
                 format!("{:.2}", r.kernel_over_roofline),
                 opt(r.backward_kernel_ms, 2),
+                opt(r.backward_over_forward, 2),
+                opt(r.backward_roofline_ms, 2),
                 opt(r.cpu_ms, 1),
                 format!("{:.2}", r.gb_per_s),
                 format!("{:.3}", r.gelem_per_s),
@@ -761,17 +816,17 @@ pub fn table(reports: &[BenchReport]) -> String {
 
 /// Reports as CSV (header line first): `adapter,batch,classes,height,width,positions,
 /// reps,timestamps,kernel_ms,kernel_min_ms,call_ms,device_call_ms,roofline_ms,
-/// kernel_over_roofline,backward_kernel_ms,cpu_ms,bytes,gb_per_s,gelem_per_s`
+/// kernel_over_roofline,backward_kernel_ms,backward_roofline_ms,cpu_ms,bytes,gb_per_s,gelem_per_s`
 /// (empty cells where a value was not measured).
 pub fn csv(reports: &[BenchReport]) -> String {
     let mut out = String::from(
-        "adapter,batch,classes,height,width,positions,reps,timestamps,kernel_ms,kernel_min_ms,call_ms,device_call_ms,roofline_ms,kernel_over_roofline,backward_kernel_ms,cpu_ms,bytes,gb_per_s,gelem_per_s\n",
+        "adapter,batch,classes,height,width,positions,reps,timestamps,kernel_ms,kernel_min_ms,call_ms,device_call_ms,roofline_ms,kernel_over_roofline,backward_kernel_ms,backward_roofline_ms,cpu_ms,bytes,gb_per_s,gelem_per_s\n",
     );
     let o = |x: Option<f64>| x.map_or_else(String::new, |v| format!("{v:.4}"));
     for r in reports {
         let _ = writeln!(
             out,
-            "\"{}\",{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{:.4},{:.4}",
+            "\"{}\",{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{:.4},{:.4}",
             r.adapter.replace('"', "\"\""),
             r.batch,
             r.classes,
@@ -787,6 +842,7 @@ pub fn csv(reports: &[BenchReport]) -> String {
             r.roofline_ms,
             r.kernel_over_roofline,
             o(r.backward_kernel_ms),
+            o(r.backward_roofline_ms),
             o(r.cpu_ms),
             r.bytes,
             r.gb_per_s,
@@ -840,6 +896,10 @@ mod tests {
             backward_kernel_ms: None,
             backward_kernel_min_ms: None,
             backward_over_forward: None,
+            backward_roofline_ms: None,
+            backward_roofline_min_ms: None,
+            backward_over_roofline: None,
+            backward_roofline_over_roofline: None,
             cpu_ms: Some(500.0),
             cpu_min_ms: Some(490.0),
             cpu_reps: 3,
@@ -880,6 +940,8 @@ mod tests {
             "kernel_min_ms",
             "backward_kernel_ms",
             "backward_over_forward",
+            "backward_roofline_ms",
+            "backward_over_roofline",
             "gb_per_s",
             "gelem_per_s",
             "batch",

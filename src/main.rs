@@ -572,6 +572,16 @@ fn bench(a: &BenchArgs) -> Result<(), Failure> {
         println!(
             "checks cost: kernel x{kernel_cost:.3} (GPU flags in the fused pass), host call x{call_cost:.3}"
         );
+        if let (Some(bwd), Some(ratio), Some(roof), Some(roof_ratio)) = (
+            checked.backward_kernel_ms,
+            checked.backward_over_forward,
+            checked.backward_roofline_ms,
+            checked.backward_roofline_over_roofline,
+        ) {
+            println!(
+                "forward + backward: kernel {bwd:.2} ms = x{ratio:.2} the forward; its roofline (the same reads and gradient writes, no maths) {roof:.2} ms = x{roof_ratio:.2} the forward's roofline"
+            );
+        }
         if let Some(d) = checked.max_rel_diff {
             println!("GPU vs CPU reference: largest relative difference {d:.2e}");
         }

@@ -351,6 +351,8 @@ fn bench_json_has_the_documented_keys() {
         "kernel_over_roofline",
         "cpu_ms",
         "backward_kernel_ms",
+        "backward_roofline_ms",
+        "backward_over_roofline",
         "checks_kernel_cost",
     ] {
         assert!(

@@ -36,6 +36,26 @@ fn as_f64(h: &[Vec<f32>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// A buffer's contents as f32, copied back through a staging buffer.
+fn read_buffer(engine: &fcos_loss::FcosLoss, buf: &wgpu::Buffer) -> Vec<f32> {
+    let device = &engine.context().device;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: buf.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
+    engine.context().queue.submit([enc.finish()]);
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
+    v
+}
+
 #[test]
 fn golden_gradients_match_pytorch() {
     let mut engine = common::engine(LossConfig::new(1));
@@ -246,23 +266,7 @@ fn device_path_writes_the_same_gradients_into_user_buffers() {
         .unwrap();
     assert_eq!(dev.value, host);
     // Read the user's gradient buffers back and compare with the host path, bitwise.
-    let read = |buf: &wgpu::Buffer| -> Vec<f32> {
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: buf.size(),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
-        engine.context().queue.submit([enc.finish()]);
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, |r| r.unwrap());
-        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-        let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
-        v
-    };
+    let read = |buf: &wgpu::Buffer| read_buffer(&engine, buf);
     assert_eq!(read(&grads[0]), hg.cls_logits.concat());
     assert_eq!(read(&grads[1]), hg.cnt_logits.concat());
     assert_eq!(read(&grads[2]), hg.reg_preds.concat());
@@ -281,4 +285,128 @@ fn device_path_writes_the_same_gradients_into_user_buffers() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("grad cls_logits"), "{e}");
+}
+
+/// The backward pass's roofline writes every element of the three gradients once,
+/// from the value read at its place (`coef_b · z` for the class logits with
+/// `coef_b = 1 / (B · max(num_pos_b, 1))`, the centerness logit and the boxes at the
+/// positives, zero elsewhere): no sentinel survives, with checks on and off, on odd
+/// level sizes with partial tiles and class chunks.
+#[test]
+fn backward_roofline_writes_every_gradient_element_once() {
+    const SENTINEL: f32 = 7777.0;
+    let (b, c) = (3usize, 7usize);
+    let config = LossConfig::new(c as u32);
+    let levels = Levels::from_image(100, 150, &config.strides).unwrap();
+    let mut spec = SyntheticSpec::new(b, c);
+    spec.pos_frac = vec![0.1, 0.0, 1.0];
+    let batch = synthetic::generate(&levels, &config.strides, &spec).unwrap();
+    let mut engine = common::engine(config);
+    let device = engine.context().device.clone();
+    let init = |data: &[f32], usage| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test buffer"),
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::STORAGE | usage,
+        })
+    };
+    let none = wgpu::BufferUsages::empty();
+    let bufs = [
+        init(&batch.cls_logits.concat(), none),
+        init(&batch.cnt_logits.concat(), none),
+        init(&batch.reg_preds.concat(), none),
+        init(&batch.cls_targets, none),
+        init(&batch.cnt_targets, none),
+        init(&batch.reg_targets, none),
+    ];
+    let inputs = DeviceInputs {
+        batch: b,
+        cls_logits: &bufs[0],
+        cnt_logits: &bufs[1],
+        reg_preds: &bufs[2],
+        cls_targets: &bufs[3],
+        cnt_targets: &bufs[4],
+        reg_targets: &bufs[5],
+    };
+    let p = levels.positions();
+    let num_pos: Vec<usize> = (0..b)
+        .map(|i| {
+            batch.cnt_targets[i * p..(i + 1) * p]
+                .iter()
+                .filter(|&&t| t > -1.0)
+                .count()
+        })
+        .collect();
+    assert!(num_pos[0] > 0 && num_pos[1] == 0 && num_pos[2] == p);
+    for checks in [true, false] {
+        engine.set_checks(checks);
+        for chunks in [1, 1000] {
+            // 1000 target workgroups: one class per chunk.
+            engine.set_target_workgroups(chunks);
+            let sentinel = |ch: usize| vec![SENTINEL; levels.packed_len(b, ch)];
+            let grads = [
+                init(&sentinel(c), wgpu::BufferUsages::COPY_SRC),
+                init(&sentinel(1), wgpu::BufferUsages::COPY_SRC),
+                init(&sentinel(4), wgpu::BufferUsages::COPY_SRC),
+            ];
+            let t = engine
+                .backward_roofline_device(
+                    &levels,
+                    &inputs,
+                    &DeviceGradients {
+                        cls_logits: &grads[0],
+                        cnt_logits: &grads[1],
+                        reg_preds: &grads[2],
+                    },
+                )
+                .unwrap();
+            assert!(t.call.as_nanos() > 0);
+            let got: Vec<Vec<f32>> = grads.iter().map(|g| read_buffer(&engine, g)).collect();
+            let what = format!("checks {checks}, target workgroups {chunks}");
+            // Walk the packed layout: level-major, then image, channel, position.
+            let (mut at_cls, mut at_cnt, mut at_reg) = (0, 0, 0);
+            for l in 0..levels.len() {
+                let hw = levels.level_size(l);
+                let off = levels.offsets()[l] as usize;
+                for i in 0..b {
+                    let coef = 1.0f32 / (b as f32 * num_pos[i].max(1) as f32);
+                    let positive = |q: usize| batch.cnt_targets[i * p + off + q] > -1.0;
+                    for k in 0..c * hw {
+                        let z = batch.cls_logits[l][(i * c) * hw + k];
+                        let g = got[0][at_cls + k];
+                        assert!(
+                            (g - coef * z).abs() <= 1e-6 * (coef * z).abs(),
+                            "{what}: grad cls level {l} image {i} element {k}: {g} != {coef} * {z}"
+                        );
+                    }
+                    for q in 0..hw {
+                        let x = batch.cnt_logits[l][i * hw + q];
+                        let want = if positive(q) { x } else { 0.0 };
+                        assert_eq!(
+                            got[1][at_cnt + q],
+                            want,
+                            "{what}: grad cnt level {l} image {i} position {q}"
+                        );
+                        for ch in 0..4 {
+                            let r = batch.reg_preds[l][(i * 4 + ch) * hw + q];
+                            let want = if positive(q) { r } else { 0.0 };
+                            assert_eq!(
+                                got[2][at_reg + ch * hw + q],
+                                want,
+                                "{what}: grad reg level {l} image {i} coordinate {ch} position {q}"
+                            );
+                        }
+                    }
+                    at_cls += c * hw;
+                    at_cnt += hw;
+                    at_reg += 4 * hw;
+                }
+            }
+            assert_eq!(at_cls, got[0].len());
+            assert!(
+                got.iter().flatten().all(|&x| x != SENTINEL),
+                "{what}: a sentinel survived"
+            );
+        }
+    }
 }

@@ -386,6 +386,35 @@ impl FcosLoss {
         })
     }
 
+    /// The memory roofline of [`forward_backward_device`](Self::forward_backward_device)
+    /// on this adapter: the same positive count, the same reads as the fused
+    /// backward pass (every input element with checks on; without, the class logits
+    /// and targets everywhere and the centerness and box inputs at the positives)
+    /// and the same writes (every element of the three gradients once), with the
+    /// maths replaced by a sum and a product. Its losses are meaningless and it
+    /// leaves meaningless values in `grads`; its time is the point: the least a
+    /// pass that writes the gradients can take here, beside
+    /// [`roofline_device`](Self::roofline_device) for the forward pass.
+    pub fn backward_roofline_device(
+        &self,
+        levels: &Levels,
+        inputs: &DeviceInputs,
+        grads: &DeviceGradients,
+    ) -> Result<Timed<()>, FcosError> {
+        let t = self.device_call(
+            levels,
+            inputs,
+            Some(grads),
+            FusedVariant::BackwardRoofline,
+            &LossWeights::default(),
+        )?;
+        Ok(Timed {
+            value: (),
+            kernel: t.kernel,
+            call: t.call,
+        })
+    }
+
     /// Losses and gradients from host slices: the gradients of
     /// `L = w.cls·cls_loss + w.cnt·cnt_loss + w.reg·reg_loss` (batch means) with
     /// respect to every input logit and box, per level in the input layouts.
@@ -521,7 +550,7 @@ impl FcosLoss {
     }
 
     fn backward_available(&self, variant: FusedVariant) -> Result<(), FcosError> {
-        if variant == FusedVariant::Backward && self.pipelines.backward.is_none() {
+        if variant.writes_gradients() && self.pipelines.backward.is_none() {
             return Err(FcosError::Limit(format!(
                 "the backward pass binds {BACKWARD_STORAGE_BUFFERS} storage buffers; the device allows max_storage_buffers_per_shader_stage = {}",
                 self.ctx.limits.max_storage_buffers_per_shader_stage

@@ -26,6 +26,11 @@ pub struct Pipelines {
     pub roofline: Kernel,
     /// The roofline of the checked forward pass (which reads every input element).
     pub roofline_checked: Kernel,
+    /// The backward pass's roofline: its reads and gradient writes without the maths
+    /// (built where the backward pass is).
+    pub backward_roofline: Option<Kernel>,
+    /// The roofline of the checked backward pass.
+    pub backward_roofline_checked: Option<Kernel>,
     /// The per-image finalize reduce.
     pub finalize: Kernel,
     /// The per-image positive count.
@@ -143,11 +148,11 @@ impl Pipelines {
         ];
         let can_backward =
             device.limits().max_storage_buffers_per_shader_stage >= BACKWARD_STORAGE_BUFFERS;
-        let backward = |checks| {
+        let backward = |variant, checks| {
             can_backward.then(|| {
                 kernel(
                     device,
-                    &shaders::fused(FusedVariant::Backward, checks, spec.subgroups),
+                    &shaders::fused(variant, checks, spec.subgroups),
                     &backward_bindings,
                     spec,
                 )
@@ -164,10 +169,12 @@ impl Pipelines {
         Pipelines {
             forward: forward(FusedVariant::Forward, false),
             forward_checked: forward(FusedVariant::Forward, true),
-            backward: backward(false),
-            backward_checked: backward(true),
+            backward: backward(FusedVariant::Backward, false),
+            backward_checked: backward(FusedVariant::Backward, true),
             roofline: forward(FusedVariant::Roofline, false),
             roofline_checked: forward(FusedVariant::Roofline, true),
+            backward_roofline: backward(FusedVariant::BackwardRoofline, false),
+            backward_roofline_checked: backward(FusedVariant::BackwardRoofline, true),
             finalize: kernel(device, &shaders::finalize(), &[Read, Write], spec),
             count: kernel(device, &shaders::count(), &[Read, Write], spec),
             copy_words: kernel_without_params(device, &shaders::copy_words()),

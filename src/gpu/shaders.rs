@@ -84,6 +84,27 @@ pub enum FusedVariant {
     Backward,
     /// The same reads as `Forward`, summed without the maths: the memory roofline.
     Roofline,
+    /// The same reads and gradient writes as `Backward` without the maths: the
+    /// backward pass's memory roofline.
+    BackwardRoofline,
+}
+
+impl FusedVariant {
+    /// Whether the variant writes the gradient buffers (and counts positives first).
+    pub fn writes_gradients(self) -> bool {
+        matches!(
+            self,
+            FusedVariant::Backward | FusedVariant::BackwardRoofline
+        )
+    }
+
+    /// Whether the variant is a roofline (reads and writes only, no maths).
+    pub fn is_roofline(self) -> bool {
+        matches!(
+            self,
+            FusedVariant::Roofline | FusedVariant::BackwardRoofline
+        )
+    }
 }
 
 /// The fused pass (`shaders/fused.wgsl`) in one variant, with or without the
@@ -95,10 +116,11 @@ pub fn fused(variant: FusedVariant, checks: bool, subgroups: bool) -> ShaderSour
         FusedVariant::Forward => vec![],
         FusedVariant::Backward => vec!["BACKWARD"],
         FusedVariant::Roofline => vec!["ROOFLINE"],
+        FusedVariant::BackwardRoofline => vec!["ROOFLINE", "BACKWARD"],
     };
     if checks {
         // The roofline of the checked pass reads what it reads, without the flags.
-        if variant != FusedVariant::Roofline {
+        if !variant.is_roofline() {
             defines.push("CHECKS");
         }
         defines.push("READ_ALL");
@@ -135,9 +157,9 @@ pub fn all() -> Vec<ShaderSource> {
         for checks in [false, true] {
             out.push(fused(FusedVariant::Forward, checks, subgroups));
             out.push(fused(FusedVariant::Backward, checks, subgroups));
+            out.push(fused(FusedVariant::Roofline, checks, subgroups));
+            out.push(fused(FusedVariant::BackwardRoofline, checks, subgroups));
         }
-        out.push(fused(FusedVariant::Roofline, false, subgroups));
-        out.push(fused(FusedVariant::Roofline, true, subgroups));
     }
     out.extend([finalize(), count(), copy_words()]);
     out

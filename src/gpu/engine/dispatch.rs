@@ -17,7 +17,7 @@ impl FcosLoss {
         weights.check()?;
         inputs.check_shapes(levels, self.config.num_classes as usize)?;
         let b = inputs.batch;
-        let backward = variant == FusedVariant::Backward;
+        let backward = variant.writes_gradients();
         if levels.positions() == 0 {
             let grads = backward.then(|| self.empty_grads(levels, b));
             return Ok(Timed {
@@ -162,7 +162,7 @@ impl FcosLoss {
                 )));
             }
         }
-        if variant == FusedVariant::Backward && grads.is_none() {
+        if variant.writes_gradients() && grads.is_none() {
             return Err(FcosError::Gpu(
                 "the backward pass needs gradient buffers".into(),
             ));
@@ -215,7 +215,7 @@ impl FcosLoss {
     ) -> Result<(Losses, Option<Duration>, u32), FcosError> {
         let device = &self.ctx.device;
         let b = plan.batch as u64;
-        let backward = variant == FusedVariant::Backward;
+        let backward = variant.writes_gradients();
         let stride = (std::mem::size_of::<Params>() as u64)
             .next_multiple_of(self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as u64);
         // Params slots: the global one, one per fused segment, one per count group.
@@ -319,6 +319,12 @@ impl FcosLoss {
             (FusedVariant::Roofline, true) => &p.roofline_checked,
             (FusedVariant::Backward, false) => p.backward.as_ref().ok_or_else(missing)?,
             (FusedVariant::Backward, true) => p.backward_checked.as_ref().ok_or_else(missing)?,
+            (FusedVariant::BackwardRoofline, false) => {
+                p.backward_roofline.as_ref().ok_or_else(missing)?
+            }
+            (FusedVariant::BackwardRoofline, true) => {
+                p.backward_roofline_checked.as_ref().ok_or_else(missing)?
+            }
         };
 
         // Params: slot 0 global, slot 1 + s for segment s.
