@@ -368,8 +368,8 @@ fn backward_roofline_writes_every_gradient_element_once() {
             for l in 0..levels.len() {
                 let hw = levels.level_size(l);
                 let off = levels.offsets()[l] as usize;
-                for i in 0..b {
-                    let coef = 1.0f32 / (b as f32 * num_pos[i].max(1) as f32);
+                for (i, &np) in num_pos.iter().enumerate() {
+                    let coef = 1.0f32 / (b as f32 * np.max(1) as f32);
                     let positive = |q: usize| batch.cnt_targets[i * p + off + q] > -1.0;
                     for k in 0..c * hw {
                         let z = batch.cls_logits[l][(i * c) * hw + k];
