@@ -391,9 +391,10 @@ impl FcosLoss {
     /// backward pass (every input element with checks on; without, the class logits
     /// and targets everywhere and the centerness and box inputs at the positives)
     /// and the same writes (every element of the three gradients once), with the
-    /// maths replaced by a sum and a product. Its losses are meaningless and it
-    /// leaves meaningless values in `grads`; its time is the point: the least a
-    /// pass that writes the gradients can take here, beside
+    /// maths replaced by a sum and a product (and no second read of the target
+    /// class). Its losses are meaningless and it leaves meaningless values in
+    /// `grads`; its time is the point: what moving the backward pass's bytes in its
+    /// layout and order takes on this adapter, beside
     /// [`roofline_device`](Self::roofline_device) for the forward pass.
     pub fn backward_roofline_device(
         &self,
