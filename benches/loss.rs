@@ -43,6 +43,17 @@ fn ok<T>(what: &str, r: Result<T, fcos_loss::FcosError>) -> T {
     r.unwrap_or_else(|e| panic!("{what} failed: {e}"))
 }
 
+/// The kernel time of a backward-pass call that worked once in the warm-up.
+fn backward_kernel<T>(
+    what: &str,
+    r: Result<Option<fcos_loss::Timed<T>>, fcos_loss::FcosError>,
+) -> Duration {
+    match ok(what, r) {
+        Some(t) => bench::kernel_time(&t),
+        None => panic!("{what}: the backward pass became unavailable mid-bench"),
+    }
+}
+
 /// Sums `f`'s durations over `iters` calls.
 fn total(iters: u64, mut f: impl FnMut() -> Duration) -> Duration {
     (0..iters).map(|_| f()).sum()
@@ -90,20 +101,14 @@ fn bench_shape(c: &mut Criterion, engine: &FcosLoss, name: &str, spec: &BenchSpe
         group.bench_function("forward_backward_kernel", |b| {
             b.iter_custom(|iters| {
                 total(iters, || {
-                    match ok("forward+backward", work.forward_backward()) {
-                        Some(t) => bench::kernel_time(&t),
-                        None => panic!("the backward pass became unavailable mid-bench"),
-                    }
+                    backward_kernel("forward+backward", work.forward_backward())
                 })
             })
         });
         group.bench_function("backward_roofline", |b| {
             b.iter_custom(|iters| {
                 total(iters, || {
-                    match ok("backward roofline", work.backward_roofline()) {
-                        Some(t) => bench::kernel_time(&t),
-                        None => panic!("the backward pass became unavailable mid-bench"),
-                    }
+                    backward_kernel("backward roofline", work.backward_roofline())
                 })
             })
         });

@@ -465,30 +465,32 @@ impl<'e> Workload<'e> {
     /// buffers; `None` when the device cannot hold or bind the backward pass
     /// ([`FcosError::Limit`]).
     pub fn forward_backward(&self) -> Result<Option<Timed<Losses>>, FcosError> {
-        let Some(g) = &self.grads else {
-            return Ok(None);
-        };
-        let grads = DeviceGradients {
-            cls_logits: &g.cls_logits,
-            cnt_logits: &g.cnt_logits,
-            reg_preds: &g.reg_preds,
-        };
-        match self.engine.forward_backward_device(
-            self.levels(),
-            &self.device_inputs(),
-            &grads,
-            &self.weights,
-        ) {
-            Ok(t) => Ok(Some(t)),
-            Err(FcosError::Limit(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.with_grads(|grads| {
+            self.engine.forward_backward_device(
+                self.levels(),
+                &self.device_inputs(),
+                grads,
+                &self.weights,
+            )
+        })
     }
 
     /// The backward pass's roofline ([`FcosLoss::backward_roofline_device`]) into the
     /// workload's gradient buffers; `None` when the device cannot hold or bind the
     /// backward pass.
     pub fn backward_roofline(&self) -> Result<Option<Timed<()>>, FcosError> {
+        self.with_grads(|grads| {
+            self.engine
+                .backward_roofline_device(self.levels(), &self.device_inputs(), grads)
+        })
+    }
+
+    /// Runs `f` on the workload's gradient buffers; `None` when there are none or
+    /// the device cannot hold or bind the backward pass ([`FcosError::Limit`]).
+    fn with_grads<T>(
+        &self,
+        f: impl FnOnce(&DeviceGradients) -> Result<T, FcosError>,
+    ) -> Result<Option<T>, FcosError> {
         let Some(g) = &self.grads else {
             return Ok(None);
         };
@@ -497,10 +499,7 @@ impl<'e> Workload<'e> {
             cnt_logits: &g.cnt_logits,
             reg_preds: &g.reg_preds,
         };
-        match self
-            .engine
-            .backward_roofline_device(self.levels(), &self.device_inputs(), &grads)
-        {
+        match f(&grads) {
             Ok(t) => Ok(Some(t)),
             Err(FcosError::Limit(_)) => Ok(None),
             Err(e) => Err(e),

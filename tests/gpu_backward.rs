@@ -36,6 +36,15 @@ fn as_f64(h: &[Vec<f32>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// The three gradient buffers, in head order, as [`DeviceGradients`].
+fn device_grads(g: &[wgpu::Buffer; 3]) -> DeviceGradients<'_> {
+    DeviceGradients {
+        cls_logits: &g[0],
+        cnt_logits: &g[1],
+        reg_preds: &g[2],
+    }
+}
+
 /// A buffer's contents as f32, copied back through a staging buffer.
 fn read_buffer(engine: &fcos_loss::FcosLoss, buf: &wgpu::Buffer) -> Vec<f32> {
     let device = &engine.context().device;
@@ -250,16 +259,7 @@ fn device_path_writes_the_same_gradients_into_user_buffers() {
     };
     let w = LossWeights::default();
     let dev = engine
-        .forward_backward_device(
-            &levels,
-            &inputs,
-            &DeviceGradients {
-                cls_logits: &grads[0],
-                cnt_logits: &grads[1],
-                reg_preds: &grads[2],
-            },
-            &w,
-        )
+        .forward_backward_device(&levels, &inputs, &device_grads(&grads), &w)
         .unwrap();
     let (host, hg) = engine
         .forward_backward(&levels, &batch.inputs(), &w)
@@ -350,15 +350,7 @@ fn backward_roofline_writes_every_gradient_element_once() {
                 init(&sentinel(4), wgpu::BufferUsages::COPY_SRC),
             ];
             let t = engine
-                .backward_roofline_device(
-                    &levels,
-                    &inputs,
-                    &DeviceGradients {
-                        cls_logits: &grads[0],
-                        cnt_logits: &grads[1],
-                        reg_preds: &grads[2],
-                    },
-                )
+                .backward_roofline_device(&levels, &inputs, &device_grads(&grads))
                 .unwrap();
             assert!(t.call.as_nanos() > 0);
             let got: Vec<Vec<f32>> = grads.iter().map(|g| read_buffer(&engine, g)).collect();

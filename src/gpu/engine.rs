@@ -92,6 +92,17 @@ pub struct Timed<T> {
     pub call: Duration,
 }
 
+impl<T> Timed<T> {
+    /// The same times with `f` applied to the result.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Timed<U> {
+        Timed {
+            value: f(self.value),
+            kernel: self.kernel,
+            call: self.call,
+        }
+    }
+}
+
 /// The FCOS loss on a GPU. Pipelines and layouts are made once; buffers are pooled.
 ///
 /// The engine is `Send + Sync`: calls from several threads are serialised on an
@@ -329,11 +340,7 @@ impl FcosLoss {
             FusedVariant::Forward,
             &LossWeights::default(),
         )
-        .map(|t| Timed {
-            value: t.value.0,
-            kernel: t.kernel,
-            call: t.call,
-        })
+        .map(|t| t.map(|(losses, _)| losses))
     }
 
     /// Loss of one batch whose inputs are already on the device (see [`DeviceInputs`]
@@ -379,11 +386,7 @@ impl FcosLoss {
             FusedVariant::Roofline,
             &LossWeights::default(),
         )?;
-        Ok(Timed {
-            value: (),
-            kernel: t.kernel,
-            call: t.call,
-        })
+        Ok(t.map(drop))
     }
 
     /// The memory roofline of [`forward_backward_device`](Self::forward_backward_device)
@@ -409,11 +412,7 @@ impl FcosLoss {
             FusedVariant::BackwardRoofline,
             &LossWeights::default(),
         )?;
-        Ok(Timed {
-            value: (),
-            kernel: t.kernel,
-            call: t.call,
-        })
+        Ok(t.map(drop))
     }
 
     /// Losses and gradients from host slices: the gradients of
