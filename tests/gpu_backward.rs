@@ -36,6 +36,38 @@ fn as_f64(h: &[Vec<f32>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// The batch's six inputs in `STORAGE` buffers, in `DeviceInputs` order.
+fn upload_inputs(device: &wgpu::Device, batch: &fcos_loss::Batch) -> [wgpu::Buffer; 6] {
+    let upload = |data: &[f32]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test input"),
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+    };
+    [
+        upload(&batch.cls_logits.concat()),
+        upload(&batch.cnt_logits.concat()),
+        upload(&batch.reg_preds.concat()),
+        upload(&batch.cls_targets),
+        upload(&batch.cnt_targets),
+        upload(&batch.reg_targets),
+    ]
+}
+
+/// [`upload_inputs`]' buffers as the [`DeviceInputs`] of `batch` images.
+fn device_inputs(batch: usize, b: &[wgpu::Buffer; 6]) -> DeviceInputs<'_> {
+    DeviceInputs {
+        batch,
+        cls_logits: &b[0],
+        cnt_logits: &b[1],
+        reg_preds: &b[2],
+        cls_targets: &b[3],
+        cnt_targets: &b[4],
+        reg_targets: &b[5],
+    }
+}
+
 /// The three gradient buffers, in head order, as [`DeviceGradients`].
 fn device_grads(g: &[wgpu::Buffer; 3]) -> DeviceGradients<'_> {
     DeviceGradients {
@@ -220,21 +252,7 @@ fn device_path_writes_the_same_gradients_into_user_buffers() {
     let batch = synthetic::generate(&levels, &config.strides, &spec).unwrap();
     let engine = common::engine(config.clone());
     let device = &engine.context().device;
-    let upload = |data: &[f32]| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("test input"),
-            contents: bytemuck::cast_slice(data),
-            usage: wgpu::BufferUsages::STORAGE,
-        })
-    };
-    let bufs = [
-        upload(&batch.cls_logits.concat()),
-        upload(&batch.cnt_logits.concat()),
-        upload(&batch.reg_preds.concat()),
-        upload(&batch.cls_targets),
-        upload(&batch.cnt_targets),
-        upload(&batch.reg_targets),
-    ];
+    let bufs = upload_inputs(device, &batch);
     let grad_buf = |n: usize| {
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("test grad"),
@@ -248,15 +266,7 @@ fn device_path_writes_the_same_gradients_into_user_buffers() {
         grad_buf(levels.packed_len(3, 1)),
         grad_buf(levels.packed_len(3, 4)),
     ];
-    let inputs = DeviceInputs {
-        batch: 3,
-        cls_logits: &bufs[0],
-        cnt_logits: &bufs[1],
-        reg_preds: &bufs[2],
-        cls_targets: &bufs[3],
-        cnt_targets: &bufs[4],
-        reg_targets: &bufs[5],
-    };
+    let inputs = device_inputs(3, &bufs);
     let w = LossWeights::default();
     let dev = engine
         .forward_backward_device(&levels, &inputs, &device_grads(&grads), &w)
@@ -303,31 +313,16 @@ fn backward_roofline_writes_every_gradient_element_once() {
     let batch = synthetic::generate(&levels, &config.strides, &spec).unwrap();
     let mut engine = common::engine(config);
     let device = engine.context().device.clone();
-    let init = |data: &[f32], usage| {
+    // Gradient buffers filled with the sentinel.
+    let sentinel = |ch: usize| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("test buffer"),
-            contents: bytemuck::cast_slice(data),
-            usage: wgpu::BufferUsages::STORAGE | usage,
+            label: Some("test gradient"),
+            contents: bytemuck::cast_slice(&vec![SENTINEL; levels.packed_len(b, ch)]),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         })
     };
-    let none = wgpu::BufferUsages::empty();
-    let bufs = [
-        init(&batch.cls_logits.concat(), none),
-        init(&batch.cnt_logits.concat(), none),
-        init(&batch.reg_preds.concat(), none),
-        init(&batch.cls_targets, none),
-        init(&batch.cnt_targets, none),
-        init(&batch.reg_targets, none),
-    ];
-    let inputs = DeviceInputs {
-        batch: b,
-        cls_logits: &bufs[0],
-        cnt_logits: &bufs[1],
-        reg_preds: &bufs[2],
-        cls_targets: &bufs[3],
-        cnt_targets: &bufs[4],
-        reg_targets: &bufs[5],
-    };
+    let bufs = upload_inputs(&device, &batch);
+    let inputs = device_inputs(b, &bufs);
     let p = levels.positions();
     let num_pos: Vec<usize> = (0..b)
         .map(|i| {
@@ -343,12 +338,7 @@ fn backward_roofline_writes_every_gradient_element_once() {
         for chunks in [1, 1000] {
             // 1000 target workgroups: one class per chunk.
             engine.set_target_workgroups(chunks);
-            let sentinel = |ch: usize| vec![SENTINEL; levels.packed_len(b, ch)];
-            let grads = [
-                init(&sentinel(c), wgpu::BufferUsages::COPY_SRC),
-                init(&sentinel(1), wgpu::BufferUsages::COPY_SRC),
-                init(&sentinel(4), wgpu::BufferUsages::COPY_SRC),
-            ];
+            let grads = [sentinel(c), sentinel(1), sentinel(4)];
             let t = engine
                 .backward_roofline_device(&levels, &inputs, &device_grads(&grads))
                 .unwrap();
