@@ -10,7 +10,8 @@
 #
 # Environment (defaults in brackets):
 #   VENV   the virtual environment with torch [/tmp/torch]; made if missing
-#   PEERS  the peers scripts (gen_case.py, bench_peers.py, notebook_loss.py) [../shared/peers]
+#   PEERS  the peers scripts (gen_case.py, bench_peers.py, notebook_loss.py)
+#          [bench/peers, beside this script]
 #   CASE   the case file [/tmp/coco8.safetensors]
 #   N      timed repetitions (after 2 untimed ones) [10]
 #
@@ -18,10 +19,11 @@
 # the CUDA libraries; it runs on the CPU where there is no GPU) and takes minutes.
 # Timings on a CPU are noisy: compare ratios measured in one sitting, and rerun.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+HERE="$(cd "$(dirname "$0")" && pwd)"
+cd "$HERE/.."
 
 VENV="${VENV:-/tmp/torch}"
-PEERS="${PEERS:-../shared/peers}"
+PEERS="${PEERS:-$HERE/peers}"
 CASE="${CASE:-/tmp/coco8.safetensors}"
 N="${N:-10}"
 PY="$VENV/bin/python"
@@ -41,8 +43,8 @@ echo "== gen_case.py $CASE --batch 8 --classes 80 --image 800x1024 --time $N"
 "$PY" "$PEERS/gen_case.py" "$CASE" --batch 8 --classes 80 --image 800x1024 --time "$N" | tail -n 1
 
 # Eager, batched torchvision, torch.compile (inductor; needs a C++ compiler).
-echo "== bench_peers.py $CASE $N --compile"
-"$PY" "$PEERS/bench_peers.py" "$CASE" "$N" --compile
+echo "== bench_peers.py $CASE $N --torchvision --compile"
+"$PY" "$PEERS/bench_peers.py" "$CASE" "$N" --torchvision --compile
 
 if [[ "${1:-}" == "--crate" ]]; then
     export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
