@@ -1,6 +1,22 @@
 // Shared by every FCOS loss kernel: the parameter block and the numerics, forward
-// and backward. Assembled in front of each kernel by src/gpu/shaders.rs (WGSL has no
-// #include; that file also resolves the #ifdef blocks of the kernels).
+// and backward. src/gpu/shaders.rs assembles each kernel as this file, then
+// reduce.wgsl where the kernel reduces a workgroup, then the kernel's own file
+// (WGSL has no #include), and resolves the #ifdef blocks for the variant.
+//
+// How variants differ, one rule for every file:
+//   - `#ifdef NAME` only where the shader's interface differs between variants:
+//     bindings one variant has and another lacks (BACKWARD: the positive counts
+//     and gradient buffers, and every statement that touches them), or builtins
+//     and operations that need a device feature (SUBGROUPS, reduce.wgsl only).
+//   - `override` constants for scalars fixed when a pipeline is made: WG,
+//     GAMMA_IS_TWO (below), CHECKS (reduce.wgsl, fused.wgsl), READ_ALL
+//     (roofline.wgsl). The compiler folds them, so a variant pays nothing for
+//     the code it does not run.
+//   - the `Params` uniform for values that change per call (shapes, offsets,
+//     gamma, alpha, weights, the box loss).
+// Every variant is assembled and validated by naga, with its override values, by
+// the crate's CPU-only tests (src/gpu/shaders.rs); an unbalanced directive fails
+// there with its file and line.
 
 // Threads per workgroup of the reduction kernels, a power of two set when the
 // pipeline is made (FcosLoss::set_workgroup_size). The default is the Rust side's
@@ -55,7 +71,7 @@ struct Partial {
     _pad2: u32,
 }
 
-// Check flags: which input holds a value the loss cannot use (src/gpu/params.rs).
+// Check flags: which input holds a value the loss cannot use (Input::flag in src/input.rs).
 const FLAG_CLS_LOGITS: u32 = 1u;
 const FLAG_CNT_LOGITS: u32 = 2u;
 const FLAG_REG_PREDS: u32 = 4u;

@@ -8,20 +8,14 @@
 // a shared-memory tree reduce the workgroup to one partial {cls, cnt, reg, num_pos},
 // stored in a fixed slot per image.
 //
-// Variants (resolved by src/gpu/shaders.rs):
-//   BACKWARD  also writes dL/d(input) for every input element, in the input layout.
-//   ROOFLINE  the same memory reads, with the maths replaced by plain sums. With
-//             BACKWARD also the same writes: every gradient element once, from the
-//             value read at its place (the backward's memory roofline).
-//   SUBGROUPS reduces each workgroup with subgroupAdd and one shared-memory slot per
-//             subgroup (adapters with Features::SUBGROUP; any subgroup size)
-//             instead of the shared-memory tree.
-//   CHECKS    also reads every input element once (READ_ALL) and flags values the
-//             loss cannot use (NaN/Inf by their bit pattern, targets out of range),
-//             OR-reduced into the partial's flags (bits as in src/gpu/params.rs::FLAG_*).
-//   READ_ALL  reads the centerness and box inputs at every position, not only at the
-//             positives: set with CHECKS, and with ROOFLINE for the checked pass's
-//             roofline (the same bytes, no flag maths).
+// Variants (the rule is at the top of common.wgsl):
+//   #ifdef BACKWARD   binds the positive counts and the gradients, and writes
+//                     dL/d(input) for every input element, in the input layout.
+//   override CHECKS   also reads every input element once and flags values the
+//                     loss cannot use (NaN/Inf by their bit pattern, targets out of
+//                     range), OR-reduced into the partial's flags (Input::flag).
+//   #ifdef SUBGROUPS  (reduce.wgsl) how the workgroup is reduced.
+// The memory roofline of this pass, for the bench harness, is roofline.wgsl.
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Each binding starts at or before (this level, image0); params.*_base say where.
@@ -74,9 +68,8 @@ fn cls_step(z: vec4<f32>, c: u32, n: u32, cs: ClassScale) -> ClassStep {
     let core = select(focal_core(ft, cs.gamma), vec4<f32>(0.0), positive | dead);
     var out: ClassStep;
     out.loss = (core.x + core.y) + (core.z + core.w);
-#ifdef BACKWARD
+    // Dead code in the forward pass, which never stores it.
     out.grad = cs.coef_neg * focal_grad_core(ft, core, cs.gamma);
-#endif
     return out;
 }
 
@@ -87,69 +80,38 @@ fn exponent_max(z: vec4<f32>) -> u32 {
     return max(max(ex.x, ex.y), max(ex.z, ex.w));
 }
 
-// The roofline's stand-in for the centerness and box terms: plain sums of what they read.
-fn roofline_sums(x: f32, ct: f32, pred: vec4<f32>, tgt: vec4<f32>) -> vec2<f32> {
-    return vec2<f32>(x + ct, dot(pred + tgt, vec4<f32>(1.0)));
-}
-
-var<workgroup> scratch: array<vec4<f32>, WG>;
-#ifdef CHECKS
-// The check flags, OR-reduced beside the sums (no barrier of their own).
-var<workgroup> flag_scratch: array<u32, WG>;
-#endif
-
 @compute @workgroup_size(WG)
-fn fused(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-#ifdef SUBGROUPS
-    @builtin(subgroup_id) sg_id: u32,
-    @builtin(subgroup_invocation_id) sg_lane: u32,
-    @builtin(num_subgroups) n_sg: u32,
-#endif
-) {
+fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let tile = wg.x;
     let chunk = wg.y;
     let bl = wg.z;
     let b = params.image0 + bl;
     let hw = params.level_size;
-    let pix = tile * WG + lid;
+    let pix = tile * WG + lanes.lid;
     var acc = vec4<f32>(0.0);
-#ifdef CHECKS
     var flags = 0u;
-#endif
     if (pix < hw) {
         let n_cls = params.classes;
         let t = params.tgt_base + bl * params.positions + pix;
 #ifdef BACKWARD
         let scale = 1.0 / (f32(params.batch) * f32(max(num_pos[b], 1u)));
-        let coef = params.w_cls * scale;
 #else
-        let coef = 0.0;
+        let scale = 0.0;
 #endif
+        let coef = params.w_cls * scale;
         let tcls = cls_targets[t];
         let c0 = chunk * params.classes_per_chunk;
         let c1 = min(c0 + params.classes_per_chunk, n_cls);
         // Element ((b*C + c)*HW + pix) of the level.
         var idx = params.cls_base + (bl * n_cls + c0) * hw + pix;
         var cls_sum = 0.0;
-#ifdef CHECKS
-        let bad_class = not_finite(tcls) || tcls != floor(tcls) || tcls < 0.0 || tcls > f32(n_cls);
-        flags |= select(0u, FLAG_CLS_TARGETS, bad_class);
-        // The largest exponent field of the logits: all ones exactly when some logit
-        // is NaN or ±Inf. One AND and one MAX per element.
-        var exp_max = 0u;
-#endif
-#ifdef ROOFLINE
-        for (var c = c0; c < c1; c++) {
-            let z = cls_logits[idx];
-            cls_sum += z;
-#ifdef BACKWARD
-            grad_cls[idx] = coef * z;
-#endif
-            idx += hw;
+        if (CHECKS) {
+            let bad_class = not_finite(tcls) || tcls != floor(tcls) || tcls < 0.0 || tcls > f32(n_cls);
+            flags |= select(0u, FLAG_CLS_TARGETS, bad_class);
         }
-#else
+        // The largest exponent field of the logits (CHECKS): all ones exactly when
+        // some logit is NaN or ±Inf. One AND and one MAX per element.
+        var exp_max = 0u;
         let alpha = params.alpha;
         let gamma = params.gamma;
         let cs = ClassScale(tcls, gamma, (1.0 - alpha) * coef);
@@ -159,9 +121,9 @@ fn fused(
         // side by side. The last 1..3 classes take a masked step after the loop.
         for (; c + 4u <= c1; c += 4u) {
             let z = vec4<f32>(cls_logits[idx], cls_logits[idx + hw], cls_logits[idx + 2u * hw], cls_logits[idx + 3u * hw]);
-#ifdef CHECKS
-            exp_max = max(exp_max, exponent_max(z));
-#endif
+            if (CHECKS) {
+                exp_max = max(exp_max, exponent_max(z));
+            }
             let out = cls_step(z, c, 4u, cs);
             cls_sum += out.loss;
 #ifdef BACKWARD
@@ -181,9 +143,9 @@ fn fused(
             if (n > 2u) {
                 z.z = cls_logits[idx + 2u * hw];
             }
-#ifdef CHECKS
-            exp_max = max(exp_max, exponent_max(z));
-#endif
+            if (CHECKS) {
+                exp_max = max(exp_max, exponent_max(z));
+            }
             let out = cls_step(z, c, n, cs);
             cls_sum += out.loss;
 #ifdef BACKWARD
@@ -211,13 +173,9 @@ fn fused(
 #endif
         }
         cls_sum = (1.0 - alpha) * cls_sum + alpha * pos_core;
-#endif
-#ifdef CHECKS
-        flags |= select(0u, FLAG_CLS_LOGITS, exp_max == EXPONENT_BITS);
-#endif
-#ifdef ROOFLINE
-        cls_sum += tcls;
-#endif
+        if (CHECKS) {
+            flags |= select(0u, FLAG_CLS_LOGITS, exp_max == EXPONENT_BITS);
+        }
         acc.x = cls_sum;
 
         if (chunk == 0u) {
@@ -225,60 +183,35 @@ fn fused(
             let ci = params.cnt_base + bl * hw + pix;
             let r = params.reg_base + 4u * bl * hw + pix;
             let rt_index = params.reg_tgt_base + bl * params.positions + pix;
-#ifdef BACKWARD
+            let positive = ct > -1.0;
+            // With checks every element is read once, positive or not; without,
+            // only the positives read the centerness logit and the boxes.
+            var x = 0.0;
+            var pred = vec4<f32>(0.0);
+            var tgt = vec4<f32>(0.0);
+            if (CHECKS || positive) {
+                x = cnt_logits[ci];
+                pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
+                tgt = reg_targets[rt_index];
+            }
+            if (CHECKS) {
+                let bad_ct = not_finite(ct) || (ct != -1.0 && (ct < 0.0 || ct > 1.0));
+                flags |= select(0u, FLAG_CNT_TARGETS, bad_ct);
+                flags |= select(0u, FLAG_CNT_LOGITS, not_finite(x));
+                flags |= select(0u, FLAG_REG_PREDS, any_not_finite(pred));
+                let bad_rt = any_not_finite(tgt) || (positive && any(tgt < vec4<f32>(0.0)));
+                flags |= select(0u, FLAG_REG_TARGETS, bad_rt);
+            }
+            // The gradients are dead code in the forward pass, which never stores them.
             var g_cnt = 0.0;
             var g_reg = vec4<f32>(0.0);
-#endif
-#ifdef READ_ALL
-            // Every element once, positive or not; the positive branch reuses them.
-            let x = cnt_logits[ci];
-            let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-            let tgt = reg_targets[rt_index];
-#endif
-#ifdef CHECKS
-            let bad_ct = not_finite(ct) || (ct != -1.0 && (ct < 0.0 || ct > 1.0));
-            flags |= select(0u, FLAG_CNT_TARGETS, bad_ct);
-            flags |= select(0u, FLAG_CNT_LOGITS, not_finite(x));
-            flags |= select(0u, FLAG_REG_PREDS, any_not_finite(pred));
-            let bad_rt = any_not_finite(tgt) || (ct > -1.0 && any(tgt < vec4<f32>(0.0)));
-            flags |= select(0u, FLAG_REG_TARGETS, bad_rt);
-#endif
-#ifdef ROOFLINE
-#ifdef READ_ALL
-            acc = vec4<f32>(acc.x, roofline_sums(x, ct, pred, tgt), acc.w);
-#endif
-#endif
-            if (ct > -1.0) {
-#ifndef READ_ALL
-                // Only positives read the centerness logit and the boxes.
-                let x = cnt_logits[ci];
-                let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-                let tgt = reg_targets[rt_index];
-#endif
-#ifdef ROOFLINE
-#ifndef READ_ALL
-                acc = vec4<f32>(acc.x, roofline_sums(x, ct, pred, tgt), acc.w);
-#endif
-#ifdef BACKWARD
-                g_cnt = x;
-                g_reg = pred;
-#endif
-#else
+            if (positive) {
                 acc.y = bce(x, ct);
                 let bt = box_terms(pred, tgt);
                 acc.z = box_loss(bt);
-#ifdef BACKWARD
                 g_cnt = params.w_cnt * scale * (sigmoid(x) - ct);
                 g_reg = params.w_reg * scale * box_grad(pred, tgt, bt);
-#endif
-#endif
                 acc.w = 1.0;
-            } else {
-#ifdef ROOFLINE
-#ifndef READ_ALL
-                acc.y = ct;
-#endif
-#endif
             }
 #ifdef BACKWARD
             // Stored once, positive or not (zeros off the positives): one store per
@@ -291,56 +224,8 @@ fn fused(
 #endif
         }
     }
-#ifdef SUBGROUPS
-    // One sum per subgroup, then the subgroup sums in subgroup order by one thread:
-    // a fixed order, so the result is the same on every call.
-    let sg_sum = subgroupAdd(acc);
-#ifdef CHECKS
-    let sg_flags = subgroupOr(flags);
-#endif
-    if (sg_lane == 0u) {
-        scratch[sg_id] = sg_sum;
-#ifdef CHECKS
-        flag_scratch[sg_id] = sg_flags;
-#endif
-    }
-    workgroupBarrier();
-    if (lid == 0u) {
-        var total = scratch[0];
-        for (var k = 1u; k < n_sg; k++) {
-            total += scratch[k];
-        }
-        scratch[0] = total;
-#ifdef CHECKS
-        var any_flags = 0u;
-        for (var k = 0u; k < n_sg; k++) {
-            any_flags |= flag_scratch[k];
-        }
-        flag_scratch[0] = any_flags;
-#endif
-    }
-#else
-    scratch[lid] = acc;
-#ifdef CHECKS
-    flag_scratch[lid] = flags;
-#endif
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            scratch[lid] += scratch[lid + s];
-#ifdef CHECKS
-            flag_scratch[lid] |= flag_scratch[lid + s];
-#endif
-        }
-        workgroupBarrier();
-    }
-#endif
-    if (lid == 0u) {
-        var out: Partial;
-        out.sums = scratch[0];
-#ifdef CHECKS
-        out.flags = flag_scratch[0];
-#endif
-        partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = out;
+    let partial = reduce_workgroup(acc, flags, lanes);
+    if (lanes.lid == 0u) {
+        partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = partial;
     }
 }

@@ -2,9 +2,15 @@
 
 use thiserror::Error;
 
+/// The underlying error a [`FcosError::Gpu`] keeps: wgpu's own (a validation or
+/// out-of-memory error, a failed mapping or wait), reachable through
+/// [`std::error::Error::source`] and downcastable to its wgpu type.
+pub type GpuSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong in `fcos_loss`. Messages name the tensor, the shape
-/// or index, and the value involved.
+/// or index, and the value involved. New variants may be added.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum FcosError {
     /// No GPU adapter matched the request (or none exists).
     #[error("no wgpu adapter found{detail}: install a Vulkan driver (e.g. `apt-get install mesa-vulkan-drivers` for lavapipe) or an OpenGL/EGL driver, or pick one with WGPU_BACKEND=vulkan|gl|metal|dx12 and WGPU_ADAPTER_NAME")]
@@ -13,12 +19,13 @@ pub enum FcosError {
         detail: String,
     },
     /// The adapter refused to open a device.
-    #[error("could not open a device on adapter '{adapter}': {message}")]
+    #[error("could not open a device on adapter '{adapter}': {source}")]
     RequestDevice {
         /// The adapter's name and backend.
         adapter: String,
         /// wgpu's reason.
-        message: String,
+        #[source]
+        source: wgpu::RequestDeviceError,
     },
     /// A configuration value is unusable.
     #[error("invalid config: {0}")]
@@ -29,7 +36,7 @@ pub enum FcosError {
     /// A tensor (or buffer) does not have the size or shape the layout requires.
     #[error("tensor '{tensor}': expected {expected}, got {got}")]
     Shape {
-        /// The tensor's name in SPEC §5 terms (e.g. `cls_logits.2`).
+        /// The tensor's name in docs/contract.md §5 terms (e.g. `cls_logits.2`).
         tensor: String,
         /// What the layout requires.
         expected: String,
@@ -48,19 +55,30 @@ pub enum FcosError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The call itself is wrong: a buffer without the usage the engine needs, a
+    /// backward call without gradient buffers, a feature the device lacks.
+    #[error("invalid call: {0}")]
+    InvalidCall(String),
     /// The input is larger than the adapter can hold or dispatch.
     #[error("limit exceeded: {0}")]
     Limit(String),
-    /// wgpu reported a validation or out-of-memory error.
-    #[error("wgpu error: {0}")]
-    Gpu(String),
+    /// wgpu reported an error (validation, out of memory, a failed mapping or wait),
+    /// kept as the [`source`](std::error::Error::source) where there is one.
+    #[error("wgpu error: {message}")]
+    Gpu {
+        /// What the engine was doing, and wgpu's description.
+        message: String,
+        /// wgpu's error, where there is one.
+        #[source]
+        source: Option<GpuSource>,
+    },
     /// The device was lost; make a new engine.
     #[error("the GPU device was lost: {0}; create a new engine")]
     DeviceLost(String),
     /// Waiting for the GPU took longer than the configured timeout.
     #[error("timed out after {0:?} waiting for the GPU")]
     Timeout(std::time::Duration),
-    /// Reading or writing a safetensors file failed.
+    /// Reading or writing a case file failed.
     #[error("{0}")]
     File(String),
 }
@@ -87,5 +105,46 @@ impl FcosError {
             expected: expected.to_string(),
             got: got.to_string(),
         }
+    }
+
+    /// A [`FcosError::Gpu`] without an underlying wgpu error.
+    pub(crate) fn gpu(message: impl Into<String>) -> Self {
+        FcosError::Gpu {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`FcosError::Gpu`] that keeps wgpu's error as its source.
+    pub(crate) fn gpu_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        FcosError::Gpu {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_send_sync_and_keep_their_source() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<FcosError>();
+        let e = FcosError::gpu_from("mapping failed", wgpu::BufferAsyncError);
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<wgpu::BufferAsyncError>().is_some());
+        assert!(e.to_string().contains("mapping failed"));
+    }
+
+    #[test]
+    fn large_values_show_in_exponent_form() {
+        assert_eq!(show_value(1e300), "1e300");
+        assert_eq!(show_value(2.5), "2.5");
+        assert_eq!(show_value(f64::NAN), "NaN");
     }
 }

@@ -1,10 +1,11 @@
-//! What a call reads: the network outputs per level and the flattened targets,
-//! borrowed from host memory ([`Inputs`]) or owned ([`Batch`]).
+//! What a call reads from host memory: the network outputs per level and the
+//! flattened targets, borrowed ([`Inputs`]).
 
 use crate::error::FcosError;
+use crate::input::{Head, Input, TensorLayout};
 use crate::layout::Levels;
 
-/// Borrowed host inputs of one call, in the layouts of SPEC §1.
+/// Borrowed host inputs of one call, in the layouts of docs/contract.md §1.
 ///
 /// Each head is one slice per level, NCHW contiguous: `cls_logits[l]` is
 /// `[B, C, H_l, W_l]`, `cnt_logits[l]` is `[B, 1, H_l, W_l]`, `reg_preds[l]` is
@@ -28,7 +29,29 @@ pub struct Inputs<'a> {
     pub reg_targets: &'a [f32],
 }
 
-impl Inputs<'_> {
+impl<'a> Inputs<'a> {
+    /// One head's slices, one per level.
+    pub fn head(&self, head: Head) -> &[&'a [f32]] {
+        match head {
+            Head::ClsLogits => &self.cls_logits,
+            Head::CntLogits => &self.cnt_logits,
+            Head::RegPreds => &self.reg_preds,
+        }
+    }
+
+    /// The parts of `input` in memory order: a head's levels, or the one target
+    /// slice. One after another they are the packed layout of the device path.
+    pub fn parts(&self, input: Input) -> &[&'a [f32]] {
+        match input {
+            Input::ClsLogits => &self.cls_logits,
+            Input::CntLogits => &self.cnt_logits,
+            Input::RegPreds => &self.reg_preds,
+            Input::ClsTargets => std::slice::from_ref(&self.cls_targets),
+            Input::CntTargets => std::slice::from_ref(&self.cnt_targets),
+            Input::RegTargets => std::slice::from_ref(&self.reg_targets),
+        }
+    }
+
     /// Checks every slice length against the layout, `B` and `C`.
     pub fn check_shapes(&self, levels: &Levels, classes: usize) -> Result<(), FcosError> {
         let b = self.batch;
@@ -41,47 +64,55 @@ impl Inputs<'_> {
             ));
         }
         check_extent(levels, b, classes)?;
-        let heads: [(&str, &Vec<&[f32]>, usize); 3] = [
-            ("cls_logits", &self.cls_logits, classes),
-            ("cnt_logits", &self.cnt_logits, 1),
-            ("reg_preds", &self.reg_preds, 4),
-        ];
-        for (name, slices, ch) in heads {
-            if slices.len() != levels.len() {
-                return Err(FcosError::shape(
-                    name,
-                    format!("{} levels", levels.len()),
-                    format!("{} levels", slices.len()),
-                ));
-            }
-            for (l, s) in slices.iter().enumerate() {
-                let (h, w) = levels.shapes()[l];
-                let want = levels.level_len(l, b, ch);
-                if s.len() != want {
-                    return Err(FcosError::shape(
-                        format!("{name}.{l}"),
-                        format!("[{b}, {ch}, {h}, {w}] = {want} elements"),
-                        format!("{} elements", s.len()),
-                    ));
+        for input in Input::ALL {
+            let ch = input.channels(classes);
+            let parts = self.parts(input);
+            match input.layout() {
+                TensorLayout::PerLevel => check_levels(levels, input, parts, b, ch)?,
+                TensorLayout::Flattened => {
+                    let p = levels.positions();
+                    let got = parts.iter().map(|s| s.len()).sum::<usize>();
+                    if got != b * p * ch {
+                        return Err(FcosError::shape(
+                            input.name(),
+                            format!("[{b}, {p}, {ch}] = {} elements", b * p * ch),
+                            format!("{got} elements"),
+                        ));
+                    }
                 }
-            }
-        }
-        let p = levels.positions();
-        for (name, s, ch) in [
-            ("cls_targets", self.cls_targets, 1),
-            ("cnt_targets", self.cnt_targets, 1),
-            ("reg_targets", self.reg_targets, 4),
-        ] {
-            if s.len() != b * p * ch {
-                return Err(FcosError::shape(
-                    name,
-                    format!("[{b}, {p}, {ch}] = {} elements", b * p * ch),
-                    format!("{} elements", s.len()),
-                ));
             }
         }
         Ok(())
     }
+}
+
+/// One slice per level, each `[B, ch, H_l, W_l]`.
+fn check_levels(
+    levels: &Levels,
+    input: Input,
+    slices: &[&[f32]],
+    b: usize,
+    ch: usize,
+) -> Result<(), FcosError> {
+    if slices.len() != levels.len() {
+        return Err(FcosError::shape(
+            input.name(),
+            format!("{} levels", levels.len()),
+            format!("{} levels", slices.len()),
+        ));
+    }
+    for (l, s) in slices.iter().enumerate() {
+        let (h, w) = levels.shapes()[l];
+        let want = levels.level_len(l, b, ch);
+        if s.len() != want {
+            return Err(FcosError::shape(
+                format!("{input}.{l}"),
+                format!("[{b}, {ch}, {h}, {w}] = {want} elements"),
+                format!("{} elements", s.len()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks that the largest tensor of a call, `B · max(C, 4) · P` elements, has a
@@ -104,58 +135,5 @@ pub(crate) fn check_extent(levels: &Levels, b: usize, classes: usize) -> Result<
             ),
             format!("B = {b}"),
         ))
-    }
-}
-
-/// Owned inputs of one call: what the CLI reads from a file and the demo generates.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    /// The pyramid levels.
-    pub levels: Levels,
-    /// Images, `B`.
-    pub batch: usize,
-    /// Classes, `C`.
-    pub classes: usize,
-    /// `[B, C, H_l, W_l]` per level.
-    pub cls_logits: Vec<Vec<f32>>,
-    /// `[B, 1, H_l, W_l]` per level.
-    pub cnt_logits: Vec<Vec<f32>>,
-    /// `[B, 4, H_l, W_l]` per level.
-    pub reg_preds: Vec<Vec<f32>>,
-    /// `[B, P, 1]`.
-    pub cls_targets: Vec<f32>,
-    /// `[B, P, 1]`.
-    pub cnt_targets: Vec<f32>,
-    /// `[B, P, 4]`.
-    pub reg_targets: Vec<f32>,
-}
-
-impl Batch {
-    /// Borrows the batch as [`Inputs`].
-    pub fn inputs(&self) -> Inputs<'_> {
-        Inputs {
-            batch: self.batch,
-            cls_logits: self.cls_logits.iter().map(Vec::as_slice).collect(),
-            cnt_logits: self.cnt_logits.iter().map(Vec::as_slice).collect(),
-            reg_preds: self.reg_preds.iter().map(Vec::as_slice).collect(),
-            cls_targets: &self.cls_targets,
-            cnt_targets: &self.cnt_targets,
-            reg_targets: &self.reg_targets,
-        }
-    }
-
-    /// Bytes of all inputs together.
-    pub fn input_bytes(&self) -> usize {
-        let heads: usize = [&self.cls_logits, &self.cnt_logits, &self.reg_preds]
-            .iter()
-            .flat_map(|h| h.iter())
-            .map(Vec::len)
-            .sum();
-        4 * (heads + self.cls_targets.len() + self.cnt_targets.len() + self.reg_targets.len())
-    }
-
-    /// Packs one head's levels one after another (the device-buffer layout).
-    pub fn packed(head: &[Vec<f32>]) -> Vec<f32> {
-        head.concat()
     }
 }

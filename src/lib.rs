@@ -2,9 +2,11 @@
 //!
 //! The FCOS object-detection loss (sigmoid focal loss + centerness BCE + IoU/GIoU
 //! box loss) as fused WGSL compute shaders on [`wgpu`], with a CPU reference in `f64`.
+//! What it computes, bit for bit where possible, is written down in the project's
+//! `docs/contract.md`.
 //!
 //! ```no_run
-//! use fcos_loss::{FcosLoss, LossConfig, Levels, synthetic};
+//! use fcos_loss::{synthetic, FcosLoss, Levels, LossConfig};
 //!
 //! # fn main() -> Result<(), fcos_loss::FcosError> {
 //! let config = LossConfig::new(80);
@@ -16,31 +18,47 @@
 //! println!("total {} (cpu {})", gpu.total, cpu.total);
 //! # Ok(()) }
 //! ```
+//!
+//! Features: `cli` (the `fcos-loss` command), `bench` (the bench harness and the
+//! memory rooflines, [`bench`]) and `casefile` (safetensors case files,
+//! [`casefile`]) are on by default; an application that only needs the loss links
+//! none of them with `default-features = false`.
 
 #![deny(missing_docs)]
 
+mod batch;
+mod config;
+mod error;
+mod gpu;
+mod input;
+mod inputs;
+mod layout;
+mod losses;
+mod validate;
+
+#[cfg(feature = "bench")]
 pub mod bench;
-pub mod config;
-pub mod error;
-pub mod gpu;
-pub mod inputs;
-pub mod io;
-pub mod layout;
-pub mod losses;
+#[cfg(feature = "casefile")]
+pub mod casefile;
 pub mod reference;
 pub mod synthetic;
-pub mod validate;
 
+pub use batch::Batch;
 pub use config::{LossConfig, LossWeights, RegLoss};
-pub use error::FcosError;
-pub use gpu::{DeviceGradients, DeviceInputs, FcosLoss, Timed};
-pub use inputs::{Batch, Inputs};
-pub use layout::Levels;
-pub use losses::{Gradients, Losses};
+pub use error::{FcosError, GpuSource};
+pub use gpu::{
+    adapter_label, DeviceBatch, DeviceGradients, DeviceInputs, FcosLoss, GpuContext, Timed,
+    CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
+};
+pub use input::{Dtype, Head, Heads, Input, TensorLayout};
+pub use inputs::Inputs;
+pub use layout::{Levels, MAX_LEVELS};
+pub use losses::{max_head_error, max_tensor_error, Gradients, Losses};
+pub use validate::check_values;
 
-/// Relative tolerance of SPEC §3 for per-image losses.
+/// Relative tolerance of docs/contract.md §3 for per-image losses.
 pub const REL_TOL: f64 = 1e-4;
-/// Absolute tolerance of SPEC §3 for per-image losses near zero.
+/// Absolute tolerance of docs/contract.md §3 for per-image losses near zero.
 pub const ABS_TOL: f64 = 1e-5;
 
 /// The README's code blocks, compiled as doctests so they stay true.

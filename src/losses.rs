@@ -1,4 +1,6 @@
-//! The result of a loss call.
+//! The result of a loss call, and the error measures that compare results.
+
+use crate::input::Heads;
 
 /// Per-image and batch losses, as the notebook's `LOSS.forward` reports them.
 ///
@@ -81,16 +83,10 @@ impl Losses {
     }
 }
 
-/// Gradients on the host, per level, in the input layouts (NCHW).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Gradients {
-    /// dL/d`cls_logits[l]`, `[B, C, H_l, W_l]`.
-    pub cls_logits: Vec<Vec<f32>>,
-    /// dL/d`cnt_logits[l]`, `[B, 1, H_l, W_l]`.
-    pub cnt_logits: Vec<Vec<f32>>,
-    /// dL/d`reg_preds[l]`, `[B, 4, H_l, W_l]`.
-    pub reg_preds: Vec<Vec<f32>>,
-}
+/// Gradients on the host, one vector per level of each head, in the input
+/// layouts (NCHW): `cls_logits[l]` is `[B, C, H_l, W_l]`, `cnt_logits[l]`
+/// `[B, 1, H_l, W_l]`, `reg_preds[l]` `[B, 4, H_l, W_l]`.
+pub type Gradients = Heads<Vec<Vec<f32>>>;
 
 /// The largest `|got - want|` over all levels of one head, relative to the largest
 /// `|want|` of the whole head (every level): the gradient check of the CLI. Unlike

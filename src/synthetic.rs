@@ -1,7 +1,7 @@
 //! Deterministic synthetic batches (the demo's default batch, benches, tests).
 
 use crate::error::FcosError;
-use crate::inputs::Batch;
+use crate::batch::Batch;
 use crate::layout::Levels;
 
 /// A small, fast, seedable generator (SplitMix64) so that batches are the same on every machine.

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::FcosError;
+use crate::gpu::scope::describe;
 
 /// A device, its queue, and what the engine needs to know about them.
 #[derive(Debug, Clone)]
@@ -22,7 +23,7 @@ pub struct GpuContext {
     /// Set by the device-lost callback of a device this crate opened.
     pub(crate) lost: Arc<AtomicBool>,
     /// Errors no error scope caught, on a device this crate opened.
-    pub(crate) uncaptured: Arc<Mutex<Option<String>>>,
+    pub(crate) uncaptured: Arc<Mutex<Option<wgpu::Error>>>,
 }
 
 /// `"<adapter name> (<backend>)"`.
@@ -98,9 +99,9 @@ impl GpuContext {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|e| FcosError::RequestDevice {
+            .map_err(|source| FcosError::RequestDevice {
                 adapter: adapter_label(&info),
-                message: e.to_string(),
+                source,
             })?;
         let lost = Arc::new(AtomicBool::new(false));
         let uncaptured = Arc::new(Mutex::new(None));
@@ -114,7 +115,7 @@ impl GpuContext {
             let uncaptured = uncaptured.clone();
             device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
                 if let Ok(mut slot) = uncaptured.lock() {
-                    slot.get_or_insert_with(|| crate::gpu::engine::describe(&e));
+                    slot.get_or_insert(e);
                 }
             }));
         }
@@ -139,7 +140,7 @@ impl GpuContext {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
         lost: Arc<AtomicBool>,
-        uncaptured: Arc<Mutex<Option<String>>>,
+        uncaptured: Arc<Mutex<Option<wgpu::Error>>>,
     ) -> Self {
         GpuContext {
             limits: device.limits(),
@@ -176,8 +177,8 @@ impl GpuContext {
             )));
         }
         if let Ok(mut slot) = self.uncaptured.lock() {
-            if let Some(msg) = slot.take() {
-                return Err(FcosError::Gpu(msg));
+            if let Some(e) = slot.take() {
+                return Err(FcosError::gpu_from(describe(&e), e));
             }
         }
         Ok(())

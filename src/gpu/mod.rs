@@ -1,12 +1,46 @@
-//! The GPU side: device context, shaders, dispatch plan, pipelines, buffer pool and the engine.
+//! The GPU side. A call flows through these modules in order:
+//!
+//! - [`engine`]: [`FcosLoss`], its settings and public calls;
+//! - [`host`] / [`device`]: the two ways in (host slices uploaded through the pool,
+//!   or the caller's device buffers), each checking its inputs first;
+//! - [`plan`]: pure arithmetic, the dispatches and bindings within the device's
+//!   limits; [`uniforms`]: their `Params`;
+//! - [`call`]: the stages of one call, plan → bind ([`bind`]) → encode ([`encode`])
+//!   → submit → read back ([`results`], [`readback`]);
+//! - [`pipelines`] / [`shaders`]: kernels assembled from `shaders/*.wgsl`, built on
+//!   first use; [`pool`] / [`work`]: buffers reused across calls;
+//! - [`context`] / [`scope`]: the device and its error scopes; [`locate`]: naming a
+//!   bad input the on-device checks flagged.
 
-pub mod context;
-pub mod engine;
-pub mod params;
-pub mod pipelines;
-pub mod plan;
-pub mod pool;
-pub mod shaders;
+mod bind;
+pub(crate) mod call;
+mod context;
+pub(crate) mod core;
+pub(crate) mod device;
+mod device_batch;
+mod device_inputs;
+mod encode;
+mod engine;
+mod host;
+mod locate;
+mod params;
+pub(crate) mod pipelines;
+pub(crate) mod plan;
+pub(crate) mod pool;
+mod readback;
+mod results;
+mod scope;
+#[cfg(test)]
+mod shader_checks;
+pub(crate) mod shaders;
+mod timed;
+mod upload;
+mod uniforms;
+pub(crate) mod work;
 
-pub use context::GpuContext;
-pub use engine::{DeviceGradients, DeviceInputs, FcosLoss, Timed, DEFAULT_TIMEOUT};
+pub use context::{adapter_label, GpuContext};
+pub use device_batch::DeviceBatch;
+pub use device_inputs::{DeviceGradients, DeviceInputs};
+pub use engine::{FcosLoss, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS};
+pub use shaders::WORKGROUP_SIZE;
+pub use timed::Timed;

@@ -1,5 +1,6 @@
 //! The uniform parameter block shared by every kernel (mirrored from `Params` in
 //! `shaders/common.wgsl`) and the per-image result the finalize kernel writes.
+//! Both layouts are checked against the WGSL structs by naga in a test.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -8,7 +9,7 @@ use crate::config::{LossConfig, LossWeights, RegLoss};
 /// `Params` of `shaders/common.wgsl`, byte for byte: one per dispatch segment.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-pub struct Params {
+pub(crate) struct Params {
     /// Images `B` of the whole batch.
     pub batch: u32,
     /// Classes `C`.
@@ -83,7 +84,7 @@ impl Params {
 /// One image's result as the finalize kernel writes it (`ImageLoss` in `finalize.wgsl`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-pub struct ImageLoss {
+pub(crate) struct ImageLoss {
     /// Focal loss / num_pos.
     pub cls: f32,
     /// Centerness BCE / num_pos.
@@ -92,7 +93,7 @@ pub struct ImageLoss {
     pub reg: f32,
     /// Positives.
     pub num_pos: u32,
-    /// OR of the on-device check flags of the image ([`FLAGS`]).
+    /// OR of the on-device check flags of the image ([`crate::Input`] flag bits).
     pub flags: u32,
     /// Padding.
     pub _pad0: u32,
@@ -103,24 +104,4 @@ pub struct ImageLoss {
 }
 
 /// Bytes of one workgroup partial (`Partial` in `common.wgsl`).
-pub const PARTIAL_BYTES: u64 = 32;
-
-/// The on-device check flags (`FLAG_*` in `common.wgsl`) and the input each names,
-/// in the order of [`crate::gpu::pool::INPUT_NAMES`].
-pub const FLAGS: [(u32, &str); 6] = [
-    (1, "cls_logits"),
-    (2, "cnt_logits"),
-    (4, "reg_preds"),
-    (8, "cls_targets"),
-    (16, "cnt_targets"),
-    (32, "reg_targets"),
-];
-
-/// The inputs the set bits of `flags` name, in [`FLAGS`] order.
-pub fn flag_names(flags: u32) -> Vec<&'static str> {
-    FLAGS
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, name)| *name)
-        .collect()
-}
+pub(crate) const PARTIAL_BYTES: u64 = 32;

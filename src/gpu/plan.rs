@@ -4,13 +4,13 @@
 //! `max_compute_workgroups_per_dimension`. Pure arithmetic, tested without a GPU.
 
 use crate::error::FcosError;
-use crate::gpu::params::{Params, PARTIAL_BYTES};
-use crate::gpu::pool::INPUT_NAMES;
+use crate::gpu::params::{ImageLoss, Params, PARTIAL_BYTES};
+use crate::input::{ByInput, Input, TensorLayout};
 use crate::layout::Levels;
 
 /// The device limits a plan respects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlanLimits {
+pub(crate) struct PlanLimits {
     /// Largest storage binding, bytes (at most `4 · u32::MAX`: the shaders index
     /// bindings with `u32` element offsets).
     pub max_binding: u64,
@@ -36,7 +36,7 @@ impl PlanLimits {
 /// A byte range of a buffer bound to one binding, and the element offset of the
 /// segment's first element from the range's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BindRange {
+pub(crate) struct BindRange {
     /// Byte offset of the binding (aligned).
     pub offset: u64,
     /// Byte size of the binding.
@@ -47,7 +47,7 @@ pub struct BindRange {
 
 /// One dispatch of the fused pass: level `level`, images `image0 .. image0 + images`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segment {
+pub(crate) struct Segment {
     /// The pyramid level.
     pub level: usize,
     /// First image.
@@ -58,14 +58,14 @@ pub struct Segment {
     pub tiles: u32,
     /// First partial slot of this level within an image's slots.
     pub slot_base: u32,
-    /// Bindings of the six inputs, in `pool::INPUT_NAMES` order (gradients reuse the first three).
-    pub ranges: [BindRange; 6],
+    /// The binding of each input (the gradients reuse those of their heads).
+    pub ranges: ByInput<BindRange>,
 }
 
 /// One dispatch of the positive count (backward pass): images `image0 ..
 /// image0 + images`, their `cnt_targets` bound as one range.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CountGroup {
+pub(crate) struct CountGroup {
     /// First image.
     pub image0: u32,
     /// Images (workgroups along x).
@@ -76,7 +76,7 @@ pub struct CountGroup {
 
 /// The dispatches of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Images `B`.
     pub batch: u32,
     /// Classes `C`.
@@ -98,9 +98,6 @@ pub struct Plan {
     pub count_groups: Vec<CountGroup>,
 }
 
-/// Channels of each input in `pool::INPUT_NAMES` order; `0` stands for `C`.
-pub const CHANNELS: [u64; 6] = [0, 1, 4, 1, 1, 4];
-
 fn range(first_elem: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange {
     let start = first_elem * elem_bytes;
     let offset = start / align * align;
@@ -109,6 +106,166 @@ fn range(first_elem: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange 
         offset,
         size: (end - offset).max(elem_bytes),
         base: ((start - offset) / elem_bytes) as u32,
+    }
+}
+
+/// The sizes every part of a plan needs.
+struct Frame<'a> {
+    levels: &'a Levels,
+    /// Images `B`, classes `C` (at least 1), positions per image `P`.
+    b: u64,
+    c: u64,
+    p: u64,
+    limits: PlanLimits,
+    /// Largest workgroup count per dimension.
+    max_dim: u64,
+    /// Room in one binding once an offset is aligned down.
+    room: u64,
+}
+
+impl Frame<'_> {
+    /// Class chunks `(chunks, classes per chunk)`: enough workgroups for about
+    /// `target` (at most one chunk per class), within the dispatch and the partials'
+    /// binding (`B · tiles · chunks` slots of [`PARTIAL_BYTES`]).
+    fn class_chunks(&self, all_tiles: u64, wg: u32, target: u32) -> Result<(u64, u64), FcosError> {
+        let max_slots = self.limits.max_binding / PARTIAL_BYTES;
+        let image_slots = self.b.max(1) * all_tiles;
+        if image_slots > max_slots {
+            return Err(FcosError::Limit(format!(
+                "the partial sums of B = {} images × {all_tiles} workgroups of {wg} positions ({} bytes) exceed max_storage_buffer_binding_size = {}",
+                self.b,
+                PARTIAL_BYTES * image_slots,
+                self.limits.max_binding
+            )));
+        }
+        let most = self.c.min(self.max_dim).min(max_slots / image_slots).max(1);
+        let want = (target as u64).div_ceil(image_slots).clamp(1, most);
+        let classes_per_chunk = self.c.div_ceil(want);
+        Ok((self.c.div_ceil(classes_per_chunk), classes_per_chunk))
+    }
+
+    /// Images per segment of level `l`: every input's binding (plus alignment
+    /// slack) within the limit; an error naming the input when one image is too many.
+    fn images_per_segment(&self, l: usize) -> Result<u64, FcosError> {
+        let hw = self.levels.level_size(l) as u64;
+        let mut g = self.b.min(self.max_dim);
+        for input in Input::ALL {
+            let ch = input.channels(self.c as usize) as u64;
+            let fit = match input.layout() {
+                TensorLayout::PerLevel => self.room / (4 * ch * hw),
+                // Targets: image stride P, a run of hw positions in each image.
+                TensorLayout::Flattened => (self.room / (4 * ch))
+                    .checked_sub(hw)
+                    .map_or(0, |r| r / self.p.max(1) + 1),
+            };
+            if fit == 0 {
+                return Err(FcosError::Limit(format!(
+                    "one image of level {l} ({hw} positions × {ch} channels = {} bytes of {input}) does not fit max_storage_buffer_binding_size = {} (less {} bytes of offset alignment)",
+                    4 * ch * hw,
+                    self.limits.max_binding,
+                    self.limits.offset_alignment
+                )));
+            }
+            g = g.min(fit);
+        }
+        Ok(g)
+    }
+
+    /// The bindings of images `image0 .. image0 + n` of level `l`.
+    fn ranges(&self, l: usize, image0: u64, n: u64) -> ByInput<BindRange> {
+        let hw = self.levels.level_size(l) as u64;
+        let off = self.levels.offsets()[l] as u64;
+        let align = self.limits.offset_alignment;
+        ByInput::from_fn(|input| {
+            let ch = input.channels(self.c as usize) as u64;
+            match input.layout() {
+                // Heads: B·ch·off_l into the packed head, then whole images.
+                TensorLayout::PerLevel => range(
+                    self.b * ch * off + image0 * ch * hw,
+                    n * ch * hw,
+                    4,
+                    align,
+                ),
+                // Targets: one element of ch floats per position.
+                TensorLayout::Flattened => {
+                    range(image0 * self.p + off, (n - 1) * self.p + hw, 4 * ch, align)
+                }
+            }
+        })
+    }
+
+    /// The segments of level `l` (`tiles` workgroups along x), whose partial slots
+    /// start at `slot`.
+    fn level_segments(&self, l: usize, tiles: u64, slot: u64) -> Result<Vec<Segment>, FcosError> {
+        if tiles > self.max_dim {
+            return Err(FcosError::Limit(format!(
+                "level {l} ({} positions) needs {tiles} workgroups along x; max_compute_workgroups_per_dimension = {}",
+                self.levels.level_size(l),
+                self.max_dim
+            )));
+        }
+        let g = self.images_per_segment(l)?;
+        let mut out = Vec::new();
+        let mut image0 = 0u64;
+        while image0 < self.b {
+            let n = g.min(self.b - image0);
+            out.push(Segment {
+                level: l,
+                image0: image0 as u32,
+                images: n as u32,
+                tiles: tiles as u32,
+                slot_base: slot as u32,
+                ranges: self.ranges(l, image0, n),
+            });
+            image0 += n;
+        }
+        Ok(out)
+    }
+
+    /// The positive count's dispatches: whole images of `cnt_targets`, as many per
+    /// dispatch as one binding holds.
+    fn count_groups(&self) -> Result<Vec<CountGroup>, FcosError> {
+        let p = self.p;
+        let per_count = (self.room / 4 / p.max(1)).min(self.max_dim);
+        if per_count == 0 {
+            return Err(FcosError::Limit(format!(
+                "the positive count reads one image's cnt_targets ({p} positions, {} bytes) through one binding; max_storage_buffer_binding_size = {} (less {} bytes of offset alignment)",
+                4 * p,
+                self.limits.max_binding,
+                self.limits.offset_alignment
+            )));
+        }
+        let mut out = Vec::new();
+        let mut image0 = 0u64;
+        while image0 < self.b {
+            let n = per_count.min(self.b - image0);
+            out.push(CountGroup {
+                image0: image0 as u32,
+                images: n as u32,
+                range: range(image0 * p, n * p, 4, self.limits.offset_alignment),
+            });
+            image0 += n;
+        }
+        Ok(out)
+    }
+
+    /// The finalize pass: one workgroup per image, the per-image results bound whole.
+    fn check_finalize(&self) -> Result<(), FcosError> {
+        let b = self.b;
+        let loss_bytes = std::mem::size_of::<ImageLoss>() as u64 * b;
+        if loss_bytes > self.limits.max_binding {
+            return Err(FcosError::Limit(format!(
+                "the per-image losses of B = {b} images ({loss_bytes} bytes) exceed max_storage_buffer_binding_size = {}",
+                self.limits.max_binding
+            )));
+        }
+        if b > self.max_dim {
+            return Err(FcosError::Limit(format!(
+                "B = {b} images exceed max_compute_workgroups_per_dimension = {} (the finalize pass runs one workgroup per image)",
+                self.max_dim
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -123,130 +280,29 @@ impl Plan {
         target_workgroups: u32,
         limits: PlanLimits,
     ) -> Result<Self, FcosError> {
-        let (b, c, p) = (
-            batch as u64,
-            classes.max(1) as u64,
-            levels.positions() as u64,
-        );
-        let align = limits.offset_alignment;
+        let frame = Frame {
+            levels,
+            b: batch as u64,
+            c: classes.max(1) as u64,
+            p: levels.positions() as u64,
+            limits,
+            max_dim: limits.max_workgroups.max(1) as u64,
+            room: limits.max_binding.saturating_sub(limits.offset_alignment),
+        };
         let tiles: Vec<u64> = (0..levels.len())
             .map(|l| (levels.level_size(l) as u64).div_ceil(wg as u64))
             .collect();
         let all_tiles: u64 = tiles.iter().sum::<u64>().max(1);
-        let max_dim = limits.max_workgroups.max(1) as u64;
-        // The partial sums are one binding: B · tiles · chunks slots must fit it.
-        let max_slots = limits.max_binding / PARTIAL_BYTES;
-        let image_slots = b.max(1) * all_tiles;
-        if image_slots > max_slots {
-            return Err(FcosError::Limit(format!(
-                "the partial sums of B = {b} images × {all_tiles} workgroups of {wg} positions ({} bytes) exceed max_storage_buffer_binding_size = {}",
-                PARTIAL_BYTES * image_slots,
-                limits.max_binding
-            )));
-        }
-        // Class chunks: enough workgroups for about `target_workgroups`, at most one
-        // chunk per class, within the dispatch and the partials' binding.
-        let most = c.min(max_dim).min(max_slots / image_slots).max(1);
-        let want = (target_workgroups as u64)
-            .div_ceil(image_slots)
-            .clamp(1, most);
-        let classes_per_chunk = c.div_ceil(want);
-        let chunks = c.div_ceil(classes_per_chunk);
+        let (chunks, classes_per_chunk) = frame.class_chunks(all_tiles, wg, target_workgroups)?;
         let mut segments = Vec::new();
         let mut slot = 0u64;
-        for (l, &t) in tiles.iter().enumerate() {
-            if t == 0 {
-                continue;
-            }
-            let hw = levels.level_size(l) as u64;
-            let off = levels.offsets()[l] as u64;
-            if t > max_dim {
-                return Err(FcosError::Limit(format!(
-                    "level {l} ({hw} positions) needs {t} workgroups along x; max_compute_workgroups_per_dimension = {max_dim}"
-                )));
-            }
-            // Images per segment: every binding (plus alignment slack) within the limit.
-            let room = limits.max_binding.saturating_sub(align);
-            let mut g = b.min(max_dim);
-            for (i, &ch) in CHANNELS.iter().enumerate() {
-                let ch = if ch == 0 { c } else { ch };
-                let fit = if i < 3 {
-                    room / (4 * ch * hw)
-                } else {
-                    // Targets: image stride P, a run of hw positions in each image.
-                    (room / (4 * ch))
-                        .checked_sub(hw)
-                        .map_or(0, |r| r / p.max(1) + 1)
-                };
-                if fit == 0 {
-                    return Err(FcosError::Limit(format!(
-                        "one image of level {l} ({hw} positions × {ch} channels = {} bytes of {}) does not fit max_storage_buffer_binding_size = {} (less {align} bytes of offset alignment)",
-                        4 * ch * hw,
-                        INPUT_NAMES[i],
-                        limits.max_binding
-                    )));
-                }
-                g = g.min(fit);
-            }
-            let mut image0 = 0u64;
-            while image0 < b {
-                let n = g.min(b - image0);
-                let ranges = std::array::from_fn(|i| {
-                    let ch = if CHANNELS[i] == 0 { c } else { CHANNELS[i] };
-                    if i < 3 {
-                        range(b * ch * off + image0 * ch * hw, n * ch * hw, 4, align)
-                    } else {
-                        let elem = 4 * ch;
-                        range(image0 * p + off, (n - 1) * p + hw, elem, align)
-                    }
-                });
-                segments.push(Segment {
-                    level: l,
-                    image0: image0 as u32,
-                    images: n as u32,
-                    tiles: t as u32,
-                    slot_base: slot as u32,
-                    ranges,
-                });
-                image0 += n;
-            }
+        for (l, &t) in tiles.iter().enumerate().filter(|(_, &t)| t > 0) {
+            segments.extend(frame.level_segments(l, t, slot)?);
             slot += t * chunks;
         }
-        // The positive count reads whole images of cnt_targets: as many per dispatch
-        // as one binding holds.
-        let room = limits.max_binding.saturating_sub(align);
-        let per_count = (room / 4 / p.max(1)).min(max_dim);
-        if per_count == 0 {
-            return Err(FcosError::Limit(format!(
-                "the positive count reads one image's cnt_targets ({p} positions, {} bytes) through one binding; max_storage_buffer_binding_size = {} (less {align} bytes of offset alignment)",
-                4 * p,
-                limits.max_binding
-            )));
-        }
-        let mut count_groups = Vec::new();
-        let mut image0 = 0u64;
-        while image0 < b {
-            let n = per_count.min(b - image0);
-            count_groups.push(CountGroup {
-                image0: image0 as u32,
-                images: n as u32,
-                range: range(image0 * p, n * p, 4, align),
-            });
-            image0 += n;
-        }
-        // The finalize pass binds the per-image losses whole.
-        let loss_bytes = std::mem::size_of::<crate::gpu::params::ImageLoss>() as u64 * b;
-        if loss_bytes > limits.max_binding {
-            return Err(FcosError::Limit(format!(
-                "the per-image losses of B = {b} images ({loss_bytes} bytes) exceed max_storage_buffer_binding_size = {}",
-                limits.max_binding
-            )));
-        }
-        if b > max_dim {
-            return Err(FcosError::Limit(format!(
-                "B = {b} images exceed max_compute_workgroups_per_dimension = {max_dim} (the finalize pass runs one workgroup per image)"
-            )));
-        }
+        let count_groups = frame.count_groups()?;
+        frame.check_finalize()?;
+        let b = frame.b;
         Ok(Plan {
             batch,
             classes,
@@ -256,7 +312,7 @@ impl Plan {
             // Any plan of B' <= B images has B'·tiles·chunks' <= target + B'·tiles
             // slots (chunks' <= ceil(target / (B'·tiles))), and it fits the binding.
             partials_capacity: (target_workgroups as u64 + b * all_tiles)
-                .min(max_slots)
+                .min(limits.max_binding / PARTIAL_BYTES)
                 .max(b * slot),
             segments,
             count_groups,
@@ -274,11 +330,12 @@ impl Plan {
             classes_per_chunk: self.classes_per_chunk,
             partials_per_image: self.partials_per_image,
             slot_base: s.slot_base,
-            cls_base: s.ranges[0].base,
-            cnt_base: s.ranges[1].base,
-            reg_base: s.ranges[2].base,
-            tgt_base: s.ranges[3].base,
-            reg_tgt_base: s.ranges[5].base,
+            cls_base: s.ranges[Input::ClsLogits].base,
+            cnt_base: s.ranges[Input::CntLogits].base,
+            reg_base: s.ranges[Input::RegPreds].base,
+            // cls_targets and cnt_targets share one element offset.
+            tgt_base: s.ranges[Input::ClsTargets].base,
+            reg_tgt_base: s.ranges[Input::RegTargets].base,
             ..*global
         }
     }
@@ -366,7 +423,7 @@ mod tests {
         }
         assert!(plan.segments.len() > levels.len(), "level 0 must split");
         for s in &plan.segments {
-            for r in &s.ranges {
+            for (_, r) in s.ranges.iter() {
                 assert!(r.size <= LAVAPIPE.max_binding);
                 assert_eq!(r.offset % 256, 0);
             }
@@ -380,10 +437,10 @@ mod tests {
         let s = &plan.segments[1];
         assert_eq!(s.level, 1);
         // cls level 1 starts at B·C·off = 4·3·35 = 420 floats = 1680 bytes.
-        let r = s.ranges[0];
+        let r = s.ranges[Input::ClsLogits];
         assert_eq!(r.offset + 4 * r.base as u64, 1680);
         // reg targets: vec4 index image0·P + off = 35.
-        let r = s.ranges[5];
+        let r = s.ranges[Input::RegTargets];
         assert_eq!(r.offset + 16 * r.base as u64, 16 * 35);
     }
 

@@ -1,39 +1,61 @@
-//! Buffers reused across calls, grown only when a larger batch comes.
+//! Buffers reused across calls, one per [`Slot`], grown only when a larger batch
+//! comes.
 
-/// The six inputs, in binding order.
-pub const INPUT_NAMES: [&str; 6] = [
-    "cls_logits",
-    "cnt_logits",
-    "reg_preds",
-    "cls_targets",
-    "cnt_targets",
-    "reg_targets",
-];
+use std::collections::HashMap;
+
+use crate::error::FcosError;
+use crate::gpu::scope::scoped;
+use crate::input::{Head, Input};
+
+/// What a pooled buffer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Slot {
+    /// Host path: the upload target of one input (heads packed by level).
+    Input(Input),
+    /// Host path: the mappable staging buffer holding every input one after
+    /// another (unused where the inputs are written straight into mappable
+    /// storage buffers).
+    Upload,
+    /// Host path, backward: one head's gradients, laid out like the input.
+    Grad(Head),
+    /// Host path, backward: mappable copy of the three gradients, one after another.
+    GradReadback,
+    /// The fused pass's partial sums.
+    Partials,
+    /// The finalize pass's per-image results.
+    ImageLosses,
+    /// Positives per image (backward).
+    NumPos,
+    /// Mappable copy of the per-image results, followed by the two timestamps.
+    Readback,
+    /// The uniform params, one aligned slot per dispatch.
+    Params,
+    /// Resolved timestamps.
+    Timestamps,
+}
+
+impl Slot {
+    fn label(self) -> String {
+        match self {
+            Slot::Input(i) => format!("fcos {i}"),
+            Slot::Grad(h) => format!("fcos grad {h}"),
+            other => format!("fcos {other:?}"),
+        }
+    }
+}
+
+/// One buffer a call needs: its slot, least size and usage.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Need {
+    pub slot: Slot,
+    pub size: u64,
+    pub usage: wgpu::BufferUsages,
+}
 
 /// Every buffer the engine owns.
 #[derive(Debug, Default)]
-pub struct Pool {
-    /// Upload targets of the host-slice path, one per input tensor (heads packed by level).
-    pub inputs: [Option<wgpu::Buffer>; 6],
-    /// Mappable staging buffer of the host-slice path: all six inputs, one after another
-    /// (unused where the inputs are written straight into mappable storage buffers).
-    pub upload: Option<wgpu::Buffer>,
-    /// Gradients of the host-slice backward path, one per head, laid out like the inputs.
-    pub grads: [Option<wgpu::Buffer>; 3],
-    /// Mappable copy of `grads` (one buffer, heads one after another).
-    pub grad_readback: Option<wgpu::Buffer>,
-    /// The fused pass's partial sums.
-    pub partials: Option<wgpu::Buffer>,
-    /// The finalize pass's per-image losses.
-    pub image_losses: Option<wgpu::Buffer>,
-    /// Positives per image (backward).
-    pub num_pos: Option<wgpu::Buffer>,
-    /// Mappable copy of `image_losses`, followed by the two timestamps.
-    pub readback: Option<wgpu::Buffer>,
-    /// The uniform params, one aligned slot per dispatch.
-    pub params: Option<wgpu::Buffer>,
-    /// Resolved timestamps.
-    pub timestamps: Option<wgpu::Buffer>,
+pub(crate) struct Pool {
+    buffers: HashMap<Slot, wgpu::Buffer>,
     /// How many buffers this pool has created (for tests of reuse).
     pub created: u64,
 }
@@ -42,51 +64,50 @@ pub struct Pool {
 const MIN_SIZE: u64 = 256;
 
 impl Pool {
-    /// Runs `make` (which [`ensure`](Self::ensure)s buffers) inside wgpu error scopes.
-    /// When wgpu reports an error the pool is [`clear`](Self::clear)ed, so that an
-    /// invalid buffer it handed out is not reused by a later, smaller call.
-    pub fn grow(
-        &mut self,
-        device: &wgpu::Device,
-        make: impl FnOnce(&mut Pool),
-    ) -> Result<(), crate::FcosError> {
-        let made = crate::gpu::engine::scoped(device, || make(self));
+    /// Makes every slot of `needs` hold a buffer of at least its size with its
+    /// usage, creating only what is missing, too small or of another usage, inside
+    /// wgpu error scopes. When wgpu reports an error the pool is emptied, so that an
+    /// invalid buffer is never handed to a later call.
+    pub fn reserve(&mut self, device: &wgpu::Device, needs: &[Need]) -> Result<(), FcosError> {
+        let made = scoped(device, || {
+            for need in needs {
+                self.ensure(device, need);
+            }
+        });
         if made.is_err() {
-            self.clear();
+            self.buffers.clear();
         }
         made
     }
 
-    /// Drops every buffer (the count of created buffers stays).
-    pub fn clear(&mut self) {
-        *self = Pool {
-            created: self.created,
-            ..Pool::default()
-        };
-    }
-
-    /// Makes `slot` hold a buffer of at least `size` bytes, creating it only when it is
-    /// missing or too small.
-    pub fn ensure(
-        slot: &mut Option<wgpu::Buffer>,
-        created: &mut u64,
-        device: &wgpu::Device,
-        label: &str,
-        size: u64,
-        usage: wgpu::BufferUsages,
-    ) {
-        let size = size.max(MIN_SIZE).next_multiple_of(16);
-        if slot.as_ref().is_some_and(|b| b.size() >= size) {
+    fn ensure(&mut self, device: &wgpu::Device, need: &Need) {
+        let size = need.size.max(MIN_SIZE).next_multiple_of(16);
+        let fits = self
+            .buffers
+            .get(&need.slot)
+            .is_some_and(|b| b.size() >= size && b.usage() == need.usage);
+        if fits {
             return;
         }
         // Drop the old buffer first so that growing never holds both.
-        *slot = None;
-        *slot = Some(device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
+        self.buffers.remove(&need.slot);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&need.slot.label()),
             size,
-            usage,
+            usage: need.usage,
             mapped_at_creation: false,
-        }));
-        *created += 1;
+        });
+        self.buffers.insert(need.slot, buffer);
+        self.created += 1;
+    }
+
+    /// The buffer of a slot [`reserve`](Self::reserve)d for this call.
+    pub fn get(&self, slot: Slot) -> Result<&wgpu::Buffer, FcosError> {
+        self.buffers.get(&slot).ok_or_else(|| {
+            FcosError::gpu(format!(
+                "the pooled buffer {:?} is missing (an earlier allocation failed)",
+                slot.label()
+            ))
+        })
     }
 }

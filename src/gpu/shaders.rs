@@ -1,210 +1,344 @@
-//! The WGSL sources, assembled: `common.wgsl` (parameters and numerics) in front of
-//! each kernel file, with the kernel's `#ifdef NAME` / `#ifndef NAME` / `#else` /
-//! `#endif` blocks resolved for the variant at hand (WGSL has neither `#include`
-//! nor a preprocessor).
+//! The WGSL kernels and their variants. Each kernel is assembled from files:
+//! `common.wgsl` (parameters and numerics), `reduce.wgsl` where the kernel reduces a
+//! workgroup, then the kernel's own file, with the `#ifdef NAME` / `#ifndef NAME` /
+//! `#else` / `#endif` blocks resolved for the variant (WGSL has neither `#include`
+//! nor a preprocessor). The rule for what is a define, an override constant or a
+//! uniform is stated at the top of `shaders/common.wgsl`.
 
 /// Default threads per workgroup of the reduction kernels (the default of the
 /// `WG` override in `shaders/common.wgsl`).
 pub const WORKGROUP_SIZE: u32 = 256;
 
-const COMMON: &str = include_str!("../../shaders/common.wgsl");
-const FUSED: &str = include_str!("../../shaders/fused.wgsl");
-const FINALIZE: &str = include_str!("../../shaders/finalize.wgsl");
-const COUNT: &str = include_str!("../../shaders/count.wgsl");
-const COPY_WORDS: &str = include_str!("../../shaders/copy_words.wgsl");
+/// One shader file: its name (for messages) and text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct File {
+    pub name: &'static str,
+    pub text: &'static str,
+}
 
-/// One assembled shader: its name, entry point and full source.
+const COMMON: File = File {
+    name: "common.wgsl",
+    text: include_str!("../../shaders/common.wgsl"),
+};
+const REDUCE: File = File {
+    name: "reduce.wgsl",
+    text: include_str!("../../shaders/reduce.wgsl"),
+};
+const FUSED: File = File {
+    name: "fused.wgsl",
+    text: include_str!("../../shaders/fused.wgsl"),
+};
+#[cfg(feature = "bench")]
+const ROOFLINE: File = File {
+    name: "roofline.wgsl",
+    text: include_str!("../../shaders/roofline.wgsl"),
+};
+const FINALIZE: File = File {
+    name: "finalize.wgsl",
+    text: include_str!("../../shaders/finalize.wgsl"),
+};
+const COUNT: File = File {
+    name: "count.wgsl",
+    text: include_str!("../../shaders/count.wgsl"),
+};
+const COPY_WORDS: File = File {
+    name: "copy_words.wgsl",
+    text: include_str!("../../shaders/copy_words.wgsl"),
+};
+
+/// A pipeline the engine may build: a kernel in one variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    /// The fused loss pass; with `backward` it also writes the gradients, with
+    /// `checks` it flags bad input values.
+    Fused { backward: bool, checks: bool },
+    /// The fused pass's memory roofline (bench harness): its reads (all of them
+    /// with `read_all`, as the checked pass) and, with `backward`, its writes.
+    #[cfg(feature = "bench")]
+    Roofline { backward: bool, read_all: bool },
+    /// The positive count per image (before a backward pass).
+    Count,
+    /// The per-image reduce of the partial sums.
+    Finalize,
+    /// The raw word copy that brings flagged inputs to the host.
+    CopyWords,
+}
+
+/// What a binding of a kernel's bind group 0 is, in binding order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Binding {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// The pipeline constants every kernel is built with: the engine's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Spec {
+    /// γ = 2: the focal factor is a square, decided at compile time.
+    pub gamma_is_two: bool,
+    /// Threads per workgroup (`WG`), a power of two.
+    pub workgroup_size: u32,
+    /// Reduce with subgroup operations (needs `Features::SUBGROUP`).
+    pub subgroups: bool,
+}
+
+/// One assembled shader: its name, entry point, full source and override values.
 #[derive(Debug, Clone)]
-pub struct ShaderSource {
+pub(crate) struct ShaderSource {
     /// Kernel file and variant, for labels and messages.
     pub name: String,
     /// The compute entry point.
     pub entry_point: &'static str,
-    /// `common.wgsl` followed by the kernel, preprocessed.
+    /// The files one after another, preprocessed.
     pub source: String,
+    /// The `override` values the pipeline is made with.
+    pub constants: Vec<(&'static str, f64)>,
 }
 
-/// Resolves `#ifdef`/`#ifndef`/`#else`/`#endif` lines (nestable) for the given
-/// defined names. Unbalanced directives are an error.
-pub fn preprocess(source: &str, defines: &[&str]) -> Result<String, String> {
-    // Each open block: (this branch active, parent active).
-    let mut stack: Vec<(bool, bool)> = Vec::new();
-    let mut out = String::with_capacity(source.len());
-    for (n, line) in source.lines().enumerate() {
+impl Kernel {
+    /// The files the kernel is assembled from, and its entry point.
+    fn files(self) -> (Vec<File>, &'static str) {
+        match self {
+            Kernel::Fused { .. } => (vec![COMMON, REDUCE, FUSED], "fused"),
+            #[cfg(feature = "bench")]
+            Kernel::Roofline { .. } => (vec![COMMON, REDUCE, ROOFLINE], "roofline"),
+            Kernel::Count => (vec![COMMON, COUNT], "count_positives"),
+            Kernel::Finalize => (vec![COMMON, FINALIZE], "finalize"),
+            Kernel::CopyWords => (vec![COPY_WORDS], "copy_words"),
+        }
+    }
+
+    fn backward(self) -> bool {
+        match self {
+            Kernel::Fused { backward, .. } => backward,
+            #[cfg(feature = "bench")]
+            Kernel::Roofline { backward, .. } => backward,
+            Kernel::Count | Kernel::Finalize | Kernel::CopyWords => false,
+        }
+    }
+
+    /// Whether the kernel reduces a workgroup with `reduce.wgsl`.
+    fn reduces(self) -> bool {
+        self.files().0.iter().any(|f| f.name == REDUCE.name)
+    }
+
+    /// The `#ifdef` names of this variant under `spec`.
+    fn defines(self, spec: Spec) -> Vec<&'static str> {
+        let mut defines = Vec::new();
+        if self.backward() {
+            defines.push("BACKWARD");
+        }
+        if spec.subgroups && self.reduces() {
+            defines.push("SUBGROUPS");
+        }
+        defines
+    }
+
+    /// The `override` values of this variant under `spec`.
+    fn constants(self, spec: Spec) -> Vec<(&'static str, f64)> {
+        let wg = ("WG", f64::from(spec.workgroup_size));
+        let flag = |b: bool| f64::from(u8::from(b));
+        match self {
+            Kernel::Fused { checks, .. } => vec![
+                wg,
+                ("GAMMA_IS_TWO", flag(spec.gamma_is_two)),
+                ("CHECKS", flag(checks)),
+            ],
+            #[cfg(feature = "bench")]
+            Kernel::Roofline { read_all, .. } => vec![wg, ("READ_ALL", flag(read_all))],
+            Kernel::Count | Kernel::Finalize => vec![wg],
+            Kernel::CopyWords => vec![],
+        }
+    }
+
+    /// The kernel's bindings, in order from binding 0.
+    pub fn bindings(self) -> Vec<Binding> {
+        use Binding::{Read, ReadWrite, Uniform};
+        match self {
+            Kernel::Fused { .. } => fused_bindings(self.backward()),
+            #[cfg(feature = "bench")]
+            Kernel::Roofline { .. } => fused_bindings(self.backward()),
+            Kernel::Count | Kernel::Finalize => vec![Uniform, Read, ReadWrite],
+            Kernel::CopyWords => vec![Read, ReadWrite],
+        }
+    }
+
+    /// Storage buffers the kernel binds (a device limit).
+    pub fn storage_buffers(self) -> u32 {
+        self.bindings()
+            .iter()
+            .filter(|b| **b != Binding::Uniform)
+            .count() as u32
+    }
+
+    /// The kernel's source for `spec`, or the preprocessor's error naming the
+    /// file and line.
+    pub fn source(self, spec: Spec) -> Result<ShaderSource, String> {
+        let (files, entry_point) = self.files();
+        let defines = self.defines(spec);
+        let mut source = String::new();
+        for file in &files {
+            source.push_str(&preprocess(*file, &defines)?);
+            source.push('\n');
+        }
+        let main = files.last().map_or("", |f| f.name);
+        let name = if defines.is_empty() {
+            format!("{main} {self:?}")
+        } else {
+            format!("{main} {self:?} [{}]", defines.join(", "))
+        };
+        Ok(ShaderSource {
+            name,
+            entry_point,
+            source,
+            constants: self.constants(spec),
+        })
+    }
+
+    /// Every kernel variant the engine may build, with the feature set it was
+    /// compiled with.
+    #[cfg(test)]
+    pub fn all() -> Vec<Kernel> {
+        let mut out = vec![Kernel::Count, Kernel::Finalize, Kernel::CopyWords];
+        for backward in [false, true] {
+            for flag in [false, true] {
+                out.push(Kernel::Fused {
+                    backward,
+                    checks: flag,
+                });
+                #[cfg(feature = "bench")]
+                out.push(Kernel::Roofline {
+                    backward,
+                    read_all: flag,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// The fused pass's bindings: params, the six inputs in `Input::ALL` order, the
+/// partial sums; backward adds the positive counts and the three gradients.
+fn fused_bindings(backward: bool) -> Vec<Binding> {
+    use Binding::{Read, ReadWrite, Uniform};
+    let mut out = vec![Uniform, Read, Read, Read, Read, Read, Read, ReadWrite];
+    if backward {
+        out.extend([Read, ReadWrite, ReadWrite, ReadWrite]);
+    }
+    out
+}
+
+/// Resolves `#ifdef`/`#ifndef`/`#else`/`#endif` lines (nestable) of `file` for the
+/// defined names. A directive error names the file and line.
+pub(crate) fn preprocess(file: File, defines: &[&str]) -> Result<String, String> {
+    // Each open block: (this branch active, parent active, line it opened on).
+    let mut stack: Vec<(bool, bool, usize)> = Vec::new();
+    let mut out = String::with_capacity(file.text.len());
+    let at = |n: usize| format!("{}:{}", file.name, n + 1);
+    for (n, line) in file.text.lines().enumerate() {
         let t = line.trim();
-        let active = stack.last().is_none_or(|&(a, _)| a);
+        let active = stack.last().is_none_or(|&(a, _, _)| a);
         if let Some(name) = t.strip_prefix("#ifdef ") {
-            stack.push((active && defines.contains(&name.trim()), active));
+            stack.push((active && defines.contains(&name.trim()), active, n));
         } else if let Some(name) = t.strip_prefix("#ifndef ") {
-            stack.push((active && !defines.contains(&name.trim()), active));
+            stack.push((active && !defines.contains(&name.trim()), active, n));
         } else if t == "#else" {
-            let (a, parent) = stack
+            let (a, parent, _) = stack
                 .pop()
-                .ok_or_else(|| format!("line {}: #else without #ifdef", n + 1))?;
-            stack.push((parent && !a, parent));
+                .ok_or_else(|| format!("{}: #else without #ifdef", at(n)))?;
+            stack.push((parent && !a, parent, n));
         } else if t == "#endif" {
             stack
                 .pop()
-                .ok_or_else(|| format!("line {}: #endif without #ifdef", n + 1))?;
+                .ok_or_else(|| format!("{}: #endif without #ifdef", at(n)))?;
         } else if t.starts_with('#') {
-            return Err(format!("line {}: unknown directive '{t}'", n + 1));
+            return Err(format!("{}: unknown directive '{t}'", at(n)));
         } else if active {
             out.push_str(line);
             out.push('\n');
         }
     }
-    if !stack.is_empty() {
-        return Err(format!("{} #ifdef block(s) left open", stack.len()));
+    if let Some(&(_, _, n)) = stack.last() {
+        return Err(format!(
+            "{}: #ifdef block left open at the end of the file",
+            at(n)
+        ));
     }
     Ok(out)
-}
-
-fn assemble(file: &str, entry_point: &'static str, body: &str, defines: &[&str]) -> ShaderSource {
-    let name = if defines.is_empty() {
-        file.to_string()
-    } else {
-        format!("{file} [{}]", defines.join(", "))
-    };
-    // The sources are part of the crate and tested; a directive error is a bug that
-    // the naga test reports, so it becomes a WGSL comment naga will choke on.
-    let body = preprocess(body, defines).unwrap_or_else(|e| format!("preprocessor error: {e}"));
-    ShaderSource {
-        name,
-        entry_point,
-        source: format!("{COMMON}\n{body}"),
-    }
-}
-
-/// Which computation a fused-pass pipeline performs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FusedVariant {
-    /// Losses only.
-    Forward,
-    /// Losses and gradients.
-    Backward,
-    /// The same reads as `Forward`, summed without the maths: the memory roofline.
-    Roofline,
-    /// The same reads and gradient writes as `Backward` without the maths: the
-    /// backward pass's memory roofline.
-    BackwardRoofline,
-}
-
-impl FusedVariant {
-    /// Whether the variant writes the gradient buffers (and counts positives first).
-    pub fn writes_gradients(self) -> bool {
-        matches!(
-            self,
-            FusedVariant::Backward | FusedVariant::BackwardRoofline
-        )
-    }
-
-    /// Whether the variant is a roofline (reads and writes only, no maths).
-    pub fn is_roofline(self) -> bool {
-        matches!(
-            self,
-            FusedVariant::Roofline | FusedVariant::BackwardRoofline
-        )
-    }
-}
-
-/// The fused pass (`shaders/fused.wgsl`) in one variant, with or without the
-/// on-device input checks (for the roofline: with or without the checked pass's
-/// extra reads), reducing with the shared-memory tree or with subgroup
-/// operations.
-pub fn fused(variant: FusedVariant, checks: bool, subgroups: bool) -> ShaderSource {
-    let mut defines = match variant {
-        FusedVariant::Forward => vec![],
-        FusedVariant::Backward => vec!["BACKWARD"],
-        FusedVariant::Roofline => vec!["ROOFLINE"],
-        FusedVariant::BackwardRoofline => vec!["ROOFLINE", "BACKWARD"],
-    };
-    if checks {
-        // The roofline of the checked pass reads what it reads, without the flags.
-        if !variant.is_roofline() {
-            defines.push("CHECKS");
-        }
-        defines.push("READ_ALL");
-    }
-    if subgroups {
-        defines.push("SUBGROUPS");
-    }
-    assemble("fused.wgsl", "fused", FUSED, &defines)
-}
-
-/// The per-image finalize reduce (`shaders/finalize.wgsl`).
-pub fn finalize() -> ShaderSource {
-    assemble("finalize.wgsl", "finalize", FINALIZE, &[])
-}
-
-/// The positive count per image (`shaders/count.wgsl`).
-pub fn count() -> ShaderSource {
-    assemble("count.wgsl", "count_positives", COUNT, &[])
-}
-
-/// The raw word copy (`shaders/copy_words.wgsl`), which stands alone.
-pub fn copy_words() -> ShaderSource {
-    ShaderSource {
-        name: "copy_words.wgsl".to_string(),
-        entry_point: "copy_words",
-        source: COPY_WORDS.to_string(),
-    }
-}
-
-/// Every shader the engine builds.
-pub fn all() -> Vec<ShaderSource> {
-    let mut out = Vec::new();
-    for subgroups in [false, true] {
-        for checks in [false, true] {
-            out.push(fused(FusedVariant::Forward, checks, subgroups));
-            out.push(fused(FusedVariant::Backward, checks, subgroups));
-            out.push(fused(FusedVariant::Roofline, checks, subgroups));
-            out.push(fused(FusedVariant::BackwardRoofline, checks, subgroups));
-        }
-    }
-    out.extend([finalize(), count(), copy_words()]);
-    out
-}
-
-/// Parses and validates a shader with naga, as wgpu would, without a GPU.
-pub fn validate(shader: &ShaderSource) -> Result<naga::Module, String> {
-    let module = naga::front::wgsl::parse_str(&shader.source)
-        .map_err(|e| format!("{}: {}", shader.name, e.emit_to_string(&shader.source)))?;
-    let mut validator = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default() | naga::valid::Capabilities::SUBGROUP,
-    );
-    validator
-        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-        .subgroup_operations(
-            naga::valid::SubgroupOperationSet::BASIC
-                | naga::valid::SubgroupOperationSet::ARITHMETIC,
-        );
-    validator
-        .validate(&module)
-        .map_err(|e| format!("{}: {}", shader.name, e.emit_to_string(&shader.source)))?;
-    Ok(module)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn preprocessor_resolves_nested_blocks() {
-        let src = "a\n#ifdef X\nb\n#ifdef Y\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n";
-        assert_eq!(preprocess(src, &[]).unwrap(), "a\ne\nf\n");
-        assert_eq!(preprocess(src, &["X"]).unwrap(), "a\nb\nd\nf\n");
-        assert_eq!(preprocess(src, &["X", "Y"]).unwrap(), "a\nb\nc\nf\n");
-        assert_eq!(preprocess("#ifndef X\na\n#endif\n", &[]).unwrap(), "a\n");
-        assert!(preprocess("#ifdef X\n", &[]).is_err());
-        assert!(preprocess("#endif\n", &[]).is_err());
-        assert!(preprocess("#include x\n", &[]).is_err());
+    fn spec(gamma_is_two: bool, subgroups: bool) -> Spec {
+        Spec {
+            gamma_is_two,
+            workgroup_size: WORKGROUP_SIZE,
+            subgroups,
+        }
+    }
+
+    fn file(text: &'static str) -> File {
+        File {
+            name: "test.wgsl",
+            text,
+        }
     }
 
     #[test]
-    fn every_shader_validates() {
-        for s in all() {
-            validate(&s).unwrap_or_else(|e| panic!("{e}"));
+    fn preprocessor_resolves_nested_blocks() {
+        let src = file("a\n#ifdef X\nb\n#ifdef Y\nc\n#else\nd\n#endif\n#else\ne\n#endif\nf\n");
+        assert_eq!(preprocess(src, &[]).unwrap(), "a\ne\nf\n");
+        assert_eq!(preprocess(src, &["X"]).unwrap(), "a\nb\nd\nf\n");
+        assert_eq!(preprocess(src, &["X", "Y"]).unwrap(), "a\nb\nc\nf\n");
+        assert_eq!(preprocess(file("#ifndef X\na\n#endif\n"), &[]).unwrap(), "a\n");
+    }
+
+    #[test]
+    fn unbalanced_directives_name_the_file_and_line() {
+        let e = preprocess(file("a\n#ifdef X\nb\n"), &[]).unwrap_err();
+        assert!(e.contains("test.wgsl:2") && e.contains("left open"), "{e}");
+        let e = preprocess(file("a\nb\n#endif\n"), &[]).unwrap_err();
+        assert!(e.contains("test.wgsl:3") && e.contains("#endif"), "{e}");
+        let e = preprocess(file("#else\n"), &[]).unwrap_err();
+        assert!(e.contains("test.wgsl:1"), "{e}");
+        let e = preprocess(file("x\n#include y\n"), &[]).unwrap_err();
+        assert!(e.contains("test.wgsl:2") && e.contains("unknown directive"), "{e}");
+    }
+
+    #[test]
+    fn defines_follow_the_rule() {
+        // Only BACKWARD (bindings) and SUBGROUPS (builtins) are defines; everything
+        // else is an override constant.
+        for kernel in Kernel::all() {
+            for s in [spec(true, false), spec(false, true)] {
+                for d in kernel.defines(s) {
+                    assert!(["BACKWARD", "SUBGROUPS"].contains(&d), "{kernel:?}: {d}");
+                }
+            }
+        }
+        let fused = Kernel::Fused {
+            backward: true,
+            checks: true,
+        };
+        assert_eq!(fused.defines(spec(true, true)), ["BACKWARD", "SUBGROUPS"]);
+        assert_eq!(fused.storage_buffers(), 11);
+        let names: Vec<&str> = fused.constants(spec(true, true)).iter().map(|c| c.0).collect();
+        assert_eq!(names, ["WG", "GAMMA_IS_TWO", "CHECKS"]);
+        assert_eq!(Kernel::Count.defines(spec(true, true)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn every_file_has_balanced_directives() {
+        let mut files = vec![COMMON, REDUCE, FUSED, FINALIZE, COUNT, COPY_WORDS];
+        #[cfg(feature = "bench")]
+        files.push(ROOFLINE);
+        for f in files {
+            for defines in [&[][..], &["BACKWARD", "SUBGROUPS"][..]] {
+                preprocess(f, defines).unwrap_or_else(|e| panic!("{e}"));
+            }
         }
     }
 }

@@ -19,118 +19,60 @@
 use super::{bce_with_logits, box_loss, focal, sigmoid, softplus};
 use crate::config::{LossConfig, LossWeights, RegLoss};
 use crate::error::FcosError;
+use crate::input::Heads;
 use crate::inputs::Inputs;
-use crate::io;
 use crate::layout::Levels;
-use crate::losses::Losses;
+use crate::losses::{Gradients, Losses};
 
-/// Gradients of the weighted objective with respect to the three heads, per level,
-/// in exactly the input layouts (NCHW per level).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RefGradients {
-    /// `∂L/∂cls_logits[l]`, `[B, C, H_l, W_l]` per level.
-    pub cls_logits: Vec<Vec<f64>>,
-    /// `∂L/∂cnt_logits[l]`, `[B, 1, H_l, W_l]` per level (zero off the positives).
-    pub cnt_logits: Vec<Vec<f64>>,
-    /// `∂L/∂reg_preds[l]`, `[B, 4, H_l, W_l]` per level (zero off the positives).
-    pub reg_preds: Vec<Vec<f64>>,
+/// The three heads (or their gradients) in `f64`, one vector per level, in the
+/// input layouts (NCHW per level): the point at which [`losses_f64`] and
+/// [`gradients_f64`] evaluate (the targets stay in [`Inputs`]), and the gradients
+/// they return.
+pub type F64Heads = Heads<Vec<Vec<f64>>>;
+
+/// The heads of `inputs`, widened exactly to `f64`.
+pub fn widen(inputs: &Inputs) -> F64Heads {
+    Heads::from_fn(|h| {
+        inputs
+            .head(h)
+            .iter()
+            .map(|v| v.iter().map(|&x| x as f64).collect())
+            .collect()
+    })
 }
 
-impl RefGradients {
-    /// Zero gradients shaped like the heads of `levels` for `batch` images and `classes` classes.
-    pub fn zeros(levels: &Levels, batch: usize, classes: usize) -> Self {
-        let head = |ch: usize| -> Vec<Vec<f64>> {
-            (0..levels.len())
-                .map(|l| vec![0.0; levels.level_len(l, batch, ch)])
-                .collect()
-        };
-        RefGradients {
-            cls_logits: head(classes),
-            cnt_logits: head(1),
-            reg_preds: head(4),
-        }
-    }
-
-    /// The largest magnitude of each head over all its levels: `[cls, cnt, reg]`.
-    pub fn max_abs(&self) -> [f64; 3] {
-        let m = |h: &[Vec<f64>]| {
-            h.iter()
-                .flat_map(|v| v.iter())
-                .fold(0.0f64, |a, &x| a.max(x.abs()))
-        };
-        [m(&self.cls_logits), m(&self.cnt_logits), m(&self.reg_preds)]
-    }
-
-    /// The gradients rounded to `f32`, as an [`io::Grads`] (the layout of a case
-    /// file's `expected.grad.*`).
-    pub fn to_f32(&self) -> io::Grads {
-        let f = |h: &[Vec<f64>]| -> Vec<Vec<f32>> {
-            h.iter()
-                .map(|v| v.iter().map(|&x| x as f32).collect())
-                .collect()
-        };
-        io::Grads {
-            cls_logits: f(&self.cls_logits),
-            cnt_logits: f(&self.cnt_logits),
-            reg_preds: f(&self.reg_preds),
-        }
-    }
+/// `f64` gradients rounded to `f32`, as a case file's `expected.grad.*` holds them.
+pub fn narrow(g: &F64Heads) -> Gradients {
+    g.as_ref().map(|_, levels| {
+        levels
+            .iter()
+            .map(|v| v.iter().map(|&x| x as f32).collect())
+            .collect()
+    })
 }
 
-/// The three heads in `f64`, per level, in the input layouts: the point at which
-/// [`losses_f64`] and [`gradients_f64`] evaluate (the targets stay in [`Inputs`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeadsF64 {
-    /// Class logits, `[B, C, H_l, W_l]` per level.
-    pub cls_logits: Vec<Vec<f64>>,
-    /// Centerness logits, `[B, 1, H_l, W_l]` per level.
-    pub cnt_logits: Vec<Vec<f64>>,
-    /// Box regressions (ltrb), `[B, 4, H_l, W_l]` per level.
-    pub reg_preds: Vec<Vec<f64>>,
-}
-
-impl HeadsF64 {
-    /// The heads of `inputs`, widened exactly to `f64`.
-    pub fn from_inputs(inputs: &Inputs) -> Self {
-        let w = |h: &[&[f32]]| -> Vec<Vec<f64>> {
-            h.iter()
-                .map(|v| v.iter().map(|&x| x as f64).collect())
-                .collect()
-        };
-        HeadsF64 {
-            cls_logits: w(&inputs.cls_logits),
-            cnt_logits: w(&inputs.cnt_logits),
-            reg_preds: w(&inputs.reg_preds),
+/// Checks that every level of `heads` has the length of the same head of `inputs`.
+fn check_against(heads: &F64Heads, inputs: &Inputs) -> Result<(), FcosError> {
+    for (h, mine) in heads.iter() {
+        let theirs = inputs.head(h);
+        if mine.len() != theirs.len() {
+            return Err(FcosError::shape(
+                format!("{h} (f64)"),
+                format!("{} levels", theirs.len()),
+                format!("{} levels", mine.len()),
+            ));
         }
-    }
-
-    /// Checks that every level has the length of the corresponding head of `inputs`.
-    fn check_against(&self, inputs: &Inputs) -> Result<(), FcosError> {
-        let heads = [
-            ("cls_logits", &self.cls_logits, &inputs.cls_logits),
-            ("cnt_logits", &self.cnt_logits, &inputs.cnt_logits),
-            ("reg_preds", &self.reg_preds, &inputs.reg_preds),
-        ];
-        for (name, mine, theirs) in heads {
-            if mine.len() != theirs.len() {
+        for (l, (a, b)) in mine.iter().zip(theirs.iter()).enumerate() {
+            if a.len() != b.len() {
                 return Err(FcosError::shape(
-                    format!("{name} (f64)"),
-                    format!("{} levels", theirs.len()),
-                    format!("{} levels", mine.len()),
+                    format!("{h}.{l} (f64)"),
+                    format!("{} elements", b.len()),
+                    format!("{} elements", a.len()),
                 ));
             }
-            for (l, (a, b)) in mine.iter().zip(theirs.iter()).enumerate() {
-                if a.len() != b.len() {
-                    return Err(FcosError::shape(
-                        format!("{name}.{l} (f64)"),
-                        format!("{} elements", b.len()),
-                        format!("{} elements", a.len()),
-                    ));
-                }
-            }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// `d FL / d z` of the sigmoid focal loss [`focal`] of one logit `z` against a
@@ -297,17 +239,17 @@ fn positives(inputs: &Inputs, p_n: usize) -> Vec<u32> {
 
 /// [`super::losses`] evaluated at `f64` heads (`inputs` gives the shapes and the
 /// targets; its heads are ignored). Same element functions and summation order, so
-/// at `HeadsF64::from_inputs(inputs)` it returns exactly what [`super::losses`] does.
+/// at `widen(inputs)` it returns exactly what [`super::losses`] does.
 pub fn losses_f64(
     config: &LossConfig,
     levels: &Levels,
     inputs: &Inputs,
-    heads: &HeadsF64,
+    heads: &F64Heads,
 ) -> Result<Losses, FcosError> {
     config.validate()?;
     let c_n = config.num_classes as usize;
     inputs.check_shapes(levels, c_n)?;
-    heads.check_against(inputs)?;
+    check_against(heads, inputs)?;
     let b_n = inputs.batch;
     let p_n = levels.positions();
     let (gamma, alpha) = (config.gamma as f64, config.alpha as f64);
@@ -358,15 +300,15 @@ fn grads_at(
     config: &LossConfig,
     levels: &Levels,
     inputs: &Inputs,
-    heads: &HeadsF64,
+    heads: &F64Heads,
     weights: &LossWeights,
-) -> RefGradients {
+) -> F64Heads {
     let c_n = config.num_classes as usize;
     let b_n = inputs.batch;
     let p_n = levels.positions();
     let (gamma, alpha) = (config.gamma as f64, config.alpha as f64);
     let num_pos = positives(inputs, p_n);
-    let mut g = RefGradients::zeros(levels, b_n, c_n);
+    let mut g = F64Heads::zeros(levels, b_n, c_n);
     for (b, &np) in num_pos.iter().enumerate() {
         // d(batch mean of per-image loss / max(1, num_pos_b)) per element.
         let scale = 1.0 / (b_n as f64 * np.max(1) as f64);
@@ -418,10 +360,10 @@ pub fn gradients(
     levels: &Levels,
     inputs: &Inputs,
     weights: &LossWeights,
-) -> Result<(Losses, RefGradients), FcosError> {
+) -> Result<(Losses, F64Heads), FcosError> {
     weights.check()?;
     let losses = super::losses(config, levels, inputs)?;
-    let heads = HeadsF64::from_inputs(inputs);
+    let heads = widen(inputs);
     Ok((losses, grads_at(config, levels, inputs, &heads, weights)))
 }
 
@@ -431,9 +373,9 @@ pub fn gradients_f64(
     config: &LossConfig,
     levels: &Levels,
     inputs: &Inputs,
-    heads: &HeadsF64,
+    heads: &F64Heads,
     weights: &LossWeights,
-) -> Result<(Losses, RefGradients), FcosError> {
+) -> Result<(Losses, F64Heads), FcosError> {
     weights.check()?;
     let losses = losses_f64(config, levels, inputs, heads)?;
     Ok((losses, grads_at(config, levels, inputs, heads, weights)))

@@ -36,15 +36,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{LossConfig, LossWeights};
-use crate::error::FcosError;
-use crate::gpu::engine::scoped;
-use crate::gpu::{DeviceGradients, DeviceInputs, FcosLoss, Timed};
-use crate::inputs::Batch;
-use crate::layout::Levels;
-use crate::losses::Losses;
 use crate::synthetic::{self, SyntheticSpec};
-use crate::{ABS_TOL, REL_TOL};
+use crate::{
+    Batch, DeviceBatch, DeviceGradients, DeviceInputs, FcosError, FcosLoss, Heads, Levels,
+    LossConfig, LossWeights, Losses, Timed, ABS_TOL, REL_TOL,
+};
+
+mod roofline;
 
 /// The pyramid strides every benchmark uses (FCOS P3..P7).
 pub const STRIDES: [u32; 5] = [8, 16, 32, 64, 128];
@@ -253,7 +251,7 @@ pub struct BenchReport {
     /// `cpu_ms / call_ms`: the host-slice call's speed-up over the CPU reference.
     pub cpu_over_call: Option<f64>,
     /// Largest relative difference of the GPU per-image losses from the CPU
-    /// reference ([`Losses::max_rel_diff`] with the SPEC tolerances); `None` when
+    /// reference ([`Losses::max_rel_diff`] with the tolerances of docs/contract.md §3); `None` when
     /// the reference was skipped.
     pub max_rel_diff: Option<f64>,
     /// Bytes the forward pass reads per call (every input once).
@@ -289,25 +287,6 @@ impl Deref for EngineRef<'_> {
     }
 }
 
-/// The six input buffers of [`DeviceInputs`].
-#[derive(Debug)]
-struct InputBuffers {
-    cls_logits: wgpu::Buffer,
-    cnt_logits: wgpu::Buffer,
-    reg_preds: wgpu::Buffer,
-    cls_targets: wgpu::Buffer,
-    cnt_targets: wgpu::Buffer,
-    reg_targets: wgpu::Buffer,
-}
-
-/// The three buffers of [`DeviceGradients`].
-#[derive(Debug)]
-struct GradBuffers {
-    cls_logits: wgpu::Buffer,
-    cnt_logits: wgpu::Buffer,
-    reg_preds: wgpu::Buffer,
-}
-
 /// One benchmark shape, ready to time: the batch on the host, the same batch in
 /// device buffers, gradient buffers, and an engine whose `C` matches.
 ///
@@ -318,8 +297,8 @@ pub struct Workload<'e> {
     engine: EngineRef<'e>,
     spec: BenchSpec,
     batch: Batch,
-    inputs: InputBuffers,
-    grads: Option<GradBuffers>,
+    inputs: DeviceBatch,
+    grads: Option<Heads<wgpu::Buffer>>,
     weights: LossWeights,
 }
 
@@ -356,39 +335,13 @@ impl<'e> Workload<'e> {
         };
         let batch = synthetic::generate(&levels, &STRIDES, &synth)?;
         let device = &engine.context().device;
-        let max = engine.context().limits.max_buffer_size;
-        let inputs = InputBuffers {
-            cls_logits: upload(device, max, "cls_logits", &Batch::packed(&batch.cls_logits))?,
-            cnt_logits: upload(device, max, "cnt_logits", &Batch::packed(&batch.cnt_logits))?,
-            reg_preds: upload(device, max, "reg_preds", &Batch::packed(&batch.reg_preds))?,
-            cls_targets: upload(device, max, "cls_targets", &batch.cls_targets)?,
-            cnt_targets: upload(device, max, "cnt_targets", &batch.cnt_targets)?,
-            reg_targets: upload(device, max, "reg_targets", &batch.reg_targets)?,
-        };
-        let (b, c) = (spec.batch, spec.classes as usize);
-        let grad =
-            |name: &str, ch: usize| zeroed(device, max, name, 4 * levels.packed_len(b, ch) as u64);
-        let grads = match (
-            grad("grad cls_logits", c),
-            grad("grad cnt_logits", 1),
-            grad("grad reg_preds", 4),
-        ) {
-            (Ok(cls_logits), Ok(cnt_logits), Ok(reg_preds)) => Some(GradBuffers {
-                cls_logits,
-                cnt_logits,
-                reg_preds,
-            }),
+        let inputs = DeviceBatch::upload(device, &batch)?;
+        let grads = match inputs.gradient_buffers(device) {
+            Ok(g) => Some(g),
             // A buffer over the device's limits leaves the backward pass out; any
             // other failure is the caller's to see.
-            (a, b, c) => {
-                for r in [a, b, c] {
-                    match r {
-                        Ok(_) | Err(FcosError::Limit(_)) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                None
-            }
+            Err(FcosError::Limit(_)) => None,
+            Err(e) => return Err(e),
         };
         Ok(Workload {
             engine,
@@ -432,15 +385,7 @@ impl<'e> Workload<'e> {
 
     /// The device buffers as [`DeviceInputs`].
     pub fn device_inputs(&self) -> DeviceInputs<'_> {
-        DeviceInputs {
-            batch: self.batch.batch,
-            cls_logits: &self.inputs.cls_logits,
-            cnt_logits: &self.inputs.cnt_logits,
-            reg_preds: &self.inputs.reg_preds,
-            cls_targets: &self.inputs.cls_targets,
-            cnt_targets: &self.inputs.cnt_targets,
-            reg_targets: &self.inputs.reg_targets,
-        }
+        self.inputs.inputs()
     }
 
     /// The loss from the device buffers, with its kernel and wall-clock times.
@@ -494,12 +439,7 @@ impl<'e> Workload<'e> {
         let Some(g) = &self.grads else {
             return Ok(None);
         };
-        let grads = DeviceGradients {
-            cls_logits: &g.cls_logits,
-            cnt_logits: &g.cnt_logits,
-            reg_preds: &g.reg_preds,
-        };
-        match f(&grads) {
+        match f(&g.as_ref()) {
             Ok(t) => Ok(Some(t)),
             Err(FcosError::Limit(_)) => Ok(None),
             Err(e) => Err(e),
@@ -519,52 +459,6 @@ impl<'e> Workload<'e> {
 /// adapter has no timestamps.
 pub fn kernel_time<T>(t: &Timed<T>) -> Duration {
     t.kernel.unwrap_or(t.call)
-}
-
-/// Makes a `STORAGE` buffer holding `data`, within the device's limits.
-fn upload(
-    device: &wgpu::Device,
-    max: u64,
-    name: &str,
-    data: &[f32],
-) -> Result<wgpu::Buffer, FcosError> {
-    use wgpu::util::DeviceExt;
-    let bytes = 4 * data.len() as u64;
-    check_size(name, bytes, max)?;
-    scoped(device, || {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(name),
-            contents: bytemuck::cast_slice(data),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        })
-    })
-}
-
-/// Makes a zero-filled `STORAGE` buffer of `bytes` bytes, within the device's limits.
-fn zeroed(
-    device: &wgpu::Device,
-    max: u64,
-    name: &str,
-    bytes: u64,
-) -> Result<wgpu::Buffer, FcosError> {
-    check_size(name, bytes, max)?;
-    scoped(device, || {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(name),
-            size: bytes.max(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        })
-    })
-}
-
-fn check_size(name: &str, bytes: u64, max: u64) -> Result<(), FcosError> {
-    if bytes > max {
-        return Err(FcosError::Limit(format!(
-            "{name} needs a {bytes}-byte buffer; the adapter allows max_buffer_size = {max}"
-        )));
-    }
-    Ok(())
 }
 
 /// Times one shape with the default [`BenchOptions`] (one warm-up, three CPU

@@ -1,50 +1,124 @@
-//! The WGSL sources without a GPU: they validate with naga, a broken one does not,
-//! and the Rust mirrors of their structs and constants agree with what naga lays out.
+//! The WGSL kernels without a GPU (CPU-only unit tests): every variant the engine
+//! may build is assembled, validated by naga, validated again with its override
+//! values applied, and its bindings and entry point are the ones the engine makes
+//! pipelines for; a broken source fails; the Rust mirrors of the WGSL structs and
+//! constants agree with what naga lays out.
 
 use std::mem::{offset_of, size_of};
 
-use fcos_loss::gpu::params::{ImageLoss, Params, PARTIAL_BYTES};
-use fcos_loss::gpu::shaders::{self, ShaderSource};
+use crate::gpu::params::{ImageLoss, Params, PARTIAL_BYTES};
+use crate::gpu::shaders::{Binding, Kernel, ShaderSource, Spec, WORKGROUP_SIZE};
 
-/// The shaders assembled with `common.wgsl` (all but the stand-alone word copy).
-fn common_modules() -> Vec<(ShaderSource, naga::Module)> {
-    modules()
-        .into_iter()
-        .filter(|(s, _)| s.name != "copy_words.wgsl")
-        .collect()
+fn validator() -> naga::valid::Validator {
+    let mut v = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default() | naga::valid::Capabilities::SUBGROUP,
+    );
+    v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(
+            naga::valid::SubgroupOperationSet::BASIC
+                | naga::valid::SubgroupOperationSet::ARITHMETIC,
+        );
+    v
 }
 
-fn modules() -> Vec<(ShaderSource, naga::Module)> {
-    shaders::all()
-        .into_iter()
-        .map(|s| {
-            let m = shaders::validate(&s)
-                .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", s.name));
-            (s, m)
-        })
-        .collect()
+/// Parses and validates a shader as wgpu would, then applies its override values
+/// (as pipeline creation does) and validates the result.
+fn validate(shader: &ShaderSource) -> Result<naga::Module, String> {
+    let fail = |e: String| format!("{}: {e}", shader.name);
+    let module = naga::front::wgsl::parse_str(&shader.source)
+        .map_err(|e| fail(e.emit_to_string(&shader.source)))?;
+    let info = validator()
+        .validate(&module)
+        .map_err(|e| fail(e.emit_to_string(&shader.source)))?;
+    let constants: naga::back::PipelineConstants = shader
+        .constants
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    let (resolved, _) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, shader.entry_point)),
+        &constants,
+    )
+    .map_err(|e| fail(format!("override values {constants:?}: {e}")))?;
+    validator()
+        .validate(&resolved)
+        .map_err(|e| fail(format!("with override values {constants:?}: {e:?}")))?;
+    Ok(module)
+}
+
+/// Every setting of the engine's pipeline constants.
+fn specs() -> Vec<Spec> {
+    let mut out = Vec::new();
+    for subgroups in [false, true] {
+        for gamma_is_two in [false, true] {
+            for workgroup_size in [32, WORKGROUP_SIZE, 1024] {
+                out.push(Spec {
+                    gamma_is_two,
+                    workgroup_size,
+                    subgroups,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn modules() -> Vec<(Kernel, ShaderSource, naga::Module)> {
+    let mut out = Vec::new();
+    for spec in specs() {
+        for kernel in Kernel::all() {
+            let s = kernel.source(spec).unwrap_or_else(|e| panic!("{e}"));
+            let m = validate(&s).unwrap_or_else(|e| panic!("does not validate:\n{e}"));
+            out.push((kernel, s, m));
+        }
+    }
+    out
 }
 
 #[test]
-fn every_shader_validates_and_has_its_entry_point() {
+fn every_variant_validates_with_its_overrides_and_bindings() {
     let all = modules();
-    let names: Vec<&str> = all.iter().map(|(s, _)| s.name.as_str()).collect();
-    assert!(
-        names.contains(&"fused.wgsl")
-            && names.contains(&"fused.wgsl [BACKWARD]")
-            && names.contains(&"fused.wgsl [ROOFLINE]")
-            && names.contains(&"finalize.wgsl")
-            && names.contains(&"count.wgsl"),
-        "{names:?}"
-    );
-    for (s, m) in &all {
+    assert!(all.len() >= 12 * 7, "{} variants", all.len());
+    for (kernel, s, m) in &all {
         let ep = m
             .entry_points
             .iter()
             .find(|e| e.name == s.entry_point)
             .unwrap_or_else(|| panic!("{}: no entry point '{}'", s.name, s.entry_point));
         assert_eq!(ep.stage, naga::ShaderStage::Compute, "{}", s.name);
-        if s.name == "copy_words.wgsl" {
+        // Bind group 0 as the engine lays it out: binding n of the right kind.
+        let mut globals: Vec<(u32, Binding)> = m
+            .global_variables
+            .iter()
+            .filter_map(|(_, g)| {
+                let b = g.binding.as_ref()?;
+                assert_eq!(b.group, 0, "{}", s.name);
+                let kind = match g.space {
+                    naga::AddressSpace::Uniform => Binding::Uniform,
+                    naga::AddressSpace::Storage { access } => {
+                        if access.contains(naga::StorageAccess::STORE) {
+                            Binding::ReadWrite
+                        } else {
+                            Binding::Read
+                        }
+                    }
+                    other => panic!("{}: binding in {other:?}", s.name),
+                };
+                Some((b.binding, kind))
+            })
+            .collect();
+        globals.sort_by_key(|g| g.0);
+        let want: Vec<(u32, Binding)> = kernel
+            .bindings()
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32, b))
+            .collect();
+        assert_eq!(globals, want, "{}: bindings", s.name);
+        if *kernel == Kernel::CopyWords {
             assert_eq!(ep.workgroup_size, [256, 1, 1], "{}", s.name);
             continue;
         }
@@ -79,8 +153,9 @@ fn broken_wgsl_fails_validation() {
             name: "broken.wgsl".to_string(),
             entry_point: "main",
             source: src.to_string(),
+            constants: vec![],
         };
-        match shaders::validate(&s) {
+        match validate(&s) {
             Ok(_) => panic!("broken WGSL validated:\n{src}"),
             Err(e) => assert!(
                 e.contains("broken.wgsl"),
@@ -88,16 +163,22 @@ fn broken_wgsl_fails_validation() {
             ),
         }
     }
-    // A kernel with one character dropped from its source fails too.
-    for s in shaders::all() {
+    let spec = specs()[0];
+    for kernel in Kernel::all() {
+        let s = kernel.source(spec).unwrap();
+        // A kernel with one character dropped from its source fails.
         let cut = s.source.rfind('}').unwrap();
         let mut bad = s.clone();
         bad.source.remove(cut);
         assert!(
-            shaders::validate(&bad).is_err(),
+            validate(&bad).is_err(),
             "{} still validates without its last '}}'",
             s.name
         );
+        // So does one built with an override it does not declare.
+        let mut bad = s.clone();
+        bad.constants.push(("NOT_AN_OVERRIDE", 1.0));
+        assert!(validate(&bad).is_err(), "{} takes an unknown override", s.name);
     }
 }
 
@@ -161,6 +242,14 @@ fn size_of_field<T, F>(_: impl Fn(&T) -> &F) -> usize {
     size_of::<F>()
 }
 
+/// The modules assembled with `common.wgsl` (all but the stand-alone word copy).
+fn common_modules() -> Vec<(Kernel, ShaderSource, naga::Module)> {
+    modules()
+        .into_iter()
+        .filter(|(k, _, _)| *k != Kernel::CopyWords)
+        .collect()
+}
+
 #[test]
 fn params_matches_the_wgsl_struct() {
     let rust = fields!(Params {
@@ -189,7 +278,7 @@ fn params_matches_the_wgsl_struct() {
         w_reg,
         _pad1,
     });
-    for (s, m) in common_modules() {
+    for (_, s, m) in common_modules() {
         check_layout(&m, &s.name, "Params", size_of::<Params>(), &rust);
         let (span, _) = naga_struct(&m, "Partial").expect("Partial");
         assert_eq!(span as u64, PARTIAL_BYTES, "{}: size of Partial", s.name);
@@ -209,16 +298,16 @@ fn image_loss_matches_the_wgsl_struct() {
         _pad2
     });
     let all = modules();
-    let (s, m) = all
+    let (_, s, m) = all
         .iter()
-        .find(|(s, _)| s.name == "finalize.wgsl")
+        .find(|(k, _, _)| *k == Kernel::Finalize)
         .expect("finalize.wgsl");
     check_layout(m, &s.name, "ImageLoss", size_of::<ImageLoss>(), &rust);
 }
 
 #[test]
 fn workgroup_size_matches_wg() {
-    for (s, m) in common_modules() {
+    for (_, s, m) in common_modules() {
         let (_, o) = m
             .overrides
             .iter()
@@ -229,7 +318,7 @@ fn workgroup_size_matches_wg() {
             .unwrap_or_else(|| panic!("{}: WG has no default", s.name));
         match m.global_expressions[init] {
             naga::Expression::Literal(naga::Literal::U32(wg)) => {
-                assert_eq!(wg, shaders::WORKGROUP_SIZE, "{}: WG = {wg}", s.name)
+                assert_eq!(wg, WORKGROUP_SIZE, "{}: WG = {wg}", s.name)
             }
             ref other => panic!("{}: WG is not a u32 literal: {other:?}", s.name),
         }

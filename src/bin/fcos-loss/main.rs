@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 use fcos_loss::{
-    io, reference, synthetic, FcosError, FcosLoss, Gradients, Levels, LossConfig, LossWeights,
+    casefile as io, check_values, max_head_error, reference, synthetic, FcosError, FcosLoss, Gradients, Levels, LossConfig, LossWeights,
     Losses, RegLoss, ABS_TOL, REL_TOL,
 };
 
@@ -224,7 +224,8 @@ fn demo(a: &DemoArgs) -> Result<(), Failure> {
         let again = engine.compute(&levels, &inputs)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         if again != gpu {
-            return Err(FcosError::Gpu("two calls on the same input differ".into()).into());
+            eprintln!("fcos-loss: two GPU calls on the same input differ");
+            return Err(Failure::Mismatch);
         }
     }
     let t = Instant::now();
@@ -287,7 +288,7 @@ fn check(a: &CheckArgs) -> Result<(), Failure> {
     let levels = &batch.levels;
     let inputs = batch.inputs();
     // Bad values are reported before a device is opened.
-    fcos_loss::validate::check_values(levels, &inputs, batch.classes)?;
+    check_values(levels, &inputs, batch.classes)?;
     let engine = FcosLoss::new(config.clone())?;
     let gpu = engine.compute(levels, &inputs)?;
     let cpu = reference::losses(&config, levels, &inputs)?;
@@ -396,11 +397,11 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
     let levels = &batch.levels;
     let config = LossConfig::new(batch.classes as u32).with_reg_loss(a.reg);
     let weights = LossWeights::for_config(&config);
-    fcos_loss::validate::check_values(levels, &batch.inputs(), batch.classes)?;
+    check_values(levels, &batch.inputs(), batch.classes)?;
     let engine = FcosLoss::new(config.clone())?;
     let (gpu, g) = engine.forward_backward(levels, &batch.inputs(), &weights)?;
     let (cpu, cg) = reference::grad::gradients(&config, levels, &batch.inputs(), &weights)?;
-    let cg = cg.to_f32();
+    let cg = reference::grad::narrow(&cg);
     let heads = |x: &Gradients| {
         [
             x.cls_logits.clone(),
@@ -412,7 +413,7 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
     let vs_cpu: Vec<f64> = heads(&g)
         .iter()
         .zip(heads(&cg).iter())
-        .map(|(x, y)| fcos_loss::losses::max_head_error(x, y))
+        .map(|(x, y)| max_head_error(x, y))
         .collect();
     // Expected gradients: cls and cnt from expected.grad.*, reg from the mode's own tensors.
     let expected: Option<[Option<Vec<Vec<f32>>>; 3]> = case.expected.as_ref().map(|e| {
@@ -430,7 +431,7 @@ fn grad(a: &GradArgs) -> Result<(), Failure> {
         Some(ex) => heads(&g)
             .iter()
             .zip(ex)
-            .map(|(x, y)| y.as_ref().map(|y| fcos_loss::losses::max_head_error(x, y)))
+            .map(|(x, y)| y.as_ref().map(|y| max_head_error(x, y)))
             .collect(),
         None => vec![None; 3],
     };

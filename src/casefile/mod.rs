@@ -1,4 +1,4 @@
-//! Case files: the safetensors format of SPEC §5.
+//! Case files: the safetensors format of docs/contract.md §5.
 //!
 //! A case file holds the network outputs per level (`cls_logits.{l}`,
 //! `cnt_logits.{l}`, `reg_preds.{l}`), the flattened targets (`cls_targets`,
@@ -18,9 +18,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::error::FcosError;
-use crate::inputs::Batch;
-use crate::layout::Levels;
+use crate::{Batch, FcosError, Gradients, Head, Levels};
 
 /// One case: the inputs of a loss call and, when the file carries them, the
 /// PyTorch results to compare with.
@@ -46,14 +44,11 @@ pub struct Expected {
     pub reg_loss_giou: Option<Vec<f64>>,
     /// `expected.grad.*`: gradients of `cls_loss + cnt_loss + reg_loss` (IoU mode),
     /// when present.
-    pub grad: Option<Grads>,
+    pub grad: Option<Gradients>,
     /// `expected.grad_giou.reg_preds.{l}`: gradient of the GIoU `reg_loss` with
     /// respect to `reg_preds`, per level, flat NCHW, when present.
     pub grad_giou_reg: Option<Vec<Vec<f32>>>,
 }
-
-/// Gradients per head and level, as in the `expected.grad.*` tensors.
-pub type Grads = crate::losses::Gradients;
 
 /// Reads a case file (SPEC §5 tensor names) and checks its shapes.
 ///
@@ -109,17 +104,14 @@ pub fn write_case(path: &Path, case: &Case) -> Result<(), FcosError> {
         let (h, w) = b.levels.shapes().get(l).copied().unwrap_or((0, 0));
         vec![n, ch, h as usize, w as usize]
     };
-    let heads: [(&str, &Vec<Vec<f32>>, usize); 3] = [
-        ("cls_logits", &b.cls_logits, b.classes),
-        ("cnt_logits", &b.cnt_logits, 1),
-        ("reg_preds", &b.reg_preds, 4),
-    ];
-    for (name, levels, ch) in heads {
-        for (l, data) in levels.iter().enumerate() {
+    let inputs = b.inputs();
+    for head in Head::ALL {
+        let ch = head.channels(b.classes);
+        for (l, data) in inputs.head(head).iter().enumerate() {
             out.push((
-                format!("{name}.{l}"),
+                format!("{head}.{l}"),
                 level_shape(l, ch),
-                Cow::Borrowed(data),
+                Cow::Borrowed(*data),
             ));
         }
     }
@@ -158,16 +150,17 @@ pub fn write_case(path: &Path, case: &Case) -> Result<(), FcosError> {
             let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
             out.push((name.to_string(), vec![n], Cow::Owned(data)));
         }
-        let mut grads: Vec<(&str, &Vec<Vec<f32>>, usize)> = Vec::new();
+        let mut grads: Vec<(String, &Vec<Vec<f32>>, usize)> = Vec::new();
         if let Some(g) = &e.grad {
-            grads.push(("expected.grad.cls_logits", &g.cls_logits, b.classes));
-            grads.push(("expected.grad.cnt_logits", &g.cnt_logits, 1));
-            grads.push(("expected.grad.reg_preds", &g.reg_preds, 4));
+            for (head, levels) in g.iter() {
+                grads.push((format!("{GRAD}.{head}"), levels, head.channels(b.classes)));
+            }
         }
         if let Some(g) = &e.grad_giou_reg {
-            grads.push(("expected.grad_giou.reg_preds", g, 4));
+            grads.push((GRAD_GIOU_REG.to_string(), g, 4));
         }
         for (name, levels, ch) in grads {
+            let name = name.as_str();
             if levels.len() != b.levels.len() {
                 return Err(FcosError::shape(
                     name,
@@ -195,12 +188,8 @@ pub fn write_case(path: &Path, case: &Case) -> Result<(), FcosError> {
 // ---------------------------------------------------------------------------
 // Reading
 
-const HEADS: [&str; 3] = ["cls_logits", "cnt_logits", "reg_preds"];
-const GRAD_HEADS: [&str; 3] = [
-    "expected.grad.cls_logits",
-    "expected.grad.cnt_logits",
-    "expected.grad.reg_preds",
-];
+/// Prefix of the gradients of the IoU objective: `expected.grad.{head}.{l}`.
+const GRAD: &str = "expected.grad";
 const GRAD_GIOU_REG: &str = "expected.grad_giou.reg_preds";
 const LOSSES: [&str; 3] = [
     "expected.cls_loss",
@@ -405,12 +394,14 @@ impl<'a> Reader<'a> {
 
     /// Every `{head}.{n}` name (inputs and gradients) must be one of the `L` levels.
     fn check_level_names(&self, num_levels: usize) -> Result<(), FcosError> {
-        let prefixes = HEADS
+        let prefixes = Head::ALL
             .iter()
-            .chain(GRAD_HEADS.iter())
-            .chain([GRAD_GIOU_REG].iter());
+            .map(|h| h.name().to_string())
+            .chain(Head::ALL.iter().map(|h| format!("{GRAD}.{h}")))
+            .chain([GRAD_GIOU_REG.to_string()]);
         let mut bad: Vec<&String> = Vec::new();
         for prefix in prefixes {
+            let prefix = prefix.as_str();
             for name in &self.names {
                 let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) else {
                     continue;
@@ -523,12 +514,9 @@ impl<'a> Reader<'a> {
                 .collect()
         };
         let grad = if self.names.iter().any(|n| n.starts_with("expected.grad.")) {
-            let [gc, gn, gr] = GRAD_HEADS;
-            Some(Grads {
-                cls_logits: grad_levels(gc, batch.classes)?,
-                cnt_logits: grad_levels(gn, 1)?,
-                reg_preds: grad_levels(gr, 4)?,
-            })
+            Some(Gradients::try_from_fn(|h| {
+                grad_levels(&format!("{GRAD}.{h}"), h.channels(batch.classes))
+            })?)
         } else {
             None
         };

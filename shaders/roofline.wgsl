@@ -1,0 +1,101 @@
+// The memory roofline of the fused pass (the bench harness's measuring kernel,
+// built only with the crate's `bench` feature): the same positions, classes,
+// workgroups, reads and, for the backward pass, writes as fused.wgsl, in the same
+// layout and order, with the maths replaced by plain sums. Its values are
+// meaningless; its time is what moving the fused pass's bytes takes.
+//
+// Variants (the rule is at the top of common.wgsl):
+//   #ifdef BACKWARD   the backward pass's roofline: the positive counts are read and
+//                     every gradient element is written once, from the value read
+//                     at its place.
+//   override READ_ALL the centerness and box inputs at every position, as the
+//                     checked pass reads them (without: at the positives only).
+//   #ifdef SUBGROUPS  (reduce.wgsl) how the workgroup is reduced.
+
+override READ_ALL: bool = false;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> cls_logits: array<f32>;
+@group(0) @binding(2) var<storage, read> cnt_logits: array<f32>;
+@group(0) @binding(3) var<storage, read> reg_preds: array<f32>;
+@group(0) @binding(4) var<storage, read> cls_targets: array<f32>;
+@group(0) @binding(5) var<storage, read> cnt_targets: array<f32>;
+@group(0) @binding(6) var<storage, read> reg_targets: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
+#ifdef BACKWARD
+@group(0) @binding(8) var<storage, read> num_pos: array<u32>;
+@group(0) @binding(9) var<storage, read_write> grad_cls: array<f32>;
+@group(0) @binding(10) var<storage, read_write> grad_cnt: array<f32>;
+@group(0) @binding(11) var<storage, read_write> grad_reg: array<f32>;
+#endif
+
+// The stand-in for the centerness and box terms: plain sums of what they read.
+fn roofline_sums(x: f32, ct: f32, pred: vec4<f32>, tgt: vec4<f32>) -> vec2<f32> {
+    return vec2<f32>(x + ct, dot(pred + tgt, vec4<f32>(1.0)));
+}
+
+@compute @workgroup_size(WG)
+fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
+    let tile = wg.x;
+    let chunk = wg.y;
+    let bl = wg.z;
+    let b = params.image0 + bl;
+    let hw = params.level_size;
+    let pix = tile * WG + lanes.lid;
+    var acc = vec4<f32>(0.0);
+    if (pix < hw) {
+        let t = params.tgt_base + bl * params.positions + pix;
+#ifdef BACKWARD
+        let coef = params.w_cls / (f32(params.batch) * f32(max(num_pos[b], 1u)));
+#endif
+        let tcls = cls_targets[t];
+        let c0 = chunk * params.classes_per_chunk;
+        let c1 = min(c0 + params.classes_per_chunk, params.classes);
+        var idx = params.cls_base + (bl * params.classes + c0) * hw + pix;
+        var cls_sum = tcls;
+        for (var c = c0; c < c1; c++) {
+            let z = cls_logits[idx];
+            cls_sum += z;
+#ifdef BACKWARD
+            grad_cls[idx] = coef * z;
+#endif
+            idx += hw;
+        }
+        acc.x = cls_sum;
+
+        if (chunk == 0u) {
+            let ct = cnt_targets[t];
+            let ci = params.cnt_base + bl * hw + pix;
+            let r = params.reg_base + 4u * bl * hw + pix;
+            let positive = ct > -1.0;
+            var x = 0.0;
+            var pred = vec4<f32>(0.0);
+            if (READ_ALL || positive) {
+                x = cnt_logits[ci];
+                pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
+                let tgt = reg_targets[params.reg_tgt_base + bl * params.positions + pix];
+                acc = vec4<f32>(acc.x, roofline_sums(x, ct, pred, tgt), acc.w);
+            } else {
+                acc.y = ct;
+            }
+            var g_cnt = 0.0;
+            var g_reg = vec4<f32>(0.0);
+            if (positive) {
+                g_cnt = x;
+                g_reg = pred;
+                acc.w = 1.0;
+            }
+#ifdef BACKWARD
+            grad_cnt[ci] = g_cnt;
+            grad_reg[r] = g_reg.x;
+            grad_reg[r + hw] = g_reg.y;
+            grad_reg[r + 2u * hw] = g_reg.z;
+            grad_reg[r + 3u * hw] = g_reg.w;
+#endif
+        }
+    }
+    let partial = reduce_workgroup(acc, 0u, lanes);
+    if (lanes.lid == 0u) {
+        partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = partial;
+    }
+}

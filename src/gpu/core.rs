@@ -1,0 +1,134 @@
+//! What every stage of a call reads: the device, the configuration, the pipeline
+//! cache, the buffer pool and the settings. [`crate::FcosLoss`] wraps one; the
+//! host path, the device path and the call's stages borrow it.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::config::LossConfig;
+use crate::error::FcosError;
+use crate::gpu::context::GpuContext;
+use crate::gpu::pipelines::Pipelines;
+use crate::gpu::plan::{Plan, PlanLimits};
+use crate::gpu::pool::Pool;
+use crate::gpu::readback::Readback;
+use crate::input::{Head, Input};
+use crate::layout::Levels;
+use crate::losses::{Gradients, Losses};
+
+/// The engine's state.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub ctx: GpuContext,
+    pub config: LossConfig,
+    pub pipelines: Pipelines,
+    pub pool: Mutex<Pool>,
+    /// Two timestamp queries around the compute pass, where the device has them.
+    pub query_set: Option<wgpu::QuerySet>,
+    pub timeout: Duration,
+    pub target_workgroups: u32,
+    pub checks: bool,
+}
+
+impl Core {
+    /// Classes `C`.
+    pub fn classes(&self) -> usize {
+        self.config.num_classes as usize
+    }
+
+    /// Bytes of `input` for `b` images at `levels`.
+    pub fn bytes(&self, input: Input, levels: &Levels, b: usize) -> u64 {
+        input.bytes(levels, b, self.classes())
+    }
+
+    /// Mapping with this engine's timeout.
+    pub fn readback(&self) -> Readback<'_> {
+        Readback {
+            ctx: &self.ctx,
+            timeout: self.timeout,
+        }
+    }
+
+    /// The pool, once the device is known to be healthy.
+    pub fn lock_pool(&self) -> Result<MutexGuard<'_, Pool>, FcosError> {
+        self.ctx.health()?;
+        // Every pooled buffer is replaced whole, so a lock poisoned by a panic in
+        // another thread still guards a consistent pool.
+        Ok(self.pool.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The dispatches of a call of `b` images.
+    pub fn plan(&self, levels: &Levels, b: usize) -> Result<Plan, FcosError> {
+        if b as u64 > u32::MAX as u64 {
+            return Err(FcosError::Limit(format!("B = {b} images is too many")));
+        }
+        Plan::new(
+            levels,
+            b as u32,
+            self.config.num_classes,
+            self.pipelines.spec().workgroup_size,
+            self.target_workgroups,
+            PlanLimits::of(&self.ctx.limits),
+        )
+    }
+
+    /// `B = 0` and element counts beyond the address space are shape errors.
+    pub fn check_batch(&self, levels: &Levels, b: usize) -> Result<(), FcosError> {
+        if b == 0 {
+            return Err(FcosError::shape("batch", "B >= 1", "B = 0"));
+        }
+        crate::inputs::check_extent(levels, b, self.classes())
+    }
+
+    /// The host path's buffers against `max_buffer_size`: each input, the staging
+    /// buffer that holds all six (where the upload is not zero-copy) and, for the
+    /// backward pass, the readback buffer that holds the three gradients.
+    pub fn check_buffer_sizes(
+        &self,
+        levels: &Levels,
+        b: usize,
+        backward: bool,
+    ) -> Result<(), FcosError> {
+        let max = self.ctx.limits.max_buffer_size;
+        for input in Input::ALL {
+            let n = self.bytes(input, levels, b);
+            if n > max || n > u32::MAX as u64 * 4 {
+                return Err(FcosError::Limit(format!(
+                    "{input} needs a {n}-byte buffer; the adapter allows max_buffer_size = {max}"
+                )));
+            }
+        }
+        let staged: u64 = Input::ALL.iter().map(|&i| self.bytes(i, levels, b)).sum();
+        if !self.ctx.zero_copy_upload() && staged > max {
+            return Err(FcosError::Limit(format!(
+                "the host path stages all six inputs in one {staged}-byte buffer; the adapter allows max_buffer_size = {max} (pass device buffers instead, or a smaller batch)"
+            )));
+        }
+        let grads: u64 = Head::ALL
+            .iter()
+            .map(|h| self.bytes(h.input(), levels, b))
+            .sum();
+        if backward && grads > max {
+            return Err(FcosError::Limit(format!(
+                "the host path reads the three gradients back through one {grads}-byte buffer; the adapter allows max_buffer_size = {max} (pass device gradient buffers instead, or a smaller batch)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The result of a call over levels without positions.
+    pub fn zero_losses(&self, b: usize) -> Losses {
+        Losses::from_per_image(
+            vec![0.0; b],
+            vec![0.0; b],
+            vec![0.0; b],
+            vec![0; b],
+            self.config.add_centerness,
+        )
+    }
+
+    /// Gradients of a call over levels without positions.
+    pub fn empty_grads(&self, levels: &Levels, b: usize) -> Gradients {
+        Gradients::zeros(levels, b, self.classes())
+    }
+}

@@ -1,0 +1,72 @@
+//! Recording one call into a command encoder: the compute pass (positive count,
+//! fused segments, finalize) and the copies that bring its results within reach
+//! of the host. Records only; the caller submits.
+
+use crate::gpu::bind::BindGroups;
+use crate::gpu::call::CallPipelines;
+use crate::gpu::plan::Plan;
+use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES};
+use crate::input::Heads;
+
+/// The compute pass, with timestamps around it where the device has them.
+pub(crate) fn passes(
+    encoder: &mut wgpu::CommandEncoder,
+    pipelines: &CallPipelines,
+    groups: &BindGroups,
+    plan: &Plan,
+    query_set: Option<&wgpu::QuerySet>,
+) {
+    let timestamp_writes = query_set.map(|q| wgpu::ComputePassTimestampWrites {
+        query_set: q,
+        beginning_of_pass_write_index: Some(0),
+        end_of_pass_write_index: Some(1),
+    });
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("fcos loss"),
+        timestamp_writes,
+    });
+    if let Some(count) = &pipelines.count {
+        pass.set_pipeline(&count.pipeline);
+        for (images, group) in &groups.count {
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(*images, 1, 1);
+        }
+    }
+    pass.set_pipeline(&pipelines.fused.pipeline);
+    for (seg, group) in plan.segments.iter().zip(&groups.fused) {
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(seg.tiles, plan.chunks, seg.images);
+    }
+    pass.set_pipeline(&pipelines.finalize.pipeline);
+    pass.set_bind_group(0, &groups.finalize, &[]);
+    pass.dispatch_workgroups(plan.batch, 1, 1);
+}
+
+/// The per-image results, then the resolved timestamps, into the mappable readback.
+pub(crate) fn results(
+    encoder: &mut wgpu::CommandEncoder,
+    work: &WorkBuffers,
+    batch: u32,
+    query_set: Option<&wgpu::QuerySet>,
+) {
+    let out_bytes = result_bytes(batch);
+    encoder.copy_buffer_to_buffer(work.image_losses, 0, work.readback, 0, out_bytes);
+    if let (Some(q), Some(ts)) = (query_set, work.timestamps) {
+        encoder.resolve_query_set(q, 0..2, ts, 0);
+        encoder.copy_buffer_to_buffer(ts, 0, work.readback, out_bytes, TIMESTAMP_BYTES);
+    }
+}
+
+/// The three gradients, `sizes` bytes each, one after another into `staging`.
+pub(crate) fn copy_gradients(
+    encoder: &mut wgpu::CommandEncoder,
+    grads: Heads<&wgpu::Buffer>,
+    sizes: Heads<u64>,
+    staging: &wgpu::Buffer,
+) {
+    let mut at = 0;
+    for (h, buf) in grads.iter() {
+        encoder.copy_buffer_to_buffer(buf, 0, staging, at, sizes[h]);
+        at += sizes[h];
+    }
+}

@@ -1,0 +1,176 @@
+//! The error path of the on-device checks: when the fused pass flags a bad input,
+//! bring the inputs to the host in bounded chunks (raw bits, through
+//! `copy_words.wgsl`, so the user's buffers need no `COPY_SRC`) and let the host
+//! validator name the first bad element. The host path, whose slices are at hand,
+//! goes straight to that last step ([`name_bad_input`]).
+
+use crate::error::FcosError;
+use crate::gpu::core::Core;
+use crate::gpu::device_inputs::DeviceInputs;
+use crate::gpu::pipelines::Pipeline;
+use crate::gpu::scope::scoped;
+use crate::gpu::shaders::Kernel;
+use crate::input::{ByInput, Head, Input};
+use crate::inputs::Inputs;
+use crate::layout::Levels;
+
+/// Largest chunk the copy moves at once (also bounded by the binding limit).
+const CHUNK_BYTES: u64 = 32 << 20;
+
+/// The error for device inputs the on-device checks flagged (`flags`: the inputs'
+/// flag bits).
+pub(crate) fn locate_bad_input(
+    core: &Core,
+    levels: &Levels,
+    inputs: &DeviceInputs,
+    flags: u32,
+) -> FcosError {
+    let host = match read_inputs(core, levels, inputs) {
+        Ok(h) => h,
+        Err(e) => {
+            return FcosError::gpu(format!(
+                "the on-device checks flagged bad values in {:?}, and reading them back to locate the first one failed: {e}",
+                Input::flagged(flags)
+            ))
+        }
+    };
+    let b = inputs.batch;
+    // Each buffer read back holds exactly the packed tensor.
+    let split = |head: Head| -> Vec<&[f32]> {
+        let ch = head.channels(core.classes());
+        (0..levels.len())
+            .map(|l| {
+                let at = levels.packed_offset(l, b, ch);
+                &host[head.input()][at..at + levels.level_len(l, b, ch)]
+            })
+            .collect()
+    };
+    let view = Inputs {
+        batch: b,
+        cls_logits: split(Head::ClsLogits),
+        cnt_logits: split(Head::CntLogits),
+        reg_preds: split(Head::RegPreds),
+        cls_targets: &host[Input::ClsTargets],
+        cnt_targets: &host[Input::CntTargets],
+        reg_targets: &host[Input::RegTargets],
+    };
+    name_bad_input(core, levels, &view, flags)
+}
+
+/// The error for host inputs the on-device checks flagged: the host validator's
+/// error naming the first bad element (both paths end here).
+pub(crate) fn name_bad_input(core: &Core, levels: &Levels, inputs: &Inputs, flags: u32) -> FcosError {
+    match crate::validate::check_values(levels, inputs, core.classes()) {
+        Err(e) => e,
+        Ok(()) => FcosError::gpu(format!(
+            "the on-device checks flagged bad values in {:?}, but the host check of the same data found none",
+            Input::flagged(flags)
+        )),
+    }
+}
+
+/// The six inputs as host vectors (only what the layout uses of each buffer).
+fn read_inputs(
+    core: &Core,
+    levels: &Levels,
+    inputs: &DeviceInputs,
+) -> Result<ByInput<Vec<f32>>, FcosError> {
+    let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
+    ByInput::try_from_fn(|input| {
+        let bytes = core.bytes(input, levels, inputs.batch);
+        read_words(core, &copy, inputs.buffer(input), bytes)
+    })
+}
+
+/// The first `bytes` of a STORAGE buffer, copied chunk by chunk.
+fn read_words(
+    core: &Core,
+    copy: &Pipeline,
+    src: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<f32>, FcosError> {
+    let device = &core.ctx.device;
+    let limits = &core.ctx.limits;
+    let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    let chunk = CHUNK_BYTES
+        .min(limits.max_storage_buffer_binding_size)
+        .min(bytes.max(4))
+        / align
+        * align;
+    let chunk = chunk.max(align.min(bytes.max(4)));
+    let (staging, readback) = scoped(device, || {
+        let make = |label, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: chunk.next_multiple_of(4),
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        (
+            make(
+                "fcos locate staging",
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            make(
+                "fcos locate readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+        )
+    })?;
+    let mut out: Vec<f32> = Vec::with_capacity((bytes / 4) as usize);
+    let mut at = 0;
+    while at < bytes {
+        let len = chunk.min(bytes - at);
+        let index = scoped(device, || {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            copy_chunk(core, copy, src, at..at + len, &staging, &mut encoder);
+            encoder.copy_buffer_to_buffer(&staging, 0, &readback, 0, len);
+            core.ctx.queue.submit([encoder.finish()])
+        })?;
+        let data = core.readback().read(&readback, 0..len, Some(index))?;
+        out.extend(
+            data.chunks_exact(4)
+                .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+        );
+        at += len;
+    }
+    Ok(out)
+}
+
+/// Records the word copy of bytes `range` of `src` into `staging`.
+fn copy_chunk(
+    core: &Core,
+    copy: &Pipeline,
+    src: &wgpu::Buffer,
+    range: std::ops::Range<u64>,
+    staging: &wgpu::Buffer,
+    encoder: &mut wgpu::CommandEncoder,
+) {
+    let device = &core.ctx.device;
+    let groups = (((range.end - range.start) / 4) as u32).div_ceil(256);
+    let x = groups.clamp(1, core.ctx.limits.max_compute_workgroups_per_dimension);
+    let y = groups.div_ceil(x).max(1);
+    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("fcos locate"),
+        layout: &copy.layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: src,
+                    offset: range.start,
+                    size: std::num::NonZeroU64::new(range.end - range.start),
+                }),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: staging.as_entire_binding(),
+            },
+        ],
+    });
+    let mut pass = encoder.begin_compute_pass(&Default::default());
+    pass.set_pipeline(&copy.pipeline);
+    pass.set_bind_group(0, &bg, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+}

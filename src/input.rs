@@ -1,0 +1,385 @@
+//! The six tensors a loss call reads, named by type: [`Input`] (name, channels,
+//! layout, element type, check flag), [`Head`] for the three network outputs, and
+//! [`Heads`], one value per head. Code that treats the inputs alike iterates
+//! [`Input::ALL`] or [`Head::ALL`]; nothing indexes them by number.
+
+use std::ops::{Index, IndexMut};
+
+use crate::layout::Levels;
+
+/// One of the six tensors of a loss call (docs/contract.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// Class logits, `[B, C, H_l, W_l]` per level.
+    ClsLogits,
+    /// Centerness logits, `[B, 1, H_l, W_l]` per level.
+    CntLogits,
+    /// Box regressions (ltrb, pixels), `[B, 4, H_l, W_l]` per level.
+    RegPreds,
+    /// Class index per position, `[B, P, 1]`.
+    ClsTargets,
+    /// Centerness target per position, `[B, P, 1]`.
+    CntTargets,
+    /// ltrb box target per position, `[B, P, 4]`.
+    RegTargets,
+}
+
+/// How an input is laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorLayout {
+    /// One NCHW tensor per pyramid level (the network outputs).
+    PerLevel,
+    /// Flattened over the levels, `[B, P, ch]` (the targets).
+    Flattened,
+}
+
+/// The element type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dtype {
+    /// 32-bit IEEE float.
+    F32,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+        }
+    }
+}
+
+impl Input {
+    /// Every input, in the order the engine binds and checks them.
+    pub const ALL: [Input; 6] = [
+        Input::ClsLogits,
+        Input::CntLogits,
+        Input::RegPreds,
+        Input::ClsTargets,
+        Input::CntTargets,
+        Input::RegTargets,
+    ];
+
+    /// The tensor's name in case files and error messages (`cls_logits`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::ClsLogits => "cls_logits",
+            Input::CntLogits => "cnt_logits",
+            Input::RegPreds => "reg_preds",
+            Input::ClsTargets => "cls_targets",
+            Input::CntTargets => "cnt_targets",
+            Input::RegTargets => "reg_targets",
+        }
+    }
+
+    /// Channels per position: `C` for the class logits, 4 for boxes, else 1.
+    pub fn channels(self, classes: usize) -> usize {
+        match self {
+            Input::ClsLogits => classes,
+            Input::RegPreds | Input::RegTargets => 4,
+            Input::CntLogits | Input::ClsTargets | Input::CntTargets => 1,
+        }
+    }
+
+    /// Per level (network outputs) or flattened (targets).
+    pub fn layout(self) -> TensorLayout {
+        match self.head() {
+            Some(_) => TensorLayout::PerLevel,
+            None => TensorLayout::Flattened,
+        }
+    }
+
+    /// The element type the engine reads.
+    pub fn dtype(self) -> Dtype {
+        Dtype::F32
+    }
+
+    /// The head this input is, if it is a network output.
+    pub fn head(self) -> Option<Head> {
+        match self {
+            Input::ClsLogits => Some(Head::ClsLogits),
+            Input::CntLogits => Some(Head::CntLogits),
+            Input::RegPreds => Some(Head::RegPreds),
+            Input::ClsTargets | Input::CntTargets | Input::RegTargets => None,
+        }
+    }
+
+    /// The bit the on-device checks set when this input holds a bad value
+    /// (`FLAG_*` in `shaders/common.wgsl`).
+    pub(crate) fn flag(self) -> u32 {
+        match self {
+            Input::ClsLogits => 1,
+            Input::CntLogits => 2,
+            Input::RegPreds => 4,
+            Input::ClsTargets => 8,
+            Input::CntTargets => 16,
+            Input::RegTargets => 32,
+        }
+    }
+
+    /// The inputs whose bits are set in `flags`, in [`Input::ALL`] order.
+    pub(crate) fn flagged(flags: u32) -> Vec<&'static str> {
+        Input::ALL
+            .iter()
+            .filter(|i| flags & i.flag() != 0)
+            .map(|i| i.name())
+            .collect()
+    }
+
+    /// Elements of the whole tensor for `batch` images: `B · ch · P` (every level
+    /// of a head together, or the flattened target).
+    pub fn elements(self, levels: &Levels, batch: usize, classes: usize) -> usize {
+        levels.packed_len(batch, self.channels(classes))
+    }
+
+    /// Bytes of the whole tensor (see [`elements`](Self::elements)).
+    pub fn bytes(self, levels: &Levels, batch: usize, classes: usize) -> u64 {
+        (self.elements(levels, batch, classes) * self.dtype().size()) as u64
+    }
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One of the three network outputs the loss differentiates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Head {
+    /// Class logits.
+    ClsLogits,
+    /// Centerness logits.
+    CntLogits,
+    /// Box regressions.
+    RegPreds,
+}
+
+impl Head {
+    /// The three heads, in [`Input::ALL`] order.
+    pub const ALL: [Head; 3] = [Head::ClsLogits, Head::CntLogits, Head::RegPreds];
+
+    /// The input this head is.
+    pub fn input(self) -> Input {
+        match self {
+            Head::ClsLogits => Input::ClsLogits,
+            Head::CntLogits => Input::CntLogits,
+            Head::RegPreds => Input::RegPreds,
+        }
+    }
+
+    /// The head's name (`cls_logits`, `cnt_logits`, `reg_preds`).
+    pub fn name(self) -> &'static str {
+        self.input().name()
+    }
+
+    /// Channels: `C`, 1 or 4.
+    pub fn channels(self, classes: usize) -> usize {
+        self.input().channels(classes)
+    }
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One value per head: gradients, buffers, tolerances, anything the three network
+/// outputs each have. Indexed by [`Head`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Heads<T> {
+    /// The class-logit head's value.
+    pub cls_logits: T,
+    /// The centerness head's value.
+    pub cnt_logits: T,
+    /// The box head's value.
+    pub reg_preds: T,
+}
+
+impl<T> Heads<T> {
+    /// Builds each head's value from its [`Head`].
+    pub fn from_fn(mut f: impl FnMut(Head) -> T) -> Self {
+        Heads {
+            cls_logits: f(Head::ClsLogits),
+            cnt_logits: f(Head::CntLogits),
+            reg_preds: f(Head::RegPreds),
+        }
+    }
+
+    /// Like [`from_fn`](Self::from_fn), stopping at the first error.
+    pub fn try_from_fn<E>(mut f: impl FnMut(Head) -> Result<T, E>) -> Result<Self, E> {
+        Ok(Heads {
+            cls_logits: f(Head::ClsLogits)?,
+            cnt_logits: f(Head::CntLogits)?,
+            reg_preds: f(Head::RegPreds)?,
+        })
+    }
+
+    /// Each value transformed, with its head.
+    pub fn map<U>(self, mut f: impl FnMut(Head, T) -> U) -> Heads<U> {
+        Heads {
+            cls_logits: f(Head::ClsLogits, self.cls_logits),
+            cnt_logits: f(Head::CntLogits, self.cnt_logits),
+            reg_preds: f(Head::RegPreds, self.reg_preds),
+        }
+    }
+
+    /// The values by reference.
+    pub fn as_ref(&self) -> Heads<&T> {
+        Heads {
+            cls_logits: &self.cls_logits,
+            cnt_logits: &self.cnt_logits,
+            reg_preds: &self.reg_preds,
+        }
+    }
+
+    /// `(head, value)` in [`Head::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Head, &T)> {
+        Head::ALL.into_iter().map(move |h| (h, &self[h]))
+    }
+}
+
+impl<T> Index<Head> for Heads<T> {
+    type Output = T;
+
+    fn index(&self, head: Head) -> &T {
+        match head {
+            Head::ClsLogits => &self.cls_logits,
+            Head::CntLogits => &self.cnt_logits,
+            Head::RegPreds => &self.reg_preds,
+        }
+    }
+}
+
+impl<T> IndexMut<Head> for Heads<T> {
+    fn index_mut(&mut self, head: Head) -> &mut T {
+        match head {
+            Head::ClsLogits => &mut self.cls_logits,
+            Head::CntLogits => &mut self.cnt_logits,
+            Head::RegPreds => &mut self.reg_preds,
+        }
+    }
+}
+
+impl<T: Clone + Default> Heads<Vec<Vec<T>>> {
+    /// Zeros (the default value) shaped like the heads: one `[B, ch, H_l, W_l]`
+    /// vector per level.
+    pub fn zeros(levels: &Levels, batch: usize, classes: usize) -> Self {
+        Heads::from_fn(|h| {
+            (0..levels.len())
+                .map(|l| vec![T::default(); levels.level_len(l, batch, h.channels(classes))])
+                .collect()
+        })
+    }
+}
+
+impl<T: Copy + Into<f64>> Heads<Vec<Vec<T>>> {
+    /// The largest magnitude of each head over all its levels.
+    pub fn max_abs(&self) -> Heads<f64> {
+        self.as_ref().map(|_, levels| {
+            levels
+                .iter()
+                .flatten()
+                .fold(0.0f64, |a, &x| a.max(x.into().abs()))
+        })
+    }
+}
+
+/// One value per input, indexed by [`Input`] (the engine's bindings, ranges and
+/// buffers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ByInput<T> {
+    pub heads: Heads<T>,
+    pub cls_targets: T,
+    pub cnt_targets: T,
+    pub reg_targets: T,
+}
+
+impl<T> ByInput<T> {
+    pub fn from_fn(mut f: impl FnMut(Input) -> T) -> Self {
+        ByInput {
+            heads: Heads::from_fn(|h| f(h.input())),
+            cls_targets: f(Input::ClsTargets),
+            cnt_targets: f(Input::CntTargets),
+            reg_targets: f(Input::RegTargets),
+        }
+    }
+
+    pub fn try_from_fn<E>(mut f: impl FnMut(Input) -> Result<T, E>) -> Result<Self, E> {
+        Ok(ByInput {
+            heads: Heads::try_from_fn(|h| f(h.input()))?,
+            cls_targets: f(Input::ClsTargets)?,
+            cnt_targets: f(Input::CntTargets)?,
+            reg_targets: f(Input::RegTargets)?,
+        })
+    }
+
+    /// `(input, value)` in [`Input::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Input, &T)> {
+        Input::ALL.into_iter().map(move |i| (i, &self[i]))
+    }
+}
+
+impl<T> Index<Input> for ByInput<T> {
+    type Output = T;
+
+    fn index(&self, input: Input) -> &T {
+        match input {
+            Input::ClsLogits => &self.heads.cls_logits,
+            Input::CntLogits => &self.heads.cnt_logits,
+            Input::RegPreds => &self.heads.reg_preds,
+            Input::ClsTargets => &self.cls_targets,
+            Input::CntTargets => &self.cnt_targets,
+            Input::RegTargets => &self.reg_targets,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_channels_and_flags_are_distinct_and_in_order() {
+        let names: Vec<&str> = Input::ALL.iter().map(|i| i.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "cls_logits",
+                "cnt_logits",
+                "reg_preds",
+                "cls_targets",
+                "cnt_targets",
+                "reg_targets"
+            ]
+        );
+        let channels: Vec<usize> = Input::ALL.iter().map(|i| i.channels(7)).collect();
+        assert_eq!(channels, [7, 1, 4, 1, 1, 4]);
+        let all_flags = Input::ALL.iter().fold(0, |f, i| {
+            assert_eq!(f & i.flag(), 0, "{i} shares a flag bit");
+            f | i.flag()
+        });
+        assert_eq!(Input::flagged(all_flags), names);
+        assert_eq!(Input::flagged(Input::RegPreds.flag()), ["reg_preds"]);
+        for h in Head::ALL {
+            assert_eq!(h.input().head(), Some(h));
+            assert_eq!(h.input().layout(), TensorLayout::PerLevel);
+        }
+    }
+
+    #[test]
+    fn heads_and_by_input_index_by_name() {
+        let h = Heads::from_fn(|h| h.name().len());
+        assert_eq!(h[Head::RegPreds], "reg_preds".len());
+        let by = ByInput::from_fn(|i| i.name());
+        for (i, name) in by.iter() {
+            assert_eq!(i.name(), *name);
+        }
+        let levels = Levels::from_shapes(&[(2, 3), (1, 1)]).unwrap();
+        let z: Heads<Vec<Vec<f32>>> = Heads::zeros(&levels, 2, 5);
+        assert_eq!(z.cls_logits[0].len(), 2 * 5 * 6);
+        assert_eq!(z.reg_preds[1].len(), 2 * 4);
+    }
+}
