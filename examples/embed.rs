@@ -4,8 +4,7 @@
 //!
 //! Run: `cargo run --release --example embed`
 
-use fcos_loss::{synthetic, DeviceInputs, FcosLoss, Levels, LossConfig};
-use wgpu::util::DeviceExt;
+use fcos_loss::{synthetic, DeviceBatch, FcosLoss, Levels, LossConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The application's own device.
@@ -34,35 +33,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &config.strides,
         &synthetic::SyntheticSpec::new(2, 20),
     )?;
-    let buffer = |label: &str, data: &[f32]| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(data),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        })
-    };
-    // Each head's levels packed one after another (level l at element B·ch·offset_l).
-    let cls = buffer("cls_logits", &batch.cls_logits.concat());
-    let cnt = buffer("cnt_logits", &batch.cnt_logits.concat());
-    let reg = buffer("reg_preds", &batch.reg_preds.concat());
-    let cls_t = buffer("cls_targets", &batch.cls_targets);
-    let cnt_t = buffer("cnt_targets", &batch.cnt_targets);
-    let reg_t = buffer("reg_targets", &batch.reg_targets);
+    // The app's buffers: each head's levels packed one after another (level l at
+    // element B·ch·off_l), the targets flattened over levels, as `DeviceInputs`
+    // documents. `DeviceBatch` makes them from a host batch; an app's network
+    // writes its own buffers in the same layout.
+    let on_device = DeviceBatch::upload(&device, &batch)?;
 
     // The engine shares the app's device and queue.
     let engine = FcosLoss::from_device(device.clone(), queue.clone(), config.clone())?;
-    let losses = engine.compute_device(
-        &levels,
-        &DeviceInputs {
-            batch: batch.batch,
-            cls_logits: &cls,
-            cnt_logits: &cnt,
-            reg_preds: &reg,
-            cls_targets: &cls_t,
-            cnt_targets: &cnt_t,
-            reg_targets: &reg_t,
-        },
-    )?;
+    let losses = engine.compute_device(&levels, &on_device.inputs())?;
     println!("per-image cls {:?}", losses.cls);
     println!("per-image cnt {:?}", losses.cnt);
     println!("per-image reg {:?}", losses.reg);

@@ -4,9 +4,7 @@
 //!
 //! Run: `cargo run --release --example train_step`
 
-use fcos_loss::{
-    synthetic, DeviceGradients, DeviceInputs, FcosLoss, Levels, LossConfig, LossWeights,
-};
+use fcos_loss::{synthetic, DeviceBatch, FcosLoss, Head, Heads, Levels, LossConfig, LossWeights};
 use wgpu::util::DeviceExt;
 
 /// `param -= lr * grad`, one thread per element.
@@ -35,37 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let queue = engine.context().queue.clone();
     println!("training on {}", engine.adapter_name());
 
-    let storage =
-        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-    let buffer = |label: &str, data: &[f32]| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(data),
-            usage: storage,
-        })
-    };
-    // Parameters (the network outputs) and fixed targets, on the device.
-    let params = [
-        buffer("cls_logits", &batch.cls_logits.concat()),
-        buffer("cnt_logits", &batch.cnt_logits.concat()),
-        buffer("reg_preds", &batch.reg_preds.concat()),
-    ];
-    let targets = [
-        buffer("cls_targets", &batch.cls_targets),
-        buffer("cnt_targets", &batch.cnt_targets),
-        buffer("reg_targets", &batch.reg_targets),
-    ];
-    let grads: Vec<wgpu::Buffer> = params
-        .iter()
-        .map(|p| {
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("grad"),
-                size: p.size(),
-                usage: storage,
-                mapped_at_creation: false,
-            })
-        })
-        .collect();
+    // Parameters (the network outputs) and fixed targets, on the device, and a
+    // gradient buffer per head.
+    let on_device = DeviceBatch::upload(&device, &batch)?;
+    let grads = on_device.gradient_buffers(&device)?;
+    let inputs = on_device.inputs();
 
     // The optimiser: one pipeline, one bind group per head, a learning rate per head
     // (box predictions are in pixels, logits are not).
@@ -81,49 +53,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compilation_options: Default::default(),
         cache: None,
     });
-    let lrs = [200.0f32, 20.0, 2000.0];
-    let groups: Vec<wgpu::BindGroup> = (0..3)
-        .map(|i| {
-            let lr = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("lr"),
-                contents: bytemuck::cast_slice(&[lrs[i], 0.0, 0.0, 0.0]),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("sgd"),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: params[i].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: grads[i].as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: lr.as_entire_binding(),
-                    },
-                ],
-            })
+    let lrs = Heads {
+        cls_logits: 200.0f32,
+        cnt_logits: 20.0,
+        reg_preds: 2000.0,
+    };
+    let groups: Heads<wgpu::BindGroup> = Heads::from_fn(|head: Head| {
+        let lr = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("lr"),
+            contents: bytemuck::cast_slice(&[lrs[head], 0.0, 0.0, 0.0]),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("sgd"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: inputs.buffer(head.input()).as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: grads[head].as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: lr.as_entire_binding(),
+                },
+            ],
         })
-        .collect();
+    });
 
-    let inputs = DeviceInputs {
-        batch: batch.batch,
-        cls_logits: &params[0],
-        cnt_logits: &params[1],
-        reg_preds: &params[2],
-        cls_targets: &targets[0],
-        cnt_targets: &targets[1],
-        reg_targets: &targets[2],
-    };
-    let out = DeviceGradients {
-        cls_logits: &grads[0],
-        cnt_logits: &grads[1],
-        reg_preds: &grads[2],
-    };
+    let out = grads.as_ref();
     let weights = LossWeights::for_config(&config);
     let steps = 40;
     let mut first = None;
@@ -142,8 +103,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             pass.set_pipeline(&pipeline);
-            for (i, g) in groups.iter().enumerate() {
-                let n = (params[i].size() / 4) as u32;
+            for (head, g) in groups.iter() {
+                let n = (inputs.buffer(head.input()).size() / 4) as u32;
                 pass.set_bind_group(0, g, &[]);
                 pass.dispatch_workgroups(n.div_ceil(256).min(65535), n.div_ceil(256 * 65535), 1);
             }
