@@ -162,7 +162,7 @@ fn focal_core(t: FocalTerms, gamma: f32) -> vec4<f32> {
     return focal_mod(t.q, gamma) * t.nl;
 }
 
-// d focal_core / du = q^gamma q + gamma r q^gamma nl (SPEC §4's closed forms,
+// d focal_core / du = q^gamma q + gamma r q^gamma nl (docs/contract.md §4's closed forms,
 // reusing the elements' `core`); d/dz is this times the weight, and times -1 for
 // the target class (u = -z).
 fn focal_grad_core(t: FocalTerms, core: vec4<f32>, gamma: f32) -> vec4<f32> {

@@ -1,7 +1,7 @@
 // The fused pass over one segment (one pyramid level, a run of images). One
 // workgroup covers WG consecutive positions of the level (x: tile) of one image (z)
 // for one chunk of classes (y). Each thread reads its position's logits straight
-// from the NCHW level through the level-flatten index map (SPEC §1), sums the focal
+// from the NCHW level through the level-flatten index map (docs/contract.md §1.1), sums the focal
 // terms of its classes (every class as a negative in the class loop, four per step;
 // the target class redone as a positive after it) and, in class chunk 0, the
 // centerness BCE and box loss at a positive and the positive count. Subgroup sums or

@@ -1,4 +1,4 @@
-//! Pyramid levels: shapes, flat offsets and the level-flatten index map of SPEC §1.
+//! Pyramid levels: shapes, flat offsets and the level-flatten index map of docs/contract.md §1.1.
 
 use crate::error::FcosError;
 

@@ -105,7 +105,7 @@ where
 }
 
 /// The largest `|got - want|` of each level tensor of one head, relative to that
-/// tensor's largest `|want|` (SPEC §4's tolerance for gradients: each element within
+/// tensor's largest `|want|` (docs/contract.md §4's tolerance for gradients: each element within
 /// `1e-4` of the largest magnitude in its tensor), over all levels. A tensor whose
 /// elements all match counts 0 (even when all zero); a NaN never passes.
 pub fn max_tensor_error<A, B>(got: &[Vec<A>], want: &[Vec<B>]) -> f64

@@ -1,7 +1,7 @@
 //! Deterministic synthetic batches (the demo's default batch, benches, tests).
 
-use crate::error::FcosError;
 use crate::batch::Batch;
+use crate::error::FcosError;
 use crate::layout::Levels;
 
 /// A small, fast, seedable generator (SplitMix64) so that batches are the same on every machine.
@@ -78,9 +78,10 @@ impl SyntheticSpec {
     }
 }
 
-/// Draws a batch in the style of `peers/gen_case.py`: logits around the prior,
-/// positives with a random class and centerness, box targets scaled by the level's
-/// stride and predictions near them. `strides` scale the boxes (cycled if shorter than the levels).
+/// Draws a batch in the style of `bench/peers/gen_case.py`: logits around the
+/// prior, positives with a random class and centerness, box targets scaled by the
+/// level's stride and predictions near them. `strides` scale the boxes (cycled if
+/// shorter than the levels).
 pub fn generate(
     levels: &Levels,
     strides: &[u32],
@@ -92,9 +93,17 @@ pub fn generate(
             spec.batch, spec.classes
         )));
     }
-    let (b_n, c_n, p_n) = (spec.batch, spec.classes, levels.positions());
-    crate::inputs::check_extent(levels, b_n, c_n)?;
+    crate::inputs::check_extent(levels, spec.batch, spec.classes)?;
     let mut rng = Rng::new(spec.seed);
+    let mut batch = draw_logits(levels, spec, &mut rng)?;
+    draw_boxes(&mut batch, strides, spec, &mut rng);
+    Ok(batch)
+}
+
+/// The batch with its class and centerness logits drawn level by level, the box
+/// predictions zero and the targets all negative (`0`, `-1`, `-1`).
+fn draw_logits(levels: &Levels, spec: &SyntheticSpec, rng: &mut Rng) -> Result<Batch, FcosError> {
+    let (b_n, c_n, p_n) = (spec.batch, spec.classes, levels.positions());
     let mut cls_logits = Vec::with_capacity(levels.len());
     let mut cnt_logits = Vec::with_capacity(levels.len());
     let mut reg_preds = Vec::with_capacity(levels.len());
@@ -107,19 +116,26 @@ pub fn generate(
         let mut v = alloc("cnt_logits", n)?;
         v.extend((0..n).map(|_| rng.normal() as f32));
         cnt_logits.push(v);
-        let n = levels.level_len(l, b_n, 4);
-        let mut v = alloc("reg_preds", n)?;
-        v.resize(n, 0.0);
-        reg_preds.push(v);
+        reg_preds.push(filled("reg_preds", levels.level_len(l, b_n, 4), 0.0)?);
     }
-    let filled = |name: &str, n: usize, x: f32| -> Result<Vec<f32>, FcosError> {
-        let mut v = alloc(name, n)?;
-        v.resize(n, x);
-        Ok(v)
-    };
-    let mut cls_targets = filled("cls_targets", b_n * p_n, 0.0)?;
-    let mut cnt_targets = filled("cnt_targets", b_n * p_n, -1.0)?;
-    let mut reg_targets = filled("reg_targets", b_n * p_n * 4, -1.0)?;
+    Ok(Batch {
+        levels: levels.clone(),
+        batch: b_n,
+        classes: c_n,
+        cls_logits,
+        cnt_logits,
+        reg_preds,
+        cls_targets: filled("cls_targets", b_n * p_n, 0.0)?,
+        cnt_targets: filled("cnt_targets", b_n * p_n, -1.0)?,
+        reg_targets: filled("reg_targets", b_n * p_n * 4, -1.0)?,
+    })
+}
+
+/// Draws every position's box (scaled by its level's stride) and a prediction near
+/// it, and makes a fraction of the positions positive with that box as target.
+fn draw_boxes(batch: &mut Batch, strides: &[u32], spec: &SyntheticSpec, rng: &mut Rng) {
+    let levels = batch.levels.clone();
+    let (c_n, p_n) = (batch.classes, levels.positions());
     let stride = |l: usize| -> f64 {
         if strides.is_empty() {
             8.0 * (1u64 << l.min(20)) as f64
@@ -127,7 +143,7 @@ pub fn generate(
             strides[l % strides.len()] as f64
         }
     };
-    for b in 0..b_n {
+    for b in 0..batch.batch {
         let frac = if spec.pos_frac.is_empty() {
             0.0
         } else {
@@ -147,28 +163,24 @@ pub fn generate(
             }
             for (k, &t) in tgt.iter().enumerate() {
                 let pred = t * (rng.normal() * 0.4).exp();
-                reg_preds[l][levels.nchw_index(l, 4, b, k, pix)] = pred as f32;
+                batch.reg_preds[l][levels.nchw_index(l, 4, b, k, pix)] = pred as f32;
             }
             if pos {
-                cls_targets[bp] = rng.range(1, c_n as u64) as f32;
-                cnt_targets[bp] = rng.uniform() as f32;
+                batch.cls_targets[bp] = rng.range(1, c_n as u64) as f32;
+                batch.cnt_targets[bp] = rng.uniform() as f32;
                 for k in 0..4 {
-                    reg_targets[bp * 4 + k] = tgt[k] as f32;
+                    batch.reg_targets[bp * 4 + k] = tgt[k] as f32;
                 }
             }
         }
     }
-    Ok(Batch {
-        levels: levels.clone(),
-        batch: b_n,
-        classes: c_n,
-        cls_logits,
-        cnt_logits,
-        reg_preds,
-        cls_targets,
-        cnt_targets,
-        reg_targets,
-    })
+}
+
+/// A vector of `n` copies of `x`, or a [`FcosError::Limit`] naming the tensor.
+fn filled(name: &str, n: usize, x: f32) -> Result<Vec<f32>, FcosError> {
+    let mut v = alloc(name, n)?;
+    v.resize(n, x);
+    Ok(v)
 }
 
 /// An empty vector with room for exactly `n` floats, or a [`FcosError::Limit`]

@@ -1,7 +1,7 @@
 //! Value checks on the host inputs of one call: the inputs the loss can use.
 //!
 //! WGSL lets an implementation assume that no infinity or NaN appears during
-//! execution (SPEC §3), so the shaders cannot be trusted to spot bad values.
+//! execution (docs/contract.md §3), so the shaders cannot be trusted to spot bad values.
 //! [`check_values`] finds them on the host instead, before anything is uploaded:
 //! one pass over each tensor, no allocation unless it reports an error.
 //!
@@ -22,7 +22,7 @@ const BLOCK: usize = 1024;
 ///
 /// Tensors are checked in this order, each from its first element to its last,
 /// and the first bad element of the first tensor that has one is reported with
-/// the tensor's SPEC §5 name (`cls_logits.2`, `cls_targets`, ...), its flat
+/// the tensor's docs/contract.md §5 name (`cls_logits.2`, `cls_targets`, ...), its flat
 /// element index in that tensor, its value, and in the message the image,
 /// channel and position it belongs to:
 ///

@@ -1,9 +1,9 @@
 //! The CPU twin of the backward pass: gradients of the weighted objective
-//! `L = w.cls · cls_loss + w.cnt · cnt_loss + w.reg · reg_loss` (SPEC §4) with
+//! `L = w.cls · cls_loss + w.cnt · cnt_loss + w.reg · reg_loss` (docs/contract.md §4) with
 //! respect to the three heads, every term in `f64`.
 //!
 //! The derivative rules follow PyTorch autograd of the notebook's code (the golden
-//! gradients came from it), with the stable log-sigmoid of SPEC §3:
+//! gradients came from it), with the stable log-sigmoid of docs/contract.md §3:
 //!
 //! - `torch.min` / `torch.minimum` / `torch.maximum` of two tensors send the
 //!   gradient to the chosen argument and split it in halves at a tie;
@@ -76,7 +76,7 @@ fn check_against(heads: &F64Heads, inputs: &Inputs) -> Result<(), FcosError> {
 }
 
 /// `d FL / d z` of the sigmoid focal loss [`focal`] of one logit `z` against a
-/// binary target (SPEC §4), with `σ = σ(z)`:
+/// binary target (docs/contract.md §4), with `σ = σ(z)`:
 ///
 /// - `positive`: `α (1−σ)^γ (γ σ log σ − (1−σ))`
 /// - otherwise:  `(1−α) σ^γ (σ − γ (1−σ) log(1−σ))`
@@ -217,7 +217,7 @@ pub fn box_loss_grad(p: [f64; 4], t: [f64; 4], mode: RegLoss) -> [f64; 4] {
     g
 }
 
-/// The weighted objective of SPEC §4: `w.cls · cls_loss + w.cnt · cnt_loss + w.reg · reg_loss`
+/// The weighted objective of docs/contract.md §4: `w.cls · cls_loss + w.cnt · cnt_loss + w.reg · reg_loss`
 /// (independent of `add_centerness`: the weights say what enters).
 pub fn objective(losses: &Losses, weights: &LossWeights) -> f64 {
     weights.cls as f64 * losses.cls_loss

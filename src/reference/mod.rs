@@ -1,5 +1,5 @@
-//! The CPU twin of the shaders: the notebook's maths (SPEC §2) with the stable
-//! log-sigmoid of SPEC §3, every term in `f64` and every sum accumulated in `f64`.
+//! The CPU twin of the shaders: the notebook's maths (docs/contract.md §2) with the stable
+//! log-sigmoid of docs/contract.md §3, every term in `f64` and every sum accumulated in `f64`.
 //! It is the oracle every GPU result is held to.
 
 pub mod grad;
@@ -96,7 +96,7 @@ struct Sums {
     num_pos: u32,
 }
 
-/// Computes the loss of one batch on the CPU (SPEC §2), checking shapes first.
+/// Computes the loss of one batch on the CPU (docs/contract.md §2), checking shapes first.
 pub fn losses(config: &LossConfig, levels: &Levels, inputs: &Inputs) -> Result<Losses, FcosError> {
     config.validate()?;
     let c_n = config.num_classes as usize;
