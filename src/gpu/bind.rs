@@ -98,9 +98,11 @@ pub(crate) fn bind_groups(
             entries.push(ranged(PARTIALS_BINDING, work.partials, partials));
             if let (Some(grads), Some(num_pos)) = (call.grads, work.num_pos) {
                 entries.push(whole(NUM_POS_BINDING, num_pos));
-                entries.extend(grads.iter().map(|(h, buf)| {
-                    ranged(grad_binding(h), buf, seg.ranges[h.input()])
-                }));
+                entries.extend(
+                    grads
+                        .iter()
+                        .map(|(h, buf)| ranged(grad_binding(h), buf, seg.ranges[h.input()])),
+                );
             }
             group("fcos fused segment", &pipelines.fused.layout, &entries)
         })

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use crate::config::LossWeights;
 use crate::error::FcosError;
-use crate::gpu::call::{Call, Pass};
+use crate::gpu::call::Call;
+use crate::gpu::pass::Pass;
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::{DeviceGradients, DeviceInputs};
 use crate::gpu::locate::locate_bad_input;
@@ -80,10 +81,22 @@ fn check_buffers(
     let named = inputs
         .buffers()
         .iter()
-        .map(|(input, buf)| (format!("{input} buffer"), *buf, core.bytes(input, levels, b)))
+        .map(|(input, buf)| {
+            (
+                format!("{input} buffer"),
+                *buf,
+                core.bytes(input, levels, b),
+            )
+        })
         .collect::<Vec<_>>();
     let grad_named = grads.into_iter().flat_map(|g| {
-        Head::ALL.map(|h| (format!("grad {h} buffer"), g[h], core.bytes(h.input(), levels, b)))
+        Head::ALL.map(|h| {
+            (
+                format!("grad {h} buffer"),
+                g[h],
+                core.bytes(h.input(), levels, b),
+            )
+        })
     });
     for (name, buf, need) in named.into_iter().chain(grad_named) {
         if buf.size() < need {

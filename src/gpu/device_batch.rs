@@ -72,7 +72,10 @@ impl DeviceBatch {
     /// Gradient buffers for this batch, one per head in the input layout
     /// (`STORAGE | COPY_SRC | COPY_DST`, zero-filled); borrow them with
     /// [`Heads::as_ref`] as [`DeviceGradients`](crate::DeviceGradients).
-    pub fn gradient_buffers(&self, device: &wgpu::Device) -> Result<Heads<wgpu::Buffer>, FcosError> {
+    pub fn gradient_buffers(
+        &self,
+        device: &wgpu::Device,
+    ) -> Result<Heads<wgpu::Buffer>, FcosError> {
         let max = device.limits().max_buffer_size;
         Heads::try_from_fn(|h: Head| {
             let bytes = h.input().bytes(&self.levels, self.batch, self.classes);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
-use crate::gpu::call::Pass;
+use crate::gpu::pass::Pass;
 use crate::gpu::context::GpuContext;
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::{DeviceGradients, DeviceInputs};
@@ -239,7 +239,13 @@ impl FcosLoss {
         levels: &Levels,
         inputs: &Inputs,
     ) -> Result<Timed<Losses>, FcosError> {
-        let t = host::run(&self.core, levels, inputs, Pass::Forward, &LossWeights::default())?;
+        let t = host::run(
+            &self.core,
+            levels,
+            inputs,
+            Pass::Forward,
+            &LossWeights::default(),
+        )?;
         Ok(t.map(|(losses, _)| losses))
     }
 
@@ -284,7 +290,8 @@ impl FcosLoss {
     ) -> Result<Timed<(Losses, Gradients)>, FcosError> {
         let t = host::run(&self.core, levels, inputs, Pass::Backward, weights)?;
         let (losses, grads) = t.value;
-        let grads = grads.ok_or_else(|| FcosError::gpu("the backward pass returned no gradients"))?;
+        let grads =
+            grads.ok_or_else(|| FcosError::gpu("the backward pass returned no gradients"))?;
         Ok(Timed {
             value: (losses, grads),
             kernel: t.kernel,
@@ -303,7 +310,14 @@ impl FcosLoss {
         grads: &DeviceGradients,
         weights: &LossWeights,
     ) -> Result<Timed<Losses>, FcosError> {
-        device::run(&self.core, levels, inputs, Some(grads), Pass::Backward, weights)
+        device::run(
+            &self.core,
+            levels,
+            inputs,
+            Some(grads),
+            Pass::Backward,
+            weights,
+        )
     }
 
     /// Checks, without running anything, that a batch of `batch` images at `levels`

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use crate::config::LossWeights;
 use crate::error::FcosError;
-use crate::gpu::call::{Call, Pass};
+use crate::gpu::call::Call;
+use crate::gpu::pass::Pass;
 use crate::gpu::core::Core;
 use crate::gpu::locate::name_bad_input;
 use crate::gpu::pool::{Need, Pool, Slot};
@@ -48,7 +49,12 @@ pub(crate) fn run(
     if backward {
         needs.extend(gradient_needs(core, levels, b));
     }
-    needs.extend(WorkBuffers::needs(&plan, &params, backward, core.query_set.is_some()));
+    needs.extend(WorkBuffers::needs(
+        &plan,
+        &params,
+        backward,
+        core.query_set.is_some(),
+    ));
     pool.reserve(&core.ctx.device, &needs)?;
     let pool = &*pool;
     upload::upload(core, pool, levels, inputs)?;
@@ -105,7 +111,12 @@ fn gradient_needs(core: &Core, levels: &Levels, b: usize) -> Vec<Need> {
 
 /// Reads the pooled gradient copy (filled by the call's submission) into
 /// per-level vectors.
-fn read_gradients(core: &Core, pool: &Pool, levels: &Levels, b: usize) -> Result<Gradients, FcosError> {
+fn read_gradients(
+    core: &Core,
+    pool: &Pool,
+    levels: &Levels,
+    b: usize,
+) -> Result<Gradients, FcosError> {
     let staging = pool.get(Slot::GradReadback)?;
     let total: u64 = Head::ALL
         .iter()

@@ -59,7 +59,12 @@ pub(crate) fn locate_bad_input(
 
 /// The error for host inputs the on-device checks flagged: the host validator's
 /// error naming the first bad element (both paths end here).
-pub(crate) fn name_bad_input(core: &Core, levels: &Levels, inputs: &Inputs, flags: u32) -> FcosError {
+pub(crate) fn name_bad_input(
+    core: &Core,
+    levels: &Levels,
+    inputs: &Inputs,
+    flags: u32,
+) -> FcosError {
     match crate::validate::check_values(levels, inputs, core.classes()) {
         Err(e) => e,
         Ok(()) => FcosError::gpu(format!(

@@ -14,6 +14,8 @@
 
 mod bind;
 pub(crate) mod call;
+mod execute;
+pub(crate) mod pass;
 mod context;
 pub(crate) mod core;
 pub(crate) mod device;
@@ -34,8 +36,8 @@ mod scope;
 mod shader_checks;
 pub(crate) mod shaders;
 mod timed;
-mod upload;
 mod uniforms;
+mod upload;
 pub(crate) mod work;
 
 pub use context::{adapter_label, GpuContext};

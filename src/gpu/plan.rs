@@ -180,12 +180,9 @@ impl Frame<'_> {
             let ch = input.channels(self.c as usize) as u64;
             match input.layout() {
                 // Heads: B·ch·off_l into the packed head, then whole images.
-                TensorLayout::PerLevel => range(
-                    self.b * ch * off + image0 * ch * hw,
-                    n * ch * hw,
-                    4,
-                    align,
-                ),
+                TensorLayout::PerLevel => {
+                    range(self.b * ch * off + image0 * ch * hw, n * ch * hw, 4, align)
+                }
                 // Targets: one element of ch floats per position.
                 TensorLayout::Flattened => {
                     range(image0 * self.p + off, (n - 1) * self.p + hw, 4 * ch, align)

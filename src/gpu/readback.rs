@@ -27,7 +27,9 @@ impl Readback<'_> {
         mode: wgpu::MapMode,
         index: Option<wgpu::SubmissionIndex>,
     ) -> Result<(), FcosError> {
-        scoped(&self.ctx.device, || self.map_all_unscoped(bufs, mode, index))?
+        scoped(&self.ctx.device, || {
+            self.map_all_unscoped(bufs, mode, index)
+        })?
     }
 
     fn map_all_unscoped(

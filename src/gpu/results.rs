@@ -28,9 +28,9 @@ impl Outcome {
         index: wgpu::SubmissionIndex,
     ) -> Result<Self, FcosError> {
         let out_bytes = result_bytes(batch);
-        let bytes = core
-            .readback()
-            .read(work.readback, 0..out_bytes + TIMESTAMP_BYTES, Some(index))?;
+        let bytes =
+            core.readback()
+                .read(work.readback, 0..out_bytes + TIMESTAMP_BYTES, Some(index))?;
         let (results, stamps) = bytes.split_at(out_bytes as usize);
         let images: Vec<ImageLoss> = bytemuck::pod_collect_to_vec(results);
         let kernel = core

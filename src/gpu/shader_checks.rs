@@ -178,7 +178,11 @@ fn broken_wgsl_fails_validation() {
         // So does one built with an override it does not declare.
         let mut bad = s.clone();
         bad.constants.push(("NOT_AN_OVERRIDE", 1.0));
-        assert!(validate(&bad).is_err(), "{} takes an unknown override", s.name);
+        assert!(
+            validate(&bad).is_err(),
+            "{} takes an unknown override",
+            s.name
+        );
     }
 }
 

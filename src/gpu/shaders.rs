@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(preprocess(src, &[]).unwrap(), "a\ne\nf\n");
         assert_eq!(preprocess(src, &["X"]).unwrap(), "a\nb\nd\nf\n");
         assert_eq!(preprocess(src, &["X", "Y"]).unwrap(), "a\nb\nc\nf\n");
-        assert_eq!(preprocess(file("#ifndef X\na\n#endif\n"), &[]).unwrap(), "a\n");
+        assert_eq!(
+            preprocess(file("#ifndef X\na\n#endif\n"), &[]).unwrap(),
+            "a\n"
+        );
     }
 
     #[test]
@@ -305,7 +308,10 @@ mod tests {
         let e = preprocess(file("#else\n"), &[]).unwrap_err();
         assert!(e.contains("test.wgsl:1"), "{e}");
         let e = preprocess(file("x\n#include y\n"), &[]).unwrap_err();
-        assert!(e.contains("test.wgsl:2") && e.contains("unknown directive"), "{e}");
+        assert!(
+            e.contains("test.wgsl:2") && e.contains("unknown directive"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -325,7 +331,11 @@ mod tests {
         };
         assert_eq!(fused.defines(spec(true, true)), ["BACKWARD", "SUBGROUPS"]);
         assert_eq!(fused.storage_buffers(), 11);
-        let names: Vec<&str> = fused.constants(spec(true, true)).iter().map(|c| c.0).collect();
+        let names: Vec<&str> = fused
+            .constants(spec(true, true))
+            .iter()
+            .map(|c| c.0)
+            .collect();
         assert_eq!(names, ["WG", "GAMMA_IS_TWO", "CHECKS"]);
         assert_eq!(Kernel::Count.defines(spec(true, true)), Vec::<&str>::new());
     }

@@ -37,7 +37,11 @@ impl ParamSlots {
         ));
         let slots: Vec<Params> = std::iter::once(call)
             .chain(plan.segments.iter().map(|s| plan.params(&call, levels, s)))
-            .chain(plan.count_groups.iter().map(|g| plan.count_params(&call, g)))
+            .chain(
+                plan.count_groups
+                    .iter()
+                    .map(|g| plan.count_params(&call, g)),
+            )
             .collect();
         let mut bytes = vec![0u8; stride as usize * slots.len()];
         for (chunk, p) in bytes.chunks_mut(stride as usize).zip(&slots) {
