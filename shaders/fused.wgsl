@@ -15,26 +15,7 @@
 //                     loss cannot use (NaN/Inf by their bit pattern, targets out of
 //                     range), OR-reduced into the partial's flags (Input::flag).
 //   #ifdef SUBGROUPS  (reduce.wgsl) how the workgroup is reduced.
-// The memory roofline of this pass, for the bench harness, is roofline.wgsl.
-
-@group(0) @binding(0) var<uniform> params: Params;
-// Each binding starts at or before (this level, image0); params.*_base say where.
-@group(0) @binding(1) var<storage, read> cls_logits: array<f32>;
-@group(0) @binding(2) var<storage, read> cnt_logits: array<f32>;
-@group(0) @binding(3) var<storage, read> reg_preds: array<f32>;
-@group(0) @binding(4) var<storage, read> cls_targets: array<f32>;
-@group(0) @binding(5) var<storage, read> cnt_targets: array<f32>;
-@group(0) @binding(6) var<storage, read> reg_targets: array<vec4<f32>>;
-// [B][partials_per_image] partial sums (w is the positive count) and check flags.
-@group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
-#ifdef BACKWARD
-// Positives per image, counted by count.wgsl before this pass.
-@group(0) @binding(8) var<storage, read> num_pos: array<u32>;
-// Gradients, bound exactly like the matching inputs.
-@group(0) @binding(9) var<storage, read_write> grad_cls: array<f32>;
-@group(0) @binding(10) var<storage, read_write> grad_cnt: array<f32>;
-@group(0) @binding(11) var<storage, read_write> grad_reg: array<f32>;
-#endif
+// Its bindings and its place in the segment are segment.wgsl's. The memory roofline of this pass, for the bench harness, is roofline.wgsl.
 
 // What the class loop needs of its position: the target class and the scalars.
 struct ClassScale {
@@ -224,8 +205,5 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #endif
         }
     }
-    let partial = reduce_workgroup(acc, flags, lanes);
-    if (lanes.lid == 0u) {
-        partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = partial;
-    }
+    store_partial(wg, reduce_workgroup(acc, flags, lanes), lanes);
 }

@@ -11,23 +11,9 @@
 //   override READ_ALL the centerness and box inputs at every position, as the
 //                     checked pass reads them (without: at the positives only).
 //   #ifdef SUBGROUPS  (reduce.wgsl) how the workgroup is reduced.
+// Its bindings are segment.wgsl's, the same as the fused pass's.
 
 override READ_ALL: bool = false;
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> cls_logits: array<f32>;
-@group(0) @binding(2) var<storage, read> cnt_logits: array<f32>;
-@group(0) @binding(3) var<storage, read> reg_preds: array<f32>;
-@group(0) @binding(4) var<storage, read> cls_targets: array<f32>;
-@group(0) @binding(5) var<storage, read> cnt_targets: array<f32>;
-@group(0) @binding(6) var<storage, read> reg_targets: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
-#ifdef BACKWARD
-@group(0) @binding(8) var<storage, read> num_pos: array<u32>;
-@group(0) @binding(9) var<storage, read_write> grad_cls: array<f32>;
-@group(0) @binding(10) var<storage, read_write> grad_cnt: array<f32>;
-@group(0) @binding(11) var<storage, read_write> grad_reg: array<f32>;
-#endif
 
 // The stand-in for the centerness and box terms: plain sums of what they read.
 fn roofline_sums(x: f32, ct: f32, pred: vec4<f32>, tgt: vec4<f32>) -> vec2<f32> {
@@ -94,8 +80,5 @@ fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #endif
         }
     }
-    let partial = reduce_workgroup(acc, 0u, lanes);
-    if (lanes.lid == 0u) {
-        partials[b * params.partials_per_image + params.slot_base + tile * params.chunks + chunk] = partial;
-    }
+    store_partial(wg, reduce_workgroup(acc, 0u, lanes), lanes);
 }

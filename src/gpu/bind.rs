@@ -70,7 +70,8 @@ pub(crate) fn bind_groups(
     call: &Call,
     work: &WorkBuffers,
 ) -> Result<BindGroups, FcosError> {
-    let plan = call.plan;
+    let plan = &call.planned.plan;
+    let params = &call.planned.params;
     // Only the slots this plan uses: the pooled buffer may be larger than one binding.
     let partials = BindRange {
         offset: 0,
@@ -89,7 +90,7 @@ pub(crate) fn bind_groups(
         .iter()
         .enumerate()
         .map(|(s, seg)| {
-            let mut entries = vec![call.params.entry(work.params, call.params.segment(s))];
+            let mut entries = vec![params.entry(work.params, params.segment(s))];
             entries.extend(
                 call.inputs
                     .iter()
@@ -114,7 +115,7 @@ pub(crate) fn bind_groups(
             .enumerate()
             .map(|(g, cg)| {
                 let entries = [
-                    call.params.entry(work.params, call.params.count(g)),
+                    params.entry(work.params, params.count(g)),
                     ranged(1, call.inputs[Input::CntTargets], cg.range),
                     whole(2, num_pos),
                 ];
@@ -127,7 +128,7 @@ pub(crate) fn bind_groups(
         "fcos finalize",
         &pipelines.finalize.layout,
         &[
-            call.params.entry(work.params, call.params.call()),
+            params.entry(work.params, params.call()),
             ranged(1, work.partials, partials),
             whole(2, work.image_losses),
         ],

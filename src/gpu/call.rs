@@ -11,14 +11,20 @@ use crate::gpu::uniforms::ParamSlots;
 use crate::input::{ByInput, Heads};
 use crate::layout::Levels;
 
+/// A call planned for one pass: its dispatches and their params.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned<'a> {
+    pub levels: &'a Levels,
+    pub plan: Plan,
+    pub params: ParamSlots,
+    pub pass: Pass,
+    pub checks: bool,
+}
+
 /// One call: what runs over which buffers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Call<'a> {
-    pub levels: &'a Levels,
-    pub plan: &'a Plan,
-    pub params: &'a ParamSlots,
-    pub pass: Pass,
-    pub checks: bool,
+    pub planned: &'a Planned<'a>,
     pub inputs: ByInput<&'a wgpu::Buffer>,
     /// Where the gradients go (passes that write them).
     pub grads: Option<Heads<&'a wgpu::Buffer>>,

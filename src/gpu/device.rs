@@ -6,12 +6,11 @@ use std::time::Instant;
 use crate::config::LossWeights;
 use crate::error::FcosError;
 use crate::gpu::call::Call;
-use crate::gpu::pass::Pass;
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::{DeviceGradients, DeviceInputs};
 use crate::gpu::locate::locate_bad_input;
+use crate::gpu::pass::Pass;
 use crate::gpu::timed::Timed;
-use crate::gpu::work::WorkBuffers;
 use crate::input::Head;
 use crate::layout::Levels;
 use crate::losses::Losses;
@@ -42,18 +41,10 @@ pub(crate) fn run(
             call: start.elapsed(),
         });
     }
-    let plan = core.plan(levels, b)?;
-    let params = core.params(levels, &plan, weights);
-    let backward = pass.writes_gradients();
     let mut pool = core.lock_pool()?;
-    let needs = WorkBuffers::needs(&plan, &params, backward, core.query_set.is_some());
-    pool.reserve(&core.ctx.device, &needs)?;
+    let planned = core.prepare(&mut pool, levels, b, pass, weights, Vec::new())?;
     let call = Call {
-        levels,
-        plan: &plan,
-        params: &params,
-        pass,
-        checks: core.checks,
+        planned: &planned,
         inputs: inputs.buffers(),
         grads: grads.copied(),
         read_grads: None,

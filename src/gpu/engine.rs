@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
-use crate::gpu::pass::Pass;
 use crate::gpu::context::GpuContext;
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::{DeviceGradients, DeviceInputs};
+use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipelines;
 use crate::gpu::pool::Pool;
 use crate::gpu::scope::scoped;

@@ -4,11 +4,10 @@
 
 use crate::config::LossWeights;
 use crate::error::FcosError;
-use crate::gpu::call::{Call, CallPipelines};
+use crate::gpu::call::{Call, CallPipelines, Planned};
 use crate::gpu::core::Core;
 use crate::gpu::pass::Pass;
-use crate::gpu::plan::Plan;
-use crate::gpu::pool::Pool;
+use crate::gpu::pool::{Need, Pool};
 use crate::gpu::results::Outcome;
 use crate::gpu::shaders::Kernel;
 use crate::gpu::uniforms::ParamSlots;
@@ -17,15 +16,32 @@ use crate::gpu::{bind, encode, scope};
 use crate::layout::Levels;
 
 impl Core {
-    /// The params of every dispatch of `plan`.
-    pub fn params(&self, levels: &Levels, plan: &Plan, weights: &LossWeights) -> ParamSlots {
-        ParamSlots::pack(
-            &self.config,
-            weights,
+    /// Plans a call of `b` images for `pass` and reserves the pool's work buffers
+    /// for it, with `extra` (the host path's inputs and gradients).
+    pub fn prepare<'a>(
+        &self,
+        pool: &mut Pool,
+        levels: &'a Levels,
+        b: usize,
+        pass: Pass,
+        weights: &LossWeights,
+        extra: Vec<Need>,
+    ) -> Result<Planned<'a>, FcosError> {
+        let plan = self.plan(levels, b)?;
+        let alignment = self.ctx.limits.min_uniform_buffer_offset_alignment;
+        let params = ParamSlots::pack(&self.config, weights, levels, &plan, alignment);
+        let mut needs = extra;
+        let backward = pass.writes_gradients();
+        let timestamps = self.query_set.is_some();
+        needs.extend(WorkBuffers::needs(&plan, &params, backward, timestamps));
+        pool.reserve(&self.ctx.device, &needs)?;
+        Ok(Planned {
             levels,
             plan,
-            self.ctx.limits.min_uniform_buffer_offset_alignment,
-        )
+            params,
+            pass,
+            checks: self.checks,
+        })
     }
 
     /// The pipelines of `pass`, built on first use.
@@ -45,15 +61,17 @@ impl Core {
     /// Binds, encodes and submits `call` over buffers the pool holds, then reads
     /// back the per-image results and the kernel time.
     pub fn execute(&self, pool: &Pool, call: &Call) -> Result<Outcome, FcosError> {
-        let pipelines = self.call_pipelines(call.pass, call.checks)?;
-        let backward = call.pass.writes_gradients();
+        let planned = call.planned;
+        let plan = &planned.plan;
+        let pipelines = self.call_pipelines(planned.pass, planned.checks)?;
+        let backward = planned.pass.writes_gradients();
         let work = WorkBuffers::from_pool(pool, backward, self.query_set.is_some())?;
         let device = &self.ctx.device;
         let index = scope::scoped(device, || -> Result<_, FcosError> {
             let groups = bind::bind_groups(device, &pipelines, call, &work)?;
             self.ctx
                 .queue
-                .write_buffer(work.params, 0, &call.params.bytes);
+                .write_buffer(work.params, 0, &planned.params.bytes);
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("fcos loss"),
             });
@@ -61,23 +79,18 @@ impl Core {
                 &mut encoder,
                 &pipelines,
                 &groups,
-                call.plan,
+                plan,
                 self.query_set.as_ref(),
             );
-            encode::results(
-                &mut encoder,
-                &work,
-                call.plan.batch,
-                self.query_set.as_ref(),
-            );
+            encode::results(&mut encoder, &work, plan.batch, self.query_set.as_ref());
             if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
                 let sizes = grads
                     .as_ref()
-                    .map(|h, _| self.bytes(h.input(), call.levels, call.plan.batch as usize));
+                    .map(|h, _| self.bytes(h.input(), planned.levels, plan.batch as usize));
                 encode::copy_gradients(&mut encoder, grads, sizes, staging);
             }
             Ok(self.ctx.queue.submit([encoder.finish()]))
         })??;
-        Outcome::read(self, &work, call.plan.batch, index)
+        Outcome::read(self, &work, plan.batch, index)
     }
 }

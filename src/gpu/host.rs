@@ -6,13 +6,12 @@ use std::time::Instant;
 use crate::config::LossWeights;
 use crate::error::FcosError;
 use crate::gpu::call::Call;
-use crate::gpu::pass::Pass;
 use crate::gpu::core::Core;
 use crate::gpu::locate::name_bad_input;
+use crate::gpu::pass::Pass;
 use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::timed::Timed;
 use crate::gpu::upload;
-use crate::gpu::work::WorkBuffers;
 use crate::input::{ByInput, Head, Heads};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
@@ -40,37 +39,22 @@ pub(crate) fn run(
         });
     }
     core.check_buffer_sizes(levels, b, backward)?;
-    let plan = core.plan(levels, b)?;
-    let params = core.params(levels, &plan, weights);
     // Before any upload: a pass the device cannot build fails here.
     core.call_pipelines(pass, core.checks)?;
     let mut pool = core.lock_pool()?;
-    let mut needs = upload::needs(core, levels, b);
+    let mut extra = upload::needs(core, levels, b);
     if backward {
-        needs.extend(gradient_needs(core, levels, b));
+        extra.extend(gradient_needs(core, levels, b));
     }
-    needs.extend(WorkBuffers::needs(
-        &plan,
-        &params,
-        backward,
-        core.query_set.is_some(),
-    ));
-    pool.reserve(&core.ctx.device, &needs)?;
+    let planned = core.prepare(&mut pool, levels, b, pass, weights, extra)?;
     let pool = &*pool;
     upload::upload(core, pool, levels, inputs)?;
-    let grads = if backward {
-        Some(Heads::try_from_fn(|h| pool.get(Slot::Grad(h)))?)
-    } else {
-        None
-    };
     let call = Call {
-        levels,
-        plan: &plan,
-        params: &params,
-        pass,
-        checks: core.checks,
+        planned: &planned,
         inputs: ByInput::try_from_fn(|input| pool.get(Slot::Input(input)))?,
-        grads,
+        grads: backward
+            .then(|| Heads::try_from_fn(|h| pool.get(Slot::Grad(h))))
+            .transpose()?,
         read_grads: backward.then(|| pool.get(Slot::GradReadback)).transpose()?,
     };
     // The values are checked inside the fused pass, as on the device path (cheaper

@@ -14,8 +14,6 @@
 
 mod bind;
 pub(crate) mod call;
-mod execute;
-pub(crate) mod pass;
 mod context;
 pub(crate) mod core;
 pub(crate) mod device;
@@ -23,9 +21,11 @@ mod device_batch;
 mod device_inputs;
 mod encode;
 mod engine;
+mod execute;
 mod host;
 mod locate;
 mod params;
+pub(crate) mod pass;
 pub(crate) mod pipelines;
 pub(crate) mod plan;
 pub(crate) mod pool;

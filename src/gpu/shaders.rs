@@ -1,6 +1,7 @@
 //! The WGSL kernels and their variants. Each kernel is assembled from files:
-//! `common.wgsl` (parameters and numerics), `reduce.wgsl` where the kernel reduces a
-//! workgroup, then the kernel's own file, with the `#ifdef NAME` / `#ifndef NAME` /
+//! `common.wgsl` (parameters and numerics), for the fused pass and its roofline
+//! `reduce.wgsl` (the workgroup reduction) and `segment.wgsl` (their bindings),
+//! then the kernel's own file, with the `#ifdef NAME` / `#ifndef NAME` /
 //! `#else` / `#endif` blocks resolved for the variant (WGSL has neither `#include`
 //! nor a preprocessor). The rule for what is a define, an override constant or a
 //! uniform is stated at the top of `shaders/common.wgsl`.
@@ -16,35 +17,25 @@ pub(crate) struct File {
     pub text: &'static str,
 }
 
-const COMMON: File = File {
-    name: "common.wgsl",
-    text: include_str!("../../shaders/common.wgsl"),
-};
-const REDUCE: File = File {
-    name: "reduce.wgsl",
-    text: include_str!("../../shaders/reduce.wgsl"),
-};
-const FUSED: File = File {
-    name: "fused.wgsl",
-    text: include_str!("../../shaders/fused.wgsl"),
-};
+/// A file of `shaders/`, by name.
+macro_rules! shader_file {
+    ($name:literal) => {
+        File {
+            name: $name,
+            text: include_str!(concat!("../../shaders/", $name)),
+        }
+    };
+}
+
+const COMMON: File = shader_file!("common.wgsl");
+const REDUCE: File = shader_file!("reduce.wgsl");
+const SEGMENT: File = shader_file!("segment.wgsl");
+const FUSED: File = shader_file!("fused.wgsl");
 #[cfg(feature = "bench")]
-const ROOFLINE: File = File {
-    name: "roofline.wgsl",
-    text: include_str!("../../shaders/roofline.wgsl"),
-};
-const FINALIZE: File = File {
-    name: "finalize.wgsl",
-    text: include_str!("../../shaders/finalize.wgsl"),
-};
-const COUNT: File = File {
-    name: "count.wgsl",
-    text: include_str!("../../shaders/count.wgsl"),
-};
-const COPY_WORDS: File = File {
-    name: "copy_words.wgsl",
-    text: include_str!("../../shaders/copy_words.wgsl"),
-};
+const ROOFLINE: File = shader_file!("roofline.wgsl");
+const FINALIZE: File = shader_file!("finalize.wgsl");
+const COUNT: File = shader_file!("count.wgsl");
+const COPY_WORDS: File = shader_file!("copy_words.wgsl");
 
 /// A pipeline the engine may build: a kernel in one variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,9 +91,9 @@ impl Kernel {
     /// The files the kernel is assembled from, and its entry point.
     fn files(self) -> (Vec<File>, &'static str) {
         match self {
-            Kernel::Fused { .. } => (vec![COMMON, REDUCE, FUSED], "fused"),
+            Kernel::Fused { .. } => (vec![COMMON, REDUCE, SEGMENT, FUSED], "fused"),
             #[cfg(feature = "bench")]
-            Kernel::Roofline { .. } => (vec![COMMON, REDUCE, ROOFLINE], "roofline"),
+            Kernel::Roofline { .. } => (vec![COMMON, REDUCE, SEGMENT, ROOFLINE], "roofline"),
             Kernel::Count => (vec![COMMON, COUNT], "count_positives"),
             Kernel::Finalize => (vec![COMMON, FINALIZE], "finalize"),
             Kernel::CopyWords => (vec![COPY_WORDS], "copy_words"),
@@ -342,7 +333,7 @@ mod tests {
 
     #[test]
     fn every_file_has_balanced_directives() {
-        let mut files = vec![COMMON, REDUCE, FUSED, FINALIZE, COUNT, COPY_WORDS];
+        let mut files = vec![COMMON, REDUCE, SEGMENT, FUSED, FINALIZE, COUNT, COPY_WORDS];
         #[cfg(feature = "bench")]
         files.push(ROOFLINE);
         for f in files {
