@@ -20,8 +20,8 @@
 //! ```
 //!
 //! Features: `cli` (the `fcos-loss` command), `bench` (the bench harness and the
-//! memory rooflines, [`bench`]) and `casefile` (safetensors case files,
-//! [`casefile`]) are on by default; an application that only needs the loss links
+//! memory rooflines, module `bench`) and `casefile` (safetensors case files,
+//! module `casefile`) are on by default; an application that only needs the loss links
 //! none of them with `default-features = false`.
 
 #![deny(missing_docs)]
