@@ -3,111 +3,16 @@
 
 mod common;
 
-use std::path::Path;
-
-use fcos_loss::reference::grad::{self, RefGradients};
+use fcos_loss::reference::grad;
 use fcos_loss::synthetic::{self, Rng, SyntheticSpec};
-use fcos_loss::{
-    io, DeviceGradients, DeviceInputs, Gradients, Levels, LossConfig, LossWeights, RegLoss,
-};
-use wgpu::util::DeviceExt;
+use fcos_loss::{DeviceBatch, Head, Heads, Input, Levels, LossConfig, LossWeights, RegLoss};
 
-fn assert_heads(what: &str, got: &Gradients, want: &RefGradients, tol: f64) {
-    for (name, g, w) in [
-        ("cls_logits", &got.cls_logits, &want.cls_logits),
-        ("cnt_logits", &got.cnt_logits, &want.cnt_logits),
-        ("reg_preds", &got.reg_preds, &want.reg_preds),
-    ] {
-        assert_eq!(g.len(), w.len(), "{what}: {name} levels");
-        for (l, (a, b)) in g.iter().zip(w.iter()).enumerate() {
-            assert_eq!(a.len(), b.len(), "{what}: {name}.{l} length");
-        }
-        let err = fcos_loss::losses::max_tensor_error(g, w);
-        assert!(
-            err <= tol,
-            "{what}: {name} max error {err:e} of its tensor's largest magnitude > {tol:e}"
-        );
-    }
-}
-
-fn as_f64(h: &[Vec<f32>]) -> Vec<Vec<f64>> {
-    h.iter()
-        .map(|v| v.iter().map(|&x| x as f64).collect())
-        .collect()
-}
-
-/// The batch's six inputs in `STORAGE` buffers, in `DeviceInputs` order.
-fn upload_inputs(device: &wgpu::Device, batch: &fcos_loss::Batch) -> [wgpu::Buffer; 6] {
-    let upload = |data: &[f32]| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("test input"),
-            contents: bytemuck::cast_slice(data),
-            usage: wgpu::BufferUsages::STORAGE,
-        })
-    };
-    [
-        upload(&batch.cls_logits.concat()),
-        upload(&batch.cnt_logits.concat()),
-        upload(&batch.reg_preds.concat()),
-        upload(&batch.cls_targets),
-        upload(&batch.cnt_targets),
-        upload(&batch.reg_targets),
-    ]
-}
-
-/// [`upload_inputs`]' buffers as the [`DeviceInputs`] of `batch` images.
-fn device_inputs(batch: usize, b: &[wgpu::Buffer; 6]) -> DeviceInputs<'_> {
-    DeviceInputs {
-        batch,
-        cls_logits: &b[0],
-        cnt_logits: &b[1],
-        reg_preds: &b[2],
-        cls_targets: &b[3],
-        cnt_targets: &b[4],
-        reg_targets: &b[5],
-    }
-}
-
-/// The three gradient buffers, in head order, as [`DeviceGradients`].
-fn device_grads(g: &[wgpu::Buffer; 3]) -> DeviceGradients<'_> {
-    DeviceGradients {
-        cls_logits: &g[0],
-        cnt_logits: &g[1],
-        reg_preds: &g[2],
-    }
-}
-
-/// A buffer's contents as f32, copied back through a staging buffer.
-fn read_buffer(engine: &fcos_loss::FcosLoss, buf: &wgpu::Buffer) -> Vec<f32> {
-    let device = &engine.context().device;
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: None,
-        size: buf.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut enc = device.create_command_encoder(&Default::default());
-    enc.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
-    engine.context().queue.submit([enc.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
-    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
-    let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
-    v
-}
-
+#[cfg(feature = "casefile")]
 #[test]
 fn golden_gradients_match_pytorch() {
     let mut engine = common::engine(LossConfig::new(1));
-    for name in [
-        "voc_b2_c20_512x512",
-        "odd_b3_c7_100x150",
-        "single_b1_c1_64x64",
-    ] {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.safetensors"));
-        let case = io::read_case(&path).unwrap();
+    for name in common::GOLDEN {
+        let case = common::golden(name);
         let exp = case.expected.as_ref().unwrap();
         let b = &case.batch;
         // IoU: d(cls + cnt + reg)/d inputs.
@@ -123,12 +28,7 @@ fn golden_gradients_match_pytorch() {
             "{name}: forward_backward losses equal the forward's"
         );
         let want = exp.grad.as_ref().expect("golden gradients");
-        let want = RefGradients {
-            cls_logits: as_f64(&want.cls_logits),
-            cnt_logits: as_f64(&want.cnt_logits),
-            reg_preds: as_f64(&want.reg_preds),
-        };
-        assert_heads(&format!("{name} IoU vs PyTorch"), &g, &want, 1e-4);
+        common::assert_heads(&format!("{name} IoU vs PyTorch"), &g, want, 1e-4);
         // GIoU: d(reg_loss)/d reg_preds alone.
         engine
             .set_config(LossConfig::new(b.classes as u32).with_reg_loss(RegLoss::Giou))
@@ -139,8 +39,8 @@ fn golden_gradients_match_pytorch() {
             reg: 1.0,
         };
         let (_, g) = engine.forward_backward(&b.levels, &b.inputs(), &w).unwrap();
-        let want = as_f64(exp.grad_giou_reg.as_ref().expect("golden GIoU gradients"));
-        let err = fcos_loss::losses::max_tensor_error(&g.reg_preds, &want);
+        let want = exp.grad_giou_reg.as_ref().expect("golden GIoU gradients");
+        let err = fcos_loss::max_tensor_error(&g.reg_preds, want);
         assert!(err <= 1e-4, "{name} GIoU reg_preds: {err:e} > 1e-4");
         assert!(
             g.cls_logits.iter().flatten().all(|&x| x == 0.0),
@@ -205,7 +105,7 @@ fn random_shapes_match_the_cpu_reference() {
             .unwrap();
         let (cl, cg) = grad::gradients(&config, &levels, &batch.inputs(), &weights).unwrap();
         common::assert_close(&what, &gl, &cl);
-        assert_heads(&what, &gg, &cg, 1e-4);
+        common::assert_heads(&what, &gg, &cg, 1e-4);
     }
 }
 
@@ -232,15 +132,14 @@ fn extreme_logits_give_finite_gradients() {
         .forward_backward(&levels, &batch.inputs(), &w)
         .unwrap();
     let (cl, cg) = grad::gradients(&config, &levels, &batch.inputs(), &w).unwrap();
-    assert!(gg
-        .cls_logits
-        .iter()
-        .chain(&gg.cnt_logits)
-        .chain(&gg.reg_preds)
-        .flatten()
-        .all(|x| x.is_finite()));
+    for (h, levels) in gg.iter() {
+        assert!(
+            levels.iter().flatten().all(|x| x.is_finite()),
+            "extreme logits: a non-finite {h} gradient"
+        );
+    }
     common::assert_close("extreme logits", &gl, &cl);
-    assert_heads("extreme logits", &gg, &cg, 1e-4);
+    common::assert_heads("extreme logits", &gg, &cg, 1e-4);
 }
 
 #[test]
@@ -251,50 +150,41 @@ fn device_path_writes_the_same_gradients_into_user_buffers() {
     spec.pos_frac = vec![0.05, 0.0, 1.0];
     let batch = synthetic::generate(&levels, &config.strides, &spec).unwrap();
     let engine = common::engine(config.clone());
-    let device = &engine.context().device;
-    let bufs = upload_inputs(device, &batch);
-    let grad_buf = |n: usize| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("test grad"),
-            size: 4 * n as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        })
-    };
-    let grads = [
-        grad_buf(levels.packed_len(3, 20)),
-        grad_buf(levels.packed_len(3, 1)),
-        grad_buf(levels.packed_len(3, 4)),
-    ];
-    let inputs = device_inputs(3, &bufs);
+    let ctx = engine.context();
+    let bufs = DeviceBatch::upload(&ctx.device, &batch).unwrap();
+    let grads = bufs.gradient_buffers(&ctx.device).unwrap();
+    let inputs = bufs.inputs();
     let w = LossWeights::default();
     let dev = engine
-        .forward_backward_device(&levels, &inputs, &device_grads(&grads), &w)
+        .forward_backward_device(&levels, &inputs, &grads.as_ref(), &w)
         .unwrap();
     let (host, hg) = engine
         .forward_backward(&levels, &batch.inputs(), &w)
         .unwrap();
     assert_eq!(dev.value, host);
     // Read the user's gradient buffers back and compare with the host path, bitwise.
-    let read = |buf: &wgpu::Buffer| read_buffer(&engine, buf);
-    assert_eq!(read(&grads[0]), hg.cls_logits.concat());
-    assert_eq!(read(&grads[1]), hg.cnt_logits.concat());
-    assert_eq!(read(&grads[2]), hg.reg_preds.concat());
-    // A gradient buffer that is too small is a shape error naming it.
-    let small = grad_buf(10);
-    let e = engine
-        .forward_backward_device(
-            &levels,
-            &inputs,
-            &DeviceGradients {
-                cls_logits: &small,
-                cnt_logits: &grads[1],
-                reg_preds: &grads[2],
-            },
-            &w,
-        )
-        .unwrap_err();
-    assert!(e.to_string().contains("grad cls_logits"), "{e}");
+    for (h, buf) in grads.iter() {
+        assert_eq!(
+            common::read_buffer(ctx, buf),
+            hg[h].concat(),
+            "grad {h}: device and host paths differ"
+        );
+    }
+    // A gradient buffer one f32 too small is a shape error naming it.
+    for head in Head::ALL {
+        let small = common::buffers::unusual_input_buffer(
+            &ctx.device,
+            &batch,
+            head.input(),
+            common::buffers::Unusual::OneShort,
+        );
+        let mut short = grads.as_ref();
+        short[head] = &small;
+        let e = engine
+            .forward_backward_device(&levels, &inputs, &short, &w)
+            .unwrap_err();
+        assert!(e.to_string().contains(&format!("grad {head}")), "{e}");
+    }
 }
 
 /// The backward pass's roofline writes every element of the three gradients once,
@@ -302,6 +192,7 @@ fn device_path_writes_the_same_gradients_into_user_buffers() {
 /// `coef_b = 1 / (B · max(num_pos_b, 1))`, the centerness logit and the boxes at the
 /// positives, zero elsewhere): no sentinel survives, with checks on and off, on odd
 /// level sizes with partial tiles and class chunks.
+#[cfg(feature = "bench")]
 #[test]
 fn backward_roofline_writes_every_gradient_element_once() {
     const SENTINEL: f32 = 7777.0;
@@ -312,17 +203,9 @@ fn backward_roofline_writes_every_gradient_element_once() {
     spec.pos_frac = vec![0.1, 0.0, 1.0];
     let batch = synthetic::generate(&levels, &config.strides, &spec).unwrap();
     let mut engine = common::engine(config);
-    let device = engine.context().device.clone();
-    // Gradient buffers filled with the sentinel.
-    let sentinel = |ch: usize| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("test gradient"),
-            contents: bytemuck::cast_slice(&vec![SENTINEL; levels.packed_len(b, ch)]),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
-    };
-    let bufs = upload_inputs(&device, &batch);
-    let inputs = device_inputs(b, &bufs);
+    let ctx = engine.context().clone();
+    let bufs = DeviceBatch::upload(&ctx.device, &batch).unwrap();
+    let inputs = bufs.inputs();
     let p = levels.positions();
     let num_pos: Vec<usize> = (0..b)
         .map(|i| {
@@ -338,12 +221,18 @@ fn backward_roofline_writes_every_gradient_element_once() {
         for chunks in [1, 1000] {
             // 1000 target workgroups: one class per chunk.
             engine.set_target_workgroups(chunks);
-            let grads = [sentinel(c), sentinel(1), sentinel(4)];
+            // Gradient buffers filled with the sentinel.
+            let grads = bufs.gradient_buffers(&ctx.device).unwrap();
+            for (_, g) in grads.iter() {
+                let n = g.size() as usize / 4;
+                ctx.queue
+                    .write_buffer(g, 0, bytemuck::cast_slice(&vec![SENTINEL; n]));
+            }
             let t = engine
-                .backward_roofline_device(&levels, &inputs, &device_grads(&grads))
+                .backward_roofline_device(&levels, &inputs, &grads.as_ref())
                 .unwrap();
             assert!(t.call.as_nanos() > 0);
-            let got: Vec<Vec<f32>> = grads.iter().map(|g| read_buffer(&engine, g)).collect();
+            let got: Heads<Vec<f32>> = grads.as_ref().map(|_, g| common::read_buffer(&ctx, g));
             let what = format!("checks {checks}, target workgroups {chunks}");
             // Walk the packed layout: level-major, then image, channel, position.
             let (mut at_cls, mut at_cnt, mut at_reg) = (0, 0, 0);
@@ -355,7 +244,7 @@ fn backward_roofline_writes_every_gradient_element_once() {
                     let positive = |q: usize| batch.cnt_targets[i * p + off + q] > -1.0;
                     for k in 0..c * hw {
                         let z = batch.cls_logits[l][(i * c) * hw + k];
-                        let g = got[0][at_cls + k];
+                        let g = got.cls_logits[at_cls + k];
                         assert!(
                             (g - coef * z).abs() <= 1e-6 * (coef * z).abs(),
                             "{what}: grad cls level {l} image {i} element {k}: {g} != {coef} * {z}"
@@ -365,15 +254,15 @@ fn backward_roofline_writes_every_gradient_element_once() {
                         let x = batch.cnt_logits[l][i * hw + q];
                         let want = if positive(q) { x } else { 0.0 };
                         assert_eq!(
-                            got[1][at_cnt + q],
+                            got.cnt_logits[at_cnt + q],
                             want,
                             "{what}: grad cnt level {l} image {i} position {q}"
                         );
-                        for ch in 0..4 {
+                        for ch in 0..Input::RegPreds.channels(c) {
                             let r = batch.reg_preds[l][(i * 4 + ch) * hw + q];
                             let want = if positive(q) { r } else { 0.0 };
                             assert_eq!(
-                                got[2][at_reg + ch * hw + q],
+                                got.reg_preds[at_reg + ch * hw + q],
                                 want,
                                 "{what}: grad reg level {l} image {i} coordinate {ch} position {q}"
                             );
@@ -384,11 +273,13 @@ fn backward_roofline_writes_every_gradient_element_once() {
                     at_reg += 4 * hw;
                 }
             }
-            assert_eq!(at_cls, got[0].len());
-            assert!(
-                got.iter().flatten().all(|&x| x != SENTINEL),
-                "{what}: a sentinel survived"
-            );
+            assert_eq!(at_cls, got.cls_logits.len());
+            for (h, g) in got.iter() {
+                assert!(
+                    g.iter().all(|&x| x != SENTINEL),
+                    "{what}: a sentinel survived in grad {h}"
+                );
+            }
         }
     }
 }

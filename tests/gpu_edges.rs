@@ -5,7 +5,6 @@
 
 mod common;
 
-use fcos_loss::losses::max_tensor_error;
 use fcos_loss::reference::grad;
 use fcos_loss::synthetic::{self, SyntheticSpec};
 use fcos_loss::{Batch, FcosLoss, Levels, LossConfig, LossWeights, RegLoss};
@@ -27,14 +26,7 @@ fn check(what: &str, engine: &mut FcosLoss, config: &LossConfig, levels: &Levels
     let (gl, gg) = engine.forward_backward(levels, &b.inputs(), &w).unwrap();
     let (cl, cg) = grad::gradients(config, levels, &b.inputs(), &w).unwrap();
     common::assert_close(what, &gl, &cl);
-    for (name, g, r) in [
-        ("cls_logits", &gg.cls_logits, &cg.cls_logits),
-        ("cnt_logits", &gg.cnt_logits, &cg.cnt_logits),
-        ("reg_preds", &gg.reg_preds, &cg.reg_preds),
-    ] {
-        let e = max_tensor_error(g, r);
-        assert!(e <= 1e-4, "{what}: {name} gradient error {e:e}");
-    }
+    common::assert_heads(what, &gg, &cg, 1e-4);
     let f = engine.compute(levels, &b.inputs()).unwrap();
     common::assert_close(&format!("{what} (forward)"), &f, &cl);
 }

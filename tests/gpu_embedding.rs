@@ -3,98 +3,19 @@
 
 mod common;
 
+use std::collections::HashMap;
+
+use common::buffers::{unusual_input_buffer, Unusual};
 use fcos_loss::synthetic::{self, SyntheticSpec};
-use fcos_loss::{reference, Batch, DeviceInputs, FcosError, FcosLoss, Levels, LossConfig, RegLoss};
-use wgpu::util::DeviceExt;
+use fcos_loss::{
+    reference, Batch, DeviceBatch, DeviceInputs, FcosError, FcosLoss, Input, Levels, LossConfig,
+    RegLoss,
+};
 
-/// Opens a device the way an application would, honouring `WGPU_BACKEND`.
-fn app_device() -> (wgpu::Device, wgpu::Queue) {
-    common::app_device_with(|limits| limits)
-}
-
+/// An engine on the application's device, and that device.
 fn app_engine(config: LossConfig) -> (wgpu::Device, FcosLoss) {
-    let (device, queue) = app_device();
-    let engine = FcosLoss::from_device(device.clone(), queue.clone(), config)
-        .expect("engine on the app's device");
-    (device, engine)
-}
-
-/// The application's own buffers holding a batch (heads packed by level).
-struct AppBuffers {
-    bufs: [wgpu::Buffer; 6],
-    batch: usize,
-}
-
-/// The six inputs, in the engine's order.
-const NAMES: [&str; 6] = fcos_loss::gpu::pool::INPUT_NAMES;
-
-fn upload(
-    device: &wgpu::Device,
-    data: &[f32],
-    name: &str,
-    usage: wgpu::BufferUsages,
-) -> wgpu::Buffer {
-    // A zero-sized buffer cannot be bound; the engine never reads past the data anyway.
-    let data: Vec<f32> = if data.is_empty() {
-        vec![0.0; 4]
-    } else {
-        data.to_vec()
-    };
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(name),
-        contents: bytemuck::cast_slice(&data),
-        usage,
-    })
-}
-
-fn host_data(batch: &Batch) -> [Vec<f32>; 6] {
-    [
-        Batch::packed(&batch.cls_logits),
-        Batch::packed(&batch.cnt_logits),
-        Batch::packed(&batch.reg_preds),
-        batch.cls_targets.clone(),
-        batch.cnt_targets.clone(),
-        batch.reg_targets.clone(),
-    ]
-}
-
-impl AppBuffers {
-    fn new(device: &wgpu::Device, batch: &Batch) -> Self {
-        let data = host_data(batch);
-        AppBuffers {
-            bufs: std::array::from_fn(|i| {
-                upload(device, &data[i], NAMES[i], wgpu::BufferUsages::STORAGE)
-            }),
-            batch: batch.batch,
-        }
-    }
-
-    fn inputs(&self) -> DeviceInputs<'_> {
-        let [a, b, c, d, e, f] = &self.bufs;
-        DeviceInputs {
-            batch: self.batch,
-            cls_logits: a,
-            cnt_logits: b,
-            reg_preds: c,
-            cls_targets: d,
-            cnt_targets: e,
-            reg_targets: f,
-        }
-    }
-
-    /// The inputs with buffer `i` replaced by `buf`.
-    fn with<'a>(&'a self, i: usize, buf: &'a wgpu::Buffer) -> DeviceInputs<'a> {
-        let mut d = self.inputs();
-        match i {
-            0 => d.cls_logits = buf,
-            1 => d.cnt_logits = buf,
-            2 => d.reg_preds = buf,
-            3 => d.cls_targets = buf,
-            4 => d.cnt_targets = buf,
-            _ => d.reg_targets = buf,
-        }
-        d
-    }
+    let engine = common::app_engine(config);
+    (engine.context().device.clone(), engine)
 }
 
 fn case(classes: usize, shapes: &[(u32, u32)], pos_frac: Vec<f64>, seed: u64) -> (Levels, Batch) {
@@ -112,11 +33,11 @@ fn check_device_path(
     engine: &FcosLoss,
     levels: &Levels,
     batch: &Batch,
-    bufs: &AppBuffers,
+    inputs: &DeviceInputs,
     what: &str,
 ) {
     let on_device = engine
-        .compute_device(levels, &bufs.inputs())
+        .compute_device(levels, inputs)
         .expect("compute_device");
     let host = engine.compute(levels, &batch.inputs()).expect("compute");
     assert_eq!(
@@ -145,7 +66,7 @@ fn device_buffers_match_host_path_and_reference() {
     ];
     for (i, (c, shapes, frac)) in cases.into_iter().enumerate() {
         let (levels, batch) = case(c, shapes, frac, i as u64);
-        let bufs = AppBuffers::new(&device, &batch);
+        let bufs = DeviceBatch::upload(&device, &batch).unwrap();
         for reg in [RegLoss::Iou, RegLoss::Giou] {
             engine
                 .set_config(LossConfig::new(c as u32).with_reg_loss(reg))
@@ -154,7 +75,7 @@ fn device_buffers_match_host_path_and_reference() {
                 &engine,
                 &levels,
                 &batch,
-                &bufs,
+                &bufs.inputs(),
                 &format!("case {i} ({reg:?}) C = {c}, levels {shapes:?}"),
             );
         }
@@ -165,50 +86,43 @@ fn device_buffers_match_host_path_and_reference() {
 fn oversized_buffers_with_trailing_data_are_fine() {
     let (device, engine) = app_engine(LossConfig::new(5));
     let (levels, batch) = case(5, &[(6, 7), (3, 4), (1, 1)], vec![0.2, 1.0], 3);
-    let data = host_data(&batch);
     // Each buffer carries garbage (large, NaN-free) after the data the layout covers.
-    let bufs = AppBuffers {
-        bufs: std::array::from_fn(|i| {
-            let mut d = data[i].clone();
-            d.extend(std::iter::repeat_n(1.0e4, 64));
-            upload(
-                &device,
-                &d,
-                NAMES[i],
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            )
-        }),
-        batch: batch.batch,
+    let trailing = Unusual::Trailing {
+        extra: 64,
+        fill: 1.0e4,
     };
-    check_device_path(&engine, &levels, &batch, &bufs, "oversized buffers");
+    let bufs: HashMap<Input, wgpu::Buffer> = Input::ALL
+        .into_iter()
+        .map(|input| {
+            (
+                input,
+                unusual_input_buffer(&device, &batch, input, trailing),
+            )
+        })
+        .collect();
+    let inputs = common::device_inputs(batch.batch, |input| &bufs[&input]);
+    for input in Input::ALL {
+        assert!(inputs.buffer(input).size() > 4 * batch.packed(input).len() as u64);
+    }
+    check_device_path(&engine, &levels, &batch, &inputs, "oversized buffers");
 }
 
 #[test]
 fn too_small_buffer_is_a_shape_error_naming_it() {
     let (device, engine) = app_engine(LossConfig::new(4));
     let (levels, batch) = case(4, &[(5, 6), (2, 3)], vec![0.3, 1.0], 9);
-    let bufs = AppBuffers::new(&device, &batch);
-    let data = host_data(&batch);
-    for i in 0..6 {
+    let bufs = DeviceBatch::upload(&device, &batch).unwrap();
+    for input in Input::ALL {
         // One f32 short of what the layout needs.
-        let short = upload(
-            &device,
-            &data[i][..data[i].len() - 1],
-            NAMES[i],
-            wgpu::BufferUsages::STORAGE,
-        );
-        match engine.compute_device(&levels, &bufs.with(i, &short)) {
+        let short = unusual_input_buffer(&device, &batch, input, Unusual::OneShort);
+        match engine.compute_device(&levels, &common::with_buffer(bufs.inputs(), input, &short)) {
             Err(FcosError::Shape { tensor, .. }) => {
                 assert!(
-                    tensor.contains(NAMES[i]),
-                    "error names '{tensor}', not {}",
-                    NAMES[i]
+                    tensor.contains(input.name()),
+                    "error names '{tensor}', not {input}"
                 )
             }
-            other => panic!(
-                "{} one f32 short: expected FcosError::Shape, got {other:?}",
-                NAMES[i]
-            ),
+            other => panic!("{input} one f32 short: expected FcosError::Shape, got {other:?}"),
         }
     }
     // B larger than the buffers hold.
@@ -228,44 +142,58 @@ fn too_small_buffer_is_a_shape_error_naming_it() {
         engine.compute_device(&levels, &zero).is_err(),
         "B = 0 accepted"
     );
-    check_device_path(&engine, &levels, &batch, &bufs, "after too-small buffers");
+    check_device_path(
+        &engine,
+        &levels,
+        &batch,
+        &bufs.inputs(),
+        "after too-small buffers",
+    );
 }
 
 #[test]
 fn buffer_without_storage_usage_is_an_error() {
     let (device, engine) = app_engine(LossConfig::new(4));
     let (levels, batch) = case(4, &[(5, 6), (2, 3)], vec![0.3, 1.0], 9);
-    let bufs = AppBuffers::new(&device, &batch);
-    let data = host_data(&batch);
-    for i in 0..6 {
-        let wrong = upload(
-            &device,
-            &data[i],
-            NAMES[i],
-            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        );
-        match engine.compute_device(&levels, &bufs.with(i, &wrong)) {
+    let bufs = DeviceBatch::upload(&device, &batch).unwrap();
+    let no_storage = Unusual::Usage(wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST);
+    for input in Input::ALL {
+        let wrong = unusual_input_buffer(&device, &batch, input, no_storage);
+        match engine.compute_device(&levels, &common::with_buffer(bufs.inputs(), input, &wrong)) {
             Err(e) => {
+                assert!(
+                    matches!(e, FcosError::InvalidCall(_)),
+                    "{input} without STORAGE usage: expected FcosError::InvalidCall, got {e:?}"
+                );
                 let msg = e.to_string();
                 assert!(
-                    msg.contains(NAMES[i]),
-                    "error for {} does not name it: {msg}",
-                    NAMES[i]
+                    msg.contains(input.name()),
+                    "error for {input} does not name it: {msg}"
                 );
             }
-            Ok(l) => panic!("{} without STORAGE usage was accepted: {l:?}", NAMES[i]),
+            Ok(l) => panic!("{input} without STORAGE usage was accepted: {l:?}"),
         }
     }
     // A uniform buffer is not a storage buffer either.
-    let uniform = upload(&device, &data[3], NAMES[3], wgpu::BufferUsages::UNIFORM);
-    assert!(engine
-        .compute_device(&levels, &bufs.with(3, &uniform))
-        .is_err());
+    let uniform = unusual_input_buffer(
+        &device,
+        &batch,
+        Input::ClsTargets,
+        Unusual::Usage(wgpu::BufferUsages::UNIFORM),
+    );
+    let e = engine
+        .compute_device(
+            &levels,
+            &common::with_buffer(bufs.inputs(), Input::ClsTargets, &uniform),
+        )
+        .unwrap_err();
+    assert!(matches!(e, FcosError::InvalidCall(_)), "{e:?}");
+    assert!(e.to_string().contains(Input::ClsTargets.name()), "{e}");
     check_device_path(
         &engine,
         &levels,
         &batch,
-        &bufs,
+        &bufs.inputs(),
         "after buffers without STORAGE",
     );
 }
@@ -274,7 +202,7 @@ fn buffer_without_storage_usage_is_an_error() {
 fn all_empty_levels_on_device_give_zeros() {
     let (device, engine) = app_engine(LossConfig::new(3));
     let (levels, batch) = case(3, &[(0, 4), (5, 0)], vec![0.5, 0.5], 1);
-    let bufs = AppBuffers::new(&device, &batch);
+    let bufs = DeviceBatch::upload(&device, &batch).unwrap();
     let got = engine.compute_device(&levels, &bufs.inputs()).unwrap();
     assert_eq!(got.cls, vec![0.0; 2]);
     assert_eq!(got.cnt, vec![0.0; 2]);
@@ -288,7 +216,7 @@ fn engine_and_app_share_the_device() {
     let (device, engine) = app_engine(LossConfig::new(2));
     // The app keeps using its device alongside the engine.
     let (levels, batch) = case(2, &[(4, 4), (2, 2)], vec![0.5], 2);
-    let bufs = AppBuffers::new(&device, &batch);
+    let bufs = DeviceBatch::upload(&device, &batch).unwrap();
     let first = engine.compute_device(&levels, &bufs.inputs()).unwrap();
     let extra = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("app's own work"),
@@ -300,6 +228,57 @@ fn engine_and_app_share_the_device() {
     let again = engine.compute_device(&levels, &bufs.inputs()).unwrap();
     assert_eq!(common::bits(&first), common::bits(&again));
     assert_eq!(engine.context().device, device);
+}
+
+/// Whether `info`'s adapter works in host memory (a CPU or integrated adapter).
+fn shares_host_memory(info: &wgpu::AdapterInfo) -> bool {
+    matches!(
+        info.device_type,
+        wgpu::DeviceType::Cpu | wgpu::DeviceType::IntegratedGpu
+    )
+}
+
+/// An engine from `FcosLoss::new` uploads without a staging copy exactly where
+/// it can: on a CPU or integrated adapter that has `MAPPABLE_PRIMARY_BUFFERS`.
+/// lavapipe (Vulkan, a CPU adapter) has the feature, so there it must be on.
+#[test]
+fn zero_copy_upload_is_on_wherever_the_adapter_allows_it() {
+    let engine = common::engine(LossConfig::new(3));
+    let info = &engine.context().info;
+    // The adapter `FcosLoss::new` chose (the same policy as `common::adapters`).
+    let adapter = common::adapter();
+    assert_eq!(
+        &adapter.get_info(),
+        info,
+        "the tests and the engine pick different adapters"
+    );
+    let mappable = adapter
+        .features()
+        .contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS);
+    let want = mappable && shares_host_memory(info);
+    assert_eq!(
+        engine.context().zero_copy_upload(),
+        want,
+        "{}: {:?}, MAPPABLE_PRIMARY_BUFFERS {mappable}",
+        engine.adapter_name(),
+        info.device_type
+    );
+    if info.backend == wgpu::Backend::Vulkan && info.device_type == wgpu::DeviceType::Cpu {
+        // lavapipe: a CPU adapter with the feature.
+        assert!(
+            mappable,
+            "{} lacks MAPPABLE_PRIMARY_BUFFERS",
+            engine.adapter_name()
+        );
+        assert!(engine.context().zero_copy_upload());
+    }
+    if !shares_host_memory(info) {
+        assert!(!engine.context().zero_copy_upload());
+    }
+    // Without the feature on the device there is no zero-copy upload anywhere.
+    let (device, queue) = common::app_device_with(|l| l);
+    let staged = FcosLoss::from_device(device, queue, LossConfig::new(3)).unwrap();
+    assert!(!staged.context().zero_copy_upload());
 }
 
 /// The host path's two uploads give bitwise the same losses and gradients: straight
@@ -316,11 +295,19 @@ fn zero_copy_and_staged_uploads_agree() {
     let direct = FcosLoss::from_device(dev_a, queue_a, config.clone()).unwrap();
     let staged = FcosLoss::from_device(dev_b, queue_b, config.clone()).unwrap();
     assert!(!staged.context().zero_copy_upload());
-    println!(
-        "{}: zero-copy upload {}",
+    let info = &direct.context().info;
+    let has_feature = direct.context().features.contains(mappable);
+    assert_eq!(
+        direct.context().zero_copy_upload(),
+        has_feature && shares_host_memory(info),
+        "{}: {:?}, MAPPABLE_PRIMARY_BUFFERS {has_feature}",
         direct.adapter_name(),
-        direct.context().zero_copy_upload()
+        info.device_type
     );
+    if info.backend == wgpu::Backend::Vulkan && info.device_type == wgpu::DeviceType::Cpu {
+        // lavapipe: the two engines really take the two different uploads.
+        assert!(direct.context().zero_copy_upload());
+    }
     let w = fcos_loss::LossWeights::for_config(&config);
     for _ in 0..2 {
         let (la, ga) = direct

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fcos_loss::synthetic::{self, SyntheticSpec};
-use fcos_loss::{reference, Batch, DeviceInputs, FcosError, FcosLoss, Levels, LossConfig};
-use wgpu::util::DeviceExt;
+use fcos_loss::{reference, Batch, DeviceBatch, FcosError, FcosLoss, Input, Levels, LossConfig};
 
 fn batch(b: usize, c: usize, h: u32, w: u32, seed: u64) -> Batch {
     let levels = Levels::from_image(h, w, &[8, 16, 32, 64, 128]).unwrap();
@@ -16,44 +15,6 @@ fn batch(b: usize, c: usize, h: u32, w: u32, seed: u64) -> Batch {
     spec.seed = seed;
     spec.pos_frac = vec![0.05];
     synthetic::generate(&levels, &[8, 16, 32, 64, 128], &spec).unwrap()
-}
-
-struct Uploaded(Vec<wgpu::Buffer>);
-
-impl Uploaded {
-    fn new(device: &wgpu::Device, b: &Batch) -> Self {
-        let data = [
-            b.cls_logits.concat(),
-            b.cnt_logits.concat(),
-            b.reg_preds.concat(),
-            b.cls_targets.clone(),
-            b.cnt_targets.clone(),
-            b.reg_targets.clone(),
-        ];
-        Uploaded(
-            data.iter()
-                .map(|d| {
-                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("fault test input"),
-                        contents: bytemuck::cast_slice(d),
-                        usage: wgpu::BufferUsages::STORAGE,
-                    })
-                })
-                .collect(),
-        )
-    }
-
-    fn inputs(&self, batch: usize) -> DeviceInputs<'_> {
-        DeviceInputs {
-            batch,
-            cls_logits: &self.0[0],
-            cnt_logits: &self.0[1],
-            reg_preds: &self.0[2],
-            cls_targets: &self.0[3],
-            cnt_targets: &self.0[4],
-            reg_targets: &self.0[5],
-        }
-    }
 }
 
 /// Each kind of bad value: the device path (checked on the GPU) reports exactly the
@@ -105,9 +66,9 @@ fn device_checks_report_the_same_error_as_the_host() {
         engine.set_subgroups(sg).unwrap();
         for (tensor, bad) in &cases {
             let host = engine.compute(&bad.levels, &bad.inputs()).unwrap_err();
-            let up = Uploaded::new(&engine.context().device, bad);
+            let up = DeviceBatch::upload(&engine.context().device, bad).unwrap();
             let dev = engine
-                .compute_device(&bad.levels, &up.inputs(2))
+                .compute_device(&bad.levels, &up.inputs())
                 .unwrap_err();
             match &dev {
                 FcosError::Value { tensor: t, .. } => {
@@ -127,8 +88,8 @@ fn device_checks_report_the_same_error_as_the_host() {
     // negative position is fine.
     let mut ok = good.clone();
     ok.reg_targets[neg * 4] = -1.0;
-    let up = Uploaded::new(&engine.context().device, &ok);
-    let got = engine.compute_device(&ok.levels, &up.inputs(2)).unwrap();
+    let up = DeviceBatch::upload(&engine.context().device, &ok).unwrap();
+    let got = engine.compute_device(&ok.levels, &up.inputs()).unwrap();
     let cpu = reference::losses(engine.config(), &ok.levels, &ok.inputs()).unwrap();
     common::assert_close("after errors", &got, &cpu);
 }
@@ -143,8 +104,8 @@ fn checks_can_be_turned_off() {
     assert!(!engine.checks());
     let l = engine.compute(&b.levels, &b.inputs()).unwrap();
     assert!(l.total.is_finite());
-    let up = Uploaded::new(&engine.context().device, &b);
-    assert!(engine.compute_device(&b.levels, &up.inputs(1)).is_ok());
+    let up = DeviceBatch::upload(&engine.context().device, &b).unwrap();
+    assert!(engine.compute_device(&b.levels, &up.inputs()).is_ok());
 }
 
 /// A device whose bindings are small: inputs larger than one binding are split and
@@ -163,8 +124,8 @@ fn small_binding_limits_split_and_large_buffers_are_refused() {
     let host = engine.compute(&b.levels, &b.inputs()).unwrap();
     let cpu = reference::losses(&config, &b.levels, &b.inputs()).unwrap();
     common::assert_close("split bindings, host path", &host, &cpu);
-    let up = Uploaded::new(&device, &b);
-    let dev = engine.compute_device(&b.levels, &up.inputs(3)).unwrap();
+    let up = DeviceBatch::upload(&device, &b).unwrap();
+    let dev = engine.compute_device(&b.levels, &up.inputs()).unwrap();
     assert_eq!(common::bits(&dev), common::bits(&host));
     let (gl, gg) = engine
         .forward_backward(&b.levels, &b.inputs(), &fcos_loss::LossWeights::default())
@@ -177,7 +138,7 @@ fn small_binding_limits_split_and_large_buffers_are_refused() {
     )
     .unwrap();
     common::assert_close("split bindings, backward", &gl, &cpu);
-    let worst = fcos_loss::losses::max_tensor_error(&gg.cls_logits, &cg.cls_logits);
+    let worst = fcos_loss::max_tensor_error(&gg.cls_logits, &cg.cls_logits);
     assert!(worst <= 1e-4, "cls gradient error {worst:e}");
     // 8 × 20 × 21760 floats = 13.9 MB > max_buffer_size.
     let big = batch(8, 20, 512, 1024, 4);
@@ -192,15 +153,50 @@ fn small_binding_limits_split_and_large_buffers_are_refused() {
 fn a_wgpu_validation_error_is_an_error_not_a_panic() {
     let engine = common::engine(LossConfig::new(4));
     let b = batch(1, 4, 64, 96, 5);
-    let good = Uploaded::new(&engine.context().device, &b);
-    let doomed = Uploaded::new(&engine.context().device, &b);
-    doomed.0[0].destroy();
-    let mut inputs = good.inputs(1);
-    inputs.cls_logits = &doomed.0[0];
+    let good = DeviceBatch::upload(&engine.context().device, &b).unwrap();
+    let doomed = DeviceBatch::upload(&engine.context().device, &b).unwrap();
+    doomed.buffer(Input::ClsLogits).destroy();
+    let inputs = common::with_buffer(
+        good.inputs(),
+        Input::ClsLogits,
+        doomed.buffer(Input::ClsLogits),
+    );
     let e = engine.compute_device(&b.levels, &inputs).unwrap_err();
-    assert!(matches!(e, FcosError::Gpu(_)), "{e}");
+    assert!(matches!(e, FcosError::Gpu { .. }), "{e}");
     assert!(e.to_string().contains("destroyed"), "{e}");
-    assert!(engine.compute_device(&b.levels, &good.inputs(1)).is_ok());
+    assert!(engine.compute_device(&b.levels, &good.inputs()).is_ok());
+}
+
+/// The `FcosError::Gpu` of a wgpu validation error keeps wgpu's own error as its
+/// `std::error::Error::source()`, downcastable to `wgpu::Error`, and its message
+/// carries wgpu's description.
+#[test]
+fn a_wgpu_validation_error_keeps_the_wgpu_error_as_its_source() {
+    let engine = common::engine(LossConfig::new(4));
+    let b = batch(1, 4, 64, 96, 5);
+    let good = DeviceBatch::upload(&engine.context().device, &b).unwrap();
+    let doomed = DeviceBatch::upload(&engine.context().device, &b).unwrap();
+    doomed.buffer(Input::RegTargets).destroy();
+    let inputs = common::with_buffer(
+        good.inputs(),
+        Input::RegTargets,
+        doomed.buffer(Input::RegTargets),
+    );
+    let e = engine.compute_device(&b.levels, &inputs).unwrap_err();
+    let FcosError::Gpu { message, .. } = &e else {
+        panic!("expected FcosError::Gpu, got {e:?}")
+    };
+    let source = std::error::Error::source(&e)
+        .unwrap_or_else(|| panic!("FcosError::Gpu without a source: {e}"));
+    let wgpu_error = source
+        .downcast_ref::<wgpu::Error>()
+        .unwrap_or_else(|| panic!("the source is not a wgpu::Error: {source:?}"));
+    let wgpu::Error::Validation { description, .. } = wgpu_error else {
+        panic!("expected a wgpu validation error, got {wgpu_error:?}")
+    };
+    assert!(description.contains("destroyed"), "{description}");
+    assert!(message.contains(description.as_str()), "{message}");
+    assert!(engine.compute_device(&b.levels, &good.inputs()).is_ok());
 }
 
 #[test]
@@ -242,7 +238,7 @@ fn a_destroyed_device_gives_an_error_and_a_new_engine_works() {
     engine.context().device.destroy();
     let e = engine.compute(&b.levels, &b.inputs()).unwrap_err();
     assert!(
-        matches!(e, FcosError::DeviceLost(_) | FcosError::Gpu(_)),
+        matches!(e, FcosError::DeviceLost(_) | FcosError::Gpu { .. }),
         "{e}"
     );
     let fresh = common::engine(LossConfig::new(5));
@@ -293,12 +289,12 @@ fn a_hundred_calls_are_bitwise_identical() {
     let engine = common::engine(LossConfig::new(20));
     let b = batch(2, 20, 128, 160, 8);
     let first = engine.compute(&b.levels, &b.inputs()).unwrap();
-    let up = Uploaded::new(&engine.context().device, &b);
+    let up = DeviceBatch::upload(&engine.context().device, &b).unwrap();
     for i in 0..100 {
         let l = if i % 2 == 0 {
             engine.compute(&b.levels, &b.inputs()).unwrap()
         } else {
-            engine.compute_device(&b.levels, &up.inputs(2)).unwrap()
+            engine.compute_device(&b.levels, &up.inputs()).unwrap()
         };
         assert_eq!(common::bits(&l), common::bits(&first), "call {i}");
         assert_eq!(l.num_pos, first.num_pos);

@@ -1,20 +1,24 @@
-//! Every golden file (scored by PyTorch, SPEC §5) in IoU and GIoU mode, on the GPU
-//! and the CPU reference, within SPEC §3's tolerance.
+//! Every golden file (scored by PyTorch, docs/contract.md §5) in IoU and GIoU mode,
+//! on the GPU with its value checks on and off and on the CPU reference, within
+//! docs/contract.md §3's tolerance.
+#![cfg(feature = "casefile")]
 
 mod common;
 
-use fcos_loss::{io, reference, FcosLoss, LossConfig, Losses, RegLoss, ABS_TOL, REL_TOL};
-use std::path::Path;
+use fcos_loss::{reference, FcosLoss, LossConfig, Losses, RegLoss, ABS_TOL, REL_TOL};
 
-const CASES: [&str; 3] = [
-    "voc_b2_c20_512x512",
-    "odd_b3_c7_100x150",
-    "single_b1_c1_64x64",
-];
-
+/// Checks one golden file in `mode` with the engine's checks on and then off
+/// (valid inputs: the same losses either way), leaving them on.
 fn check(engine: &mut FcosLoss, name: &str, mode: RegLoss) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.safetensors"));
-    let case = io::read_case(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for checks in [true, false] {
+        engine.set_checks(checks);
+        check_once(engine, name, mode);
+    }
+    engine.set_checks(true);
+}
+
+fn check_once(engine: &mut FcosLoss, name: &str, mode: RegLoss) {
+    let case = common::golden(name);
     let expected = case
         .expected
         .as_ref()
@@ -38,7 +42,7 @@ fn check(engine: &mut FcosLoss, name: &str, mode: RegLoss) {
         cpu.num_pos.clone(),
         true,
     );
-    let what = format!("{name} ({})", mode.name());
+    let what = format!("{name} ({}, checks {})", mode.name(), engine.checks());
     common::assert_close(&format!("{what}: GPU vs PyTorch"), &gpu, &want);
     common::assert_close(&format!("{what}: CPU vs PyTorch"), &cpu, &want);
     common::assert_close(&format!("{what}: GPU vs CPU"), &gpu, &cpu);
@@ -58,7 +62,7 @@ fn check(engine: &mut FcosLoss, name: &str, mode: RegLoss) {
 #[test]
 fn golden_files_iou() {
     let mut engine = common::engine(LossConfig::new(1));
-    for name in CASES {
+    for name in common::GOLDEN {
         check(&mut engine, name, RegLoss::Iou);
     }
 }
@@ -66,16 +70,14 @@ fn golden_files_iou() {
 #[test]
 fn golden_files_giou() {
     let mut engine = common::engine(LossConfig::new(1));
-    for name in CASES {
+    for name in common::GOLDEN {
         check(&mut engine, name, RegLoss::Giou);
     }
 }
 
 #[test]
 fn odd_case_has_an_empty_and_a_full_image() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/odd_b3_c7_100x150.safetensors");
-    let case = io::read_case(&path).unwrap();
+    let case = common::golden("odd_b3_c7_100x150");
     let engine = common::engine(LossConfig::new(7));
     let gpu = engine
         .compute(&case.batch.levels, &case.batch.inputs())

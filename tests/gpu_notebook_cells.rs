@@ -1,4 +1,4 @@
-//! The notebook's own cells (SPEC §2), to 4 decimals, on the GPU and the CPU reference.
+//! The notebook's own cells (docs/contract.md §2), to 4 decimals, on the GPU and the CPU reference.
 
 mod common;
 

@@ -80,7 +80,7 @@ proptest! {
         let mut e = engine().lock().unwrap_or_else(|p| p.into_inner());
         e.set_config(config.clone()).unwrap();
         let gpu = e.compute(&levels, &batch.inputs());
-        let valid = fcos_loss::validate::check_values(&levels, &batch.inputs(), c);
+        let valid = fcos_loss::check_values(&levels, &batch.inputs(), c);
         match (gpu, valid) {
             (Ok(g), Ok(())) => {
                 let cpu = reference::losses(&config, &levels, &batch.inputs()).unwrap();

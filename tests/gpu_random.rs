@@ -11,7 +11,7 @@ use fcos_loss::{
 /// Keeps each case's `B·C·P` (class logits) under this many, so lavapipe stays fast.
 const MAX_CLASS_LOGITS: usize = 200_000;
 
-/// `|got - want|` within SPEC §3's tolerance (relative, absolute near zero).
+/// `|got - want|` within docs/contract.md §3's tolerance (relative, absolute near zero).
 fn close(got: f64, want: f64) -> bool {
     (got - want).abs() <= REL_TOL * want.abs().max(ABS_TOL / REL_TOL)
 }
@@ -62,11 +62,42 @@ struct Case {
     logit_shift: f64,
     reg_loss: RegLoss,
     add_centerness: bool,
+    gamma: f32,
+    alpha: f32,
     seed: u64,
 }
 
+/// The focal γ values every run covers besides γ = 2 (the notebook's, compiled in
+/// as a square): 0 (no modulation), fractional and integer powers of the general
+/// `pow` path.
+const OTHER_GAMMAS: [f32; 5] = [0.0, 0.5, 1.0, 1.5, 3.0];
+
+/// Draws the focal parameters of one case from `rng` (a stream of its own, so
+/// that the shapes and batches of the cases do not depend on it): γ = 2 in about
+/// 40 % of the cases, one of [`OTHER_GAMMAS`] in about 45 %, else any γ in
+/// `[0, 4)`; α = 0 or 1 in about 10 % each, else any α in `[0, 1)`.
+fn draw_focal(rng: &mut Rng) -> (f32, f32) {
+    let g = rng.uniform();
+    let gamma = if g < 0.4 {
+        2.0
+    } else if g < 0.85 {
+        OTHER_GAMMAS[rng.range(0, OTHER_GAMMAS.len() as u64 - 1) as usize]
+    } else {
+        (rng.uniform() * 4.0) as f32
+    };
+    let a = rng.uniform();
+    let alpha = if a < 0.1 {
+        0.0
+    } else if a < 0.2 {
+        1.0
+    } else {
+        rng.uniform() as f32
+    };
+    (gamma, alpha)
+}
+
 impl Case {
-    fn draw(index: usize, rng: &mut Rng) -> Case {
+    fn draw(index: usize, rng: &mut Rng, focal: &mut Rng) -> Case {
         let batch = rng.range(1, 8) as usize;
         let num_levels = rng.range(1, 6) as usize;
         let shapes: Vec<(u32, u32)> = (0..num_levels)
@@ -107,6 +138,7 @@ impl Case {
         };
         let logit_scale = [0.3, 1.0, 1.5, 3.0, 8.0][rng.range(0, 4) as usize];
         let logit_shift = [-8.0, -4.6, -1.0, 0.0, 2.5][rng.range(0, 4) as usize];
+        let (gamma, alpha) = draw_focal(focal);
         Case {
             batch,
             classes,
@@ -121,6 +153,8 @@ impl Case {
                 RegLoss::Giou
             },
             add_centerness: (index / 2).is_multiple_of(2),
+            gamma,
+            alpha,
             seed: rng.next_u64(),
         }
     }
@@ -130,6 +164,8 @@ impl Case {
             .with_reg_loss(self.reg_loss)
             .with_centerness(self.add_centerness);
         c.strides = self.strides.clone();
+        c.gamma = self.gamma;
+        c.alpha = self.alpha;
         c
     }
 
@@ -146,20 +182,36 @@ impl Case {
     }
 }
 
+/// 120 random cases (shapes, positives, logits, box loss, centerness, γ and α),
+/// each run with the engine's value checks on and off: valid inputs give the
+/// reference's losses either way. γ = 2 and γ ≠ 2 run on two engines, so that the
+/// pipelines (γ = 2 is compiled in as a square) are not rebuilt case after case.
 #[test]
 fn random_cases_match_the_cpu_reference() {
     const CASES: usize = 120;
     let mut rng = Rng::new(0x0fc0_5105);
-    let mut engine = common::engine(LossConfig::new(1));
-    eprintln!("adapter: {}", engine.adapter_name());
+    let mut focal = Rng::new(0x0fc0_6a44);
+    let mut square = common::engine(LossConfig::new(1));
+    let mut general = common::engine(LossConfig {
+        gamma: 1.5,
+        ..LossConfig::new(1)
+    });
+    eprintln!("adapter: {}", square.adapter_name());
     let mut failures = Vec::new();
     let mut logits = 0;
     let (mut empty_level, mut one_by_one, mut no_pos, mut all_pos, mut mixed) = (0, 0, 0, 0, 0);
+    let mut gammas: Vec<f32> = Vec::new();
+    let (mut alpha_zero, mut alpha_one, mut alpha_inner) = (0, 0, 0);
     for index in 0..CASES {
-        let case = Case::draw(index, &mut rng);
+        let case = Case::draw(index, &mut rng, &mut focal);
         let levels = Levels::from_shapes(&case.shapes).expect("levels");
         let config = case.config();
         let batch = case.batch(&levels);
+        let engine = if config.gamma == 2.0 {
+            &mut square
+        } else {
+            &mut general
+        };
         engine.set_config(config.clone()).expect("config");
         let want = reference::losses(&config, &levels, &batch.inputs()).expect("reference");
         let p = levels.positions() as u32;
@@ -169,41 +221,57 @@ fn random_cases_match_the_cpu_reference() {
         no_pos += usize::from(p > 0 && want.num_pos.contains(&0));
         all_pos += usize::from(p > 0 && want.num_pos.contains(&p));
         mixed += usize::from(want.num_pos.iter().any(|&n| n > 0 && n < p));
-        match engine.compute(&levels, &batch.inputs()) {
-            Ok(got) => {
-                let bad = mismatches(&got, &want);
-                // `total` follows add_centerness.
-                let expect_total = if case.add_centerness {
-                    got.cls_loss + got.cnt_loss + got.reg_loss
-                } else {
-                    got.cls_loss + got.reg_loss
-                };
-                let mut bad = bad;
-                if !close(got.total, expect_total) {
-                    bad.push(format!(
-                        "total {} ignores add_centerness (want {expect_total})",
-                        got.total
-                    ));
+        gammas.push(case.gamma);
+        if case.alpha == 0.0 {
+            alpha_zero += 1;
+        } else if case.alpha == 1.0 {
+            alpha_one += 1;
+        } else {
+            alpha_inner += 1;
+        }
+        for checks in [true, false] {
+            engine.set_checks(checks);
+            match engine.compute(&levels, &batch.inputs()) {
+                Ok(got) => {
+                    let mut bad = mismatches(&got, &want);
+                    // `total` follows add_centerness.
+                    let expect_total = if case.add_centerness {
+                        got.cls_loss + got.cnt_loss + got.reg_loss
+                    } else {
+                        got.cls_loss + got.reg_loss
+                    };
+                    if !close(got.total, expect_total) {
+                        bad.push(format!(
+                            "total {} ignores add_centerness (want {expect_total})",
+                            got.total
+                        ));
+                    }
+                    if !bad.is_empty() {
+                        failures.push(format!(
+                            "case {index}, checks {checks}: {case:?}\n  {}\n  got  {got:?}\n  want {want:?}",
+                            bad.join("; ")
+                        ));
+                    }
                 }
-                if !bad.is_empty() {
-                    failures.push(format!(
-                        "case {index}: {case:?}\n  {}\n  got  {got:?}\n  want {want:?}",
-                        bad.join("; ")
-                    ));
-                }
+                Err(e) => failures.push(format!(
+                    "case {index}, checks {checks}: {case:?}\n  error: {e}"
+                )),
             }
-            Err(e) => failures.push(format!("case {index}: {case:?}\n  error: {e}")),
         }
     }
     assert!(
         failures.is_empty(),
-        "{} of {CASES} random cases differ from the CPU reference:\n{}",
+        "{} of {} random runs ({CASES} cases, checks on and off) differ from the CPU reference:\n{}",
         failures.len(),
+        2 * CASES,
         failures.join("\n")
     );
+    let square_cases = gammas.iter().filter(|&&g| g == 2.0).count();
     eprintln!(
-        "{CASES} cases, {logits} class logits; empty levels in {empty_level}, 1x1 in {one_by_one}, \
-         images without positives in {no_pos}, all positive in {all_pos}, mixed in {mixed}"
+        "{CASES} cases (each with checks on and off), {logits} class logits; empty levels in \
+         {empty_level}, 1x1 in {one_by_one}, images without positives in {no_pos}, all positive \
+         in {all_pos}, mixed in {mixed}; gamma = 2 in {square_cases}, alpha 0 / 1 / inside in \
+         {alpha_zero} / {alpha_one} / {alpha_inner}"
     );
     // The generator must actually have covered the interesting layouts.
     assert!(
@@ -213,6 +281,25 @@ fn random_cases_match_the_cpu_reference() {
     assert!(
         no_pos > 0 && all_pos > 0 && mixed > 0,
         "positive fractions not covered"
+    );
+    // ... and the focal parameters: γ = 2 often, every other listed γ, some γ
+    // outside the list, and α at both ends and inside.
+    assert!(
+        square_cases >= CASES / 4,
+        "gamma = 2 in only {square_cases} of {CASES} cases"
+    );
+    for g in OTHER_GAMMAS {
+        assert!(gammas.contains(&g), "gamma = {g} never drawn: {gammas:?}");
+    }
+    assert!(
+        gammas
+            .iter()
+            .any(|g| *g != 2.0 && !OTHER_GAMMAS.contains(g)),
+        "no gamma outside the list drawn"
+    );
+    assert!(
+        alpha_zero > 0 && alpha_one > 0 && alpha_inner > 0,
+        "alpha not covered: 0 in {alpha_zero}, 1 in {alpha_one}, inside in {alpha_inner}"
     );
 }
 
@@ -572,7 +659,7 @@ fn every_workgroup_size_matches_the_reference() {
         let (_, g) = engine
             .forward_backward(&levels, &batch.inputs(), &w)
             .unwrap();
-        let worst = fcos_loss::losses::max_tensor_error(&g.cls_logits, &cg.cls_logits);
+        let worst = fcos_loss::max_tensor_error(&g.cls_logits, &cg.cls_logits);
         assert!(worst <= 1e-4, "WG {wg}: gradient error {worst}");
     }
     for bad in [0, 48, 16, 2048] {
@@ -625,7 +712,7 @@ fn subgroup_and_shared_memory_reductions_match_the_reference() {
             let (_, g) = engine
                 .forward_backward(&levels, &batch.inputs(), &w)
                 .unwrap();
-            let worst = fcos_loss::losses::max_tensor_error(&g.cls_logits, &cg.cls_logits);
+            let worst = fcos_loss::max_tensor_error(&g.cls_logits, &cg.cls_logits);
             assert!(
                 worst <= 1e-4,
                 "subgroups {sg}, WG {wg}: gradient error {worst:e}"
@@ -633,6 +720,7 @@ fn subgroup_and_shared_memory_reductions_match_the_reference() {
         }
     }
     if !has_subgroups {
-        assert!(engine.set_subgroups(true).is_err());
+        let e = engine.set_subgroups(true).unwrap_err();
+        assert!(matches!(e, FcosError::InvalidCall(_)), "{e:?}");
     }
 }

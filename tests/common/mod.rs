@@ -1,20 +1,132 @@
-//! Shared test helpers: the GPU engine (failing loudly without an adapter), case
-//! builders and tolerance checks.
+//! Shared test helpers: the one adapter policy of the GPU tests, case builders,
+//! tolerance checks, buffer read-back, and (in [`buffers`]) the deliberately
+//! unusual device buffers a few tests need.
+//!
+//! Adapter policy: every GPU test opens its engine ([`engine`], [`app_engine`]) or
+//! its application device ([`app_device_with`]) through this module. When no
+//! adapter opens, the test fails (it never skips and never passes) with a message
+//! that says how to get one ([`NO_ADAPTER_HELP`]).
 #![allow(dead_code)]
 
-use fcos_loss::{Batch, FcosLoss, Levels, LossConfig, Losses, ABS_TOL, REL_TOL};
+pub mod buffers;
 
-/// Opens the engine on the adapter the environment selects. Without one the test
-/// fails and says how to get one.
+use fcos_loss::{
+    max_tensor_error, Batch, DeviceInputs, FcosLoss, GpuContext, Head, Heads, Input, Levels,
+    LossConfig, Losses, ABS_TOL, REL_TOL,
+};
+
+/// How to get an adapter, for every failure to open one.
+pub const NO_ADAPTER_HELP: &str = "GPU tests need a wgpu adapter and fail without one \
+    (they never skip). On Debian/Ubuntu: `apt-get install mesa-vulkan-drivers` (lavapipe, \
+    Vulkan) or `apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri` (llvmpipe, GL); select \
+    one with WGPU_BACKEND=vulkan|gl (and WGPU_ADAPTER_NAME). The CPU-only tests are \
+    `cargo test --lib` and the tests/cpu_*.rs files (see tests/README.md).";
+
+/// The golden case files under tests/data (scored by PyTorch, docs/contract.md §5).
+pub const GOLDEN: [&str; 3] = [
+    "voc_b2_c20_512x512",
+    "odd_b3_c7_100x150",
+    "single_b1_c1_64x64",
+];
+
+/// Reads a golden case file by its name (without `.safetensors`).
+#[cfg(feature = "casefile")]
+pub fn golden(name: &str) -> fcos_loss::casefile::Case {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/data/{name}.safetensors"));
+    fcos_loss::casefile::read_case(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Opens the engine on the adapter the environment selects (`FcosLoss::new`).
+/// Without one the test fails and says how to get one.
 pub fn engine(config: LossConfig) -> FcosLoss {
     match FcosLoss::new(config) {
         Ok(e) => e,
-        Err(e) => panic!(
-            "GPU tests need a wgpu adapter and none could be opened: {e}\n\
-             On Debian/Ubuntu: `apt-get install mesa-vulkan-drivers` (lavapipe, Vulkan) \
-             or an EGL/OpenGL driver (llvmpipe); select one with WGPU_BACKEND=vulkan|gl."
-        ),
+        Err(e) => panic!("could not open an engine: {e}\n{NO_ADAPTER_HELP}"),
     }
+}
+
+/// An engine on a device the test opened the way an application would
+/// ([`app_device_with`], the adapter's own limits), via `FcosLoss::from_device`.
+pub fn app_engine(config: LossConfig) -> FcosLoss {
+    let (device, queue) = app_device_with(|limits| limits);
+    FcosLoss::from_device(device, queue, config).expect("an engine on the application's device")
+}
+
+/// Opens a device the way an application would, honouring `WGPU_BACKEND`, with the
+/// adapter's limits passed through `adjust`.
+pub fn app_device_with(
+    adjust: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+) -> (wgpu::Device, wgpu::Queue) {
+    app_device_with_features(|_| wgpu::Features::empty(), adjust)
+}
+
+/// The adapters `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` allow, best first in the
+/// engine's own order (discrete, integrated, virtual, CPU; Vulkan/Metal/DX12
+/// before GL), so that an application device and `FcosLoss::new` pick the same one.
+pub fn adapters() -> Vec<wgpu::Adapter> {
+    pollster::block_on(async {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let mut adapters = instance.enumerate_adapters(backends).await;
+        if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
+            let name = name.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&name));
+        }
+        adapters.sort_by_key(|a| {
+            let info = a.get_info();
+            let kind = match info.device_type {
+                wgpu::DeviceType::DiscreteGpu => 0,
+                wgpu::DeviceType::IntegratedGpu => 1,
+                wgpu::DeviceType::VirtualGpu => 2,
+                wgpu::DeviceType::Cpu => 3,
+                wgpu::DeviceType::Other => 4,
+            };
+            let backend = match info.backend {
+                wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+                wgpu::Backend::BrowserWebGpu => 1,
+                _ => 2,
+            };
+            (kind, backend)
+        });
+        adapters
+    })
+}
+
+/// The first adapter of [`adapters`]; fails the test (with [`NO_ADAPTER_HELP`])
+/// when there is none.
+pub fn adapter() -> wgpu::Adapter {
+    adapters().into_iter().next().unwrap_or_else(|| {
+        panic!(
+            "no wgpu adapter found (WGPU_BACKEND={:?}, WGPU_ADAPTER_NAME={:?}).\n{NO_ADAPTER_HELP}",
+            std::env::var("WGPU_BACKEND").ok(),
+            std::env::var("WGPU_ADAPTER_NAME").ok()
+        )
+    })
+}
+
+/// [`app_device_with`], requesting the features `features` picks from the adapter's.
+pub fn app_device_with_features(
+    features: impl FnOnce(wgpu::Features) -> wgpu::Features,
+    adjust: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
+) -> (wgpu::Device, wgpu::Queue) {
+    let adapter = adapter();
+    let info = adapter.get_info();
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("test application device"),
+        required_features: features(adapter.features()),
+        required_limits: adjust(adapter.limits()),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::default(),
+        trace: wgpu::Trace::Off,
+    }))
+    .unwrap_or_else(|e| {
+        panic!(
+            "could not open a device on adapter '{}' ({:?}): {e}\n{NO_ADAPTER_HELP}",
+            info.name, info.backend
+        )
+    })
 }
 
 /// A batch filled with one value per tensor (the notebook's cells use `ones`).
@@ -28,26 +140,25 @@ pub fn constant_batch(
     reg: f32,
 ) -> Batch {
     let p = levels.positions();
+    let head = |h: Head, x: f32| -> Vec<Vec<f32>> {
+        (0..levels.len())
+            .map(|l| vec![x; levels.level_len(l, b, h.channels(c))])
+            .collect()
+    };
     Batch {
         levels: levels.clone(),
         batch: b,
         classes: c,
-        cls_logits: (0..levels.len())
-            .map(|l| vec![logit; levels.level_len(l, b, c)])
-            .collect(),
-        cnt_logits: (0..levels.len())
-            .map(|l| vec![logit; levels.level_len(l, b, 1)])
-            .collect(),
-        reg_preds: (0..levels.len())
-            .map(|l| vec![reg; levels.level_len(l, b, 4)])
-            .collect(),
+        cls_logits: head(Head::ClsLogits, logit),
+        cnt_logits: head(Head::CntLogits, logit),
+        reg_preds: head(Head::RegPreds, reg),
         cls_targets: vec![cls_t; b * p],
         cnt_targets: vec![cnt_t; b * p],
-        reg_targets: vec![reg; b * p * 4],
+        reg_targets: vec![reg; b * p * Input::RegTargets.channels(c)],
     }
 }
 
-/// Asserts that `got` matches `want` per image within SPEC §3's tolerance.
+/// Asserts that `got` matches `want` per image within docs/contract.md §3's tolerance.
 pub fn assert_close(what: &str, got: &Losses, want: &Losses) {
     let d = got.max_rel_diff(want, REL_TOL, ABS_TOL);
     assert!(
@@ -57,59 +168,26 @@ pub fn assert_close(what: &str, got: &Losses, want: &Losses) {
     assert_eq!(got.num_pos, want.num_pos, "{what}: num_pos");
 }
 
-/// Opens a device the way an application would, honouring `WGPU_BACKEND`, with the
-/// adapter's limits passed through `adjust`.
-pub fn app_device_with(
-    adjust: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
-) -> (wgpu::Device, wgpu::Queue) {
-    app_device_with_features(|_| wgpu::Features::empty(), adjust)
-}
-
-/// [`app_device_with`], requesting the features `features` picks from the adapter's.
-pub fn app_device_with_features(
-    features: impl FnOnce(wgpu::Features) -> wgpu::Features,
-    adjust: impl FnOnce(wgpu::Limits) -> wgpu::Limits,
-) -> (wgpu::Device, wgpu::Queue) {
-    pollster::block_on(async {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-        let mut adapters = instance.enumerate_adapters(backends).await;
-        // Prefer real GPUs over software ones, as an application would.
-        adapters.sort_by_key(|a| match a.get_info().device_type {
-            wgpu::DeviceType::DiscreteGpu => 0,
-            wgpu::DeviceType::IntegratedGpu => 1,
-            wgpu::DeviceType::VirtualGpu => 2,
-            wgpu::DeviceType::Cpu => 3,
-            wgpu::DeviceType::Other => 4,
-        });
-        let Some(adapter) = adapters.into_iter().next() else {
-            panic!(
-                "the embedding tests need a wgpu adapter and none was found for backends {backends:?} \
-                 (WGPU_BACKEND={:?}). On Debian/Ubuntu: `apt-get install mesa-vulkan-drivers` \
-                 (lavapipe, Vulkan) or an EGL/OpenGL driver (llvmpipe); select one with \
-                 WGPU_BACKEND=vulkan|gl.",
-                std::env::var("WGPU_BACKEND").ok()
-            )
-        };
-        let info = adapter.get_info();
-        adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("embedding test app"),
-                required_features: features(adapter.features()),
-                required_limits: adjust(adapter.limits()),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
-                memory_hints: wgpu::MemoryHints::default(),
-                trace: wgpu::Trace::Off,
-            })
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not open a device on adapter '{}' ({:?}): {e}; try another one with WGPU_BACKEND=vulkan|gl",
-                    info.name, info.backend
-                )
-            })
-    })
+/// Asserts, head by head, that `got` has the levels and lengths of `want` and that
+/// each level tensor is within `tol` of its largest magnitude
+/// ([`max_tensor_error`], docs/contract.md §4).
+pub fn assert_heads<A, B>(what: &str, got: &Heads<Vec<Vec<A>>>, want: &Heads<Vec<Vec<B>>>, tol: f64)
+where
+    A: Copy + Into<f64>,
+    B: Copy + Into<f64>,
+{
+    for (h, g) in got.iter() {
+        let w = &want[h];
+        assert_eq!(g.len(), w.len(), "{what}: {h} levels");
+        for (l, (a, b)) in g.iter().zip(w.iter()).enumerate() {
+            assert_eq!(a.len(), b.len(), "{what}: {h}.{l} length");
+        }
+        let err = max_tensor_error(g, w);
+        assert!(
+            err <= tol,
+            "{what}: {h} max error {err:e} of its tensor's largest magnitude > {tol:e}"
+        );
+    }
 }
 
 /// Every value of a result as bits (per-image losses, means, total, num_pos), for
@@ -123,4 +201,85 @@ pub fn bits(l: &Losses) -> Vec<u64> {
         .map(|x| x.to_bits())
         .chain(l.num_pos.iter().map(|&n| n as u64))
         .collect()
+}
+
+/// A buffer's contents as `f32`, copied back through a staging buffer (the buffer
+/// needs `COPY_SRC`, as every [`fcos_loss::DeviceBatch`] buffer has).
+pub fn read_buffer(ctx: &GpuContext, buf: &wgpu::Buffer) -> Vec<f32> {
+    let device = &ctx.device;
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test read-back"),
+        size: buf.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(buf, 0, &staging, 0, buf.size());
+    ctx.queue.submit([enc.finish()]);
+    staging.slice(..).map_async(wgpu::MapMode::Read, |r| {
+        r.expect("mapping the read-back buffer")
+    });
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("waiting for the read-back");
+    let v = bytemuck::pod_collect_to_vec(&staging.slice(..).get_mapped_range().unwrap());
+    v
+}
+
+/// [`DeviceInputs`] of `batch` images, each input's buffer from `buffer`.
+pub fn device_inputs<'a>(
+    batch: usize,
+    mut buffer: impl FnMut(Input) -> &'a wgpu::Buffer,
+) -> DeviceInputs<'a> {
+    DeviceInputs {
+        batch,
+        cls_logits: buffer(Input::ClsLogits),
+        cnt_logits: buffer(Input::CntLogits),
+        reg_preds: buffer(Input::RegPreds),
+        cls_targets: buffer(Input::ClsTargets),
+        cnt_targets: buffer(Input::CntTargets),
+        reg_targets: buffer(Input::RegTargets),
+    }
+}
+
+/// `inputs` with the buffer of `input` replaced by `buf`.
+pub fn with_buffer<'a>(
+    inputs: DeviceInputs<'a>,
+    input: Input,
+    buf: &'a wgpu::Buffer,
+) -> DeviceInputs<'a> {
+    device_inputs(inputs.batch, |i| {
+        if i == input {
+            buf
+        } else {
+            inputs.buffer(i)
+        }
+    })
+}
+
+/// Part `part` of `input` in `batch`, mutably: level `part` of a head, or the
+/// target itself (`part` 0), as `Inputs::parts` orders them.
+pub fn part_mut(batch: &mut Batch, input: Input, part: usize) -> &mut Vec<f32> {
+    match input {
+        Input::ClsLogits => &mut batch.cls_logits[part],
+        Input::CntLogits => &mut batch.cnt_logits[part],
+        Input::RegPreds => &mut batch.reg_preds[part],
+        Input::ClsTargets => one_part(part, &mut batch.cls_targets),
+        Input::CntTargets => one_part(part, &mut batch.cnt_targets),
+        Input::RegTargets => one_part(part, &mut batch.reg_targets),
+    }
+}
+
+fn one_part(part: usize, target: &mut Vec<f32>) -> &mut Vec<f32> {
+    assert_eq!(part, 0, "a target is one part");
+    target
+}
+
+/// The name a value error gives part `part` of `input`: `cls_logits.2` for a
+/// head's level, `cls_targets` for a target (docs/contract.md §5).
+pub fn part_name(input: Input, part: usize) -> String {
+    match input.head() {
+        Some(_) => format!("{input}.{part}"),
+        None => input.name().to_string(),
+    }
 }
