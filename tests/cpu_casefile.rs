@@ -1,9 +1,10 @@
-//! Case files (SPEC §5): the golden files, round trips and the error messages.
+//! Case files (docs/contract.md §5): the golden files, round trips and the error messages.
+#![cfg(feature = "casefile")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fcos_loss::io::{parse_case, read_case, write_case, write_tensors, Case};
+use fcos_loss::casefile::{parse_case, read_case, write_case, write_tensors, Case};
 use fcos_loss::FcosError;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -22,7 +23,7 @@ fn temp_dir(tag: &str) -> PathBuf {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let dir = std::env::temp_dir().join(format!(
-        "fcos_loss_io_{tag}_{}_{}_{nanos}",
+        "fcos_loss_casefile_{tag}_{}_{}_{nanos}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
@@ -75,10 +76,12 @@ fn check_golden(name: &str, b: usize, c: usize, shapes: &[(u32, u32)], p: usize)
     }
     assert_eq!(e.reg_loss_giou.as_ref().map(Vec::len), Some(b));
     let g = e.grad.as_ref().expect("golden files carry gradients");
-    for l in 0..shapes.len() {
-        assert_eq!(g.cls_logits[l].len(), batch.cls_logits[l].len());
-        assert_eq!(g.cnt_logits[l].len(), batch.cnt_logits[l].len());
-        assert_eq!(g.reg_preds[l].len(), batch.reg_preds[l].len());
+    let inputs = batch.inputs();
+    for (h, levels) in g.iter() {
+        assert_eq!(levels.len(), shapes.len(), "{name}: grad {h} levels");
+        for (l, v) in levels.iter().enumerate() {
+            assert_eq!(v.len(), inputs.head(h)[l].len(), "{name}: grad {h}.{l}");
+        }
     }
     let gg = e
         .grad_giou_reg
@@ -114,7 +117,7 @@ fn golden_odd() {
         &[(13, 19), (7, 10), (4, 5), (2, 3), (1, 2)],
         345,
     );
-    // Image 1 has no positives, image 2 is positive everywhere (SPEC §5).
+    // Image 1 has no positives, image 2 is positive everywhere (docs/contract.md §5).
     let case = read_case(&data("odd_b3_c7_100x150")).unwrap();
     let cnt = &case.batch.cnt_targets;
     assert!(cnt[345..690].iter().all(|&t| t <= -1.0));

@@ -1,21 +1,26 @@
-//! Fuzzing the case reader: tens of thousands of malformed safetensors inputs to
-//! `io::parse_case`, with no panic allowed anywhere. Inputs that parse go on to
-//! `Inputs::check_shapes` and `validate::check_values`, and those that pass
-//! must give finite CPU-reference losses.
+//! Fuzzing the case reader: 30,460 generated safetensors inputs to
+//! `casefile::parse_case`, with no panic allowed anywhere. Inputs that parse go on
+//! to `Inputs::check_shapes` and `check_values`, and those that pass must give
+//! finite CPU-reference losses.
 //!
 //! The inputs are deterministic (the crate's SplitMix64 `Rng` with fixed seeds):
 //! random bytes, every truncation of several valid files, byte flips, header
 //! JSON rewrites (dtypes, shapes, offsets, names, huge numbers, junk), special
 //! values in the data section, and consistent re-encodings in other dtypes.
+//! Most of them are malformed, not all: of the 30,460, 28,316 are refused
+//! (27,054 by `parse_case`, 1,262 by `check_values`) and 2,144 are valid cases
+//! that reach the reference. The test asserts these counts exactly (see
+//! [`EXPECTED`]).
+#![cfg(feature = "casefile")]
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use fcos_loss::io::{parse_case, write_case, Case, Expected, Grads};
+use fcos_loss::casefile::{parse_case, write_case, Case, Expected};
+use fcos_loss::check_values;
 use fcos_loss::synthetic::{self, Rng, SyntheticSpec};
-use fcos_loss::validate::check_values;
-use fcos_loss::{reference, Levels, LossConfig, RegLoss};
+use fcos_loss::{reference, Head, Heads, Levels, LossConfig, RegLoss};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{json, Value};
 
@@ -97,7 +102,7 @@ fn hex(bytes: &[u8]) -> String {
 // Valid starting points
 
 /// A synthetic case with `expected.*` (losses from the reference, gradients
-/// of the right shapes), serialized by `io::write_case`.
+/// of the right shapes), serialized by `casefile::write_case`.
 fn synthetic_file(shapes: &[(u32, u32)], b: usize, c: usize, expected: bool, seed: u64) -> Vec<u8> {
     let levels = Levels::from_shapes(shapes).unwrap();
     let mut spec = SyntheticSpec::new(b, c);
@@ -106,9 +111,9 @@ fn synthetic_file(shapes: &[(u32, u32)], b: usize, c: usize, expected: bool, see
     let batch = synthetic::generate(&levels, &[8, 16, 32], &spec).unwrap();
     let expected = expected.then(|| {
         let l = reference::losses(&LossConfig::new(c as u32), &levels, &batch.inputs()).unwrap();
-        let grad = |ch: usize| -> Vec<Vec<f32>> {
+        let grad = |h: Head| -> Vec<Vec<f32>> {
             (0..levels.len())
-                .map(|l| vec![0.125; levels.level_len(l, b, ch)])
+                .map(|l| vec![0.125; levels.level_len(l, b, h.channels(c))])
                 .collect()
         };
         Expected {
@@ -116,12 +121,8 @@ fn synthetic_file(shapes: &[(u32, u32)], b: usize, c: usize, expected: bool, see
             cnt_loss: l.cnt.clone(),
             reg_loss: l.reg.clone(),
             reg_loss_giou: Some(l.reg.clone()),
-            grad: Some(Grads {
-                cls_logits: grad(c),
-                cnt_logits: grad(1),
-                reg_preds: grad(4),
-            }),
-            grad_giou_reg: Some(grad(4)),
+            grad: Some(Heads::from_fn(grad)),
+            grad_giou_reg: Some(grad(Head::RegPreds)),
         }
     });
     let case = Case { batch, expected };
@@ -144,10 +145,9 @@ fn bases() -> Vec<Vec<u8>> {
         synthetic_file(&[(2, 3), (0, 4), (1, 1)], 3, 2, false, 2),
         synthetic_file(&[(1, 1)], 1, 1, true, 3),
     ];
-    if let Ok(bytes) = std::fs::read(golden) {
-        assert!(parse_case(&bytes).is_ok());
-        v.push(bytes);
-    }
+    let bytes = std::fs::read(&golden).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+    assert!(parse_case(&bytes).is_ok());
+    v.push(bytes);
     v
 }
 
@@ -578,8 +578,9 @@ fn parse_case_never_panics_on_malformed_input() {
     }
 
     let secs = start.elapsed().as_secs_f64();
+    let malformed = t.parse_err + t.value_err;
     eprintln!(
-        "fuzz_io: {} inputs in {secs:.2} s: {} rejected by parse_case, {} by check_values, {} passed to the reference, {} broken",
+        "cpu_casefile_fuzz: {} inputs in {secs:.2} s: {malformed} malformed ({} rejected by parse_case, {} by check_values), {} valid (passed to the reference), {} broken",
         t.inputs,
         t.parse_err,
         t.value_err,
@@ -597,9 +598,45 @@ fn parse_case_never_panics_on_malformed_input() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    let got = Counts {
+        inputs: t.inputs,
+        malformed,
+        rejected_by_parse_case: t.parse_err,
+        rejected_by_check_values: t.value_err,
+        valid: t.passed,
+    };
+    assert_eq!(got.inputs, got.malformed + got.valid);
     assert!(t.inputs >= 10_000, "only {} inputs", t.inputs);
     assert!(
         t.passed > 0 && t.value_err > 0,
         "every stage must be reached: {t:?}"
     );
+    // The inputs are deterministic, so the counts are exact: a change means the
+    // generator, the writer, the reader or the validator changed what it makes or
+    // accepts. Check which (and that it was meant) before updating `EXPECTED`.
+    assert_eq!(got, EXPECTED, "the fuzz inputs no longer split as they did");
 }
+
+/// How the inputs of [`parse_case_never_panics_on_malformed_input`] split.
+#[derive(Debug, PartialEq, Eq)]
+struct Counts {
+    /// Every input generated.
+    inputs: usize,
+    /// Inputs refused, by the reader or by the value checks.
+    malformed: usize,
+    /// Of those, inputs `parse_case` refused.
+    rejected_by_parse_case: usize,
+    /// Of those, inputs `parse_case` read and `check_values` refused.
+    rejected_by_check_values: usize,
+    /// Inputs read, validated and given finite losses by the reference.
+    valid: usize,
+}
+
+/// The exact split of the deterministic inputs.
+const EXPECTED: Counts = Counts {
+    inputs: 30_460,
+    malformed: 28_316,
+    rejected_by_parse_case: 27_054,
+    rejected_by_check_values: 1_262,
+    valid: 2_144,
+};

@@ -1,28 +1,18 @@
 //! The CPU reference gradients (`reference::grad`) against PyTorch autograd (the
-//! golden files, SPEC §4), against central finite differences of the `f64` forward
+//! golden files, docs/contract.md §4), against central finite differences of the `f64` forward
 //! pass, and at extreme logits.
+
+mod common;
 
 use fcos_loss::reference::{
     self,
-    grad::{self, HeadsF64, RefGradients},
+    grad::{self, F64Heads},
 };
 use fcos_loss::synthetic::{self, SyntheticSpec};
-use fcos_loss::{io, Batch, Levels, LossConfig, LossWeights, RegLoss};
-use std::path::Path;
-
-const CASES: [&str; 3] = [
-    "voc_b2_c20_512x512",
-    "odd_b3_c7_100x150",
-    "single_b1_c1_64x64",
-];
+use fcos_loss::{Batch, Head, Heads, Levels, LossConfig, LossWeights, RegLoss};
 
 /// Tolerance against PyTorch: relative to the largest magnitude of the expected head.
 const GOLDEN_TOL: f64 = 1e-4;
-
-fn read(name: &str) -> io::Case {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.safetensors"));
-    io::read_case(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
 
 /// Worst `|got − want|` over all levels of one head, with its place, and the
 /// largest `|want|`.
@@ -92,10 +82,11 @@ fn assert_head(what: &str, got: &[Vec<f64>], want: &[Vec<f32>]) -> f64 {
     rel
 }
 
+#[cfg(feature = "casefile")]
 #[test]
 fn golden_gradients_iou_all_heads() {
-    for name in CASES {
-        let case = read(name);
+    for name in common::GOLDEN {
+        let case = common::golden(name);
         let b = &case.batch;
         let want = case
             .expected
@@ -106,28 +97,17 @@ fn golden_gradients_iou_all_heads() {
         let (losses, g) =
             grad::gradients(&config, &b.levels, &b.inputs(), &LossWeights::default()).unwrap();
         assert!(losses.total.is_finite());
-        assert_head(
-            &format!("{name} iou cls_logits"),
-            &g.cls_logits,
-            &want.cls_logits,
-        );
-        assert_head(
-            &format!("{name} iou cnt_logits"),
-            &g.cnt_logits,
-            &want.cnt_logits,
-        );
-        assert_head(
-            &format!("{name} iou reg_preds"),
-            &g.reg_preds,
-            &want.reg_preds,
-        );
+        for h in Head::ALL {
+            assert_head(&format!("{name} iou {h}"), &g[h], &want[h]);
+        }
     }
 }
 
+#[cfg(feature = "casefile")]
 #[test]
 fn golden_gradients_giou_reg() {
-    for name in CASES {
-        let case = read(name);
+    for name in common::GOLDEN {
+        let case = common::golden(name);
         let b = &case.batch;
         let want = case
             .expected
@@ -143,7 +123,8 @@ fn golden_gradients_giou_reg() {
         let (_, g) = grad::gradients(&config, &b.levels, &b.inputs(), &weights).unwrap();
         assert_head(&format!("{name} giou reg_preds"), &g.reg_preds, want);
         // The other heads carry no weight.
-        assert_eq!(g.max_abs()[..2], [0.0, 0.0]);
+        let m = g.max_abs();
+        assert_eq!((m.cls_logits, m.cnt_logits), (0.0, 0.0));
     }
 }
 
@@ -167,55 +148,33 @@ fn small_case(seed: u64, classes: usize) -> Batch {
     b
 }
 
+/// `losses_f64` and `gradients_f64` (the `f64` entry points the central
+/// differences evaluate) at the widened `f32` heads return exactly what `losses`
+/// and `gradients` return. This is a consistency check between two entry points
+/// over the same element functions, not evidence that either is right: the
+/// golden, central-difference and hand-derived tests are that.
 #[test]
-fn f64_forward_agrees_with_the_reference() {
+fn f64_entry_points_are_consistent_with_the_f32_ones() {
+    let weights = LossWeights {
+        cls: 0.7,
+        cnt: 1.3,
+        reg: 2.0,
+    };
     for seed in 0..4 {
         let b = small_case(seed, 5);
         for mode in [RegLoss::Iou, RegLoss::Giou] {
             let config = LossConfig::new(5).with_reg_loss(mode);
             let inputs = b.inputs();
+            let heads = grad::widen(&inputs);
             let want = reference::losses(&config, &b.levels, &inputs).unwrap();
-            let got =
-                grad::losses_f64(&config, &b.levels, &inputs, &HeadsF64::from_inputs(&inputs))
-                    .unwrap();
-            assert_eq!(got.num_pos, want.num_pos);
-            for (a, w) in [
-                (&got.cls, &want.cls),
-                (&got.cnt, &want.cnt),
-                (&got.reg, &want.reg),
-            ] {
-                for (x, y) in a.iter().zip(w.iter()) {
-                    assert!(
-                        (x - y).abs() <= 1e-12 * y.abs().max(1.0),
-                        "seed {seed} {mode:?}: {x} vs {y}"
-                    );
-                }
-            }
+            let got = grad::losses_f64(&config, &b.levels, &inputs, &heads).unwrap();
+            assert_eq!(got, want, "seed {seed} {mode:?}: losses_f64 vs losses");
+            let (l32, g32) = grad::gradients(&config, &b.levels, &inputs, &weights).unwrap();
+            let (l64, g64) =
+                grad::gradients_f64(&config, &b.levels, &inputs, &heads, &weights).unwrap();
+            assert_eq!(l64, l32, "seed {seed} {mode:?}: gradients_f64 vs gradients");
+            assert_eq!(g64, g32, "seed {seed} {mode:?}: gradients_f64 vs gradients");
         }
-    }
-}
-
-/// Which head of `HeadsF64` / `RefGradients`.
-#[derive(Clone, Copy, Debug)]
-enum Head {
-    Cls,
-    Cnt,
-    Reg,
-}
-
-fn head_mut(h: &mut HeadsF64, which: Head) -> &mut Vec<Vec<f64>> {
-    match which {
-        Head::Cls => &mut h.cls_logits,
-        Head::Cnt => &mut h.cnt_logits,
-        Head::Reg => &mut h.reg_preds,
-    }
-}
-
-fn grad_head(g: &RefGradients, which: Head) -> &Vec<Vec<f64>> {
-    match which {
-        Head::Cls => &g.cls_logits,
-        Head::Cnt => &g.cnt_logits,
-        Head::Reg => &g.reg_preds,
     }
 }
 
@@ -227,42 +186,38 @@ fn gradients_match_central_differences() {
         reg: 2.0,
     };
     let classes = 4;
-    let mut worst = [0.0f64; 3];
+    let mut worst = Heads::<f64>::default();
     let mut checked = 0usize;
     for seed in 10..13 {
         let b = small_case(seed, classes);
         let inputs = b.inputs();
         for mode in [RegLoss::Iou, RegLoss::Giou] {
             let config = LossConfig::new(classes as u32).with_reg_loss(mode);
-            let heads = HeadsF64::from_inputs(&inputs);
-            let (losses, g) = grad::gradients(&config, &b.levels, &inputs, &weights).unwrap();
-            let (losses64, g64) =
-                grad::gradients_f64(&config, &b.levels, &inputs, &heads, &weights).unwrap();
-            assert_eq!(losses, losses64, "f32 and f64 entry points disagree");
-            assert_eq!(g, g64, "f32 and f64 entry points disagree");
-            let objective = |h: &HeadsF64| {
+            let heads = grad::widen(&inputs);
+            let (_, g) = grad::gradients(&config, &b.levels, &inputs, &weights).unwrap();
+            let objective = |h: &F64Heads| {
                 let l = grad::losses_f64(&config, &b.levels, &inputs, h).unwrap();
                 grad::objective(&l, &weights)
             };
-            for (hi, which) in [Head::Cls, Head::Cnt, Head::Reg].into_iter().enumerate() {
+            for which in Head::ALL {
                 for l in 0..b.levels.len() {
                     // The levels are tiny: check every element.
-                    for i in 0..grad_head(&g, which)[l].len() {
+                    for i in 0..g[which][l].len() {
                         let mut h = heads.clone();
-                        let x = head_mut(&mut h, which)[l][i];
+                        let x = h[which][l][i];
                         let step = 1e-6 * x.abs().max(1.0);
-                        head_mut(&mut h, which)[l][i] = x + step;
+                        h[which][l][i] = x + step;
                         let up = objective(&h);
-                        head_mut(&mut h, which)[l][i] = x - step;
+                        h[which][l][i] = x - step;
                         let down = objective(&h);
                         let numeric = (up - down) / (2.0 * step);
-                        let analytic = grad_head(&g, which)[l][i];
+                        let analytic = g[which][l][i];
                         let err = (analytic - numeric).abs() / analytic.abs().max(1e-3);
-                        worst[hi] = worst[hi].max(err);
+                        worst[which] = worst[which].max(err);
                         checked += 1;
                         assert!(
                             err <= 1e-5,
-                            "seed {seed} {mode:?} {which:?} level {l} index {i}: \
+                            "seed {seed} {mode:?} {which} level {l} index {i}: \
                              analytic {analytic:e} vs central difference {numeric:e} \
                              (relative {err:.2e})"
                         );
@@ -271,7 +226,102 @@ fn gradients_match_central_differences() {
             }
         }
     }
-    println!("central differences: {checked} elements, worst relative error cls {:.2e}, cnt {:.2e}, reg {:.2e}", worst[0], worst[1], worst[2]);
+    println!(
+        "central differences: {checked} elements, worst relative error cls {:.2e}, cnt {:.2e}, reg {:.2e}",
+        worst.cls_logits, worst.cnt_logits, worst.reg_preds
+    );
+}
+
+/// One image, one position, two classes: the losses and gradients written out by
+/// hand from the textbook formulas (docs/contract.md §2 and §4), independently of
+/// the reference's element functions. The box prediction lies strictly inside the
+/// target, so the intersection is the prediction and the enclosing box the target:
+/// IoU = a_p / a_t, with d(-log IoU)/d p_l = -1 / (p_l + p_r) and, for GIoU (whose
+/// penalty term vanishes here), d(1 - IoU)/d p_l = -(p_t + p_b) / a_t.
+#[test]
+fn one_position_matches_hand_derived_values() {
+    let levels = Levels::from_shapes(&[(1, 1)]).unwrap();
+    let (z, x, y) = ([0.3f32, -1.2], 0.4f32, 0.5f32);
+    let p = [1.0f32, 2.0, 3.0, 1.5];
+    let t = [2.0f32, 3.0, 4.0, 2.5];
+    let b = Batch {
+        levels: levels.clone(),
+        batch: 1,
+        classes: 2,
+        cls_logits: vec![z.to_vec()],
+        cnt_logits: vec![vec![x]],
+        reg_preds: vec![p.to_vec()],
+        // Class 1: channel 0 is the positive, channel 1 a negative.
+        cls_targets: vec![1.0],
+        cnt_targets: vec![y],
+        reg_targets: t.to_vec(),
+    };
+    fcos_loss::check_values(&levels, &b.inputs(), 2).unwrap();
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let [p0, p1, p2, p3] = p.map(f64::from);
+    let [t0, t1, t2, t3] = t.map(f64::from);
+    let (ap, at) = ((p0 + p2) * (p1 + p3), (t0 + t2) * (t1 + t3));
+    for (gamma, alpha) in [(2.0f32, 0.25f32), (1.5, 0.4), (0.0, 0.75)] {
+        let (g, a) = (gamma as f64, alpha as f64);
+        // Focal loss and its derivative for the positive channel and the negative one.
+        let s0 = sig(z[0] as f64);
+        let s1 = sig(z[1] as f64);
+        let cls = -a * (1.0 - s0).powf(g) * s0.ln() - (1.0 - a) * s1.powf(g) * (1.0 - s1).ln();
+        let d_z0 = a * (1.0 - s0).powf(g) * (g * s0 * s0.ln() - (1.0 - s0));
+        let d_z1 = (1.0 - a) * s1.powf(g) * (s1 - g * (1.0 - s1) * (1.0 - s1).ln());
+        // Centerness BCE with logits.
+        let sx = sig(x as f64);
+        let yy = y as f64;
+        let cnt = -(yy * sx.ln() + (1.0 - yy) * (1.0 - sx).ln());
+        let d_x = sx - yy;
+        for mode in [RegLoss::Iou, RegLoss::Giou] {
+            let (reg, d_p) = match mode {
+                RegLoss::Iou => (
+                    -(ap / at).ln(),
+                    [
+                        -1.0 / (p0 + p2),
+                        -1.0 / (p1 + p3),
+                        -1.0 / (p0 + p2),
+                        -1.0 / (p1 + p3),
+                    ],
+                ),
+                RegLoss::Giou => (
+                    1.0 - ap / at,
+                    [
+                        -(p1 + p3) / at,
+                        -(p0 + p2) / at,
+                        -(p1 + p3) / at,
+                        -(p0 + p2) / at,
+                    ],
+                ),
+            };
+            let config = LossConfig {
+                gamma,
+                alpha,
+                ..LossConfig::new(2).with_reg_loss(mode)
+            };
+            let what = format!("gamma {gamma} alpha {alpha} {mode:?}");
+            let close = |got: f64, want: f64, name: &str| {
+                assert!(
+                    (got - want).abs() <= 1e-12 * want.abs().max(1e-3),
+                    "{what} {name}: {got:e} vs by hand {want:e}"
+                );
+            };
+            let (l, grads) =
+                grad::gradients(&config, &levels, &b.inputs(), &LossWeights::default()).unwrap();
+            assert_eq!(l.num_pos, vec![1]);
+            close(l.cls[0], cls, "cls loss");
+            close(l.cnt[0], cnt, "cnt loss");
+            close(l.reg[0], reg, "reg loss");
+            close(l.total, cls + cnt + reg, "total");
+            close(grads.cls_logits[0][0], d_z0, "d/d z (positive class)");
+            close(grads.cls_logits[0][1], d_z1, "d/d z (negative class)");
+            close(grads.cnt_logits[0][0], d_x, "d/d x (centerness)");
+            for (k, &d) in d_p.iter().enumerate() {
+                close(grads.reg_preds[0][k], d, &format!("d/d p[{k}]"));
+            }
+        }
+    }
 }
 
 #[test]
@@ -336,18 +386,14 @@ fn extreme_logits_give_finite_gradients() {
                 "|z| = {mag}: total {}",
                 losses.total
             );
-            for (name, h) in [
-                ("cls", &g.cls_logits),
-                ("cnt", &g.cnt_logits),
-                ("reg", &g.reg_preds),
-            ] {
+            for (h, levels) in g.iter() {
                 assert!(
-                    h.iter().flatten().all(|x| x.is_finite()),
-                    "|z| = {mag} {mode:?}: non-finite {name} gradient"
+                    levels.iter().flatten().all(|x| x.is_finite()),
+                    "|z| = {mag} {mode:?}: non-finite {h} gradient"
                 );
             }
             // Every class gradient is bounded by max(α, 1−α) / (B · num_pos_b) ≤ 0.75 / 2.
-            assert!(g.max_abs()[0] <= 0.375 + 1e-12);
+            assert!(g.max_abs().cls_logits <= 0.375 + 1e-12);
         }
     }
     // A confidently wrong positive (z = −50) gets ≈ −α; a confidently wrong negative
@@ -410,7 +456,7 @@ fn extreme_logits_give_finite_gradients() {
 }
 
 #[test]
-fn max_abs_and_to_f32_follow_the_heads() {
+fn max_abs_and_narrow_follow_the_heads() {
     let b = small_case(1, 3);
     let (_, g) = grad::gradients(
         &LossConfig::new(3),
@@ -420,20 +466,16 @@ fn max_abs_and_to_f32_follow_the_heads() {
     )
     .unwrap();
     let m = g.max_abs();
-    let f = g.to_f32();
-    let (c, n, r) = (f.cls_logits, f.cnt_logits, f.reg_preds);
-    for (mx, h32, h64) in [
-        (m[0], &c, &g.cls_logits),
-        (m[1], &n, &g.cnt_logits),
-        (m[2], &r, &g.reg_preds),
-    ] {
-        assert!(mx > 0.0);
+    let f = grad::narrow(&g);
+    for h in Head::ALL {
+        let (mx, h32, h64) = (m[h], &f[h], &g[h]);
+        assert!(mx > 0.0, "{h}");
         let want = h64.iter().flatten().fold(0.0f64, |a, &x| a.max(x.abs()));
-        assert_eq!(mx, want);
-        assert_eq!(h32.len(), h64.len());
+        assert_eq!(mx, want, "{h}");
+        assert_eq!(h32.len(), h64.len(), "{h}");
         for (a, b) in h32.iter().zip(h64) {
-            assert_eq!(a.len(), b.len());
-            assert!(a.iter().zip(b).all(|(&x, &y)| x == y as f32));
+            assert_eq!(a.len(), b.len(), "{h}");
+            assert!(a.iter().zip(b).all(|(&x, &y)| x == y as f32), "{h}");
         }
     }
 }

@@ -1,11 +1,13 @@
-//! `validate::check_values`: one test per rule (tensor name, index and value of
+//! `check_values`: one test per rule (tensor name, index and value of
 //! the reported element), tensor order, and a property test over random shapes
 //! and special values: no panics, the same first problem as a naive scan, and
 //! finite CPU-reference losses whenever the inputs pass.
 
+mod common;
+
+use fcos_loss::check_values;
 use fcos_loss::synthetic::{self, SyntheticSpec};
-use fcos_loss::validate::check_values;
-use fcos_loss::{reference, Batch, FcosError, Inputs, Levels, LossConfig, RegLoss};
+use fcos_loss::{reference, Batch, FcosError, Head, Input, Inputs, Levels, LossConfig, RegLoss};
 use proptest::prelude::*;
 
 /// Four levels (so `cls_logits.3` exists), B = 2, C = 5, half the positions positive.
@@ -255,27 +257,29 @@ fn first_problem_in_tensor_order_then_index() {
     b.cnt_logits[0][0] = f32::NAN;
     b.cls_logits[2][9] = f32::INFINITY;
     b.cls_logits[2][4] = f32::NAN;
+    // (input, part: level of a head, 0 for a target, index), in reporting order.
     let order = [
-        ("cls_logits.2", 4),
-        ("cls_logits.2", 9),
-        ("cnt_logits.0", 0),
-        ("reg_preds.1", 0),
-        ("cls_targets", 0),
-        ("cnt_targets", 0),
-        ("reg_targets", 0),
+        (Input::ClsLogits, 2, 4),
+        (Input::ClsLogits, 2, 9),
+        (Input::CntLogits, 0, 0),
+        (Input::RegPreds, 1, 0),
+        (Input::ClsTargets, 0, 0),
+        (Input::CntTargets, 0, 0),
+        (Input::RegTargets, 0, 0),
     ];
-    for (i, &(tensor, index)) in order.iter().enumerate() {
+    for (step, &(input, part, index)) in order.iter().enumerate() {
         let (t, ix, _, _) = value_err(check(&b));
-        assert_eq!((t.as_str(), ix), (tensor, index), "step {i}");
+        assert_eq!(
+            (t, ix),
+            (common::part_name(input, part), index),
+            "step {step}"
+        );
         // Repair what was reported and look again.
-        match tensor {
-            "cls_logits.2" => b.cls_logits[2][index] = 0.0,
-            "cnt_logits.0" => b.cnt_logits[0][0] = 0.0,
-            "reg_preds.1" => b.reg_preds[1][0] = 1.0,
-            "cls_targets" => b.cls_targets[0] = 0.0,
-            "cnt_targets" => b.cnt_targets[0] = -1.0,
-            _ => b.reg_targets[0] = 1.0,
-        }
+        common::part_mut(&mut b, input, part)[index] = match input {
+            Input::ClsLogits | Input::CntLogits | Input::ClsTargets => 0.0,
+            Input::RegPreds | Input::RegTargets => 1.0,
+            Input::CntTargets => -1.0,
+        };
     }
     check(&b).unwrap();
 }
@@ -407,16 +411,12 @@ fn raw_case() -> impl Strategy<Value = Batch> {
 /// The rules of `check_values`, written as plainly as possible: the first bad
 /// `(tensor, index)` in tensor order.
 fn naive_first_problem(raw: &Batch) -> Option<(String, usize)> {
-    let heads = [
-        ("cls_logits", &raw.cls_logits),
-        ("cnt_logits", &raw.cnt_logits),
-        ("reg_preds", &raw.reg_preds),
-    ];
-    for (head, levels) in heads {
-        for (l, s) in levels.iter().enumerate() {
+    let inputs = raw.inputs();
+    for h in Head::ALL {
+        for (l, s) in inputs.head(h).iter().enumerate() {
             for (i, x) in s.iter().enumerate() {
                 if x.is_nan() || x.is_infinite() {
-                    return Some((format!("{head}.{l}"), i));
+                    return Some((format!("{h}.{l}"), i));
                 }
             }
         }
@@ -454,7 +454,12 @@ proptest! {
     })]
 
     #[test]
-    fn validated_inputs_give_finite_losses(raw in raw_case(), giou in any::<bool>(), damage in 0usize..12) {
+    fn validated_inputs_give_finite_losses(
+        raw in raw_case(),
+        giou in any::<bool>(),
+        victim in prop::sample::select(Input::ALL.to_vec()),
+        level in 0usize..3,
+    ) {
         let levels = &raw.levels;
         let inputs = raw.inputs();
         inputs.check_shapes(levels, raw.classes).unwrap();
@@ -478,20 +483,8 @@ proptest! {
         // Damage one tensor's length: check_shapes must refuse it, and
         // check_values must not panic on it either way.
         let mut bad = raw.clone();
-        let n_levels = bad.levels.len();
-        let victim: &mut Vec<f32> = match damage {
-            0 => &mut bad.cls_targets,
-            1 => &mut bad.cnt_targets,
-            2 => &mut bad.reg_targets,
-            k => {
-                let l = k % n_levels;
-                match k % 3 {
-                    0 => &mut bad.cls_logits[l],
-                    1 => &mut bad.cnt_logits[l],
-                    _ => &mut bad.reg_preds[l],
-                }
-            }
-        };
+        let part = if victim.head().is_some() { level % bad.levels.len() } else { 0 };
+        let victim = common::part_mut(&mut bad, victim, part);
         if victim.pop().is_none() {
             victim.push(f32::NAN);
         }
