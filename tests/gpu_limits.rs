@@ -7,7 +7,7 @@ mod common;
 
 use fcos_loss::reference::{self, grad};
 use fcos_loss::synthetic::{self, SyntheticSpec};
-use fcos_loss::{Batch, FcosError, FcosLoss, Levels, LossConfig, LossWeights};
+use fcos_loss::{Batch, DeviceBatch, FcosError, FcosLoss, Levels, LossConfig, LossWeights};
 
 const STRIDES: [u32; 5] = [8, 16, 32, 64, 128];
 
@@ -139,4 +139,59 @@ fn the_positive_count_splits_across_bindings() {
     let (cl, cg) = grad::gradients(&config, &levels, &b.inputs(), &w).unwrap();
     common::assert_close("losses", &gl, &cl);
     common::assert_heads("positive count split across bindings", &gg, &cg, 1e-4);
+}
+
+/// lavapipe's (and llvmpipe's) real `max_storage_buffer_binding_size`: 128 MiB.
+const REAL_BINDING: u64 = 128 << 20;
+
+/// At real scale: a pyramid level whose class logits for the batch are larger than
+/// one 128 MiB storage binding (two images of 64 MiB each), so the plan must bind
+/// it in segments of one image, as on a real device; the losses still match the
+/// CPU reference. On an adapter whose binding limit is larger than 128 MiB, a
+/// batch that splits there would take gigabytes, so the test then opens a device
+/// on the same adapter with the limit lowered to 128 MiB (the buffers stay real
+/// buffers of the real size) and checks the same batch there.
+#[test]
+fn a_level_over_the_real_128_mib_binding_is_split_and_matches_the_reference() {
+    let c = 80usize;
+    let config = LossConfig::new(c as u32);
+    let mut engine = common::engine(config.clone());
+    if engine.context().limits.max_storage_buffer_binding_size > REAL_BINDING {
+        eprintln!(
+            "{}: max_storage_buffer_binding_size {} > 128 MiB; lowering it to 128 MiB",
+            engine.adapter_name(),
+            engine.context().limits.max_storage_buffer_binding_size
+        );
+        let (device, queue) = common::app_device_with(|mut l| {
+            l.max_storage_buffer_binding_size = REAL_BINDING;
+            l
+        });
+        engine = FcosLoss::from_device(device, queue, config.clone()).unwrap();
+    }
+    let binding = engine.context().limits.max_storage_buffer_binding_size;
+    assert!(binding <= REAL_BINDING);
+    // Level 0: 410 × 512 positions, 80 classes: 64.06 MiB of class logits per image.
+    let levels = Levels::from_shapes(&[(410, 512), (3, 4)]).unwrap();
+    let b = 2;
+    let per_image = 4 * levels.level_len(0, 1, c) as u64;
+    let level0 = 4 * levels.level_len(0, b, c) as u64;
+    assert!(
+        per_image <= binding && level0 > binding,
+        "one image ({per_image} bytes) must fit the binding ({binding} bytes) and the batch ({level0} bytes) must not"
+    );
+    let mut spec = SyntheticSpec::new(b, c);
+    spec.pos_frac = vec![0.01, 0.2];
+    spec.seed = 128;
+    let batch = synthetic::generate(&levels, &STRIDES[..2], &spec).unwrap();
+    let got = engine.compute(&levels, &batch.inputs()).unwrap();
+    let want = reference::losses(&config, &levels, &batch.inputs()).unwrap();
+    common::assert_close("level over one 128 MiB binding, host path", &got, &want);
+    // The device path binds the same segments at offsets into the caller's buffer.
+    let up = DeviceBatch::upload(&engine.context().device, &batch).unwrap();
+    let dev = engine.compute_device(&levels, &up.inputs()).unwrap();
+    assert_eq!(
+        common::bits(&dev),
+        common::bits(&got),
+        "device vs host path"
+    );
 }
