@@ -184,7 +184,7 @@ const DTYPES: [&str; 24] = [
     "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64", "f32", "", "F33", "FLOAT",
 ];
 
-const NAMES: [&str; 20] = [
+const HEADER_KEYS: [&str; 20] = [
     "cls_logits.0",
     "cls_logits.1",
     "cls_logits.9",
@@ -244,7 +244,7 @@ fn junk(rng: &mut Rng) -> Value {
 fn mutate_header(rng: &mut Rng, h: &mut serde_json::Map<String, Value>, data_len: u64) {
     let keys: Vec<String> = h.keys().cloned().collect();
     if keys.is_empty() {
-        h.insert(pick(rng, &NAMES).to_string(), junk(rng));
+        h.insert(pick(rng, &HEADER_KEYS).to_string(), junk(rng));
         return;
     }
     let key = pick(rng, &keys).clone();
@@ -307,7 +307,7 @@ fn mutate_header(rng: &mut Rng, h: &mut serde_json::Map<String, Value>, data_len
         }
         7 => {
             if let Some(v) = h.remove(&key) {
-                h.insert(pick(rng, &NAMES).to_string(), v);
+                h.insert(pick(rng, &HEADER_KEYS).to_string(), v);
             }
         }
         8 => {

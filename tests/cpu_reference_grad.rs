@@ -12,10 +12,12 @@ use fcos_loss::synthetic::{self, SyntheticSpec};
 use fcos_loss::{Batch, Head, Heads, Levels, LossConfig, LossWeights, RegLoss};
 
 /// Tolerance against PyTorch: relative to the largest magnitude of the expected head.
+#[cfg(feature = "casefile")]
 const GOLDEN_TOL: f64 = 1e-4;
 
 /// Worst `|got − want|` over all levels of one head, with its place, and the
 /// largest `|want|`.
+#[cfg(feature = "casefile")]
 struct Worst {
     err: f64,
     level: usize,
@@ -25,6 +27,7 @@ struct Worst {
     scale: f64,
 }
 
+#[cfg(feature = "casefile")]
 fn worst(got: &[Vec<f64>], want: &[Vec<f32>]) -> Worst {
     assert_eq!(got.len(), want.len(), "level count");
     let scale = want
@@ -61,6 +64,7 @@ fn worst(got: &[Vec<f64>], want: &[Vec<f32>]) -> Worst {
     w
 }
 
+#[cfg(feature = "casefile")]
 fn assert_head(what: &str, got: &[Vec<f64>], want: &[Vec<f32>]) -> f64 {
     let w = worst(got, want);
     let rel = w.err / w.scale.max(f64::MIN_POSITIVE);

@@ -5,7 +5,7 @@ mod common;
 
 use fcos_loss::reference::grad;
 use fcos_loss::synthetic::{self, Rng, SyntheticSpec};
-use fcos_loss::{DeviceBatch, Head, Heads, Input, Levels, LossConfig, LossWeights, RegLoss};
+use fcos_loss::{DeviceBatch, Head, Levels, LossConfig, LossWeights, RegLoss};
 
 #[cfg(feature = "casefile")]
 #[test]
@@ -232,7 +232,8 @@ fn backward_roofline_writes_every_gradient_element_once() {
                 .backward_roofline_device(&levels, &inputs, &grads.as_ref())
                 .unwrap();
             assert!(t.call.as_nanos() > 0);
-            let got: Heads<Vec<f32>> = grads.as_ref().map(|_, g| common::read_buffer(&ctx, g));
+            let got: fcos_loss::Heads<Vec<f32>> =
+                grads.as_ref().map(|_, g| common::read_buffer(&ctx, g));
             let what = format!("checks {checks}, target workgroups {chunks}");
             // Walk the packed layout: level-major, then image, channel, position.
             let (mut at_cls, mut at_cnt, mut at_reg) = (0, 0, 0);
@@ -258,7 +259,7 @@ fn backward_roofline_writes_every_gradient_element_once() {
                             want,
                             "{what}: grad cnt level {l} image {i} position {q}"
                         );
-                        for ch in 0..Input::RegPreds.channels(c) {
+                        for ch in 0..Head::RegPreds.channels(c) {
                             let r = batch.reg_preds[l][(i * 4 + ch) * hw + q];
                             let want = if positive(q) { r } else { 0.0 };
                             assert_eq!(
