@@ -71,7 +71,7 @@ fn catalog() -> Vec<Bad> {
     v
 }
 
-/// A valid batch drawn from `seed`: logits with some at ±60 and 0, box
+/// A valid batch drawn from `seed`: logits with some at ±60, 0 and ±1e30, box
 /// predictions with some zero sides, positives (30 %) with a class in `1..=C`
 /// (sometimes `C`), a centerness in `[0, 1]` (sometimes 0 or 1) and box targets
 /// `>= 0` (sometimes a zero side); negatives with class 0, centerness -1 and any
@@ -95,8 +95,13 @@ fn valid_batch(levels: &Levels, b: usize, c: usize, seed: u64) -> Batch {
             })
             .collect()
     };
-    let cls_logits = head(Head::ClsLogits, -10.0, 4.0, &[-60.0, 60.0, 0.0]);
-    let cnt_logits = head(Head::CntLogits, -3.0, 3.0, &[-60.0, 60.0, 0.0]);
+    let cls_logits = head(
+        Head::ClsLogits,
+        -10.0,
+        4.0,
+        &[-60.0, 60.0, 0.0, 1e30, -1e30],
+    );
+    let cnt_logits = head(Head::CntLogits, -3.0, 3.0, &[-60.0, 60.0, 0.0, 1e30, -1e30]);
     let reg_preds = head(Head::RegPreds, 1.0, 60.0, &[0.0]);
     let mut rng = Rng::new(seed ^ 0x7a26_e7f3);
     let mut cls_targets = Vec::with_capacity(b * p);
