@@ -168,8 +168,8 @@ fn draw_boxes(batch: &mut Batch, strides: &[u32], spec: &SyntheticSpec, rng: &mu
             if pos {
                 batch.cls_targets[bp] = rng.range(1, c_n as u64) as f32;
                 batch.cnt_targets[bp] = rng.uniform() as f32;
-                for k in 0..4 {
-                    batch.reg_targets[bp * 4 + k] = tgt[k] as f32;
+                for (out, &t) in batch.reg_targets[bp * 4..bp * 4 + 4].iter_mut().zip(&tgt) {
+                    *out = t as f32;
                 }
             }
         }
