@@ -17,7 +17,8 @@ impl FcosLoss {
         inputs: &DeviceInputs,
     ) -> Result<Timed<()>, FcosError> {
         let weights = LossWeights::default();
-        let t = crate::gpu::device::run(self.core(), levels, inputs, None, Pass::Roofline, &weights)?;
+        let t =
+            crate::gpu::device::run(self.core(), levels, inputs, None, Pass::Roofline, &weights)?;
         Ok(t.map(drop))
     }
 

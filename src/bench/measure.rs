@@ -1,0 +1,265 @@
+//! Timing: [`run`] / [`run_with`] / [`measure`] time one shape, [`scaling`] a
+//! batch-size sweep; medians and minima of the repetitions make a [`BenchReport`].
+
+use std::time::Duration;
+
+use super::report::BenchReport;
+use super::spec::BenchSpec;
+use super::workload::Workload;
+use crate::{FcosError, FcosLoss, Losses, Timed, ABS_TOL, REL_TOL};
+
+/// The batch sizes of the scaling sweep ([`scaling`]).
+pub const SCALING_BATCHES: [usize; 6] = [1, 2, 4, 8, 16, 32];
+
+/// What [`run_with`] measures besides the forward pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchOptions {
+    /// Untimed calls of every GPU path before timing.
+    pub warmup: usize,
+    /// Timed runs of the CPU reference (at most [`BenchSpec::reps`]; `0` skips it and
+    /// the GPU-vs-CPU check).
+    pub cpu_reps: usize,
+    /// Whether to time the forward + backward pass.
+    pub backward: bool,
+}
+
+impl Default for BenchOptions {
+    /// One warm-up call, three CPU reference runs, backward timed.
+    fn default() -> Self {
+        BenchOptions {
+            warmup: 1,
+            cpu_reps: 3,
+            backward: true,
+        }
+    }
+}
+
+/// The kernel time of a call: its timestamp-query time, or its wall clock where the
+/// adapter has no timestamps.
+pub fn kernel_time<T>(t: &Timed<T>) -> Duration {
+    t.kernel.unwrap_or(t.call)
+}
+
+/// Times one shape with the default [`BenchOptions`] (one warm-up, three CPU
+/// reference runs capped at `spec.reps`, backward timed).
+pub fn run(engine: &FcosLoss, spec: &BenchSpec) -> Result<BenchReport, FcosError> {
+    run_with(engine, spec, &BenchOptions::default())
+}
+
+/// Times one shape: see the [module docs](super) for what is measured and in which
+/// order. `spec.reps` must be at least 1.
+pub fn run_with(
+    engine: &FcosLoss,
+    spec: &BenchSpec,
+    options: &BenchOptions,
+) -> Result<BenchReport, FcosError> {
+    check_reps(spec.reps)?;
+    let work = Workload::new(engine, spec)?;
+    measure(&work, spec.reps, options)
+}
+
+/// Times a prepared [`Workload`] `reps` times (see [`run_with`]).
+pub fn measure(
+    work: &Workload<'_>,
+    reps: usize,
+    options: &BenchOptions,
+) -> Result<BenchReport, FcosError> {
+    check_reps(reps)?;
+    let backward = warm_up(work, options)?;
+    let samples = Samples::take(work, reps, options.cpu_reps.min(reps), backward)?;
+    Ok(samples.report(work, reps))
+}
+
+/// The batch-size sweep: `base` with each of `batches` images, forward, host call
+/// and roofline only (no backward, no CPU reference), smallest first.
+pub fn scaling(
+    engine: &FcosLoss,
+    base: &BenchSpec,
+    batches: &[usize],
+) -> Result<Vec<BenchReport>, FcosError> {
+    let options = BenchOptions {
+        warmup: 1,
+        cpu_reps: 0,
+        backward: false,
+    };
+    let mut out = Vec::with_capacity(batches.len());
+    for &b in batches {
+        out.push(run_with(engine, &base.clone().with_batch(b), &options)?);
+    }
+    Ok(out)
+}
+
+fn check_reps(reps: usize) -> Result<(), FcosError> {
+    if reps == 0 {
+        return Err(FcosError::InvalidConfig(
+            "a benchmark needs reps >= 1, got 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Calls every GPU path `options.warmup` times; whether the backward pass is
+/// still to be timed (asked for, and the device could run it).
+fn warm_up(work: &Workload<'_>, options: &BenchOptions) -> Result<bool, FcosError> {
+    let mut backward = options.backward;
+    for _ in 0..options.warmup {
+        work.forward_device()?;
+        work.forward_host()?;
+        work.roofline()?;
+        if backward && (work.forward_backward()?.is_none() || work.backward_roofline()?.is_none()) {
+            backward = false;
+        }
+    }
+    Ok(backward)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Millisecond times of every path, one per repetition, and the first losses of
+/// the GPU and of the CPU reference.
+#[derive(Default)]
+struct Samples {
+    kernel: Vec<f64>,
+    call: Vec<f64>,
+    device_call: Vec<f64>,
+    roofline: Vec<f64>,
+    backward: Vec<f64>,
+    backward_roofline: Vec<f64>,
+    /// Whether the backward pass ran in every repetition.
+    backward_measured: bool,
+    cpu: Vec<f64>,
+    gpu_losses: Option<Losses>,
+    cpu_losses: Option<Losses>,
+}
+
+impl Samples {
+    /// `reps` interleaved repetitions of every path, so that machine noise hits
+    /// them alike; the CPU reference in the first `cpu_reps` only. The backward
+    /// pass is dropped (from then on and from the report) the first time the
+    /// device cannot run it.
+    fn take(
+        work: &Workload<'_>,
+        reps: usize,
+        cpu_reps: usize,
+        mut backward: bool,
+    ) -> Result<Self, FcosError> {
+        let mut s = Samples::default();
+        for rep in 0..reps {
+            let t = work.forward_device()?;
+            s.kernel.push(ms(kernel_time(&t)));
+            s.device_call.push(ms(t.call));
+            s.gpu_losses.get_or_insert(t.value);
+            s.call.push(ms(work.forward_host()?.call));
+            s.roofline.push(ms(kernel_time(&work.roofline()?)));
+            if backward {
+                match (work.forward_backward()?, work.backward_roofline()?) {
+                    (Some(t), Some(r)) => {
+                        s.backward.push(ms(kernel_time(&t)));
+                        s.backward_roofline.push(ms(kernel_time(&r)));
+                    }
+                    _ => backward = false,
+                }
+            }
+            if rep < cpu_reps {
+                let (l, d) = work.cpu_reference()?;
+                s.cpu.push(ms(d));
+                s.cpu_losses.get_or_insert(l);
+            }
+        }
+        s.backward_measured = backward && !s.backward.is_empty();
+        Ok(s)
+    }
+
+    /// Median and minimum of `v`, or `None`s when `v` is not to be reported.
+    fn med_min(v: &[f64], reported: bool) -> (Option<f64>, Option<f64>) {
+        if reported {
+            (Some(median(v)), Some(min(v)))
+        } else {
+            (None, None)
+        }
+    }
+
+    /// The report: medians, minima and the ratios between them.
+    fn report(&self, work: &Workload<'_>, reps: usize) -> BenchReport {
+        let kernel_ms = median(&self.kernel);
+        let call_ms = median(&self.call);
+        let roofline_ms = median(&self.roofline);
+        let bytes = work.input_bytes();
+        let measured = self.backward_measured;
+        let (backward_kernel_ms, backward_kernel_min_ms) = Self::med_min(&self.backward, measured);
+        let (backward_roofline_ms, backward_roofline_min_ms) =
+            Self::med_min(&self.backward_roofline, measured);
+        let (cpu_ms, cpu_min_ms) = Self::med_min(&self.cpu, !self.cpu.is_empty());
+        let max_rel_diff = match (&self.gpu_losses, &self.cpu_losses) {
+            (Some(g), Some(c)) => Some(g.max_rel_diff(c, REL_TOL, ABS_TOL)),
+            _ => None,
+        };
+        let per_s = |x: f64| x / (kernel_ms * 1e-3) / 1e9;
+        let spec = work.spec();
+        BenchReport {
+            adapter: work.engine().adapter_name(),
+            batch: spec.batch,
+            classes: spec.classes,
+            image: spec.image,
+            positions: work.levels().positions(),
+            reps,
+            timestamps: work.engine().has_timestamps(),
+            kernel_ms,
+            kernel_min_ms: min(&self.kernel),
+            call_ms,
+            call_min_ms: min(&self.call),
+            device_call_ms: median(&self.device_call),
+            device_call_min_ms: min(&self.device_call),
+            roofline_ms,
+            roofline_min_ms: min(&self.roofline),
+            kernel_over_roofline: kernel_ms / roofline_ms,
+            backward_kernel_ms,
+            backward_kernel_min_ms,
+            backward_over_forward: backward_kernel_ms.map(|b| b / kernel_ms),
+            backward_roofline_ms,
+            backward_roofline_min_ms,
+            backward_over_roofline: backward_kernel_ms
+                .zip(backward_roofline_ms)
+                .map(|(k, r)| k / r),
+            backward_roofline_over_roofline: backward_roofline_ms.map(|r| r / roofline_ms),
+            cpu_ms,
+            cpu_min_ms,
+            cpu_reps: self.cpu.len(),
+            cpu_over_call: cpu_ms.map(|c| c / call_ms),
+            max_rel_diff,
+            bytes,
+            gb_per_s: per_s(bytes as f64),
+            gelem_per_s: per_s(work.elements() as f64),
+        }
+    }
+}
+
+/// Median of a non-empty slice (mean of the middle two for an even length).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => s[n / 2],
+        _ => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_min() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(min(&[4.0, 1.0, 2.0]), 1.0);
+    }
+}
