@@ -285,6 +285,24 @@ fn with(ts: &[Tensor], name: &str, f: impl FnOnce(&mut Tensor)) -> Vec<Tensor> {
     ts
 }
 
+/// `ts` as PyTorch dumps them: `F64` floats and `I64` class targets.
+fn as_pytorch_dumps(ts: &[Tensor]) -> Vec<Tensor> {
+    use safetensors::Dtype;
+    ts.iter()
+        .map(|(n, s, d, _)| {
+            let floats: Vec<f32> = bytemuck::pod_collect_to_vec(d);
+            let (bytes, dtype) = if n == "cls_targets" {
+                let ints = floats.iter().flat_map(|&x| (x as i64).to_le_bytes());
+                (ints.collect(), Dtype::I64)
+            } else {
+                let wide = floats.iter().flat_map(|&x| (x as f64).to_le_bytes());
+                (wide.collect(), Dtype::F64)
+            };
+            (n.clone(), s.clone(), bytes, dtype)
+        })
+        .collect()
+}
+
 /// Files a PyTorch user might hand over with a defect: each gets exit code 2 and one
 /// CLI error line naming the tensor.
 #[test]
@@ -347,20 +365,7 @@ fn defective_case_files_name_the_tensor() {
     let line = one_error("truncated", &out, 2);
     assert!(line.contains("fcos-cli-whole"), "truncated: {line}");
     // What PyTorch dumps: f64 logits and int64 class targets are accepted.
-    let torchy: Vec<Tensor> = tensors
-        .iter()
-        .map(|(n, s, d, _)| {
-            let floats: Vec<f32> = bytemuck::pod_collect_to_vec(d);
-            let (bytes, dtype) = if n == "cls_targets" {
-                let ints = floats.iter().flat_map(|&x| (x as i64).to_le_bytes());
-                (ints.collect(), Dtype::I64)
-            } else {
-                let wide = floats.iter().flat_map(|&x| (x as f64).to_le_bytes());
-                (wide.collect(), Dtype::F64)
-            };
-            (n.clone(), s.clone(), bytes, dtype)
-        })
-        .collect();
+    let torchy = as_pytorch_dumps(&tensors);
     let path = write_tensors("torchy", &torchy);
     let out = bin().args(["check", &path, "--json"]).output().unwrap();
     let _ = std::fs::remove_file(&path);
