@@ -160,21 +160,14 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         acc.x = cls_sum;
 
         if (chunk == 0u) {
-            let ct = cnt_targets[t];
-            let ci = params.cnt_base + bl * hw + pix;
-            let r = params.reg_base + 4u * bl * hw + pix;
-            let rt_index = params.reg_tgt_base + bl * params.positions + pix;
-            let positive = ct > -1.0;
             // With checks every element is read once, positive or not; without,
             // only the positives read the centerness logit and the boxes.
-            var x = 0.0;
-            var pred = vec4<f32>(0.0);
-            var tgt = vec4<f32>(0.0);
-            if (CHECKS || positive) {
-                x = cnt_logits[ci];
-                pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-                tgt = reg_targets[rt_index];
-            }
+            let here = read_position(t, bl, pix, CHECKS);
+            let ct = here.ct;
+            let positive = here.positive;
+            let x = here.boxes.x;
+            let pred = here.boxes.pred;
+            let tgt = here.boxes.tgt;
             if (CHECKS) {
                 let bad_ct = not_finite(ct) || (ct != -1.0 && (ct < 0.0 || ct > 1.0));
                 flags |= select(0u, FLAG_CNT_TARGETS, bad_ct);
@@ -197,11 +190,7 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #ifdef BACKWARD
             // Stored once, positive or not (zeros off the positives): one store per
             // element instead of one in each branch.
-            grad_cnt[ci] = g_cnt;
-            grad_reg[r] = g_reg.x;
-            grad_reg[r + hw] = g_reg.y;
-            grad_reg[r + 2u * hw] = g_reg.z;
-            grad_reg[r + 3u * hw] = g_reg.w;
+            store_box_grads(here.at, g_cnt, g_reg);
 #endif
         }
     }

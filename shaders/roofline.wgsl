@@ -50,33 +50,22 @@ fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         acc.x = cls_sum;
 
         if (chunk == 0u) {
-            let ct = cnt_targets[t];
-            let ci = params.cnt_base + bl * hw + pix;
-            let r = params.reg_base + 4u * bl * hw + pix;
-            let positive = ct > -1.0;
-            var x = 0.0;
-            var pred = vec4<f32>(0.0);
-            if (READ_ALL || positive) {
-                x = cnt_logits[ci];
-                pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-                let tgt = reg_targets[params.reg_tgt_base + bl * params.positions + pix];
-                acc = vec4<f32>(acc.x, roofline_sums(x, ct, pred, tgt), acc.w);
+            let here = read_position(t, bl, pix, READ_ALL);
+            let boxes = here.boxes;
+            if (READ_ALL || here.positive) {
+                acc = vec4<f32>(acc.x, roofline_sums(boxes.x, here.ct, boxes.pred, boxes.tgt), acc.w);
             } else {
-                acc.y = ct;
+                acc.y = here.ct;
             }
             var g_cnt = 0.0;
             var g_reg = vec4<f32>(0.0);
-            if (positive) {
-                g_cnt = x;
-                g_reg = pred;
+            if (here.positive) {
+                g_cnt = boxes.x;
+                g_reg = boxes.pred;
                 acc.w = 1.0;
             }
 #ifdef BACKWARD
-            grad_cnt[ci] = g_cnt;
-            grad_reg[r] = g_reg.x;
-            grad_reg[r + hw] = g_reg.y;
-            grad_reg[r + 2u * hw] = g_reg.z;
-            grad_reg[r + 3u * hw] = g_reg.w;
+            store_box_grads(here.at, g_cnt, g_reg);
 #endif
         }
     }

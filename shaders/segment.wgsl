@@ -33,3 +33,70 @@ fn store_partial(wg: vec3<u32>, partial: Partial, lanes: Lanes) {
         partials[b * params.partials_per_image + params.slot_base + wg.x * params.chunks + wg.y] = partial;
     }
 }
+
+// Where one position's centerness and box elements sit: image `bl` of the segment,
+// in-level position `pix`. `r` is the first of reg_preds' four channels, which
+// are H·W apart.
+struct PositionRefs {
+    ci: u32,
+    r: u32,
+    rt: u32,
+}
+
+fn position_refs(bl: u32, pix: u32) -> PositionRefs {
+    let hw = params.level_size;
+    return PositionRefs(
+        params.cnt_base + bl * hw + pix,
+        params.reg_base + 4u * bl * hw + pix,
+        params.reg_tgt_base + bl * params.positions + pix,
+    );
+}
+
+// One position's centerness logit, box prediction and box target.
+struct PositionBoxes {
+    x: f32,
+    pred: vec4<f32>,
+    tgt: vec4<f32>,
+}
+
+fn read_boxes(at: PositionRefs) -> PositionBoxes {
+    let hw = params.level_size;
+    let r = at.r;
+    let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
+    return PositionBoxes(cnt_logits[at.ci], pred, reg_targets[at.rt]);
+}
+
+// What class chunk 0 reads of a position besides its class logits.
+struct Position {
+    // Centerness target; the position is positive where it is above -1.
+    ct: f32,
+    positive: bool,
+    at: PositionRefs,
+    // Read where `read_all` is set or the position is positive; zeros elsewhere.
+    boxes: PositionBoxes,
+}
+
+// Position `pix` of image `bl` of the segment, whose targets are element `t`.
+// Call with an override constant for `read_all`, so that the compiler folds it.
+fn read_position(t: u32, bl: u32, pix: u32, read_all: bool) -> Position {
+    var p: Position;
+    p.ct = cnt_targets[t];
+    p.positive = p.ct > -1.0;
+    p.at = position_refs(bl, pix);
+    if (read_all || p.positive) {
+        p.boxes = read_boxes(p.at);
+    }
+    return p;
+}
+
+#ifdef BACKWARD
+// Stores one position's centerness and box gradients.
+fn store_box_grads(at: PositionRefs, g_cnt: f32, g_reg: vec4<f32>) {
+    let hw = params.level_size;
+    grad_cnt[at.ci] = g_cnt;
+    grad_reg[at.r] = g_reg.x;
+    grad_reg[at.r + hw] = g_reg.y;
+    grad_reg[at.r + 2u * hw] = g_reg.z;
+    grad_reg[at.r + 3u * hw] = g_reg.w;
+}
+#endif

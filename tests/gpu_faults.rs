@@ -147,24 +147,31 @@ fn small_binding_limits_split_and_large_buffers_are_refused() {
     assert!(e.to_string().contains("max_buffer_size"), "{e}");
 }
 
-/// A wgpu validation error (here: a destroyed input buffer) comes back as an
-/// error from an error scope, not as a panic, and the engine stays usable.
-#[test]
-fn a_wgpu_validation_error_is_an_error_not_a_panic() {
+/// The error of a device call whose `input` buffer was destroyed, and whether the
+/// engine still works on good buffers afterwards.
+fn destroyed_input_error(input: Input) -> (FcosError, bool) {
     let engine = common::engine(LossConfig::new(4));
     let b = batch(1, 4, 64, 96, 5);
     let good = DeviceBatch::upload(&engine.context().device, &b).unwrap();
     let doomed = DeviceBatch::upload(&engine.context().device, &b).unwrap();
-    doomed.buffer(Input::ClsLogits).destroy();
-    let inputs = common::with_buffer(
-        good.inputs(),
-        Input::ClsLogits,
-        doomed.buffer(Input::ClsLogits),
-    );
+    doomed.buffer(input).destroy();
+    let inputs = common::with_buffer(good.inputs(), input, doomed.buffer(input));
     let e = engine.compute_device(&b.levels, &inputs).unwrap_err();
+    let still_works = engine.compute_device(&b.levels, &good.inputs()).is_ok();
+    (e, still_works)
+}
+
+/// A wgpu validation error (here: a destroyed input buffer) comes back as an
+/// error from an error scope, not as a panic, and the engine stays usable.
+#[test]
+fn a_wgpu_validation_error_is_an_error_not_a_panic() {
+    let (e, still_works) = destroyed_input_error(Input::ClsLogits);
     assert!(matches!(e, FcosError::Gpu { .. }), "{e}");
     assert!(e.to_string().contains("destroyed"), "{e}");
-    assert!(engine.compute_device(&b.levels, &good.inputs()).is_ok());
+    assert!(
+        still_works,
+        "the engine failed on good buffers after the error"
+    );
 }
 
 /// The `FcosError::Gpu` of a wgpu validation error keeps wgpu's own error as its
@@ -172,17 +179,7 @@ fn a_wgpu_validation_error_is_an_error_not_a_panic() {
 /// carries wgpu's description.
 #[test]
 fn a_wgpu_validation_error_keeps_the_wgpu_error_as_its_source() {
-    let engine = common::engine(LossConfig::new(4));
-    let b = batch(1, 4, 64, 96, 5);
-    let good = DeviceBatch::upload(&engine.context().device, &b).unwrap();
-    let doomed = DeviceBatch::upload(&engine.context().device, &b).unwrap();
-    doomed.buffer(Input::RegTargets).destroy();
-    let inputs = common::with_buffer(
-        good.inputs(),
-        Input::RegTargets,
-        doomed.buffer(Input::RegTargets),
-    );
-    let e = engine.compute_device(&b.levels, &inputs).unwrap_err();
+    let (e, still_works) = destroyed_input_error(Input::RegTargets);
     let FcosError::Gpu { message, .. } = &e else {
         panic!("expected FcosError::Gpu, got {e:?}")
     };
@@ -196,7 +193,10 @@ fn a_wgpu_validation_error_keeps_the_wgpu_error_as_its_source() {
     };
     assert!(description.contains("destroyed"), "{description}");
     assert!(message.contains(description.as_str()), "{message}");
-    assert!(engine.compute_device(&b.levels, &good.inputs()).is_ok());
+    assert!(
+        still_works,
+        "the engine failed on good buffers after the error"
+    );
 }
 
 #[test]

@@ -56,19 +56,26 @@ impl GpuContext {
         pollster::block_on(Self::open_async())
     }
 
-    async fn open_async() -> Result<Self, FcosError> {
+    /// The adapters wgpu finds, best first in the order [`open`](Self::open) picks
+    /// from (discrete, integrated, virtual, CPU; Vulkan/Metal/DX12 before WebGPU
+    /// before GL), limited by `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`: for an
+    /// application that opens its own device on the adapter the engine would use.
+    pub fn adapters() -> Vec<wgpu::Adapter> {
+        pollster::block_on(Self::ranked_adapters()).0
+    }
+
+    /// [`adapters`](Self::adapters), and what limited them, for the error message.
+    async fn ranked_adapters() -> (Vec<wgpu::Adapter>, String) {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let mut adapters = instance.enumerate_adapters(backends).await;
-        let wanted = std::env::var("WGPU_ADAPTER_NAME")
-            .ok()
-            .map(|s| s.to_lowercase());
         let mut detail = String::new();
         if let Ok(b) = std::env::var("WGPU_BACKEND") {
             detail += &format!(" for WGPU_BACKEND={b}");
         }
-        if let Some(name) = &wanted {
+        if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
+            let name = name.to_lowercase();
             let names: Vec<String> = adapters
                 .iter()
                 .map(|a| adapter_label(&a.get_info()))
@@ -77,6 +84,11 @@ impl GpuContext {
             detail += &format!(" matching WGPU_ADAPTER_NAME={name} (adapters present: {names:?})");
         }
         adapters.sort_by_key(|a| rank(&a.get_info()));
+        (adapters, detail)
+    }
+
+    async fn open_async() -> Result<Self, FcosError> {
+        let (adapters, detail) = Self::ranked_adapters().await;
         let adapter = adapters
             .into_iter()
             .next()

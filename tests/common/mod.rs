@@ -62,36 +62,10 @@ pub fn app_device_with(
 }
 
 /// The adapters `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` allow, best first in the
-/// engine's own order (discrete, integrated, virtual, CPU; Vulkan/Metal/DX12
-/// before GL), so that an application device and `FcosLoss::new` pick the same one.
+/// engine's own order, so that an application device and `FcosLoss::new` pick the
+/// same one.
 pub fn adapters() -> Vec<wgpu::Adapter> {
-    pollster::block_on(async {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-        let mut adapters = instance.enumerate_adapters(backends).await;
-        if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME") {
-            let name = name.to_lowercase();
-            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&name));
-        }
-        adapters.sort_by_key(|a| {
-            let info = a.get_info();
-            let kind = match info.device_type {
-                wgpu::DeviceType::DiscreteGpu => 0,
-                wgpu::DeviceType::IntegratedGpu => 1,
-                wgpu::DeviceType::VirtualGpu => 2,
-                wgpu::DeviceType::Cpu => 3,
-                wgpu::DeviceType::Other => 4,
-            };
-            let backend = match info.backend {
-                wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
-                wgpu::Backend::BrowserWebGpu => 1,
-                _ => 2,
-            };
-            (kind, backend)
-        });
-        adapters
-    })
+    fcos_loss::GpuContext::adapters()
 }
 
 /// The first adapter of [`adapters`]; fails the test (with [`NO_ADAPTER_HELP`])

@@ -1,26 +1,15 @@
 //! `fcos-loss check FILE`: a case file's losses on the GPU and the CPU reference,
 //! compared with each other and with the file's expected values.
 
-use std::path::PathBuf;
-
 use serde_json::json;
 
 use fcos_loss::casefile::{self, Case, Expected};
 use fcos_loss::{check_values, reference, FcosLoss, LossConfig, Losses, RegLoss, ABS_TOL, REL_TOL};
 
-use crate::common::{loss_diff, losses_json, losses_within, mismatch, parse_reg, Failure};
+use crate::common::{loss_diff, losses_json, losses_within, verdict, CaseArgs, Failure};
 
-#[derive(clap::Args, Debug)]
-pub struct CheckArgs {
-    /// A safetensors file with the tensors of docs/contract.md §5.
-    file: PathBuf,
-    /// Box regression loss (GIoU compares with `expected.reg_loss_giou`).
-    #[arg(long, default_value = "iou", value_parser = parse_reg)]
-    reg: RegLoss,
-    /// Print one JSON object on stdout instead of the table.
-    #[arg(long)]
-    json: bool,
-}
+/// `check`'s arguments: the case file, the box loss and the output form.
+pub type CheckArgs = CaseArgs;
 
 /// The three results of a case and their largest relative differences.
 struct Comparison {
@@ -43,12 +32,7 @@ pub fn run(a: &CheckArgs) -> Result<(), Failure> {
     } else {
         print_table(a, &case, &c);
     }
-    match (c.ok, a.json) {
-        (true, _) => Ok(()),
-        // The table says FAILED itself; JSON says it on stderr too.
-        (false, true) => Err(mismatch("results disagree beyond tolerance")),
-        (false, false) => Err(Failure::Mismatch),
-    }
+    verdict(c.ok, a.json, "results disagree beyond tolerance")
 }
 
 /// Computes the case on the GPU and the CPU reference and compares both with

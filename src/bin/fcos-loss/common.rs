@@ -1,6 +1,8 @@
 //! What the commands share: the failure type and the one prefix of the CLI's own
 //! error lines, argument parsers, tolerance checks, JSON helpers and timing.
 
+use std::path::PathBuf;
+
 use serde_json::{json, Value};
 
 use fcos_loss::{FcosError, Losses, RegLoss, ABS_TOL, REL_TOL};
@@ -43,6 +45,31 @@ pub fn print_error(message: &str) {
 pub fn mismatch(message: &str) -> Failure {
     print_error(message);
     Failure::Mismatch
+}
+
+/// The arguments of the commands that read a case file (`check`, `grad`).
+#[derive(clap::Args, Debug)]
+pub struct CaseArgs {
+    /// A safetensors file with the tensors of docs/contract.md §5.
+    pub file: PathBuf,
+    /// Box regression loss (GIoU compares with the file's GIoU values,
+    /// `expected.reg_loss_giou` and `expected.grad_giou.reg_preds.*`).
+    #[arg(long, default_value = "iou", value_parser = parse_reg)]
+    pub reg: RegLoss,
+    /// Print one JSON object on stdout instead of the text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The outcome of a comparing command: `Ok` when everything is within tolerance;
+/// otherwise exit 1, with `what` on stderr when the output is JSON (a table or
+/// summary says FAILED itself).
+pub fn verdict(ok: bool, json: bool, what: &str) -> Result<(), Failure> {
+    match (ok, json) {
+        (true, _) => Ok(()),
+        (false, true) => Err(mismatch(what)),
+        (false, false) => Err(Failure::Mismatch),
+    }
 }
 
 /// `--reg iou|giou`.

@@ -13,22 +13,16 @@ use fcos_loss::{
 };
 
 use crate::common::{
-    grads_within, loss_diff, losses_json, losses_within, mismatch, parse_reg, Failure, GRAD_TOL,
+    grads_within, loss_diff, losses_json, losses_within, verdict, CaseArgs, Failure, GRAD_TOL,
 };
 
 #[derive(clap::Args, Debug)]
 pub struct GradArgs {
-    /// A safetensors file with the tensors of docs/contract.md §5.
-    file: PathBuf,
+    #[command(flatten)]
+    case: CaseArgs,
     /// Where to write `grad.{cls_logits,cnt_logits,reg_preds}.{l}` and `loss.{cls,cnt,reg}`.
     #[arg(long)]
     out: PathBuf,
-    /// Box regression loss (GIoU compares reg_preds with `expected.grad_giou.reg_preds.*`).
-    #[arg(long, default_value = "iou", value_parser = parse_reg)]
-    reg: RegLoss,
-    /// Print one JSON object on stdout instead of the summary.
-    #[arg(long)]
-    json: bool,
 }
 
 /// The GPU's losses and gradients beside the CPU reference and the expected values.
@@ -48,21 +42,16 @@ struct Comparison {
 type Tensor = (String, Vec<usize>, Vec<f32>);
 
 pub fn run(a: &GradArgs) -> Result<(), Failure> {
-    let case = casefile::read_case(&a.file)?;
-    let c = compare(&case, a.reg)?;
+    let case = casefile::read_case(&a.case.file)?;
+    let c = compare(&case, a.case.reg)?;
     let tensors = out_tensors(&case, &c);
     casefile::write_tensors(&a.out, &tensors)?;
-    if a.json {
+    if a.case.json {
         print_json(a, &c);
     } else {
         print_summary(a, &c, tensors.len());
     }
-    match (c.ok, a.json) {
-        (true, _) => Ok(()),
-        // The summary says FAILED itself; JSON says it on stderr too.
-        (false, true) => Err(mismatch("gradients disagree beyond tolerance")),
-        (false, false) => Err(Failure::Mismatch),
-    }
+    verdict(c.ok, a.case.json, "gradients disagree beyond tolerance")
 }
 
 /// Forward + backward on the GPU and in the CPU reference (bad input values are
@@ -139,9 +128,9 @@ fn per_head<T: Copy + Into<Value>>(v: &Heads<T>) -> Value {
 fn print_json(a: &GradArgs, c: &Comparison) {
     let out = json!({
         "adapter": c.adapter,
-        "file": a.file.display().to_string(),
+        "file": a.case.file.display().to_string(),
         "out": a.out.display().to_string(),
-        "reg": a.reg.name(),
+        "reg": a.case.reg.name(),
         "gpu": losses_json(&c.gpu),
         "cpu": losses_json(&c.cpu),
         "max_grad_err": {
