@@ -63,28 +63,23 @@ fn exponent_max(z: vec4<f32>) -> u32 {
 
 @compute @workgroup_size(WG)
 fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
-    let tile = wg.x;
-    let chunk = wg.y;
-    let bl = wg.z;
-    let b = params.image0 + bl;
+    let at = place(wg, lanes);
     let hw = params.level_size;
-    let pix = tile * WG + lanes.lid;
     var acc = vec4<f32>(0.0);
     var flags = 0u;
-    if (pix < hw) {
+    if (at.pix < hw) {
         let n_cls = params.classes;
-        let t = params.tgt_base + bl * params.positions + pix;
 #ifdef BACKWARD
-        let scale = 1.0 / (f32(params.batch) * f32(max(num_pos[b], 1u)));
+        let scale = 1.0 / (f32(params.batch) * f32(max(num_pos[at.b], 1u)));
 #else
         let scale = 0.0;
 #endif
         let coef = params.w_cls * scale;
-        let tcls = cls_targets[t];
-        let c0 = chunk * params.classes_per_chunk;
+        let tcls = cls_targets[at.t];
+        let c0 = at.chunk * params.classes_per_chunk;
         let c1 = min(c0 + params.classes_per_chunk, n_cls);
-        // Element ((b*C + c)*HW + pix) of the level.
-        var idx = params.cls_base + (bl * n_cls + c0) * hw + pix;
+        // Element ((bl·C + c)·HW + pix) of the level, from the binding's start.
+        var idx = params.cls_base + (at.bl * n_cls + c0) * hw + at.pix;
         var cls_sum = 0.0;
         if (CHECKS) {
             let bad_class = not_finite(tcls) || tcls != floor(tcls) || tcls < 0.0 || tcls > f32(n_cls);
@@ -159,10 +154,10 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         }
         acc.x = cls_sum;
 
-        if (chunk == 0u) {
+        if (at.chunk == 0u) {
             // With checks every element is read once, positive or not; without,
             // only the positives read the centerness logit and the boxes.
-            let here = read_position(t, bl, pix, CHECKS);
+            let here = read_position(at.t, at.bl, at.pix, CHECKS);
             let ct = here.ct;
             let positive = here.positive;
             let x = here.boxes.x;

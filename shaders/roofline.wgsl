@@ -22,22 +22,17 @@ fn roofline_sums(x: f32, ct: f32, pred: vec4<f32>, tgt: vec4<f32>) -> vec2<f32> 
 
 @compute @workgroup_size(WG)
 fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
-    let tile = wg.x;
-    let chunk = wg.y;
-    let bl = wg.z;
-    let b = params.image0 + bl;
+    let at = place(wg, lanes);
     let hw = params.level_size;
-    let pix = tile * WG + lanes.lid;
     var acc = vec4<f32>(0.0);
-    if (pix < hw) {
-        let t = params.tgt_base + bl * params.positions + pix;
+    if (at.pix < hw) {
 #ifdef BACKWARD
-        let coef = params.w_cls / (f32(params.batch) * f32(max(num_pos[b], 1u)));
+        let coef = params.w_cls / (f32(params.batch) * f32(max(num_pos[at.b], 1u)));
 #endif
-        let tcls = cls_targets[t];
-        let c0 = chunk * params.classes_per_chunk;
+        let tcls = cls_targets[at.t];
+        let c0 = at.chunk * params.classes_per_chunk;
         let c1 = min(c0 + params.classes_per_chunk, params.classes);
-        var idx = params.cls_base + (bl * params.classes + c0) * hw + pix;
+        var idx = params.cls_base + (at.bl * params.classes + c0) * hw + at.pix;
         var cls_sum = tcls;
         for (var c = c0; c < c1; c++) {
             let z = cls_logits[idx];
@@ -49,8 +44,8 @@ fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         }
         acc.x = cls_sum;
 
-        if (chunk == 0u) {
-            let here = read_position(t, bl, pix, READ_ALL);
+        if (at.chunk == 0u) {
+            let here = read_position(at.t, at.bl, at.pix, READ_ALL);
             let boxes = here.boxes;
             if (READ_ALL || here.positive) {
                 acc = vec4<f32>(acc.x, roofline_sums(boxes.x, here.ct, boxes.pred, boxes.tgt), acc.w);

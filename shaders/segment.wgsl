@@ -25,6 +25,23 @@
 @group(0) @binding(11) var<storage, read_write> grad_reg: array<f32>;
 #endif
 
+// An invocation's place in the segment: its class chunk (workgroup y), its image
+// of the segment (z) and of the batch, its in-level position (tile x · WG + lane;
+// past the level's end in the last tile), and the element of its targets.
+struct Place {
+    chunk: u32,
+    bl: u32,
+    b: u32,
+    pix: u32,
+    t: u32,
+}
+
+fn place(wg: vec3<u32>, lanes: Lanes) -> Place {
+    let bl = wg.z;
+    let pix = wg.x * WG + lanes.lid;
+    return Place(wg.y, bl, params.image0 + bl, pix, params.tgt_base + bl * params.positions + pix);
+}
+
 // Stores the workgroup's partial (valid in invocation 0) in its fixed slot:
 // [image][partials_per_image], this level's slots from slot_base, tile-major.
 fn store_partial(wg: vec3<u32>, partial: Partial, lanes: Lanes) {

@@ -326,13 +326,11 @@ impl<T> Index<Input> for ByInput<T> {
     type Output = T;
 
     fn index(&self, input: Input) -> &T {
-        match input {
-            Input::ClsLogits => &self.heads.cls_logits,
-            Input::CntLogits => &self.heads.cnt_logits,
-            Input::RegPreds => &self.heads.reg_preds,
-            Input::ClsTargets => &self.cls_targets,
-            Input::CntTargets => &self.cnt_targets,
-            Input::RegTargets => &self.reg_targets,
+        match (input.head(), input) {
+            (Some(head), _) => &self.heads[head],
+            (None, Input::ClsTargets) => &self.cls_targets,
+            (None, Input::CntTargets) => &self.cnt_targets,
+            (None, _) => &self.reg_targets,
         }
     }
 }
