@@ -53,23 +53,32 @@ struct Params {
     reg_base: u32,
     tgt_base: u32,
     reg_tgt_base: u32,
-    _pad0: u32,
+    // The normalisation (docs/contract.md §8): 0 per image, 1 batch, 2 global.
+    norm_mode: u32,
     gamma: f32,
     alpha: f32,
-    // Backward: weights of the batch-mean losses (upstream gradients).
+    // Backward: weights of the losses (upstream gradients).
     w_cls: f32,
     w_cnt: f32,
     w_reg: f32,
-    _pad1: u32,
+    // 1: the box loss weighted by each positive's centerness target.
+    ctr_weighted: u32,
 }
 
-// One workgroup's partial: {cls, cnt, reg, positives} and the OR of its check flags.
+// One workgroup's partial: {cls, cnt, reg, positives}, {centerness-weighted box
+// loss, centerness-target sum} and the OR of its check flags.
 struct Partial {
     sums: vec4<f32>,
+    weighted: vec2<f32>,
     flags: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+}
+
+// One image's positives and centerness-target sum (count.wgsl); the call's totals
+// in slot 0 (norm.wgsl). Mirrors `Count` in src/gpu/params.rs.
+struct Count {
+    num_pos: f32,
+    ctr: f32,
 }
 
 // Check flags: which input holds a value the loss cannot use (Input::flag in src/input.rs).

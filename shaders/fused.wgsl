@@ -66,15 +66,19 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let at = place(wg, lanes);
     let hw = params.level_size;
     var acc = vec4<f32>(0.0);
+    var weighted = vec2<f32>(0.0);
     var flags = 0u;
     if (at.pix < hw) {
         let n_cls = params.classes;
 #ifdef BACKWARD
-        let scale = 1.0 / (f32(params.batch) * f32(max(num_pos[at.b], 1u)));
+        let scale = scales[1u + at.b];
 #else
-        let scale = 0.0;
+        // A var, not a constant: naga 30 cannot fold its components through the
+        // override constants (ExpressionAlreadyInScope); the forward pass never reads
+        // the gradient factors anyway.
+        var scale = vec4<f32>(0.0);
 #endif
-        let coef = params.w_cls * scale;
+        let coef = scale.x;
         let tcls = cls_targets[at.t];
         let c0 = at.chunk * params.classes_per_chunk;
         let c1 = min(c0 + params.classes_per_chunk, n_cls);
@@ -178,8 +182,11 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
                 acc.y = bce(x, ct);
                 let bt = box_terms(pred, tgt);
                 acc.z = box_loss(bt);
-                g_cnt = params.w_cnt * scale * (sigmoid(x) - ct);
-                g_reg = params.w_reg * scale * box_grad(pred, tgt, bt);
+                weighted = vec2<f32>(ct * acc.z, ct);
+                g_cnt = scale.y * (sigmoid(x) - ct);
+                // Weighted by centerness, each positive's box factor times its target.
+                let f_reg = select(scale.z, scale.z * ct, params.ctr_weighted != 0u);
+                g_reg = f_reg * box_grad(pred, tgt, bt);
                 acc.w = 1.0;
             }
 #ifdef BACKWARD
@@ -189,5 +196,5 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #endif
         }
     }
-    store_partial(wg, reduce_workgroup(acc, flags, lanes), lanes);
+    store_partial(wg, reduce_workgroup(acc, weighted, flags, lanes), lanes);
 }

@@ -1,6 +1,7 @@
 // The workgroup reduction of the fused pass and its roofline: every thread's
-// {cls, cnt, reg, positives} sums and check flags become one Partial, in a fixed
-// order, so that a call gives the same bits every time.
+// {cls, cnt, reg, positives} and {weighted box loss, centerness} sums and check
+// flags become one Partial, in a fixed order, so that a call gives the same bits
+// every time.
 //
 //   #ifdef SUBGROUPS  subgroupAdd/subgroupOr and one shared-memory slot per
 //                     subgroup (devices with Features::SUBGROUP; any subgroup
@@ -26,31 +27,37 @@ struct Lanes {
 #endif
 
 var<workgroup> scratch: array<vec4<f32>, WG>;
+var<workgroup> weighted_scratch: array<vec2<f32>, WG>;
 var<workgroup> flag_scratch: array<u32, WG>;
 
 // The workgroup's partial, valid in invocation 0 (the caller stores it). Call from
 // uniform control flow: it holds workgroup barriers.
-fn reduce_workgroup(acc: vec4<f32>, flags: u32, lanes: Lanes) -> Partial {
+fn reduce_workgroup(acc: vec4<f32>, weighted: vec2<f32>, flags: u32, lanes: Lanes) -> Partial {
     var out: Partial;
 #ifdef SUBGROUPS
     // One sum per subgroup, then the subgroup sums in subgroup order by one
     // invocation.
     let sg_sum = subgroupAdd(acc);
+    let sg_weighted = subgroupAdd(weighted);
     var sg_flags = 0u;
     if (CHECKS) {
         sg_flags = subgroupOr(flags);
     }
     if (lanes.sg_lane == 0u) {
         scratch[lanes.sg_id] = sg_sum;
+        weighted_scratch[lanes.sg_id] = sg_weighted;
         flag_scratch[lanes.sg_id] = sg_flags;
     }
     workgroupBarrier();
     if (lanes.lid == 0u) {
         var total = scratch[0];
+        var total_weighted = weighted_scratch[0];
         for (var k = 1u; k < lanes.n_sg; k++) {
             total += scratch[k];
+            total_weighted += weighted_scratch[k];
         }
         out.sums = total;
+        out.weighted = total_weighted;
         if (CHECKS) {
             var any_flags = 0u;
             for (var k = 0u; k < lanes.n_sg; k++) {
@@ -62,6 +69,7 @@ fn reduce_workgroup(acc: vec4<f32>, flags: u32, lanes: Lanes) -> Partial {
 #else
     let lid = lanes.lid;
     scratch[lid] = acc;
+    weighted_scratch[lid] = weighted;
     if (CHECKS) {
         flag_scratch[lid] = flags;
     }
@@ -69,6 +77,7 @@ fn reduce_workgroup(acc: vec4<f32>, flags: u32, lanes: Lanes) -> Partial {
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
             scratch[lid] += scratch[lid + s];
+            weighted_scratch[lid] += weighted_scratch[lid + s];
             if (CHECKS) {
                 flag_scratch[lid] |= flag_scratch[lid + s];
             }
@@ -77,6 +86,7 @@ fn reduce_workgroup(acc: vec4<f32>, flags: u32, lanes: Lanes) -> Partial {
     }
     if (lid == 0u) {
         out.sums = scratch[0];
+        out.weighted = weighted_scratch[0];
         if (CHECKS) {
             out.flags = flag_scratch[0];
         }

@@ -27,7 +27,7 @@ fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     var acc = vec4<f32>(0.0);
     if (at.pix < hw) {
 #ifdef BACKWARD
-        let coef = params.w_cls / (f32(params.batch) * f32(max(num_pos[at.b], 1u)));
+        let coef = scales[1u + at.b].x;
 #endif
         let tcls = cls_targets[at.t];
         let c0 = at.chunk * params.classes_per_chunk;
@@ -64,5 +64,5 @@ fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #endif
         }
     }
-    store_partial(wg, reduce_workgroup(acc, 0u, lanes), lanes);
+    store_partial(wg, reduce_workgroup(acc, vec2<f32>(0.0), 0u, lanes), lanes);
 }

@@ -4,7 +4,7 @@
 // goes. Workgroup x is a tile of WG positions of the level, y a chunk of classes,
 // z an image of the segment.
 //
-//   #ifdef BACKWARD   the positive counts and the three gradients.
+//   #ifdef BACKWARD   the gradient factors per image and the three gradients.
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Each binding starts at or before (this level, image0); params.*_base say where.
@@ -17,8 +17,9 @@
 // [B][partials_per_image] partial sums (w is the positive count) and check flags.
 @group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
 #ifdef BACKWARD
-// Positives per image, counted by count.wgsl before this pass.
-@group(0) @binding(8) var<storage, read> num_pos: array<u32>;
+// Each image's factors on the element derivatives, from norm.wgsl before this
+// pass: (cls, cnt, box) weight over denominator, image b in slot 1 + b.
+@group(0) @binding(8) var<storage, read> scales: array<vec4<f32>>;
 // Gradients, bound exactly like the matching inputs.
 @group(0) @binding(9) var<storage, read_write> grad_cls: array<f32>;
 @group(0) @binding(10) var<storage, read_write> grad_cnt: array<f32>;

@@ -36,6 +36,45 @@ impl std::str::FromStr for RegLoss {
     }
 }
 
+/// How the per-image sums become the three losses (docs/contract.md §8).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Normalization {
+    /// Each image's sums over that image's positives, then the mean over images:
+    /// the notebook's (and the default). `cls = mean_b S_cls[b] / max(n_b, 1)`.
+    #[default]
+    PerImage,
+    /// The batch's sums over the batch's positives (torchvision):
+    /// `cls = Σ_b S_cls[b] / max(Σ_b n_b, 1)`.
+    Batch,
+    /// The call's sums over caller-given denominators (mmdet, the official FCOS,
+    /// AdelaiDet; data-parallel training): `cls = Σ_b S_cls[b] / max(N_g, 1)`. On the
+    /// device path the denominators may also come from a buffer
+    /// ([`crate::DeviceDenominators`]).
+    Global(Denominators),
+}
+
+/// The denominators of [`Normalization::Global`]: what a data-parallel replica
+/// all-reduces before its loss call ([`crate::FcosLoss::count`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Denominators {
+    /// `N_g`: the mean over replicas of each replica's positives `Σ_b n_b`.
+    pub num_pos: f32,
+    /// `Z_g`: the mean over replicas of each replica's centerness-target sum
+    /// `Σ_b Z_b` (used when the box loss is weighted by centerness).
+    pub ctr: f32,
+}
+
+impl Normalization {
+    /// The name the CLI uses (`per-image`, `batch`, `global`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalization::PerImage => "per-image",
+            Normalization::Batch => "batch",
+            Normalization::Global(_) => "global",
+        }
+    }
+}
+
 /// The FCOS loss configuration (the notebook's `DefaultConfig`, loss-related fields only).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossConfig {
@@ -51,6 +90,12 @@ pub struct LossConfig {
     pub alpha: f32,
     /// Box-regression loss at positives.
     pub reg_loss: RegLoss,
+    /// How the per-image sums become the losses (default: the notebook's per image).
+    pub normalization: Normalization,
+    /// Weight each positive's box loss by its centerness target and divide by the
+    /// centerness-target sum instead of the positive count (mmdet, the official
+    /// FCOS): `reg = Σ cnt_target · box loss / max(Z, 1e-6)`. Off by default.
+    pub centerness_weighted_reg: bool,
 }
 
 impl Default for LossConfig {
@@ -70,7 +115,21 @@ impl LossConfig {
             gamma: 2.0,
             alpha: 0.25,
             reg_loss: RegLoss::Iou,
+            normalization: Normalization::PerImage,
+            centerness_weighted_reg: false,
         }
+    }
+
+    /// Returns the config with the given normalisation.
+    pub fn with_normalization(mut self, normalization: Normalization) -> Self {
+        self.normalization = normalization;
+        self
+    }
+
+    /// Returns the config with the box loss weighted by centerness, or not.
+    pub fn with_centerness_weighted_reg(mut self, weighted: bool) -> Self {
+        self.centerness_weighted_reg = weighted;
+        self
     }
 
     /// Returns the config with the given regression loss.
@@ -109,6 +168,24 @@ impl LossConfig {
                 "focal alpha must lie in [0, 1], got {}",
                 self.alpha
             )));
+        }
+        if let Normalization::Global(d) = self.normalization {
+            d.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl Denominators {
+    /// Checks that both are finite and not negative: [`FcosError::InvalidConfig`]
+    /// naming the one that is not.
+    pub fn check(&self) -> Result<(), FcosError> {
+        for (name, v) in [("num_pos (N_g)", self.num_pos), ("ctr (Z_g)", self.ctr)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(FcosError::InvalidConfig(format!(
+                    "global denominator {name} must be finite and >= 0, got {v}"
+                )));
+            }
         }
         Ok(())
     }

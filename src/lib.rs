@@ -28,6 +28,7 @@
 
 mod batch;
 mod config;
+mod counts;
 mod error;
 mod gpu;
 mod input;
@@ -44,16 +45,18 @@ pub mod reference;
 pub mod synthetic;
 
 pub use batch::Batch;
-pub use config::{LossConfig, LossWeights, RegLoss};
+pub use config::{Denominators, LossConfig, LossWeights, Normalization, RegLoss};
+pub use counts::Counts;
 pub use error::{FcosError, GpuSource};
 pub use gpu::{
-    adapter_label, DeviceBatch, DeviceGradients, DeviceInputs, FcosLoss, GpuContext, Timed,
+    adapter_label, DeviceBatch, DeviceDenominators, DeviceGradients, DeviceInputs, FcosLoss,
+    GpuContext, Timed,
     CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
 };
 pub use input::{Dtype, Head, Heads, Input, TensorLayout};
 pub use inputs::Inputs;
 pub use layout::{Levels, MAX_LEVELS};
-pub use losses::{max_head_error, max_tensor_error, Gradients, Losses};
+pub use losses::{max_head_error, max_tensor_error, Gradients, Losses, Sums, CTR_FLOOR};
 pub use validate::check_values;
 
 /// Relative tolerance of docs/contract.md §3 for per-image losses.

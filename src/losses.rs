@@ -1,32 +1,137 @@
 //! The result of a loss call, and the error measures that compare results.
 
+use crate::config::{Denominators, LossConfig, Normalization};
 use crate::input::Heads;
 
-/// Per-image and batch losses, as the notebook's `LOSS.forward` reports them.
+/// The raw per-image sums of a call (docs/contract.md §8), from which every
+/// normalisation is computed: a caller can normalise them in any other way.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sums {
+    /// `S_cls[b]`: the focal loss summed over the image's `P·C` elements.
+    pub cls: Vec<f64>,
+    /// `S_cnt[b]`: the centerness BCE summed over the image's positives.
+    pub cnt: Vec<f64>,
+    /// `S_reg[b]`: the box loss summed over the image's positives.
+    pub reg: Vec<f64>,
+    /// `S_regw[b]`: the box loss times the centerness target, summed over the positives.
+    pub reg_w: Vec<f64>,
+    /// `n[b]`: the image's positives.
+    pub num_pos: Vec<u32>,
+    /// `Z[b]`: the image's centerness targets summed over its positives.
+    pub ctr: Vec<f64>,
+}
+
+impl Sums {
+    /// Sums of `batch` images, all zero.
+    pub fn zeros(batch: usize) -> Self {
+        Sums {
+            cls: vec![0.0; batch],
+            cnt: vec![0.0; batch],
+            reg: vec![0.0; batch],
+            reg_w: vec![0.0; batch],
+            num_pos: vec![0; batch],
+            ctr: vec![0.0; batch],
+        }
+    }
+
+    /// `Σ_b n_b` and `Σ_b Z_b`: what a replica contributes to the global denominators.
+    pub fn totals(&self) -> (f64, f64) {
+        (
+            self.num_pos.iter().map(|&n| n as f64).sum(),
+            self.ctr.iter().sum(),
+        )
+    }
+}
+
+/// Per-image and batch losses, as the notebook's `LOSS.forward` reports them, under
+/// the configured normalisation, with the raw sums they come from.
 ///
-/// GPU results are computed in `f32` and widened; the CPU reference accumulates in `f64`.
+/// GPU sums are accumulated in `f32` and widened; the CPU reference accumulates in
+/// `f64`. Both normalise in `f64`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Losses {
-    /// Classification (focal) loss per image, `[B]`.
+    /// Classification (focal) loss per image, `S_cls[b] / max(n_b, 1)`, `[B]`
+    /// (the notebook's per-image loss, whatever the normalisation).
     pub cls: Vec<f64>,
-    /// Centerness (BCE) loss per image, `[B]`.
+    /// Centerness (BCE) loss per image, `S_cnt[b] / max(n_b, 1)`, `[B]`.
     pub cnt: Vec<f64>,
-    /// Box regression (IoU or GIoU) loss per image, `[B]`.
+    /// Box regression (IoU or GIoU) loss per image, `S_reg[b] / max(n_b, 1)`, or
+    /// `S_regw[b] / max(Z_b, 1e-6)` with the box loss weighted by centerness, `[B]`.
     pub reg: Vec<f64>,
     /// Positive positions per image (before the `max(1, ·)` clamp), `[B]`.
     pub num_pos: Vec<u32>,
-    /// `mean_b cls[b]`.
+    /// The classification loss under the normalisation (`PerImage`: `mean_b cls[b]`).
     pub cls_loss: f64,
-    /// `mean_b cnt[b]`.
+    /// The centerness loss under the normalisation.
     pub cnt_loss: f64,
-    /// `mean_b reg[b]`.
+    /// The box loss under the normalisation.
     pub reg_loss: f64,
     /// `cls_loss + cnt_loss + reg_loss`, or without `cnt_loss` when `add_centerness` is off.
     pub total: f64,
+    /// The raw per-image sums.
+    pub sums: Sums,
 }
 
+/// The floor of a centerness-target denominator (docs/contract.md §8).
+pub const CTR_FLOOR: f64 = 1e-6;
+
 impl Losses {
-    /// Builds the batch means and total from per-image losses.
+    /// The losses of `sums` under `config`'s normalisation, box-loss weighting and
+    /// `add_centerness`. `global` replaces the denominators of
+    /// [`Normalization::Global`] (those read from a device buffer); `None` takes the
+    /// config's.
+    pub fn from_sums(sums: Sums, config: &LossConfig, global: Option<Denominators>) -> Self {
+        let weighted = config.centerness_weighted_reg;
+        let per = |s: &[f64], d: &dyn Fn(usize) -> f64| -> Vec<f64> {
+            s.iter().enumerate().map(|(b, x)| x / d(b)).collect()
+        };
+        let by_pos = |b: usize| sums.num_pos[b].max(1) as f64;
+        let by_ctr = |b: usize| sums.ctr[b].max(CTR_FLOOR);
+        let cls = per(&sums.cls, &by_pos);
+        let cnt = per(&sums.cnt, &by_pos);
+        let reg = if weighted {
+            per(&sums.reg_w, &by_ctr)
+        } else {
+            per(&sums.reg, &by_pos)
+        };
+        let total = |v: &[f64]| v.iter().sum::<f64>();
+        let reg_sum = total(if weighted { &sums.reg_w } else { &sums.reg });
+        let (n, z) = sums.totals();
+        let over = |num_pos: f64, ctr: f64| {
+            let n = num_pos.max(1.0);
+            let reg_den = if weighted { ctr.max(CTR_FLOOR) } else { n };
+            (total(&sums.cls) / n, total(&sums.cnt) / n, reg_sum / reg_den)
+        };
+        let mean = |v: &[f64]| total(v) / v.len().max(1) as f64;
+        let (cls_loss, cnt_loss, reg_loss) = match config.normalization {
+            Normalization::PerImage => (mean(&cls), mean(&cnt), mean(&reg)),
+            Normalization::Batch => over(n, z),
+            Normalization::Global(d) => {
+                let d = global.unwrap_or(d);
+                over(d.num_pos as f64, d.ctr as f64)
+            }
+        };
+        let total = if config.add_centerness {
+            cls_loss + cnt_loss + reg_loss
+        } else {
+            cls_loss + reg_loss
+        };
+        Losses {
+            cls,
+            cnt,
+            reg,
+            num_pos: sums.num_pos.clone(),
+            cls_loss,
+            cnt_loss,
+            reg_loss,
+            total,
+            sums,
+        }
+    }
+
+    /// Per-image losses known without their sums (a case file's expected values,
+    /// say), under the notebook's per-image normalisation: the means and total
+    /// follow; `sums` is empty.
     pub fn from_per_image(
         cls: Vec<f64>,
         cnt: Vec<f64>,
@@ -50,6 +155,7 @@ impl Losses {
             cnt_loss,
             reg_loss,
             total,
+            sums: Sums::default(),
         }
     }
 
@@ -59,17 +165,36 @@ impl Losses {
     }
 
     /// The largest relative difference between two results over every per-image
-    /// loss, measured as `|a - b| / max(|b|, abs_floor / rel_tol)` so that values
-    /// near zero are held to an absolute bound instead.
+    /// loss, the three normalised losses and every raw sum (`num_pos` is compared
+    /// exactly by callers), measured as `|a - b| / max(|b|, abs_floor / rel_tol)`
+    /// so that values near zero are held to an absolute bound instead. Sums are
+    /// compared only where both results have them (a result built from expected
+    /// per-image losses has none).
     pub fn max_rel_diff(&self, other: &Losses, rel_tol: f64, abs_floor: f64) -> f64 {
         let floor = abs_floor / rel_tol;
+        let scalars = [
+            (self.cls_loss, other.cls_loss),
+            (self.cnt_loss, other.cnt_loss),
+            (self.reg_loss, other.reg_loss),
+        ];
+        let (a, b) = (&self.sums, &other.sums);
+        let with_sums = !a.cls.is_empty() && !b.cls.is_empty();
+        let sums = [
+            (&a.cls, &b.cls),
+            (&a.cnt, &b.cnt),
+            (&a.reg, &b.reg),
+            (&a.reg_w, &b.reg_w),
+            (&a.ctr, &b.ctr),
+        ];
         [
             (&self.cls, &other.cls),
             (&self.cnt, &other.cnt),
             (&self.reg, &other.reg),
         ]
-        .iter()
-        .flat_map(|(a, b)| a.iter().zip(b.iter()))
+        .into_iter()
+        .chain(sums.into_iter().filter(|_| with_sums))
+        .flat_map(|(a, b)| a.iter().copied().zip(b.iter().copied()))
+        .chain(scalars)
         .map(|(a, b)| {
             let d = (a - b).abs() / b.abs().max(floor);
             // NaN never passes a tolerance check.

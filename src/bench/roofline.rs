@@ -18,7 +18,7 @@ impl FcosLoss {
     ) -> Result<Timed<()>, FcosError> {
         let weights = LossWeights::default();
         let t =
-            crate::gpu::device::run(self.core(), levels, inputs, None, Pass::Roofline, &weights)?;
+            crate::gpu::device::run(self.core(), levels, inputs, None, None, Pass::Roofline, &weights)?;
         Ok(t.map(drop))
     }
 
@@ -40,7 +40,7 @@ impl FcosLoss {
     ) -> Result<Timed<()>, FcosError> {
         let weights = LossWeights::default();
         let pass = Pass::BackwardRoofline;
-        let t = crate::gpu::device::run(self.core(), levels, inputs, Some(grads), pass, &weights)?;
+        let t = crate::gpu::device::run(self.core(), levels, inputs, Some(grads), None, pass, &weights)?;
         Ok(t.map(drop))
     }
 }

@@ -1,19 +1,29 @@
-//! The bind groups of one call: one per fused-pass segment (its ranges of the
-//! inputs and gradients), one per positive-count dispatch, one for the finalize
-//! pass.
+//! The bind groups of one call: one per counting dispatch and one for the
+//! normalisation (where the call normalises on the device), one per fused-pass
+//! segment (its ranges of the inputs and gradients), one for the finalize pass.
 
 use crate::error::FcosError;
-use crate::gpu::call::{Call, CallPipelines};
+use crate::gpu::call::{Call, CallPipelines, DenominatorSource, NormPipelines};
 use crate::gpu::params::PARTIAL_BYTES;
-use crate::gpu::plan::BindRange;
-use crate::gpu::work::WorkBuffers;
+use crate::gpu::plan::{BindRange, Plan};
+use crate::gpu::uniforms::ParamSlots;
+use crate::gpu::work::{NormBuffers, WorkBuffers};
 use crate::input::{Head, Input};
+
+/// The bind groups of the counting and normalisation passes.
+#[derive(Debug)]
+pub(crate) struct NormGroups {
+    /// Counting: `(images, group)` per dispatch.
+    pub count: Vec<(u32, wgpu::BindGroup)>,
+    /// The normalisation (one workgroup).
+    pub normalize: wgpu::BindGroup,
+}
 
 /// Every bind group of a call, in dispatch order.
 #[derive(Debug)]
 pub(crate) struct BindGroups {
-    /// Positive count: `(images, group)` per dispatch (backward only).
-    pub count: Vec<(u32, wgpu::BindGroup)>,
+    /// Counting and normalisation (calls that normalise on the device).
+    pub norm: Option<NormGroups>,
     /// Fused pass: one per segment of the plan.
     pub fused: Vec<wgpu::BindGroup>,
     /// The finalize pass.
@@ -50,9 +60,9 @@ fn input_binding(input: Input) -> u32 {
     }
 }
 
-/// The fused pass's partial sums, and the backward pass's positive counts.
+/// The fused pass's partial sums, and the backward pass's gradient factors.
 const PARTIALS_BINDING: u32 = 7;
-const NUM_POS_BINDING: u32 = 8;
+const SCALES_BINDING: u32 = 8;
 
 /// The binding of head `h`'s gradient in the backward pass.
 fn grad_binding(h: Head) -> u32 {
@@ -97,8 +107,8 @@ pub(crate) fn bind_groups(
                     .map(|(input, buf)| ranged(input_binding(input), buf, seg.ranges[input])),
             );
             entries.push(ranged(PARTIALS_BINDING, work.partials, partials));
-            if let (Some(grads), Some(num_pos)) = (call.grads, work.num_pos) {
-                entries.push(whole(NUM_POS_BINDING, num_pos));
+            if let (Some(grads), Some(norm)) = (call.grads, work.norm) {
+                entries.push(whole(SCALES_BINDING, norm.scales));
                 entries.extend(
                     grads
                         .iter()
@@ -108,21 +118,17 @@ pub(crate) fn bind_groups(
             group("fcos fused segment", &pipelines.fused.layout, &entries)
         })
         .collect();
-    let count = match (&pipelines.count, work.num_pos) {
-        (Some(pipeline), Some(num_pos)) => plan
-            .count_groups
-            .iter()
-            .enumerate()
-            .map(|(g, cg)| {
-                let entries = [
-                    params.entry(work.params, params.count(g)),
-                    ranged(1, call.inputs[Input::CntTargets], cg.range),
-                    whole(2, num_pos),
-                ];
-                (cg.images, group("fcos count", &pipeline.layout, &entries))
-            })
-            .collect(),
-        _ => Vec::new(),
+    let norm = match (&pipelines.norm, work.norm) {
+        (Some(pipes), Some(bufs)) => Some(norm_groups(
+            device,
+            pipes,
+            (params, work.params),
+            plan,
+            call.inputs[Input::CntTargets],
+            &bufs,
+            call.planned.denominators,
+        )),
+        _ => None,
     };
     let finalize = group(
         "fcos finalize",
@@ -130,12 +136,67 @@ pub(crate) fn bind_groups(
         &[
             params.entry(work.params, params.call()),
             ranged(1, work.partials, partials),
-            whole(2, work.image_losses),
+            whole(2, work.image_sums),
         ],
     );
     Ok(BindGroups {
-        count,
+        norm,
         fused,
         finalize,
     })
+}
+
+/// The bind groups of the counting passes (whole images of `cnt_targets` per
+/// binding, as `plan` cuts them) and of the normalisation pass.
+pub(crate) fn norm_groups(
+    device: &wgpu::Device,
+    pipes: &NormPipelines,
+    (params, params_buf): (&ParamSlots, &wgpu::Buffer),
+    plan: &Plan,
+    cnt_targets: &wgpu::Buffer,
+    bufs: &NormBuffers,
+    denominators: DenominatorSource,
+) -> NormGroups {
+    let group = |label, layout, entries: &[wgpu::BindGroupEntry]| {
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout,
+            entries,
+        })
+    };
+    let count = plan
+        .count_groups
+        .iter()
+        .enumerate()
+        .map(|(g, cg)| {
+            let entries = [
+                params.entry(params_buf, params.count(g)),
+                ranged(1, cnt_targets, cg.range),
+                whole(2, bufs.counts),
+            ];
+            (cg.images, group("fcos count", &pipes.count.layout, &entries))
+        })
+        .collect();
+    let dens = match denominators {
+        DenominatorSource::Host(_) => whole(2, bufs.denominators),
+        DenominatorSource::Device(d) => ranged(
+            2,
+            d.buffer,
+            BindRange {
+                offset: d.offset,
+                size: 8,
+                base: 0,
+            },
+        ),
+    };
+    let entries = [
+        params.entry(params_buf, params.call()),
+        whole(1, bufs.counts),
+        dens,
+        whole(3, bufs.scales),
+    ];
+    NormGroups {
+        count,
+        normalize: group("fcos normalize", &pipes.normalize.layout, &entries),
+    }
 }

@@ -5,11 +5,22 @@
 use std::sync::Arc;
 
 pub(crate) use crate::gpu::pass::Pass;
+use crate::gpu::device_inputs::DeviceDenominators;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::Plan;
 use crate::gpu::uniforms::ParamSlots;
 use crate::input::{ByInput, Heads};
 use crate::layout::Levels;
+
+/// Where a normalisation pass reads the global denominators `(N_g, Z_g)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DenominatorSource<'a> {
+    /// The host's values (the config's, or zeros where the mode needs none),
+    /// written into the pool.
+    Host([f32; 2]),
+    /// A range of the caller's buffer.
+    Device(DeviceDenominators<'a>),
+}
 
 /// A call planned for one pass: its dispatches and their params.
 #[derive(Debug, Clone)]
@@ -19,6 +30,17 @@ pub(crate) struct Planned<'a> {
     pub params: ParamSlots,
     pub pass: Pass,
     pub checks: bool,
+    /// Where the global denominators come from.
+    pub denominators: DenominatorSource<'a>,
+}
+
+impl Planned<'_> {
+    /// Whether the call counts and normalises on the device before the fused pass:
+    /// passes that write gradients need the factors, and the host needs the
+    /// denominators it read from a device buffer.
+    pub fn normalizes(&self) -> bool {
+        self.pass.writes_gradients() || matches!(self.denominators, DenominatorSource::Device(_))
+    }
 }
 
 /// One call: what runs over which buffers.
@@ -32,11 +54,18 @@ pub(crate) struct Call<'a> {
     pub read_grads: Option<&'a wgpu::Buffer>,
 }
 
+/// The counting and normalisation pipelines.
+#[derive(Debug, Clone)]
+pub(crate) struct NormPipelines {
+    pub count: Arc<Pipeline>,
+    pub normalize: Arc<Pipeline>,
+}
+
 /// The pipelines of one call.
 #[derive(Debug, Clone)]
 pub(crate) struct CallPipelines {
     pub fused: Arc<Pipeline>,
     pub finalize: Arc<Pipeline>,
-    /// The positive count (passes that write gradients).
-    pub count: Option<Arc<Pipeline>>,
+    /// Counting and normalisation (calls that normalise on the device).
+    pub norm: Option<NormPipelines>,
 }

@@ -14,7 +14,7 @@ use crate::gpu::pool::Pool;
 use crate::gpu::readback::Readback;
 use crate::input::{Head, Input};
 use crate::layout::Levels;
-use crate::losses::{Gradients, Losses};
+use crate::losses::{Gradients, Losses, Sums};
 
 /// The engine's state.
 #[derive(Debug)]
@@ -118,13 +118,7 @@ impl Core {
 
     /// The result of a call over levels without positions.
     pub fn zero_losses(&self, b: usize) -> Losses {
-        Losses::from_per_image(
-            vec![0.0; b],
-            vec![0.0; b],
-            vec![0.0; b],
-            vec![0; b],
-            self.config.add_centerness,
-        )
+        Losses::from_sums(Sums::zeros(b), &self.config, None)
     }
 
     /// Gradients of a call over levels without positions.

@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use crate::config::LossWeights;
+use crate::config::{LossWeights, Normalization};
 use crate::error::FcosError;
 use crate::gpu::call::Call;
 use crate::gpu::core::Core;
-use crate::gpu::device_inputs::{DeviceGradients, DeviceInputs};
+use crate::gpu::device_inputs::{DeviceDenominators, DeviceGradients, DeviceInputs};
 use crate::gpu::locate::locate_bad_input;
 use crate::gpu::pass::Pass;
 use crate::gpu::timed::Timed;
@@ -15,12 +15,14 @@ use crate::input::Head;
 use crate::layout::Levels;
 use crate::losses::Losses;
 
-/// Runs `pass` on device buffers (`grads` for the passes that write gradients).
+/// Runs `pass` on device buffers (`grads` for the passes that write gradients;
+/// `denominators` for the global normalisation from a device buffer).
 pub(crate) fn run(
     core: &Core,
     levels: &Levels,
     inputs: &DeviceInputs,
     grads: Option<&DeviceGradients>,
+    denominators: Option<&DeviceDenominators>,
     pass: Pass,
     weights: &LossWeights,
 ) -> Result<Timed<Losses>, FcosError> {
@@ -29,6 +31,9 @@ pub(crate) fn run(
     let b = inputs.batch;
     core.check_batch(levels, b)?;
     check_buffers(core, levels, inputs, grads)?;
+    if let Some(d) = denominators {
+        check_denominators(core, d)?;
+    }
     if pass.writes_gradients() && grads.is_none() {
         return Err(FcosError::InvalidCall(
             "the backward pass needs gradient buffers".into(),
@@ -42,7 +47,8 @@ pub(crate) fn run(
         });
     }
     let mut pool = core.lock_pool()?;
-    let planned = core.prepare(&mut pool, levels, b, pass, weights, Vec::new())?;
+    let dens = denominators.copied();
+    let planned = core.prepare(&mut pool, levels, b, pass, weights, dens, Vec::new())?;
     let call = Call {
         planned: &planned,
         inputs: inputs.buffers(),
@@ -59,6 +65,39 @@ pub(crate) fn run(
         kernel: outcome.kernel,
         call: start.elapsed(),
     })
+}
+
+/// A device buffer of global denominators: only with the global normalisation,
+/// `STORAGE` usage, an aligned offset and two floats there.
+fn check_denominators(core: &Core, d: &DeviceDenominators) -> Result<(), FcosError> {
+    const NAME: &str = "global denominators buffer";
+    if !matches!(core.config.normalization, Normalization::Global(_)) {
+        return Err(FcosError::InvalidCall(format!(
+            "a {NAME} was given, but the normalisation is {} (denominators from a buffer need Normalization::Global)",
+            core.config.normalization.name()
+        )));
+    }
+    let align = core.ctx.limits.min_storage_buffer_offset_alignment as u64;
+    if d.offset % align != 0 {
+        return Err(FcosError::InvalidCall(format!(
+            "the {NAME}'s offset {} is not a multiple of min_storage_buffer_offset_alignment = {align}",
+            d.offset
+        )));
+    }
+    if d.buffer.size() < d.offset.saturating_add(8) {
+        return Err(FcosError::shape(
+            NAME,
+            format!("at least {} bytes (two f32 at offset {})", d.offset + 8, d.offset),
+            format!("{} bytes", d.buffer.size()),
+        ));
+    }
+    if !d.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(FcosError::InvalidCall(format!(
+            "the {NAME} lacks BufferUsages::STORAGE (its usage is {:?})",
+            d.buffer.usage()
+        )));
+    }
+    Ok(())
 }
 
 /// Each buffer at least as large as the layout needs, with `STORAGE` usage.

@@ -51,3 +51,17 @@ impl<'a> DeviceInputs<'a> {
 /// matching [`DeviceInputs`] heads (levels packed, NCHW). Each needs
 /// `BufferUsages::STORAGE`.
 pub type DeviceGradients<'a> = Heads<&'a wgpu::Buffer>;
+
+/// The denominators of [`Normalization::Global`](crate::Normalization::Global) in a
+/// device buffer: two `f32`, `N_g` then `Z_g`, at `offset` (a multiple of the
+/// device's `min_storage_buffer_offset_alignment`). Slot 0 of
+/// [`FcosLoss::count_device`](crate::FcosLoss::count_device)'s output has this
+/// layout, so an all-reduce (sum, then divide by the replicas) in place feeds the
+/// loss call with no host round trip. The buffer needs `BufferUsages::STORAGE`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceDenominators<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of `N_g`.
+    pub offset: u64,
+}

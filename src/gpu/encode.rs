@@ -1,11 +1,11 @@
-//! Recording one call into a command encoder: the compute pass (positive count,
-//! fused segments, finalize) and the copies that bring its results within reach
+//! Recording one call into a command encoder: the compute pass (counting and
+//! normalisation where the call needs them, fused segments, finalize) and the copies that bring its results within reach
 //! of the host. Records only; the caller submits.
 
-use crate::gpu::bind::BindGroups;
-use crate::gpu::call::CallPipelines;
+use crate::gpu::bind::{BindGroups, NormGroups};
+use crate::gpu::call::{CallPipelines, NormPipelines};
 use crate::gpu::plan::Plan;
-use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES};
+use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
 use crate::input::Heads;
 
 /// The compute pass, with timestamps around it where the device has them.
@@ -25,12 +25,8 @@ pub(crate) fn passes(
         label: Some("fcos loss"),
         timestamp_writes,
     });
-    if let Some(count) = &pipelines.count {
-        pass.set_pipeline(&count.pipeline);
-        for (images, group) in &groups.count {
-            pass.set_bind_group(0, group, &[]);
-            pass.dispatch_workgroups(*images, 1, 1);
-        }
+    if let (Some(pipes), Some(norm)) = (&pipelines.norm, &groups.norm) {
+        normalize(&mut pass, pipes, norm);
     }
     pass.set_pipeline(&pipelines.fused.pipeline);
     for (seg, group) in plan.segments.iter().zip(&groups.fused) {
@@ -42,7 +38,20 @@ pub(crate) fn passes(
     pass.dispatch_workgroups(plan.batch, 1, 1);
 }
 
-/// The per-image results, then the resolved timestamps, into the mappable readback.
+/// The counting dispatches, then the normalisation (one workgroup).
+pub(crate) fn normalize(pass: &mut wgpu::ComputePass, pipes: &NormPipelines, groups: &NormGroups) {
+    pass.set_pipeline(&pipes.count.pipeline);
+    for (images, group) in &groups.count {
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(*images, 1, 1);
+    }
+    pass.set_pipeline(&pipes.normalize.pipeline);
+    pass.set_bind_group(0, &groups.normalize, &[]);
+    pass.dispatch_workgroups(1, 1, 1);
+}
+
+/// The per-image sums, then the resolved timestamps, then the denominators the
+/// normalisation used, into the mappable readback.
 pub(crate) fn results(
     encoder: &mut wgpu::CommandEncoder,
     work: &WorkBuffers,
@@ -50,10 +59,14 @@ pub(crate) fn results(
     query_set: Option<&wgpu::QuerySet>,
 ) {
     let out_bytes = result_bytes(batch);
-    encoder.copy_buffer_to_buffer(work.image_losses, 0, work.readback, 0, out_bytes);
+    encoder.copy_buffer_to_buffer(work.image_sums, 0, work.readback, 0, out_bytes);
     if let (Some(q), Some(ts)) = (query_set, work.timestamps) {
         encoder.resolve_query_set(q, 0..2, ts, 0);
         encoder.copy_buffer_to_buffer(ts, 0, work.readback, out_bytes, TIMESTAMP_BYTES);
+    }
+    if let Some(norm) = work.norm {
+        let at = out_bytes + TIMESTAMP_BYTES;
+        encoder.copy_buffer_to_buffer(norm.scales, 0, work.readback, at, USED_BYTES);
     }
 }
 

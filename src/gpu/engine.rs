@@ -8,14 +8,15 @@ use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
 use crate::gpu::context::GpuContext;
 use crate::gpu::core::Core;
-use crate::gpu::device_inputs::{DeviceGradients, DeviceInputs};
+use crate::counts::Counts;
+use crate::gpu::device_inputs::{DeviceDenominators, DeviceGradients, DeviceInputs};
 use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipelines;
 use crate::gpu::pool::Pool;
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::{Kernel, Spec, WORKGROUP_SIZE};
 use crate::gpu::timed::Timed;
-use crate::gpu::{device, host};
+use crate::gpu::{counting, device, host};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses};
@@ -116,10 +117,10 @@ impl FcosLoss {
     /// two from 32 up to what the device allows. Rebuilds the pipelines.
     pub fn set_workgroup_size(&mut self, n: u32) -> Result<(), FcosError> {
         let l = &self.core.ctx.limits;
-        // Workgroup memory per thread: the fused pass keeps a vec4<f32> and a flag
-        // word (20 bytes), the finalize pass a vec3<f32> (16-byte stride) and two
-        // u32 words (24 bytes).
-        let storage = 24 * n as u64;
+        // Workgroup memory per thread: the fused pass keeps a vec4<f32>, a
+        // vec2<f32> and a flag word (28 bytes), the finalize pass a vec3<f32>
+        // (16-byte stride), a vec2<f32> and two u32 words (32 bytes).
+        let storage = 32 * n as u64;
         if !n.is_power_of_two()
             || !(32..=1024).contains(&n)
             || n > l.max_compute_invocations_per_workgroup
@@ -266,7 +267,7 @@ impl FcosLoss {
         inputs: &DeviceInputs,
     ) -> Result<Timed<Losses>, FcosError> {
         let weights = LossWeights::default();
-        device::run(&self.core, levels, inputs, None, Pass::Forward, &weights)
+        device::run(&self.core, levels, inputs, None, None, Pass::Forward, &weights)
     }
 
     /// Losses and gradients from host slices: the gradients of
@@ -315,9 +316,59 @@ impl FcosLoss {
             levels,
             inputs,
             Some(grads),
+            None,
             Pass::Backward,
             weights,
         )
+    }
+
+    /// [`compute_device`](Self::compute_device) with the global normalisation's
+    /// denominators `(N_g, Z_g)` read from a device buffer (the config's
+    /// normalisation must be [`Normalization::Global`](crate::Normalization::Global);
+    /// its host values are then ignored): for data-parallel training, where a
+    /// collective on the GPU produced them.
+    pub fn compute_device_global(
+        &self,
+        levels: &Levels,
+        inputs: &DeviceInputs,
+        denominators: &DeviceDenominators,
+    ) -> Result<Timed<Losses>, FcosError> {
+        let weights = LossWeights::default();
+        let dens = Some(denominators);
+        device::run(&self.core, levels, inputs, None, dens, Pass::Forward, &weights)
+    }
+
+    /// [`forward_backward_device`](Self::forward_backward_device) with the global
+    /// denominators read from a device buffer, as
+    /// [`compute_device_global`](Self::compute_device_global).
+    pub fn forward_backward_device_global(
+        &self,
+        levels: &Levels,
+        inputs: &DeviceInputs,
+        grads: &DeviceGradients,
+        weights: &LossWeights,
+        denominators: &DeviceDenominators,
+    ) -> Result<Timed<Losses>, FcosError> {
+        let (grads, dens) = (Some(grads), Some(denominators));
+        device::run(&self.core, levels, inputs, grads, dens, Pass::Backward, weights)
+    }
+
+    /// The counting phase on the device, without the loss: each image's positives
+    /// and centerness-target sum of `cnt_targets` (`[B, P]` floats, `STORAGE`),
+    /// returned and, with `out = Some((buffer, offset))` (`COPY_DST`, a 4-byte
+    /// aligned offset), written there as `1 + B` pairs of `f32`: the totals
+    /// `(Σ n_b, Σ Z_b)` first, then `(n_b, Z_b)` per image (counts are exact below
+    /// 2^24). After an all-reduce of the first pair (sum over replicas, divided by
+    /// their number) the buffer holds the global denominators at `offset`, as
+    /// [`DeviceDenominators`] reads them. Host slices: [`Counts::of`].
+    pub fn count_device(
+        &self,
+        levels: &Levels,
+        batch: usize,
+        cnt_targets: &wgpu::Buffer,
+        out: Option<(&wgpu::Buffer, u64)>,
+    ) -> Result<Counts, FcosError> {
+        counting::run(&self.core, levels, batch, cnt_targets, out)
     }
 
     /// Checks, without running anything, that a batch of `batch` images at `levels`

@@ -2,22 +2,24 @@
 //! host and device paths plan it and prepare its buffers; [`Core::execute`] binds
 //! ([`bind`]), encodes ([`encode`]), submits, and reads back ([`Outcome::read`]).
 
-use crate::config::LossWeights;
+use crate::config::{LossWeights, Normalization};
 use crate::error::FcosError;
-use crate::gpu::call::{Call, CallPipelines, Planned};
+use crate::gpu::call::{Call, CallPipelines, DenominatorSource, NormPipelines, Planned};
+use crate::gpu::device_inputs::DeviceDenominators;
 use crate::gpu::core::Core;
 use crate::gpu::pass::Pass;
 use crate::gpu::pool::{Need, Pool};
 use crate::gpu::results::Outcome;
 use crate::gpu::shaders::Kernel;
 use crate::gpu::uniforms::ParamSlots;
-use crate::gpu::work::WorkBuffers;
+use crate::gpu::work::{NormBuffers, WorkBuffers};
 use crate::gpu::{bind, encode, scope};
 use crate::layout::Levels;
 
 impl Core {
     /// Plans a call of `b` images for `pass` and reserves the pool's work buffers
     /// for it, with `extra` (the host path's inputs and gradients).
+    #[allow(clippy::too_many_arguments)]
     pub fn prepare<'a>(
         &self,
         pool: &mut Pool,
@@ -25,37 +27,78 @@ impl Core {
         b: usize,
         pass: Pass,
         weights: &LossWeights,
+        denominators: Option<DeviceDenominators<'a>>,
         extra: Vec<Need>,
     ) -> Result<Planned<'a>, FcosError> {
         let plan = self.plan(levels, b)?;
         let alignment = self.ctx.limits.min_uniform_buffer_offset_alignment;
         let params = ParamSlots::pack(&self.config, weights, levels, &plan, alignment);
-        let mut needs = extra;
-        let backward = pass.writes_gradients();
-        let timestamps = self.query_set.is_some();
-        needs.extend(WorkBuffers::needs(&plan, &params, backward, timestamps));
-        pool.reserve(&self.ctx.device, &needs)?;
-        Ok(Planned {
+        let planned = Planned {
             levels,
             plan,
             params,
             pass,
             checks: self.checks,
-        })
+            denominators: self.denominator_source(denominators),
+        };
+        let mut needs = extra;
+        let timestamps = self.query_set.is_some();
+        needs.extend(WorkBuffers::needs(
+            &planned.plan,
+            &planned.params,
+            planned.normalizes(),
+            timestamps,
+        ));
+        pool.reserve(&self.ctx.device, &needs)?;
+        Ok(planned)
     }
 
-    /// The pipelines of `pass`, built on first use.
-    pub fn call_pipelines(&self, pass: Pass, checks: bool) -> Result<CallPipelines, FcosError> {
-        let device = &self.ctx.device;
-        let get = |kernel| self.pipelines.get(device, kernel);
+    /// Where the normalisation reads `(N_g, Z_g)`: the caller's buffer, the
+    /// config's global values, or zeros (the other modes read none).
+    pub fn denominator_source<'a>(
+        &self,
+        denominators: Option<DeviceDenominators<'a>>,
+    ) -> DenominatorSource<'a> {
+        match (denominators, self.config.normalization) {
+            (Some(d), _) => DenominatorSource::Device(d),
+            (None, Normalization::Global(d)) => DenominatorSource::Host([d.num_pos, d.ctr]),
+            (None, _) => DenominatorSource::Host([0.0, 0.0]),
+        }
+    }
+
+    /// The pipelines of `pass`, built on first use; with `normalizes` the
+    /// counting and normalisation pipelines too.
+    pub fn call_pipelines(
+        &self,
+        pass: Pass,
+        checks: bool,
+        normalizes: bool,
+    ) -> Result<CallPipelines, FcosError> {
+        let get = |kernel| self.pipelines.get(&self.ctx.device, kernel);
         Ok(CallPipelines {
             fused: get(pass.kernel(checks))?,
             finalize: get(Kernel::Finalize)?,
-            count: pass
-                .writes_gradients()
-                .then(|| get(Kernel::Count))
-                .transpose()?,
+            norm: normalizes.then(|| self.norm_pipelines()).transpose()?,
         })
+    }
+
+    /// The counting and normalisation pipelines, built on first use.
+    pub fn norm_pipelines(&self) -> Result<NormPipelines, FcosError> {
+        let get = |kernel| self.pipelines.get(&self.ctx.device, kernel);
+        Ok(NormPipelines {
+            count: get(Kernel::Count)?,
+            normalize: get(Kernel::Normalize)?,
+        })
+    }
+
+    /// Writes the host's global denominators where the normalisation reads them.
+    pub fn write_denominators(&self, source: DenominatorSource, norm: &NormBuffers) {
+        if let DenominatorSource::Host(d) = source {
+            let bytes = [d[0], d[1], 0.0, 0.0];
+            self.ctx
+                .queue
+                .write_buffer(norm.denominators, 0, bytemuck::cast_slice(&bytes));
+        }
     }
 
     /// Binds, encodes and submits `call` over buffers the pool holds, then reads
@@ -63,15 +106,18 @@ impl Core {
     pub fn execute(&self, pool: &Pool, call: &Call) -> Result<Outcome, FcosError> {
         let planned = call.planned;
         let plan = &planned.plan;
-        let pipelines = self.call_pipelines(planned.pass, planned.checks)?;
-        let backward = planned.pass.writes_gradients();
-        let work = WorkBuffers::from_pool(pool, backward, self.query_set.is_some())?;
+        let normalizes = planned.normalizes();
+        let pipelines = self.call_pipelines(planned.pass, planned.checks, normalizes)?;
+        let work = WorkBuffers::from_pool(pool, normalizes, self.query_set.is_some())?;
         let device = &self.ctx.device;
         let index = scope::scoped(device, || -> Result<_, FcosError> {
             let groups = bind::bind_groups(device, &pipelines, call, &work)?;
             self.ctx
                 .queue
                 .write_buffer(work.params, 0, &planned.params.bytes);
+            if let Some(norm) = &work.norm {
+                self.write_denominators(planned.denominators, norm);
+            }
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("fcos loss"),
             });
@@ -91,6 +137,7 @@ impl Core {
             }
             Ok(self.ctx.queue.submit([encoder.finish()]))
         })??;
-        Outcome::read(self, &work, plan.batch, index)
+        let from_device = matches!(planned.denominators, DenominatorSource::Device(_));
+        Outcome::read(self, &work, plan.batch, index, from_device)
     }
 }

@@ -40,13 +40,13 @@ pub(crate) fn run(
     }
     core.check_buffer_sizes(levels, b, backward)?;
     // Before any upload: a pass the device cannot build fails here.
-    core.call_pipelines(pass, core.checks)?;
+    core.call_pipelines(pass, core.checks, pass.writes_gradients())?;
     let mut pool = core.lock_pool()?;
     let mut extra = upload::needs(core, levels, b);
     if backward {
         extra.extend(gradient_needs(core, levels, b));
     }
-    let planned = core.prepare(&mut pool, levels, b, pass, weights, extra)?;
+    let planned = core.prepare(&mut pool, levels, b, pass, weights, None, extra)?;
     let pool = &*pool;
     upload::upload(core, pool, levels, inputs)?;
     let call = Call {

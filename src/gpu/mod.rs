@@ -15,6 +15,7 @@
 mod bind;
 pub(crate) mod call;
 mod context;
+mod counting;
 pub(crate) mod core;
 pub(crate) mod device;
 mod device_batch;
@@ -42,7 +43,7 @@ pub(crate) mod work;
 
 pub use context::{adapter_label, GpuContext};
 pub use device_batch::DeviceBatch;
-pub use device_inputs::{DeviceGradients, DeviceInputs};
+pub use device_inputs::{DeviceDenominators, DeviceGradients, DeviceInputs};
 pub use engine::{FcosLoss, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS};
 pub use shaders::WORKGROUP_SIZE;
 pub use timed::Timed;

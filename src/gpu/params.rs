@@ -1,10 +1,11 @@
 //! The uniform parameter block shared by every kernel (mirrored from `Params` in
-//! `shaders/common.wgsl`) and the per-image result the finalize kernel writes.
+//! `shaders/common.wgsl`), the per-image sums the finalize kernel writes and the
+//! counts the count kernel writes.
 //! Both layouts are checked against the WGSL structs by naga in a test.
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::config::{LossConfig, LossWeights, RegLoss};
+use crate::config::{LossConfig, LossWeights, Normalization, RegLoss};
 
 /// `Params` of `shaders/common.wgsl`, byte for byte: one per dispatch segment.
 #[repr(C)]
@@ -44,8 +45,8 @@ pub(crate) struct Params {
     pub tgt_base: u32,
     /// `vec4` offset in the `reg_targets` binding.
     pub reg_tgt_base: u32,
-    /// Padding (γ = 2 is a pipeline constant, not a parameter).
-    pub _pad0: u32,
+    /// The normalisation: 0 per image, 1 batch, 2 global (docs/contract.md §8).
+    pub norm_mode: u32,
     /// Focal γ.
     pub gamma: f32,
     /// Focal α.
@@ -56,8 +57,8 @@ pub(crate) struct Params {
     pub w_cnt: f32,
     /// Weight of `reg_loss`.
     pub w_reg: f32,
-    /// Padding to a multiple of 16 bytes.
-    pub _pad1: u32,
+    /// 1 when the box loss is weighted by centerness.
+    pub ctr_weighted: u32,
 }
 
 impl Params {
@@ -76,31 +77,50 @@ impl Params {
             w_cls: weights.cls,
             w_cnt: weights.cnt,
             w_reg: weights.reg,
+            norm_mode: match config.normalization {
+                Normalization::PerImage => 0,
+                Normalization::Batch => 1,
+                Normalization::Global(_) => 2,
+            },
+            ctr_weighted: u32::from(config.centerness_weighted_reg),
             ..Params::zeroed()
         }
     }
 }
 
-/// One image's result as the finalize kernel writes it (`ImageLoss` in `finalize.wgsl`).
+/// One image's raw sums as the finalize kernel writes them (`ImageSums` in
+/// `finalize.wgsl`; docs/contract.md §8).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
-pub(crate) struct ImageLoss {
-    /// Focal loss / num_pos.
+pub(crate) struct ImageSums {
+    /// `S_cls`: focal loss summed over the image.
     pub cls: f32,
-    /// Centerness BCE / num_pos.
+    /// `S_cnt`: centerness BCE summed over the positives.
     pub cnt: f32,
-    /// Box loss / num_pos.
+    /// `S_reg`: box loss summed over the positives.
     pub reg: f32,
-    /// Positives.
+    /// `S_regw`: box loss times centerness target, summed over the positives.
+    pub reg_w: f32,
+    /// `Z`: centerness targets summed over the positives.
+    pub ctr: f32,
+    /// `n`: positives.
     pub num_pos: u32,
     /// OR of the on-device check flags of the image ([`crate::Input`] flag bits).
     pub flags: u32,
     /// Padding.
     pub _pad0: u32,
-    /// Padding.
-    pub _pad1: u32,
-    /// Padding.
-    pub _pad2: u32,
+}
+
+/// One image's count as the count kernel writes it, and the call's totals as
+/// the normalisation kernel writes them first (`Count` in `common.wgsl`): the
+/// layout [`crate::FcosLoss::count_device`] documents.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+pub(crate) struct Count {
+    /// Positives (a whole number, exact below 2^24).
+    pub num_pos: f32,
+    /// Centerness targets summed over the positives.
+    pub ctr: f32,
 }
 
 /// Bytes of one workgroup partial (`Partial` in `common.wgsl`).

@@ -4,7 +4,7 @@
 //! `max_compute_workgroups_per_dimension`. Pure arithmetic, tested without a GPU.
 
 use crate::error::FcosError;
-use crate::gpu::params::{ImageLoss, Params, PARTIAL_BYTES};
+use crate::gpu::params::{ImageSums, Params, PARTIAL_BYTES};
 use crate::input::{ByInput, Input, TensorLayout};
 use crate::layout::Levels;
 
@@ -249,7 +249,7 @@ impl Frame<'_> {
     /// The finalize pass: one workgroup per image, the per-image results bound whole.
     fn check_finalize(&self) -> Result<(), FcosError> {
         let b = self.b;
-        let loss_bytes = std::mem::size_of::<ImageLoss>() as u64 * b;
+        let loss_bytes = std::mem::size_of::<ImageSums>() as u64 * b;
         if loss_bytes > self.limits.max_binding {
             return Err(FcosError::Limit(format!(
                 "the per-image losses of B = {b} images ({loss_bytes} bytes) exceed max_storage_buffer_binding_size = {}",

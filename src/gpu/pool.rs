@@ -22,16 +22,23 @@ pub(crate) enum Slot {
     GradReadback,
     /// The fused pass's partial sums.
     Partials,
-    /// The finalize pass's per-image results.
-    ImageLosses,
-    /// Positives per image (backward).
-    NumPos,
-    /// Mappable copy of the per-image results, followed by the two timestamps.
+    /// The finalize pass's per-image sums.
+    ImageSums,
+    /// Positives and centerness sums per image, the totals first.
+    Counts,
+    /// The denominators used and each image's gradient factors.
+    Scales,
+    /// The host's global denominators.
+    Denominators,
+    /// Mappable copy of the per-image sums, then the two timestamps, then the
+    /// denominators used.
     Readback,
     /// The uniform params, one aligned slot per dispatch.
     Params,
     /// Resolved timestamps.
     Timestamps,
+    /// Mappable copy of the counting phase's counts.
+    CountsReadback,
 }
 
 impl Slot {

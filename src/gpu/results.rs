@@ -1,13 +1,14 @@
-//! Reading a call's per-image results back: losses, positives, check flags and
-//! the kernel time.
+//! Reading a call's per-image sums back, normalised into losses, with the check
+//! flags and the kernel time.
 
 use std::time::Duration;
 
 use crate::error::FcosError;
 use crate::gpu::core::Core;
-use crate::gpu::params::ImageLoss;
-use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES};
-use crate::losses::Losses;
+use crate::config::Denominators;
+use crate::gpu::params::ImageSums;
+use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
+use crate::losses::{Losses, Sums};
 
 /// What a call brings back.
 #[derive(Debug, Clone)]
@@ -20,35 +21,49 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    /// Maps the readback once submission `index` is done and decodes it.
+    /// Maps the readback once submission `index` is done and decodes it; with
+    /// `device_denominators` the host normalises with the denominators the
+    /// normalisation pass read from the caller's buffer.
     pub fn read(
         core: &Core,
         work: &WorkBuffers,
         batch: u32,
         index: wgpu::SubmissionIndex,
+        device_denominators: bool,
     ) -> Result<Self, FcosError> {
         let out_bytes = result_bytes(batch);
-        let bytes =
-            core.readback()
-                .read(work.readback, 0..out_bytes + TIMESTAMP_BYTES, Some(index))?;
-        let (results, stamps) = bytes.split_at(out_bytes as usize);
-        let images: Vec<ImageLoss> = bytemuck::pod_collect_to_vec(results);
+        let end = out_bytes + TIMESTAMP_BYTES + USED_BYTES;
+        let bytes = core.readback().read(work.readback, 0..end, Some(index))?;
+        let (results, rest) = bytes.split_at(out_bytes as usize);
+        let (stamps, used) = rest.split_at(TIMESTAMP_BYTES as usize);
+        let images: Vec<ImageSums> = bytemuck::pod_collect_to_vec(results);
         let kernel = core
             .query_set
             .as_ref()
             .and_then(|_| kernel_time(stamps, core.ctx.queue.get_timestamp_period()));
-        let per_image = |g: fn(&ImageLoss) -> f32| images.iter().map(|x| g(x) as f64).collect();
+        let used: Vec<f32> = bytemuck::pod_collect_to_vec(used);
+        let global = device_denominators.then(|| Denominators {
+            num_pos: used[0],
+            ctr: used[1],
+        });
         Ok(Outcome {
-            losses: Losses::from_per_image(
-                per_image(|x| x.cls),
-                per_image(|x| x.cnt),
-                per_image(|x| x.reg),
-                images.iter().map(|x| x.num_pos).collect(),
-                core.config.add_centerness,
-            ),
+            losses: Losses::from_sums(sums_of(&images), &core.config, global),
             kernel,
             flags: images.iter().fold(0, |f, x| f | x.flags),
         })
+    }
+}
+
+/// The per-image sums, widened to `f64`.
+fn sums_of(images: &[ImageSums]) -> Sums {
+    let each = |g: fn(&ImageSums) -> f32| images.iter().map(|x| g(x) as f64).collect();
+    Sums {
+        cls: each(|x| x.cls),
+        cnt: each(|x| x.cnt),
+        reg: each(|x| x.reg),
+        reg_w: each(|x| x.reg_w),
+        num_pos: images.iter().map(|x| x.num_pos).collect(),
+        ctr: each(|x| x.ctr),
     }
 }
 

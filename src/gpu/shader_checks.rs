@@ -6,7 +6,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::gpu::params::{ImageLoss, Params, PARTIAL_BYTES};
+use crate::gpu::params::{Count, ImageSums, Params, PARTIAL_BYTES};
 use crate::gpu::shaders::{Binding, Kernel, ShaderSource, Spec, WORKGROUP_SIZE};
 
 fn validator() -> naga::valid::Validator {
@@ -42,7 +42,15 @@ fn validate(shader: &ShaderSource) -> Result<naga::Module, String> {
         Some((naga::ShaderStage::Compute, shader.entry_point)),
         &constants,
     )
-    .map_err(|e| fail(format!("override values {constants:?}: {e}")))?;
+    .map_err(|e| {
+        let detail = match &e {
+            naga::back::pipeline_constants::PipelineConstantError::ValidationError(v) => {
+                format!("{:?}", v.as_inner())
+            }
+            other => other.to_string(),
+        };
+        fail(format!("override values {constants:?}: {detail}"))
+    })?;
     validator()
         .validate(&resolved)
         .map_err(|e| fail(format!("with override values {constants:?}: {e:?}")))?;
@@ -274,13 +282,13 @@ fn params_matches_the_wgsl_struct() {
         reg_base,
         tgt_base,
         reg_tgt_base,
-        _pad0,
+        norm_mode,
         gamma,
         alpha,
         w_cls,
         w_cnt,
         w_reg,
-        _pad1,
+        ctr_weighted,
     });
     for (_, s, m) in common_modules() {
         check_layout(&m, &s.name, "Params", size_of::<Params>(), &rust);
@@ -290,23 +298,27 @@ fn params_matches_the_wgsl_struct() {
 }
 
 #[test]
-fn image_loss_matches_the_wgsl_struct() {
-    let rust = fields!(ImageLoss {
+fn image_sums_and_count_match_the_wgsl_structs() {
+    let rust = fields!(ImageSums {
         cls,
         cnt,
         reg,
+        reg_w,
+        ctr,
         num_pos,
         flags,
-        _pad0,
-        _pad1,
-        _pad2
+        _pad0
     });
     let all = modules();
     let (_, s, m) = all
         .iter()
         .find(|(k, _, _)| *k == Kernel::Finalize)
         .expect("finalize.wgsl");
-    check_layout(m, &s.name, "ImageLoss", size_of::<ImageLoss>(), &rust);
+    check_layout(m, &s.name, "ImageSums", size_of::<ImageSums>(), &rust);
+    let rust = fields!(Count { num_pos, ctr });
+    for (_, s, m) in all.iter().filter(|(k, _, _)| *k != Kernel::CopyWords) {
+        check_layout(m, &s.name, "Count", size_of::<Count>(), &rust);
+    }
 }
 
 #[test]

@@ -35,6 +35,7 @@ const FUSED: File = shader_file!("fused.wgsl");
 const ROOFLINE: File = shader_file!("roofline.wgsl");
 const FINALIZE: File = shader_file!("finalize.wgsl");
 const COUNT: File = shader_file!("count.wgsl");
+const NORM: File = shader_file!("norm.wgsl");
 const COPY_WORDS: File = shader_file!("copy_words.wgsl");
 
 /// A pipeline the engine may build: a kernel in one variant.
@@ -47,8 +48,10 @@ pub(crate) enum Kernel {
     /// with `read_all`, as the checked pass) and, with `backward`, its writes.
     #[cfg(feature = "bench")]
     Roofline { backward: bool, read_all: bool },
-    /// The positive count per image (before a backward pass).
+    /// The positives and centerness-target sum per image.
     Count,
+    /// The call's totals and each image's gradient factors (docs/contract.md §8).
+    Normalize,
     /// The per-image reduce of the partial sums.
     Finalize,
     /// The raw word copy that brings flagged inputs to the host.
@@ -95,6 +98,7 @@ impl Kernel {
             #[cfg(feature = "bench")]
             Kernel::Roofline { .. } => (vec![COMMON, REDUCE, SEGMENT, ROOFLINE], "roofline"),
             Kernel::Count => (vec![COMMON, COUNT], "count_positives"),
+            Kernel::Normalize => (vec![COMMON, NORM], "normalize"),
             Kernel::Finalize => (vec![COMMON, FINALIZE], "finalize"),
             Kernel::CopyWords => (vec![COPY_WORDS], "copy_words"),
         }
@@ -105,7 +109,7 @@ impl Kernel {
             Kernel::Fused { backward, .. } => backward,
             #[cfg(feature = "bench")]
             Kernel::Roofline { backward, .. } => backward,
-            Kernel::Count | Kernel::Finalize | Kernel::CopyWords => false,
+            Kernel::Count | Kernel::Normalize | Kernel::Finalize | Kernel::CopyWords => false,
         }
     }
 
@@ -138,7 +142,7 @@ impl Kernel {
             ],
             #[cfg(feature = "bench")]
             Kernel::Roofline { read_all, .. } => vec![wg, ("READ_ALL", flag(read_all))],
-            Kernel::Count | Kernel::Finalize => vec![wg],
+            Kernel::Count | Kernel::Normalize | Kernel::Finalize => vec![wg],
             Kernel::CopyWords => vec![],
         }
     }
@@ -151,6 +155,7 @@ impl Kernel {
             #[cfg(feature = "bench")]
             Kernel::Roofline { .. } => fused_bindings(self.backward()),
             Kernel::Count | Kernel::Finalize => vec![Uniform, Read, ReadWrite],
+            Kernel::Normalize => vec![Uniform, ReadWrite, Read, ReadWrite],
             Kernel::CopyWords => vec![Read, ReadWrite],
         }
     }
@@ -191,7 +196,12 @@ impl Kernel {
     /// compiled with.
     #[cfg(test)]
     pub fn all() -> Vec<Kernel> {
-        let mut out = vec![Kernel::Count, Kernel::Finalize, Kernel::CopyWords];
+        let mut out = vec![
+            Kernel::Count,
+            Kernel::Normalize,
+            Kernel::Finalize,
+            Kernel::CopyWords,
+        ];
         for backward in [false, true] {
             for flag in [false, true] {
                 out.push(Kernel::Fused {
@@ -210,7 +220,7 @@ impl Kernel {
 }
 
 /// The fused pass's bindings: params, the six inputs in `Input::ALL` order, the
-/// partial sums; backward adds the positive counts and the three gradients.
+/// partial sums; backward adds the gradient factors and the three gradients.
 fn fused_bindings(backward: bool) -> Vec<Binding> {
     use Binding::{Read, ReadWrite, Uniform};
     let mut out = vec![Uniform, Read, Read, Read, Read, Read, Read, ReadWrite];
@@ -333,7 +343,7 @@ mod tests {
 
     #[test]
     fn every_file_has_balanced_directives() {
-        let mut files = vec![COMMON, REDUCE, SEGMENT, FUSED, FINALIZE, COUNT, COPY_WORDS];
+        let mut files = vec![COMMON, REDUCE, SEGMENT, FUSED, FINALIZE, COUNT, NORM, COPY_WORDS];
         #[cfg(feature = "bench")]
         files.push(ROOFLINE);
         for f in files {

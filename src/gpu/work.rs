@@ -1,9 +1,9 @@
 //! The pooled buffers every call uses besides its inputs and gradients: partial
-//! sums, per-image results, their readback, the params, the positive counts and
-//! the timestamps.
+//! sums, per-image sums, their readback, the params, the timestamps and, where
+//! the call normalises on the device, its counts and gradient factors.
 
 use crate::error::FcosError;
-use crate::gpu::params::{ImageLoss, PARTIAL_BYTES};
+use crate::gpu::params::{Count, ImageSums, PARTIAL_BYTES};
 use crate::gpu::plan::Plan;
 use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::uniforms::ParamSlots;
@@ -11,27 +11,69 @@ use crate::gpu::uniforms::ParamSlots;
 /// Bytes of the two resolved timestamps that follow the results in the readback.
 pub(crate) const TIMESTAMP_BYTES: u64 = 16;
 
+/// Bytes of the denominators a normalisation pass used (`scales` slot 0), after
+/// the timestamps in the readback.
+pub(crate) const USED_BYTES: u64 = 16;
+
+/// The buffers of the counting and normalisation passes (count.wgsl, norm.wgsl).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NormBuffers<'p> {
+    /// Totals in slot 0, each image's positives and centerness sum after.
+    pub counts: &'p wgpu::Buffer,
+    /// The denominators used in slot 0, each image's gradient factors after.
+    pub scales: &'p wgpu::Buffer,
+    /// The host's global denominators, where they do not come from a device buffer.
+    pub denominators: &'p wgpu::Buffer,
+}
+
 /// One call's work buffers, borrowed from the pool.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WorkBuffers<'p> {
     pub partials: &'p wgpu::Buffer,
-    pub image_losses: &'p wgpu::Buffer,
+    pub image_sums: &'p wgpu::Buffer,
     pub readback: &'p wgpu::Buffer,
     pub params: &'p wgpu::Buffer,
-    /// Positives per image (backward).
-    pub num_pos: Option<&'p wgpu::Buffer>,
+    /// The normalisation's buffers (calls that normalise on the device).
+    pub norm: Option<NormBuffers<'p>>,
     /// Resolved timestamps (devices with timestamp queries).
     pub timestamps: Option<&'p wgpu::Buffer>,
 }
 
-/// Bytes of the per-image results of `b` images.
+/// Bytes of the per-image sums of `b` images.
 pub(crate) fn result_bytes(b: u32) -> u64 {
-    std::mem::size_of::<ImageLoss>() as u64 * b as u64
+    std::mem::size_of::<ImageSums>() as u64 * b as u64
+}
+
+/// Bytes of the counts of `b` images (the totals first).
+pub(crate) fn count_bytes(b: u32) -> u64 {
+    std::mem::size_of::<Count>() as u64 * (1 + b as u64)
+}
+
+/// The normalisation pass's buffers for `b` images.
+pub(crate) fn norm_needs(b: u32) -> [Need; 3] {
+    use wgpu::BufferUsages as U;
+    [
+        Need {
+            slot: Slot::Counts,
+            size: count_bytes(b),
+            usage: U::STORAGE | U::COPY_SRC,
+        },
+        Need {
+            slot: Slot::Scales,
+            size: 16 * (1 + b as u64),
+            usage: U::STORAGE | U::COPY_SRC,
+        },
+        Need {
+            slot: Slot::Denominators,
+            size: 16,
+            usage: U::STORAGE | U::COPY_DST,
+        },
+    ]
 }
 
 impl<'p> WorkBuffers<'p> {
     /// What a call of `plan` needs reserved.
-    pub fn needs(plan: &Plan, params: &ParamSlots, backward: bool, timestamps: bool) -> Vec<Need> {
+    pub fn needs(plan: &Plan, params: &ParamSlots, norm: bool, timestamps: bool) -> Vec<Need> {
         use wgpu::BufferUsages as U;
         let out_bytes = result_bytes(plan.batch);
         let mut needs = vec![
@@ -42,13 +84,13 @@ impl<'p> WorkBuffers<'p> {
                 usage: U::STORAGE,
             },
             Need {
-                slot: Slot::ImageLosses,
+                slot: Slot::ImageSums,
                 size: out_bytes,
                 usage: U::STORAGE | U::COPY_SRC,
             },
             Need {
                 slot: Slot::Readback,
-                size: out_bytes + TIMESTAMP_BYTES,
+                size: out_bytes + TIMESTAMP_BYTES + USED_BYTES,
                 usage: U::MAP_READ | U::COPY_DST,
             },
             Need {
@@ -57,12 +99,8 @@ impl<'p> WorkBuffers<'p> {
                 usage: U::UNIFORM | U::COPY_DST,
             },
         ];
-        if backward {
-            needs.push(Need {
-                slot: Slot::NumPos,
-                size: 4 * plan.batch as u64,
-                usage: U::STORAGE,
-            });
+        if norm {
+            needs.extend(norm_needs(plan.batch));
         }
         if timestamps {
             needs.push(Need {
@@ -75,14 +113,25 @@ impl<'p> WorkBuffers<'p> {
     }
 
     /// The buffers [`needs`](Self::needs) reserved.
-    pub fn from_pool(pool: &'p Pool, backward: bool, timestamps: bool) -> Result<Self, FcosError> {
+    pub fn from_pool(pool: &'p Pool, norm: bool, timestamps: bool) -> Result<Self, FcosError> {
         Ok(WorkBuffers {
             partials: pool.get(Slot::Partials)?,
-            image_losses: pool.get(Slot::ImageLosses)?,
+            image_sums: pool.get(Slot::ImageSums)?,
             readback: pool.get(Slot::Readback)?,
             params: pool.get(Slot::Params)?,
-            num_pos: backward.then(|| pool.get(Slot::NumPos)).transpose()?,
+            norm: norm.then(|| NormBuffers::from_pool(pool)).transpose()?,
             timestamps: timestamps.then(|| pool.get(Slot::Timestamps)).transpose()?,
+        })
+    }
+}
+
+impl<'p> NormBuffers<'p> {
+    /// The buffers [`norm_needs`] reserved.
+    pub fn from_pool(pool: &'p Pool) -> Result<Self, FcosError> {
+        Ok(NormBuffers {
+            counts: pool.get(Slot::Counts)?,
+            scales: pool.get(Slot::Scales)?,
+            denominators: pool.get(Slot::Denominators)?,
         })
     }
 }

@@ -16,13 +16,13 @@
 //! element functions, the same summation order), so the gradients can be checked
 //! against central finite differences without rounding the perturbed inputs to `f32`.
 
-use super::{bce_with_logits, box_loss, focal, sigmoid, softplus};
+use super::{sigmoid, softplus};
 use crate::config::{LossConfig, LossWeights, RegLoss};
 use crate::error::FcosError;
 use crate::input::Heads;
 use crate::inputs::Inputs;
 use crate::layout::Levels;
-use crate::losses::{Gradients, Losses};
+use crate::losses::{Gradients, Losses, Sums};
 
 /// The three heads (or their gradients) in `f64`, one vector per level, in the
 /// input layouts (NCHW per level): the point at which [`losses_f64`] and
@@ -225,21 +225,9 @@ pub fn objective(losses: &Losses, weights: &LossWeights) -> f64 {
         + weights.reg as f64 * losses.reg_loss
 }
 
-/// Positive positions per image (`cnt_targets > -1`).
-fn positives(inputs: &Inputs, p_n: usize) -> Vec<u32> {
-    (0..inputs.batch)
-        .map(|b| {
-            inputs.cnt_targets[b * p_n..(b + 1) * p_n]
-                .iter()
-                .filter(|&&c| c > -1.0)
-                .count() as u32
-        })
-        .collect()
-}
-
 /// [`super::losses`] evaluated at `f64` heads (`inputs` gives the shapes and the
-/// targets; its heads are ignored). Same element functions and summation order, so
-/// at `widen(inputs)` it returns exactly what [`super::losses`] does.
+/// targets; its heads are ignored). The same accumulation, so at `widen(inputs)`
+/// it returns exactly what [`super::losses`] does.
 pub fn losses_f64(
     config: &LossConfig,
     levels: &Levels,
@@ -247,51 +235,10 @@ pub fn losses_f64(
     heads: &F64Heads,
 ) -> Result<Losses, FcosError> {
     config.validate()?;
-    let c_n = config.num_classes as usize;
-    inputs.check_shapes(levels, c_n)?;
+    inputs.check_shapes(levels, config.num_classes as usize)?;
     check_against(heads, inputs)?;
-    let b_n = inputs.batch;
-    let p_n = levels.positions();
-    let (gamma, alpha) = (config.gamma as f64, config.alpha as f64);
-    let (mut cls_s, mut cnt_s, mut reg_s) = (vec![0.0; b_n], vec![0.0; b_n], vec![0.0; b_n]);
-    let mut num_pos = vec![0u32; b_n];
-    for b in 0..b_n {
-        for (l, &off) in levels.offsets().iter().enumerate() {
-            for pix in 0..levels.level_size(l) {
-                let bp = b * p_n + off as usize + pix;
-                let tcls = inputs.cls_targets[bp];
-                for c in 0..c_n {
-                    let z = heads.cls_logits[l][levels.nchw_index(l, c_n, b, c, pix)];
-                    cls_s[b] += focal(z, tcls == (c + 1) as f32, gamma, alpha);
-                }
-                let ct = inputs.cnt_targets[bp];
-                if ct > -1.0 {
-                    num_pos[b] += 1;
-                    let x = heads.cnt_logits[l][levels.nchw_index(l, 1, b, 0, pix)];
-                    cnt_s[b] += bce_with_logits(x, ct as f64);
-                    let pr: [f64; 4] = std::array::from_fn(|k| {
-                        heads.reg_preds[l][levels.nchw_index(l, 4, b, k, pix)]
-                    });
-                    let tg: [f64; 4] =
-                        std::array::from_fn(|k| inputs.reg_targets[bp * 4 + k] as f64);
-                    reg_s[b] += box_loss(pr, tg, config.reg_loss);
-                }
-            }
-        }
-    }
-    let div = |v: &[f64]| -> Vec<f64> {
-        v.iter()
-            .zip(&num_pos)
-            .map(|(s, &n)| s / n.max(1) as f64)
-            .collect()
-    };
-    Ok(Losses::from_per_image(
-        div(&cls_s),
-        div(&cnt_s),
-        div(&reg_s),
-        num_pos.clone(),
-        config.add_centerness,
-    ))
+    let sums = super::sums_with(config, levels, inputs, |h, l, i| heads[h][l][i]);
+    Ok(Losses::from_sums(sums, config, None))
 }
 
 /// The gradients of the weighted objective at `f64` heads (shapes and targets from
@@ -302,21 +249,15 @@ fn grads_at(
     inputs: &Inputs,
     heads: &F64Heads,
     weights: &LossWeights,
+    sums: &Sums,
 ) -> F64Heads {
     let c_n = config.num_classes as usize;
     let b_n = inputs.batch;
     let p_n = levels.positions();
     let (gamma, alpha) = (config.gamma as f64, config.alpha as f64);
-    let num_pos = positives(inputs, p_n);
     let mut g = F64Heads::zeros(levels, b_n, c_n);
-    for (b, &np) in num_pos.iter().enumerate() {
-        // d(batch mean of per-image loss / max(1, num_pos_b)) per element.
-        let scale = 1.0 / (b_n as f64 * np.max(1) as f64);
-        let (f_cls, f_cnt, f_reg) = (
-            weights.cls as f64 * scale,
-            weights.cnt as f64 * scale,
-            weights.reg as f64 * scale,
-        );
+    let scales = super::gradient_scales(config, weights, sums, None);
+    for (b, &[f_cls, f_cnt, f_reg]) in scales.iter().enumerate() {
         for (l, &off) in levels.offsets().iter().enumerate() {
             for pix in 0..levels.level_size(l) {
                 let bp = b * p_n + off as usize + pix;
@@ -337,8 +278,14 @@ fn grads_at(
                     let tg: [f64; 4] =
                         std::array::from_fn(|k| inputs.reg_targets[bp * 4 + k] as f64);
                     let d = box_loss_grad(pr, tg, config.reg_loss);
+                    // Weighted by centerness: each positive's box loss times its target.
+                    let f = if config.centerness_weighted_reg {
+                        f_reg * ct as f64
+                    } else {
+                        f_reg
+                    };
                     for k in 0..4 {
-                        g.reg_preds[l][idx[k]] = f_reg * d[k];
+                        g.reg_preds[l][idx[k]] = f * d[k];
                     }
                 }
             }
@@ -364,7 +311,8 @@ pub fn gradients(
     weights.check()?;
     let losses = super::losses(config, levels, inputs)?;
     let heads = widen(inputs);
-    Ok((losses, grads_at(config, levels, inputs, &heads, weights)))
+    let grads = grads_at(config, levels, inputs, &heads, weights, &losses.sums);
+    Ok((losses, grads))
 }
 
 /// [`gradients`] at `f64` heads: the forward pass is [`losses_f64`] and the
@@ -378,11 +326,13 @@ pub fn gradients_f64(
 ) -> Result<(Losses, F64Heads), FcosError> {
     weights.check()?;
     let losses = losses_f64(config, levels, inputs, heads)?;
-    Ok((losses, grads_at(config, levels, inputs, heads, weights)))
+    let grads = grads_at(config, levels, inputs, heads, weights, &losses.sums);
+    Ok((losses, grads))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::{bce_with_logits, box_loss, focal};
     use super::*;
 
     /// Central difference of `f` at `x`.

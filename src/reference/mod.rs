@@ -4,11 +4,12 @@
 
 pub mod grad;
 
-use crate::config::{LossConfig, RegLoss};
+use crate::config::{Denominators, LossConfig, LossWeights, Normalization, RegLoss};
 use crate::error::FcosError;
+use crate::input::Head;
 use crate::inputs::Inputs;
 use crate::layout::Levels;
-use crate::losses::Losses;
+use crate::losses::{Losses, Sums, CTR_FLOOR};
 
 /// `softplus(u) = max(u, 0) + log(1 + exp(-|u|))`, finite for every finite `u`.
 pub fn softplus(u: f64) -> f64 {
@@ -87,61 +88,92 @@ pub fn box_loss(p: [f64; 4], t: [f64; 4], mode: RegLoss) -> f64 {
     }
 }
 
-/// Per-image loss sums before the division by `num_pos` (one image).
-#[derive(Debug, Clone, Copy, Default)]
-struct Sums {
-    cls: f64,
-    cnt: f64,
-    reg: f64,
-    num_pos: u32,
-}
-
-/// Computes the loss of one batch on the CPU (docs/contract.md §2), checking shapes first.
-pub fn losses(config: &LossConfig, levels: &Levels, inputs: &Inputs) -> Result<Losses, FcosError> {
-    config.validate()?;
+/// The raw per-image sums of docs/contract.md §8, every term and sum in `f64`,
+/// reading the heads through `head(h, l, i)` (element `i` of level `l` of head
+/// `h`); the targets come from `inputs`. Assumes the shapes were checked.
+pub(crate) fn sums_with(
+    config: &LossConfig,
+    levels: &Levels,
+    inputs: &Inputs,
+    head: impl Fn(Head, usize, usize) -> f64,
+) -> Sums {
     let c_n = config.num_classes as usize;
-    inputs.check_shapes(levels, c_n)?;
-    let b_n = inputs.batch;
     let p_n = levels.positions();
     let (gamma, alpha) = (config.gamma as f64, config.alpha as f64);
-    let mut sums = vec![Sums::default(); b_n];
-    for (b, s) in sums.iter_mut().enumerate() {
+    let mut s = Sums::zeros(inputs.batch);
+    for b in 0..inputs.batch {
         for (l, &off) in levels.offsets().iter().enumerate() {
-            let hw = levels.level_size(l);
-            for pix in 0..hw {
-                let p = off as usize + pix;
-                let bp = b * p_n + p;
+            for pix in 0..levels.level_size(l) {
+                let bp = b * p_n + off as usize + pix;
                 let tcls = inputs.cls_targets[bp];
-                let cls = inputs.cls_logits[l];
                 for c in 0..c_n {
-                    let z = cls[levels.nchw_index(l, c_n, b, c, pix)] as f64;
+                    let z = head(Head::ClsLogits, l, levels.nchw_index(l, c_n, b, c, pix));
                     // The notebook's one-hot: float compare of the target with c + 1.
-                    let t = tcls == (c + 1) as f32;
-                    s.cls += focal(z, t, gamma, alpha);
+                    s.cls[b] += focal(z, tcls == (c + 1) as f32, gamma, alpha);
                 }
                 let ct = inputs.cnt_targets[bp];
                 if ct > -1.0 {
-                    s.num_pos += 1;
-                    let x = inputs.cnt_logits[l][levels.nchw_index(l, 1, b, 0, pix)] as f64;
-                    s.cnt += bce_with_logits(x, ct as f64);
-                    let reg = inputs.reg_preds[l];
-                    let pr: [f64; 4] =
-                        std::array::from_fn(|k| reg[levels.nchw_index(l, 4, b, k, pix)] as f64);
+                    s.num_pos[b] += 1;
+                    s.ctr[b] += ct as f64;
+                    let x = head(Head::CntLogits, l, levels.nchw_index(l, 1, b, 0, pix));
+                    s.cnt[b] += bce_with_logits(x, ct as f64);
+                    let pr: [f64; 4] = std::array::from_fn(|k| {
+                        head(Head::RegPreds, l, levels.nchw_index(l, 4, b, k, pix))
+                    });
                     let tg: [f64; 4] =
                         std::array::from_fn(|k| inputs.reg_targets[bp * 4 + k] as f64);
-                    s.reg += box_loss(pr, tg, config.reg_loss);
+                    let loss = box_loss(pr, tg, config.reg_loss);
+                    s.reg[b] += loss;
+                    s.reg_w[b] += ct as f64 * loss;
                 }
             }
         }
     }
-    let div = |s: &Sums, v: f64| v / s.num_pos.max(1) as f64;
-    Ok(Losses::from_per_image(
-        sums.iter().map(|s| div(s, s.cls)).collect(),
-        sums.iter().map(|s| div(s, s.cnt)).collect(),
-        sums.iter().map(|s| div(s, s.reg)).collect(),
-        sums.iter().map(|s| s.num_pos).collect(),
-        config.add_centerness,
-    ))
+    s
+}
+
+/// Computes the loss of one batch on the CPU (docs/contract.md §2, normalised as
+/// §8 and the config say), checking shapes first.
+pub fn losses(config: &LossConfig, levels: &Levels, inputs: &Inputs) -> Result<Losses, FcosError> {
+    config.validate()?;
+    inputs.check_shapes(levels, config.num_classes as usize)?;
+    let sums = sums_with(config, levels, inputs, |h, l, i| inputs.head(h)[l][i] as f64);
+    Ok(Losses::from_sums(sums, config, None))
+}
+
+/// Each image's factor on the element derivatives of the weighted objective
+/// `w.cls · cls_loss + w.cnt · cnt_loss + w.reg · reg_loss` (docs/contract.md §8):
+/// `[cls, cnt, reg]`, each its weight over its denominator under the config's
+/// normalisation (`global` replaces the denominators of `Global`). With the box
+/// loss weighted by centerness the box factor is still to be multiplied by each
+/// positive's centerness target.
+pub fn gradient_scales(
+    config: &LossConfig,
+    weights: &LossWeights,
+    sums: &Sums,
+    global: Option<Denominators>,
+) -> Vec<[f64; 3]> {
+    let b_n = sums.num_pos.len();
+    let weighted = config.centerness_weighted_reg;
+    let (n_all, z_all) = sums.totals();
+    let w = [weights.cls as f64, weights.cnt as f64, weights.reg as f64];
+    (0..b_n)
+        .map(|b| {
+            // (positives, centerness) denominators of this image's terms.
+            let (n, z) = match config.normalization {
+                Normalization::PerImage => (
+                    b_n as f64 * sums.num_pos[b].max(1) as f64,
+                    b_n as f64 * sums.ctr[b].max(CTR_FLOOR),
+                ),
+                Normalization::Batch => (n_all.max(1.0), z_all.max(CTR_FLOOR)),
+                Normalization::Global(d) => {
+                    let d = global.unwrap_or(d);
+                    ((d.num_pos as f64).max(1.0), (d.ctr as f64).max(CTR_FLOOR))
+                }
+            };
+            [w[0] / n, w[1] / n, w[2] / if weighted { z } else { n }]
+        })
+        .collect()
 }
 
 #[cfg(test)]
