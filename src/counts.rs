@@ -53,9 +53,10 @@ impl Denominators {
     /// `N_g = mean_r Σ_b n_b`, `Z_g = mean_r Σ_b Z_b`.
     pub fn mean_of(replicas: &[Counts]) -> Denominators {
         let r = replicas.len().max(1) as f64;
-        let (n, z) = replicas.iter().map(Counts::totals).fold((0.0, 0.0), |a, t| {
-            (a.0 + t.0, a.1 + t.1)
-        });
+        let (n, z) = replicas
+            .iter()
+            .map(Counts::totals)
+            .fold((0.0, 0.0), |a, t| (a.0 + t.0, a.1 + t.1));
         Denominators {
             num_pos: (n / r) as f32,
             ctr: (z / r) as f32,

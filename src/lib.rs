@@ -50,8 +50,8 @@ pub use counts::Counts;
 pub use error::{FcosError, GpuSource};
 pub use gpu::{
     adapter_label, DeviceBatch, DeviceDenominators, DeviceGradients, DeviceInputs, FcosLoss,
-    GpuContext, Timed,
-    CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
+    GpuContext, Timed, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS,
+    WORKGROUP_SIZE,
 };
 pub use input::{Dtype, Head, Heads, Input, TensorLayout};
 pub use inputs::Inputs;

@@ -100,7 +100,11 @@ impl Losses {
         let over = |num_pos: f64, ctr: f64| {
             let n = num_pos.max(1.0);
             let reg_den = if weighted { ctr.max(CTR_FLOOR) } else { n };
-            (total(&sums.cls) / n, total(&sums.cnt) / n, reg_sum / reg_den)
+            (
+                total(&sums.cls) / n,
+                total(&sums.cnt) / n,
+                reg_sum / reg_den,
+            )
         };
         let mean = |v: &[f64]| total(v) / v.len().max(1) as f64;
         let (cls_loss, cnt_loss, reg_loss) = match config.normalization {

@@ -17,8 +17,15 @@ impl FcosLoss {
         inputs: &DeviceInputs,
     ) -> Result<Timed<()>, FcosError> {
         let weights = LossWeights::default();
-        let t =
-            crate::gpu::device::run(self.core(), levels, inputs, None, None, Pass::Roofline, &weights)?;
+        let t = crate::gpu::device::run(
+            self.core(),
+            levels,
+            inputs,
+            None,
+            None,
+            Pass::Roofline,
+            &weights,
+        )?;
         Ok(t.map(drop))
     }
 
@@ -40,7 +47,15 @@ impl FcosLoss {
     ) -> Result<Timed<()>, FcosError> {
         let weights = LossWeights::default();
         let pass = Pass::BackwardRoofline;
-        let t = crate::gpu::device::run(self.core(), levels, inputs, Some(grads), None, pass, &weights)?;
+        let t = crate::gpu::device::run(
+            self.core(),
+            levels,
+            inputs,
+            Some(grads),
+            None,
+            pass,
+            &weights,
+        )?;
         Ok(t.map(drop))
     }
 }

@@ -55,6 +55,116 @@ pub struct Expected {
     /// `expected.grad_giou.reg_preds.{l}`: gradient of the GIoU `reg_loss` with
     /// respect to `reg_preds`, per level, flat NCHW, when present.
     pub grad_giou_reg: Option<Vec<Vec<f32>>>,
+    /// `expected.sums.*`: the raw per-image sums of docs/contract.md §8, when present.
+    pub sums: Option<ExpectedSums>,
+    /// `expected.batch.*`: the `Batch` normalisation's losses, when present.
+    pub batch: Option<ExpectedObjective>,
+    /// `expected.global_ctr.*`: the `Global` normalisation with the case's own
+    /// `N` and `Z` and the box loss weighted by centerness, when present.
+    pub global_ctr: Option<ExpectedObjective>,
+    /// `expected.grad_global_ctr.*`: gradients of the `global_ctr` objective
+    /// `cls + cnt + reg` (IoU), when present.
+    pub grad_global_ctr: Option<Gradients>,
+}
+
+/// The raw per-image sums of a case (`expected.sums.{name}`, each `[B]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpectedSums {
+    /// `S_cls`.
+    pub cls: Vec<f64>,
+    /// `S_cnt`.
+    pub cnt: Vec<f64>,
+    /// `S_reg`, IoU.
+    pub reg: Vec<f64>,
+    /// `S_reg`, GIoU.
+    pub reg_giou: Vec<f64>,
+    /// `S_regw`, IoU: box loss times centerness target.
+    pub reg_ctr: Vec<f64>,
+    /// `S_regw`, GIoU.
+    pub reg_ctr_giou: Vec<f64>,
+    /// `n`: positives.
+    pub num_pos: Vec<f64>,
+    /// `Z`: centerness-target sum.
+    pub ctr: Vec<f64>,
+}
+
+/// One normalisation's losses (`expected.{mode}.{name}_loss`, each `[1]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExpectedObjective {
+    /// `cls_loss`.
+    pub cls_loss: f64,
+    /// `cnt_loss`.
+    pub cnt_loss: f64,
+    /// `reg_loss`, IoU.
+    pub reg_loss: f64,
+    /// `reg_loss`, GIoU.
+    pub reg_giou_loss: f64,
+}
+
+/// The names of the sums, in [`ExpectedSums`] field order.
+const SUMS: [&str; 8] = [
+    "cls",
+    "cnt",
+    "reg",
+    "reg_giou",
+    "reg_ctr",
+    "reg_ctr_giou",
+    "num_pos",
+    "ctr",
+];
+/// The names of an objective's losses, in [`ExpectedObjective`] field order.
+const OBJECTIVE: [&str; 4] = ["cls_loss", "cnt_loss", "reg_loss", "reg_giou_loss"];
+/// Prefix of the gradients of the `global_ctr` objective.
+const GRAD_GLOBAL_CTR: &str = "expected.grad_global_ctr";
+
+impl ExpectedSums {
+    fn from_vecs(mut v: Vec<Vec<f64>>) -> Self {
+        let mut next = || v.remove(0);
+        ExpectedSums {
+            cls: next(),
+            cnt: next(),
+            reg: next(),
+            reg_giou: next(),
+            reg_ctr: next(),
+            reg_ctr_giou: next(),
+            num_pos: next(),
+            ctr: next(),
+        }
+    }
+
+    fn as_vecs(&self) -> [&Vec<f64>; 8] {
+        [
+            &self.cls,
+            &self.cnt,
+            &self.reg,
+            &self.reg_giou,
+            &self.reg_ctr,
+            &self.reg_ctr_giou,
+            &self.num_pos,
+            &self.ctr,
+        ]
+    }
+}
+
+impl ExpectedObjective {
+    fn from_values(v: [f64; 4]) -> Self {
+        let [cls_loss, cnt_loss, reg_loss, reg_giou_loss] = v;
+        ExpectedObjective {
+            cls_loss,
+            cnt_loss,
+            reg_loss,
+            reg_giou_loss,
+        }
+    }
+
+    fn values(&self) -> [f64; 4] {
+        [
+            self.cls_loss,
+            self.cnt_loss,
+            self.reg_loss,
+            self.reg_giou_loss,
+        ]
+    }
 }
 
 /// The per-image losses of the IoU objective: `expected.{cls,cnt,reg}_loss`.

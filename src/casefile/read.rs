@@ -9,7 +9,10 @@ use safetensors::tensor::{SafeTensors, TensorView};
 
 use super::decode::{decode, decode_f32};
 use super::format::{fmt_shape, one_line, shape_rank};
-use super::{Case, Expected, GRAD, GRAD_GIOU_REG, LOSSES, REG_LOSS_GIOU};
+use super::{
+    Case, Expected, ExpectedObjective, ExpectedSums, GRAD, GRAD_GIOU_REG, GRAD_GLOBAL_CTR, LOSSES,
+    OBJECTIVE, REG_LOSS_GIOU, SUMS,
+};
 use crate::{Batch, FcosError, Gradients, Head, Input, Levels};
 
 /// Reads a case file (docs/contract.md §5 tensor names) and checks its shapes.
@@ -205,6 +208,7 @@ impl<'a> Reader<'a> {
             .iter()
             .map(|h| h.name().to_string())
             .chain(Head::ALL.iter().map(|h| format!("{GRAD}.{h}")))
+            .chain(Head::ALL.iter().map(|h| format!("{GRAD_GLOBAL_CTR}.{h}")))
             .chain([GRAD_GIOU_REG.to_string()]);
         let mut bad: Vec<&String> = Vec::new();
         for prefix in prefixes {
@@ -310,6 +314,22 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
+        let sums = if self.has_prefix("expected.sums.") {
+            let v = SUMS
+                .iter()
+                .map(|name| self.read_loss(&format!("expected.sums.{name}"), b))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(ExpectedSums::from_vecs(v))
+        } else {
+            None
+        };
+        let grad_global_ctr = if self.has_prefix(&format!("{GRAD_GLOBAL_CTR}.")) {
+            Some(Gradients::try_from_fn(|h| {
+                self.read_grad(&format!("{GRAD_GLOBAL_CTR}.{h}"), h, batch, shapes)
+            })?)
+        } else {
+            None
+        };
         Ok(Some(Expected {
             cls_loss,
             cnt_loss,
@@ -317,7 +337,23 @@ impl<'a> Reader<'a> {
             reg_loss_giou,
             grad,
             grad_giou_reg,
+            sums,
+            batch: self.read_objective("batch")?,
+            global_ctr: self.read_objective("global_ctr")?,
+            grad_global_ctr,
         }))
+    }
+
+    /// `expected.{mode}.{name}_loss`, each `[1]`, when the file has any of them.
+    fn read_objective(&self, mode: &str) -> Result<Option<ExpectedObjective>, FcosError> {
+        if !self.has_prefix(&format!("expected.{mode}.")) {
+            return Ok(None);
+        }
+        let mut values = [0.0; 4];
+        for (v, name) in values.iter_mut().zip(OBJECTIVE) {
+            *v = self.read_loss(&format!("expected.{mode}.{name}"), 1)?[0];
+        }
+        Ok(Some(ExpectedObjective::from_values(values)))
     }
 
     /// A per-image loss, `[B]`, in `f64`.

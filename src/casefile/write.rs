@@ -7,7 +7,9 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::format::{elements, fmt_opt, fmt_shape, one_line};
-use super::{Case, Expected, GRAD, GRAD_GIOU_REG, LOSSES, REG_LOSS_GIOU};
+use super::{
+    Case, Expected, GRAD, GRAD_GIOU_REG, GRAD_GLOBAL_CTR, LOSSES, OBJECTIVE, REG_LOSS_GIOU, SUMS,
+};
 use crate::{Batch, FcosError, Head, Input, TensorLayout};
 
 /// `(name, shape, data)` of one `F32` tensor to write.
@@ -42,6 +44,7 @@ pub fn write_case(path: &Path, case: &Case) -> Result<(), FcosError> {
     let mut out = input_tensors(b);
     if let Some(e) = &case.expected {
         out.extend(loss_tensors(b, e)?);
+        out.extend(norm_tensors(b, e)?);
         out.extend(grad_tensors(b, e)?);
     }
     write_f32(path, &out)
@@ -95,8 +98,43 @@ fn loss_tensors<'a>(b: &Batch, e: &Expected) -> Result<Vec<F32Tensor<'a>>, FcosE
     Ok(out)
 }
 
-/// `expected.grad.{head}.{l}` and `expected.grad_giou.reg_preds.{l}`, when
-/// present, each shaped like its head's level.
+/// `expected.sums.*` (`[B]` each) and the `expected.{batch,global_ctr}.*`
+/// losses (`[1]` each), when present.
+fn norm_tensors<'a>(b: &Batch, e: &Expected) -> Result<Vec<F32Tensor<'a>>, FcosError> {
+    let n = b.batch;
+    let mut out = Vec::new();
+    if let Some(sums) = &e.sums {
+        for (name, v) in SUMS.iter().zip(sums.as_vecs()) {
+            let name = format!("expected.sums.{name}");
+            if v.len() != n {
+                return Err(FcosError::shape(
+                    name,
+                    format!("[{n}]"),
+                    format!("[{}]", v.len()),
+                ));
+            }
+            let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            out.push((name, vec![n], Cow::Owned(data)));
+        }
+    }
+    for (mode, objective) in [("batch", &e.batch), ("global_ctr", &e.global_ctr)] {
+        for (name, v) in objective
+            .iter()
+            .flat_map(|o| OBJECTIVE.iter().zip(o.values()))
+        {
+            out.push((
+                format!("expected.{mode}.{name}"),
+                vec![1],
+                Cow::Owned(vec![v as f32]),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `expected.grad.{head}.{l}`, `expected.grad_giou.reg_preds.{l}` and
+/// `expected.grad_global_ctr.{head}.{l}`, when present, each shaped like its
+/// head's level.
 fn grad_tensors<'a>(b: &Batch, e: &'a Expected) -> Result<Vec<F32Tensor<'a>>, FcosError> {
     let mut grads: Vec<(String, &Vec<Vec<f32>>, Head)> = Vec::new();
     if let Some(g) = &e.grad {
@@ -106,6 +144,11 @@ fn grad_tensors<'a>(b: &Batch, e: &'a Expected) -> Result<Vec<F32Tensor<'a>>, Fc
     }
     if let Some(g) = &e.grad_giou_reg {
         grads.push((GRAD_GIOU_REG.to_string(), g, Head::RegPreds));
+    }
+    if let Some(g) = &e.grad_global_ctr {
+        for (head, levels) in g.iter() {
+            grads.push((format!("{GRAD_GLOBAL_CTR}.{head}"), levels, head));
+        }
     }
     let mut out = Vec::new();
     for (name, levels, head) in grads {

@@ -174,7 +174,10 @@ pub(crate) fn norm_groups(
                 ranged(1, cnt_targets, cg.range),
                 whole(2, bufs.counts),
             ];
-            (cg.images, group("fcos count", &pipes.count.layout, &entries))
+            (
+                cg.images,
+                group("fcos count", &pipes.count.layout, &entries),
+            )
         })
         .collect();
     let dens = match denominators {

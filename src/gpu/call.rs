@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-pub(crate) use crate::gpu::pass::Pass;
 use crate::gpu::device_inputs::DeviceDenominators;
+pub(crate) use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::Plan;
 use crate::gpu::uniforms::ParamSlots;

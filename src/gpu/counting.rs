@@ -34,7 +34,9 @@ pub(crate) fn run(
     if levels.positions() == 0 {
         let zeros = vec![0u8; count_bytes(batch as u32) as usize];
         if let Some((buf, at)) = out {
-            scoped(&core.ctx.device, || core.ctx.queue.write_buffer(buf, at, &zeros))?;
+            scoped(&core.ctx.device, || {
+                core.ctx.queue.write_buffer(buf, at, &zeros)
+            })?;
         }
         return Ok(Counts {
             num_pos: vec![0; batch],
@@ -78,7 +80,11 @@ pub(crate) fn run(
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("fcos count"),
         });
-        encode::normalize(&mut encoder.begin_compute_pass(&Default::default()), &pipes, &groups);
+        encode::normalize(
+            &mut encoder.begin_compute_pass(&Default::default()),
+            &pipes,
+            &groups,
+        );
         encoder.copy_buffer_to_buffer(norm.counts, 0, readback, 0, bytes);
         if let Some((buf, at)) = out {
             encoder.copy_buffer_to_buffer(norm.counts, 0, buf, at, bytes);
@@ -120,7 +126,7 @@ fn check_buffers(
         return Ok(());
     };
     let bytes = count_bytes(batch as u32);
-    if at % 4 != 0 || buf.size() < at.saturating_add(bytes) {
+    if !at.is_multiple_of(4) || buf.size() < at.saturating_add(bytes) {
         return Err(FcosError::shape(
             "counts output buffer",
             format!("{bytes} bytes from a 4-byte aligned offset ({at})"),

@@ -78,7 +78,7 @@ fn check_denominators(core: &Core, d: &DeviceDenominators) -> Result<(), FcosErr
         )));
     }
     let align = core.ctx.limits.min_storage_buffer_offset_alignment as u64;
-    if d.offset % align != 0 {
+    if !d.offset.is_multiple_of(align) {
         return Err(FcosError::InvalidCall(format!(
             "the {NAME}'s offset {} is not a multiple of min_storage_buffer_offset_alignment = {align}",
             d.offset
@@ -87,7 +87,11 @@ fn check_denominators(core: &Core, d: &DeviceDenominators) -> Result<(), FcosErr
     if d.buffer.size() < d.offset.saturating_add(8) {
         return Err(FcosError::shape(
             NAME,
-            format!("at least {} bytes (two f32 at offset {})", d.offset + 8, d.offset),
+            format!(
+                "at least {} bytes (two f32 at offset {})",
+                d.offset + 8,
+                d.offset
+            ),
             format!("{} bytes", d.buffer.size()),
         ));
     }

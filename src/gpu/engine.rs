@@ -5,10 +5,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::config::{LossConfig, LossWeights};
+use crate::counts::Counts;
 use crate::error::FcosError;
 use crate::gpu::context::GpuContext;
 use crate::gpu::core::Core;
-use crate::counts::Counts;
 use crate::gpu::device_inputs::{DeviceDenominators, DeviceGradients, DeviceInputs};
 use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipelines;
@@ -267,7 +267,15 @@ impl FcosLoss {
         inputs: &DeviceInputs,
     ) -> Result<Timed<Losses>, FcosError> {
         let weights = LossWeights::default();
-        device::run(&self.core, levels, inputs, None, None, Pass::Forward, &weights)
+        device::run(
+            &self.core,
+            levels,
+            inputs,
+            None,
+            None,
+            Pass::Forward,
+            &weights,
+        )
     }
 
     /// Losses and gradients from host slices: the gradients of
@@ -335,7 +343,15 @@ impl FcosLoss {
     ) -> Result<Timed<Losses>, FcosError> {
         let weights = LossWeights::default();
         let dens = Some(denominators);
-        device::run(&self.core, levels, inputs, None, dens, Pass::Forward, &weights)
+        device::run(
+            &self.core,
+            levels,
+            inputs,
+            None,
+            dens,
+            Pass::Forward,
+            &weights,
+        )
     }
 
     /// [`forward_backward_device`](Self::forward_backward_device) with the global
@@ -350,7 +366,15 @@ impl FcosLoss {
         denominators: &DeviceDenominators,
     ) -> Result<Timed<Losses>, FcosError> {
         let (grads, dens) = (Some(grads), Some(denominators));
-        device::run(&self.core, levels, inputs, grads, dens, Pass::Backward, weights)
+        device::run(
+            &self.core,
+            levels,
+            inputs,
+            grads,
+            dens,
+            Pass::Backward,
+            weights,
+        )
     }
 
     /// The counting phase on the device, without the loss: each image's positives

@@ -5,8 +5,8 @@
 use crate::config::{LossWeights, Normalization};
 use crate::error::FcosError;
 use crate::gpu::call::{Call, CallPipelines, DenominatorSource, NormPipelines, Planned};
-use crate::gpu::device_inputs::DeviceDenominators;
 use crate::gpu::core::Core;
+use crate::gpu::device_inputs::DeviceDenominators;
 use crate::gpu::pass::Pass;
 use crate::gpu::pool::{Need, Pool};
 use crate::gpu::results::Outcome;

@@ -15,8 +15,8 @@
 mod bind;
 pub(crate) mod call;
 mod context;
-mod counting;
 pub(crate) mod core;
+mod counting;
 pub(crate) mod device;
 mod device_batch;
 mod device_inputs;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::config::Denominators;
 use crate::error::FcosError;
 use crate::gpu::core::Core;
-use crate::config::Denominators;
 use crate::gpu::params::ImageSums;
 use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
 use crate::losses::{Losses, Sums};

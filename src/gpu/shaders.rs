@@ -343,7 +343,9 @@ mod tests {
 
     #[test]
     fn every_file_has_balanced_directives() {
-        let mut files = vec![COMMON, REDUCE, SEGMENT, FUSED, FINALIZE, COUNT, NORM, COPY_WORDS];
+        let mut files = vec![
+            COMMON, REDUCE, SEGMENT, FUSED, FINALIZE, COUNT, NORM, COPY_WORDS,
+        ];
         #[cfg(feature = "bench")]
         files.push(ROOFLINE);
         for f in files {

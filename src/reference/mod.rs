@@ -137,7 +137,9 @@ pub(crate) fn sums_with(
 pub fn losses(config: &LossConfig, levels: &Levels, inputs: &Inputs) -> Result<Losses, FcosError> {
     config.validate()?;
     inputs.check_shapes(levels, config.num_classes as usize)?;
-    let sums = sums_with(config, levels, inputs, |h, l, i| inputs.head(h)[l][i] as f64);
+    let sums = sums_with(config, levels, inputs, |h, l, i| {
+        inputs.head(h)[l][i] as f64
+    });
     Ok(Losses::from_sums(sums, config, None))
 }
 
