@@ -9,7 +9,9 @@ use fcos_loss::reference::{
     grad::{self, F64Heads},
 };
 use fcos_loss::synthetic::{self, SyntheticSpec};
-use fcos_loss::{Batch, Head, Heads, Levels, LossConfig, LossWeights, RegLoss};
+use fcos_loss::{
+    Batch, Denominators, Head, Heads, Levels, LossConfig, LossWeights, Normalization, RegLoss,
+};
 
 /// Tolerance against PyTorch: relative to the largest magnitude of the expected head.
 #[cfg(feature = "casefile")]
@@ -182,6 +184,56 @@ fn f64_entry_points_are_consistent_with_the_f32_ones() {
     }
 }
 
+/// Worst relative error of the reference's gradient of `heads` against central
+/// differences of the `f64` forward pass, at every element of those heads (the
+/// cases are tiny): `|analytic − numeric| / max(|analytic|, 1e-3)`, per head, with
+/// the number of elements checked and a description of each one beyond `tol`.
+fn central_difference_errors(
+    config: &LossConfig,
+    b: &Batch,
+    weights: &LossWeights,
+    heads_checked: &[Head],
+    tol: f64,
+) -> (Heads<f64>, usize, Vec<String>) {
+    let inputs = b.inputs();
+    let heads = grad::widen(&inputs);
+    let (_, g) = grad::gradients(config, &b.levels, &inputs, weights).unwrap();
+    let objective = |h: &F64Heads| {
+        let l = grad::losses_f64(config, &b.levels, &inputs, h).unwrap();
+        grad::objective(&l, weights)
+    };
+    let mut worst = Heads::<f64>::default();
+    let mut checked = 0usize;
+    let mut failures = Vec::new();
+    let mut h = heads.clone();
+    for &which in heads_checked {
+        for l in 0..b.levels.len() {
+            for i in 0..g[which][l].len() {
+                let x = heads[which][l][i];
+                let step = 1e-6 * x.abs().max(1.0);
+                h[which][l][i] = x + step;
+                let up = objective(&h);
+                h[which][l][i] = x - step;
+                let down = objective(&h);
+                h[which][l][i] = x;
+                let numeric = (up - down) / (2.0 * step);
+                let analytic = g[which][l][i];
+                let err = (analytic - numeric).abs() / analytic.abs().max(1e-3);
+                worst[which] = worst[which].max(err);
+                checked += 1;
+                // NaN fails too.
+                if err.is_nan() || err > tol {
+                    failures.push(format!(
+                        "{which} level {l} index {i}: analytic {analytic:e} vs central \
+                         difference {numeric:e} (relative {err:.2e})"
+                    ));
+                }
+            }
+        }
+    }
+    (worst, checked, failures)
+}
+
 #[test]
 fn gradients_match_central_differences() {
     let weights = LossWeights {
@@ -194,39 +246,18 @@ fn gradients_match_central_differences() {
     let mut checked = 0usize;
     for seed in 10..13 {
         let b = small_case(seed, classes);
-        let inputs = b.inputs();
         for mode in [RegLoss::Iou, RegLoss::Giou] {
             let config = LossConfig::new(classes as u32).with_reg_loss(mode);
-            let heads = grad::widen(&inputs);
-            let (_, g) = grad::gradients(&config, &b.levels, &inputs, &weights).unwrap();
-            let objective = |h: &F64Heads| {
-                let l = grad::losses_f64(&config, &b.levels, &inputs, h).unwrap();
-                grad::objective(&l, &weights)
-            };
-            for which in Head::ALL {
-                for l in 0..b.levels.len() {
-                    // The levels are tiny: check every element.
-                    for i in 0..g[which][l].len() {
-                        let mut h = heads.clone();
-                        let x = h[which][l][i];
-                        let step = 1e-6 * x.abs().max(1.0);
-                        h[which][l][i] = x + step;
-                        let up = objective(&h);
-                        h[which][l][i] = x - step;
-                        let down = objective(&h);
-                        let numeric = (up - down) / (2.0 * step);
-                        let analytic = g[which][l][i];
-                        let err = (analytic - numeric).abs() / analytic.abs().max(1e-3);
-                        worst[which] = worst[which].max(err);
-                        checked += 1;
-                        assert!(
-                            err <= 1e-5,
-                            "seed {seed} {mode:?} {which} level {l} index {i}: \
-                             analytic {analytic:e} vs central difference {numeric:e} \
-                             (relative {err:.2e})"
-                        );
-                    }
-                }
+            let (w, n, failures) =
+                central_difference_errors(&config, &b, &weights, &Head::ALL, 1e-5);
+            assert!(
+                failures.is_empty(),
+                "seed {seed} {mode:?}:\n{}",
+                failures.join("\n")
+            );
+            checked += n;
+            for h in Head::ALL {
+                worst[h] = worst[h].max(w[h]);
             }
         }
     }
@@ -234,6 +265,98 @@ fn gradients_match_central_differences() {
         "central differences: {checked} elements, worst relative error cls {:.2e}, cnt {:.2e}, reg {:.2e}",
         worst.cls_logits, worst.cnt_logits, worst.reg_preds
     );
+}
+
+/// [`small_case`] with centerness targets at both ends: image 2's first positive
+/// at exactly 0 (its box loss then weighs nothing), its second at exactly 1.
+fn small_case_ctr_edges(seed: u64, classes: usize) -> Batch {
+    let mut b = small_case(seed, classes);
+    let p = b.levels.positions();
+    let positives: Vec<usize> = (2 * p..3 * p)
+        .filter(|&i| b.cnt_targets[i] > -1.0)
+        .collect();
+    assert!(
+        positives.len() >= 2,
+        "seed {seed}: image 2 has < 2 positives"
+    );
+    b.cnt_targets[positives[0]] = 0.0;
+    b.cnt_targets[positives[1]] = 1.0;
+    b
+}
+
+/// The centerness-weighted box loss (`Σ ct · box loss` over the mode's centerness
+/// denominator) in every normalisation mode, IoU and GIoU: the reference's
+/// gradients of every head against central differences of its `f64` forward
+/// pass. Also the unweighted `Batch` and `Global` (`PerImage` unweighted is
+/// [`gradients_match_central_differences`]), and `Global` below both floors
+/// (`max(N_g, 1)`, `max(Z_g, 1e-6)`), where the box term dominates and only the
+/// box head is weighted. A positive whose centerness target is 0 gets a zero box
+/// gradient when the box loss is weighted.
+#[test]
+fn centerness_weighted_gradients_match_central_differences_in_every_mode() {
+    let weights = LossWeights {
+        cls: 0.7,
+        cnt: 1.3,
+        reg: 2.0,
+    };
+    let reg_only = LossWeights {
+        cls: 0.0,
+        cnt: 0.0,
+        reg: 1.0,
+    };
+    let global = Normalization::Global(Denominators {
+        num_pos: 23.5,
+        ctr: 4.75,
+    });
+    let floors = Normalization::Global(Denominators {
+        num_pos: 0.5,
+        ctr: 1e-7,
+    });
+    let runs = [
+        (Normalization::PerImage, true, weights),
+        (Normalization::Batch, true, weights),
+        (global, true, weights),
+        (Normalization::Batch, false, weights),
+        (global, false, weights),
+        (floors, true, reg_only),
+        (floors, false, reg_only),
+    ];
+    let classes = 4;
+    let mut checked = 0usize;
+    let mut worst_reg = 0.0f64;
+    for seed in 20..23 {
+        let b = small_case_ctr_edges(seed, classes);
+        let zero_ct = (2 * b.levels.positions()..)
+            .find(|&i| b.cnt_targets[i] == 0.0)
+            .unwrap();
+        for mode in [RegLoss::Iou, RegLoss::Giou] {
+            for (norm, weighted, w) in runs {
+                let config = LossConfig::new(classes as u32)
+                    .with_reg_loss(mode)
+                    .with_normalization(norm)
+                    .with_centerness_weighted_reg(weighted);
+                let what = format!("seed {seed} {mode:?} {norm:?} weighted {weighted}");
+                let (worst, n, failures) =
+                    central_difference_errors(&config, &b, &w, &Head::ALL, 1e-5);
+                assert!(failures.is_empty(), "{what}:\n{}", failures.join("\n"));
+                checked += n;
+                worst_reg = worst_reg.max(worst.reg_preds);
+                // The positive with centerness target 0: no box gradient when weighted.
+                let (_, g) = grad::gradients(&config, &b.levels, &b.inputs(), &w).unwrap();
+                let p = zero_ct - 2 * b.levels.positions();
+                let (l, pix) = b.levels.locate(p).unwrap();
+                let box_grad: Vec<f64> = (0..4)
+                    .map(|k| g.reg_preds[l][b.levels.nchw_index(l, 4, 2, k, pix)])
+                    .collect();
+                assert_eq!(
+                    box_grad.iter().all(|&x| x == 0.0),
+                    weighted,
+                    "{what}: box gradient {box_grad:?} at a positive with centerness target 0"
+                );
+            }
+        }
+    }
+    println!("weighted central differences: {checked} elements, worst reg relative error {worst_reg:.2e}");
 }
 
 /// One image, one position, two classes: the losses and gradients written out by

@@ -257,3 +257,78 @@ pub fn part_name(input: Input, part: usize) -> String {
         None => input.name().to_string(),
     }
 }
+
+/// Gradients written into device buffers (each head packed, docs/contract.md
+/// §1.2), read back and split into one vector per level, as the host path
+/// returns them.
+pub fn read_gradients(
+    ctx: &GpuContext,
+    levels: &Levels,
+    batch: usize,
+    classes: usize,
+    bufs: &Heads<&wgpu::Buffer>,
+) -> fcos_loss::Gradients {
+    Heads::from_fn(|h| {
+        let packed = read_buffer(ctx, bufs[h]);
+        let ch = h.channels(classes);
+        (0..levels.len())
+            .map(|l| {
+                let at = levels.packed_offset(l, batch, ch);
+                packed[at..at + levels.level_len(l, batch, ch)].to_vec()
+            })
+            .collect()
+    })
+}
+
+/// Images `images` of `batch` as a batch of their own (a data-parallel
+/// replica's share): each level of each head and each target sliced by image.
+pub fn sub_batch(batch: &Batch, images: std::ops::Range<usize>) -> Batch {
+    let levels = &batch.levels;
+    let (b, c, p) = (batch.batch, batch.classes, levels.positions());
+    assert!(
+        images.end <= b && images.start < images.end,
+        "{images:?} of {b}"
+    );
+    let head = |h: Head, data: &[Vec<f32>]| -> Vec<Vec<f32>> {
+        let ch = h.channels(c);
+        (0..levels.len())
+            .map(|l| {
+                let per = ch * levels.level_size(l);
+                data[l][images.start * per..images.end * per].to_vec()
+            })
+            .collect()
+    };
+    let target =
+        |data: &[f32], ch: usize| data[images.start * p * ch..images.end * p * ch].to_vec();
+    Batch {
+        levels: levels.clone(),
+        batch: images.len(),
+        classes: c,
+        cls_logits: head(Head::ClsLogits, &batch.cls_logits),
+        cnt_logits: head(Head::CntLogits, &batch.cnt_logits),
+        reg_preds: head(Head::RegPreds, &batch.reg_preds),
+        cls_targets: target(&batch.cls_targets, 1),
+        cnt_targets: target(&batch.cnt_targets, 1),
+        reg_targets: target(&batch.reg_targets, 4),
+    }
+}
+
+/// Per-level tensors of consecutive image ranges put side by side again (the
+/// inverse of [`sub_batch`] for gradients: NCHW levels are image-major), each
+/// element times `scale`.
+pub fn concat_images<T: Copy + Into<f64>>(
+    parts: &[Heads<Vec<Vec<T>>>],
+    scale: f64,
+) -> Heads<Vec<Vec<f64>>> {
+    Heads::from_fn(|h| {
+        let levels = parts[0][h].len();
+        (0..levels)
+            .map(|l| {
+                parts
+                    .iter()
+                    .flat_map(|g| g[h][l].iter().map(|&x| x.into() * scale))
+                    .collect()
+            })
+            .collect()
+    })
+}
