@@ -27,7 +27,7 @@ impl Counts {
                 format!("{} elements", cnt_targets.len()),
             ));
         }
-        let images = || cnt_targets.chunks(p.max(1)).take(batch);
+        let images = || (0..batch).map(|b| &cnt_targets[b * p..(b + 1) * p]);
         Ok(Counts {
             num_pos: images()
                 .map(|t| t.iter().filter(|&&c| c > -1.0).count() as u32)
