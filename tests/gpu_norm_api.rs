@@ -67,7 +67,7 @@ fn storage_alignment(engine: &FcosLoss) -> u64 {
     engine.context().limits.min_storage_buffer_offset_alignment as u64
 }
 
-/// Whether every per-image sum (and count) of `a` and `b` is bitwise equal.
+/// Every raw per-image sum and count of a result as bits, for bitwise comparisons.
 fn sums_bits(l: &Losses) -> Vec<u64> {
     let s = &l.sums;
     s.cls
