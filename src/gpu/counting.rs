@@ -125,11 +125,16 @@ fn check_buffers(
     let Some((buf, at)) = out else {
         return Ok(());
     };
+    if !at.is_multiple_of(4) {
+        return Err(FcosError::InvalidCall(format!(
+            "the counts output buffer's offset {at} is not a multiple of 4"
+        )));
+    }
     let bytes = count_bytes(batch as u32);
-    if !at.is_multiple_of(4) || buf.size() < at.saturating_add(bytes) {
+    if buf.size() < at.saturating_add(bytes) {
         return Err(FcosError::shape(
             "counts output buffer",
-            format!("{bytes} bytes from a 4-byte aligned offset ({at})"),
+            format!("{bytes} bytes from offset {at}"),
             format!("{} bytes", buf.size()),
         ));
     }

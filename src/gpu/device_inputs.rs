@@ -57,7 +57,10 @@ pub type DeviceGradients<'a> = Heads<&'a wgpu::Buffer>;
 /// device's `min_storage_buffer_offset_alignment`). Slot 0 of
 /// [`FcosLoss::count_device`](crate::FcosLoss::count_device)'s output has this
 /// layout, so an all-reduce (sum, then divide by the replicas) in place feeds the
-/// loss call with no host round trip. The buffer needs `BufferUsages::STORAGE`.
+/// loss call with no host round trip. The buffer needs `BufferUsages::STORAGE`,
+/// and its two values must be finite and not negative: the shader cannot tell
+/// NaN or infinity (WGSL lets it assume neither), so unlike the host values of
+/// [`Denominators`](crate::Denominators) they are not checked.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceDenominators<'a> {
     /// The buffer.
