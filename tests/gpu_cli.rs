@@ -154,6 +154,12 @@ fn usage_errors_exit_2_with_one_error_line() {
         &["check"][..],
         &["grad", &data("odd_b3_c7_100x150.safetensors")][..],
         &["demo", "--reg", "l1"][..],
+        &[
+            "check",
+            &data("odd_b3_c7_100x150.safetensors"),
+            "--norm",
+            "global",
+        ][..],
     ] {
         let out = bin().args(args).output().unwrap();
         one_error(&format!("{args:?}"), &out, 2);
@@ -450,4 +456,279 @@ fn oversized_demo_and_bench_batches_exit_2() {
             );
         }
     }
+}
+
+/// The golden cases made from ground-truth boxes: they carry `expected.sums.*`,
+/// `expected.batch.*`, `expected.global_ctr.*` and `expected.grad_global_ctr.*`.
+const BOX_CASES: [&str; 3] = [
+    "boxes_voc_b2_c20_512x512_m12",
+    "boxes_odd_b3_c7_100x150_m9",
+    "boxes_coco_b1_c80_320x480_m40",
+];
+
+/// `--norm batch|global-ctr`: every golden box case passes `check`, as a table
+/// (which names the mode and compares with the file's values) and as JSON (the
+/// objective as one-element lists, the raw sums per image), IoU and GIoU.
+#[test]
+fn check_norm_modes_pass_on_every_box_case() {
+    for name in BOX_CASES {
+        let file = data(&format!("{name}.safetensors"));
+        let case = fcos_loss::casefile::read_case(Path::new(&file)).unwrap();
+        let b = case.batch.batch;
+        for norm in ["batch", "global-ctr"] {
+            let out = bin()
+                .args(["check", &file, "--norm", norm])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let what = format!("{name} --norm {norm}");
+            assert!(out.status.success(), "{what}: {stdout}\n{}", stderr(&out));
+            assert!(
+                stdout.contains(&format!("norm = {norm}")),
+                "{what}: {stdout}"
+            );
+            assert!(
+                stdout.contains("largest relative error GPU vs expected"),
+                "{what}: {stdout}"
+            );
+            assert!(stdout.contains(": ok"), "{what}: {stdout}");
+            for reg in ["iou", "giou"] {
+                let what = format!("{what} --reg {reg}");
+                let v = run_json(&["check", &file, "--norm", norm, "--reg", reg, "--json"]);
+                assert_eq!(v["norm"], norm, "{what}");
+                for side in ["gpu", "cpu", "expected"] {
+                    for key in ["cls_loss", "cnt_loss", "reg_loss"] {
+                        let x = v[side][key]
+                            .as_array()
+                            .unwrap_or_else(|| panic!("{what}: {side}.{key}: {v}"));
+                        assert_eq!(x.len(), 1, "{what}: {side}.{key}");
+                        assert!(x[0].as_f64().unwrap().is_finite(), "{what}: {side}.{key}");
+                    }
+                    for key in ["cls", "cnt", "reg", "reg_w", "num_pos", "ctr"] {
+                        let x = v[side]["sums"][key].as_array();
+                        assert_eq!(x.map(Vec::len), Some(b), "{what}: {side}.sums.{key}: {v}");
+                    }
+                }
+                assert_eq!(v["gpu"]["sums"]["num_pos"], v["cpu"]["sums"]["num_pos"]);
+                let err = &v["max_rel_err"];
+                for key in ["gpu_vs_cpu", "gpu_vs_expected", "cpu_vs_expected"] {
+                    assert!(err[key].as_f64().unwrap() <= 1e-4, "{what}: {key}: {v}");
+                }
+                assert_eq!(v["ok"], serde_json::Value::Bool(true), "{what}");
+                // The file's objective, for this mode and box loss.
+                let e = case.expected.as_ref().unwrap();
+                let obj = if norm == "batch" {
+                    e.batch
+                } else {
+                    e.global_ctr
+                }
+                .unwrap();
+                let want = if reg == "iou" {
+                    obj.reg_loss
+                } else {
+                    obj.reg_giou_loss
+                };
+                let got = v["expected"]["reg_loss"][0].as_f64().unwrap();
+                // (serde_json's parser may be off by an ulp.)
+                assert!(
+                    (got - want).abs() <= 1e-12 * want.abs(),
+                    "{what}: expected.reg_loss {got} vs {want}"
+                );
+            }
+        }
+        // global-ctr's denominators are the case's own totals.
+        let v = run_json(&["check", &file, "--norm", "global-ctr", "--json"]);
+        let sums = case.expected.as_ref().unwrap().sums.as_ref().unwrap();
+        let n: f64 = sums.num_pos.iter().sum();
+        let z: f64 = sums.ctr.iter().sum();
+        assert_eq!(v["denominators"]["num_pos"].as_f64().unwrap(), n, "{name}");
+        let got_z = v["denominators"]["ctr"].as_f64().unwrap();
+        assert!(
+            (got_z - z).abs() <= 1e-5 * z.max(1.0),
+            "{name}: Z {got_z} vs {z}"
+        );
+    }
+}
+
+/// The default stays as it was: per-image lists and no `norm` key.
+#[test]
+fn check_default_norm_is_per_image() {
+    let file = data("boxes_odd_b3_c7_100x150_m9.safetensors");
+    let default = run_json(&["check", &file, "--json"]);
+    let explicit = run_json(&["check", &file, "--norm", "per-image", "--json"]);
+    assert!(default.get("norm").is_none(), "{default}");
+    assert_eq!(default["gpu"]["cls_loss"].as_array().unwrap().len(), 3);
+    assert_eq!(default["gpu"], explicit["gpu"]);
+    assert_eq!(default["expected"], explicit["expected"]);
+}
+
+/// `grad --norm global-ctr` passes on every box case against the CPU reference
+/// and `expected.grad_global_ctr.*` (IoU; GIoU's box head has no expected
+/// gradients), and writes the objective and the sums beside the gradients.
+#[test]
+fn grad_global_ctr_passes_on_every_box_case() {
+    for name in BOX_CASES {
+        let file = data(&format!("{name}.safetensors"));
+        for reg in ["iou", "giou"] {
+            let what = format!("{name} --reg {reg}");
+            let out_path = temp_path(&format!("grad-norm-{name}-{reg}"));
+            let out_arg = out_path.display().to_string();
+            let v = run_json(&[
+                "grad",
+                &file,
+                "--out",
+                &out_arg,
+                "--norm",
+                "global-ctr",
+                "--reg",
+                reg,
+                "--json",
+            ]);
+            assert_eq!(v["norm"], "global-ctr", "{what}");
+            assert_eq!(v["gpu"]["cls_loss"].as_array().unwrap().len(), 1, "{what}");
+            let err = &v["max_grad_err"];
+            for head in Head::ALL.map(Head::name) {
+                assert!(
+                    err["gpu_vs_cpu"][head].as_f64().unwrap() <= 1e-4,
+                    "{what} {head}"
+                );
+                let exp = err["gpu_vs_expected"][head].as_f64();
+                if reg == "giou" && head == "reg_preds" {
+                    assert!(exp.is_none(), "{what} {head}: {v}");
+                } else {
+                    assert!(exp.unwrap() <= 1e-4, "{what} {head}: {v}");
+                }
+            }
+            assert_eq!(v["ok"], serde_json::Value::Bool(true), "{what}");
+            let bytes = std::fs::read(&out_path).unwrap();
+            let _ = std::fs::remove_file(&out_path);
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(st.tensor("objective.reg").unwrap().shape(), &[1], "{what}");
+            assert!(st.tensor("sums.reg_w").is_ok(), "{what}");
+            assert!(st.tensor("grad.cls_logits.0").is_ok(), "{what}");
+        }
+    }
+    // The table names the mode too.
+    let out_path = temp_path("grad-norm-table");
+    let out = bin()
+        .args(["grad", &data("boxes_odd_b3_c7_100x150_m9.safetensors")])
+        .args([
+            "--out",
+            &out_path.display().to_string(),
+            "--norm",
+            "global-ctr",
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&out_path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert!(stdout.contains("norm = global-ctr"), "{stdout}");
+    assert!(stdout.contains("tolerance 1e-4: ok"), "{stdout}");
+}
+
+/// A wrong expected objective or gradient under `--norm` exits 1: the table says
+/// FAILED, `--json` adds one CLI error line.
+#[test]
+fn norm_modes_fail_when_expected_values_disagree() {
+    let golden = data("boxes_odd_b3_c7_100x150_m9.safetensors");
+    let case = fcos_loss::casefile::read_case(Path::new(&golden)).unwrap();
+    let variants: Vec<(&str, &str, fcos_loss::casefile::Case)> = vec![
+        ("batch-cls", "batch", {
+            let mut c = case.clone();
+            c.expected
+                .as_mut()
+                .unwrap()
+                .batch
+                .as_mut()
+                .unwrap()
+                .cls_loss *= 1.01;
+            c
+        }),
+        ("global-ctr-reg", "global-ctr", {
+            let mut c = case.clone();
+            c.expected
+                .as_mut()
+                .unwrap()
+                .global_ctr
+                .as_mut()
+                .unwrap()
+                .reg_loss *= 1.01;
+            c
+        }),
+        ("global-ctr-sum", "global-ctr", {
+            let mut c = case.clone();
+            c.expected.as_mut().unwrap().sums.as_mut().unwrap().cls[0] *= 1.01;
+            c
+        }),
+    ];
+    for (tag, norm, c) in variants {
+        let path = temp_path(&format!("wrong-{tag}"));
+        fcos_loss::casefile::write_case(&path, &c).unwrap();
+        let file = path.display().to_string();
+        let table = bin()
+            .args(["check", &file, "--norm", norm])
+            .output()
+            .unwrap();
+        let json = bin()
+            .args(["check", &file, "--norm", norm, "--json"])
+            .output()
+            .unwrap();
+        // The default mode does not look at these values.
+        let default = bin().args(["check", &file]).output().unwrap();
+        let _ = std::fs::remove_file(&path);
+        let stdout = String::from_utf8_lossy(&table.stdout);
+        assert_eq!(table.status.code(), Some(1), "{tag}: {stdout}");
+        assert!(stdout.contains("FAILED"), "{tag}: {stdout}");
+        let line = one_error(&format!("{tag} --json"), &json, 1);
+        assert!(line.contains("beyond tolerance"), "{tag}: {line}");
+        assert!(default.status.success(), "{tag}: default mode");
+    }
+    // A wrong global-ctr gradient element.
+    let mut c = case.clone();
+    let g = c
+        .expected
+        .as_mut()
+        .unwrap()
+        .grad_global_ctr
+        .as_mut()
+        .unwrap();
+    let level = &mut g[Head::ClsLogits][0];
+    let i = (0..level.len())
+        .max_by(|&a, &b| level[a].abs().total_cmp(&level[b].abs()))
+        .unwrap();
+    level[i] *= 1.01;
+    let path = temp_path("wrong-grad-global-ctr");
+    fcos_loss::casefile::write_case(&path, &c).unwrap();
+    let out_path = temp_path("wrong-grad-global-ctr-out");
+    let (file, out_arg) = (path.display().to_string(), out_path.display().to_string());
+    let out = bin()
+        .args([
+            "grad",
+            &file,
+            "--out",
+            &out_arg,
+            "--norm",
+            "global-ctr",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let ok = bin()
+        .args(["grad", &file, "--out", &out_arg, "--norm", "batch"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&out_path);
+    let line = one_error("grad --norm global-ctr", &out, 1);
+    assert!(line.contains("beyond tolerance"), "{line}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(
+        v["max_grad_err"]["gpu_vs_expected"]["cls_logits"]
+            .as_f64()
+            .unwrap()
+            > 1e-4
+    );
+    // Batch has no expected gradients: only the CPU reference, which agrees.
+    assert!(ok.status.success(), "{}", stderr(&ok));
 }

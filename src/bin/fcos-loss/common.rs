@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use fcos_loss::{FcosError, Losses, RegLoss, ABS_TOL, REL_TOL};
+use fcos_loss::casefile::{Case, ExpectedSums};
+use fcos_loss::{
+    Counts, Denominators, FcosError, LossConfig, Losses, Normalization, RegLoss, Sums, ABS_TOL,
+    REL_TOL,
+};
 
 /// The prefix of every error line the CLI prints on stderr. Drivers print their
 /// own `error: ...` lines there (Mesa does when `XDG_RUNTIME_DIR` is unset); this
@@ -56,9 +60,121 @@ pub struct CaseArgs {
     /// `expected.reg_loss_giou` and `expected.grad_giou.reg_preds.*`).
     #[arg(long, default_value = "iou", value_parser = parse_reg)]
     pub reg: RegLoss,
+    /// Normalisation (docs/contract.md §8): per-image (the notebook's, the
+    /// default), batch (torchvision: the batch's sums over its positives) or
+    /// global-ctr (Global with the case's own N and Z, counted from its
+    /// cnt_targets, box loss weighted by centerness: mmdet, the official FCOS).
+    /// With batch or global-ctr, `check` compares the objective and the raw sums
+    /// with the file's expected.batch.* or expected.global_ctr.* and
+    /// expected.sums.*, and `grad` compares the global-ctr gradients with
+    /// expected.grad_global_ctr.*. Those are IoU gradients only: with --reg giou
+    /// the box head is compared with the CPU reference alone. Batch gradients have
+    /// no expected values and are compared with the CPU reference.
+    #[arg(long, default_value = "per-image", value_parser = parse_norm)]
+    pub norm: NormArg,
     /// Print one JSON object on stdout instead of the text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--norm`: the normalisations the case-file commands run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormArg {
+    /// `Normalization::PerImage`: today's output, unchanged.
+    PerImage,
+    /// `Normalization::Batch`, box loss unweighted.
+    Batch,
+    /// `Normalization::Global` with the case's own `N = Σ n_b`, `Z = Σ Z_b`, box
+    /// loss weighted by centerness: the golden files' `global_ctr`.
+    GlobalCtr,
+}
+
+impl NormArg {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            NormArg::PerImage => "per-image",
+            NormArg::Batch => "batch",
+            NormArg::GlobalCtr => "global-ctr",
+        }
+    }
+
+    /// The name of the mode in case files: `expected.{file_name}.*`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            NormArg::PerImage => "per_image",
+            NormArg::Batch => "batch",
+            NormArg::GlobalCtr => "global_ctr",
+        }
+    }
+
+    /// What the mode divides by, for the text output.
+    pub fn formula(self) -> &'static str {
+        match self {
+            NormArg::PerImage => "mean over images of S / max(n_b, 1)",
+            NormArg::Batch => "Σ S / max(Σ n, 1)",
+            NormArg::GlobalCtr => "Σ S / max(N, 1), box Σ S_regw / max(Z, 1e-6)",
+        }
+    }
+
+    /// The config of a case under this mode: the case's `C`, `reg`, and for
+    /// `global-ctr` the denominators counted from its `cnt_targets`
+    /// ([`Counts::of`], so it works on any case file) with the box loss weighted.
+    pub fn config(self, case: &Case, reg: RegLoss) -> Result<LossConfig, FcosError> {
+        let batch = &case.batch;
+        let config = LossConfig::new(batch.classes as u32).with_reg_loss(reg);
+        Ok(match self {
+            NormArg::PerImage => config,
+            NormArg::Batch => config.with_normalization(Normalization::Batch),
+            NormArg::GlobalCtr => {
+                let counts = Counts::of(&batch.levels, batch.batch, &batch.cnt_targets)?;
+                let global = Denominators::mean_of(std::slice::from_ref(&counts));
+                config
+                    .with_normalization(Normalization::Global(global))
+                    .with_centerness_weighted_reg(true)
+            }
+        })
+    }
+}
+
+/// `--norm per-image|batch|global-ctr`.
+pub fn parse_norm(s: &str) -> Result<NormArg, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "per-image" => Ok(NormArg::PerImage),
+        "batch" => Ok(NormArg::Batch),
+        "global-ctr" => Ok(NormArg::GlobalCtr),
+        other => Err(format!(
+            "normalisation must be 'per-image', 'batch' or 'global-ctr', got '{other}'"
+        )),
+    }
+}
+
+/// The global denominators a config holds (`None` outside `Global`).
+pub fn denominators(config: &LossConfig) -> Option<Denominators> {
+    match config.normalization {
+        Normalization::Global(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// A file's `expected.sums.*` as the [`Sums`] of `reg`'s box loss.
+pub fn expected_sums(s: &ExpectedSums, reg: RegLoss) -> Sums {
+    let (s_reg, s_reg_w) = match reg {
+        RegLoss::Iou => (&s.reg, &s.reg_ctr),
+        RegLoss::Giou => (&s.reg_giou, &s.reg_ctr_giou),
+    };
+    Sums {
+        cls: s.cls.clone(),
+        cnt: s.cnt.clone(),
+        reg: s_reg.clone(),
+        reg_w: s_reg_w.clone(),
+        num_pos: s
+            .num_pos
+            .iter()
+            .map(|&n| n.round().max(0.0) as u32)
+            .collect(),
+        ctr: s.ctr.clone(),
+    }
 }
 
 /// The outcome of a comparing command: `Ok` when everything is within tolerance;
@@ -121,6 +237,34 @@ pub fn losses_json(l: &Losses) -> Value {
         "cnt_mean": l.cnt_loss,
         "reg_mean": l.reg_loss,
         "total": l.total,
+    })
+}
+
+/// A result's losses as JSON under `norm`: [`losses_json`] for `per-image`;
+/// otherwise the normalised `cls_loss`, `cnt_loss`, `reg_loss` as one-element
+/// lists, `total`, and `sums` with the per-image `cls`, `cnt`, `reg`, `reg_w`,
+/// `num_pos`, `ctr` (present where the result has them).
+pub fn losses_json_for(norm: NormArg, l: &Losses) -> Value {
+    if norm == NormArg::PerImage {
+        return losses_json(l);
+    }
+    let s = &l.sums;
+    let sums = (!s.cls.is_empty()).then(|| {
+        json!({
+            "cls": s.cls,
+            "cnt": s.cnt,
+            "reg": s.reg,
+            "reg_w": s.reg_w,
+            "num_pos": s.num_pos,
+            "ctr": s.ctr,
+        })
+    });
+    json!({
+        "cls_loss": [l.cls_loss],
+        "cnt_loss": [l.cnt_loss],
+        "reg_loss": [l.reg_loss],
+        "total": l.total,
+        "sums": sums,
     })
 }
 
