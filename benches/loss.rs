@@ -18,7 +18,10 @@
 //!
 //! - `FCOS_BENCH=report cargo bench --bench loss`: every preset (or those named in
 //!   `FCOS_BENCH_PRESETS=voc,coco`), `FCOS_BENCH_REPS` repetitions (default 10),
-//!   JSON written to `FCOS_BENCH_OUT` (default `bench/results.json`);
+//!   JSON written to `FCOS_BENCH_OUT` (default `bench/results.json`); with
+//!   `FCOS_BENCH_NORMS=1` each preset also times the forward and forward +
+//!   backward kernels under every normalisation mode (`bench::NORMS`), printed
+//!   per preset and kept in the JSON (`kernel_ms_by_norm`, ...);
 //! - `FCOS_BENCH=scaling cargo bench --bench loss`: COCO (`C = 80`, `800 × 1024`)
 //!   at B = 1, 2, 4, 8, 16, 32, CSV written to `FCOS_BENCH_OUT` (default
 //!   `bench/scaling.csv`) for `bench/scaling.py`.
@@ -160,9 +163,23 @@ fn report_mode() {
     for name in wanted.split(',').filter(|s| !s.is_empty()) {
         let spec = ok("preset", BenchSpec::preset(name)).with_reps(reps());
         eprintln!("timing {name} ({}) ...", spec.label());
-        reports.push(ok("benchmark", bench::run(&engine, &spec)));
+        let options = bench::BenchOptions {
+            norms: env_or("FCOS_BENCH_NORMS", "0") == "1",
+            ..bench::BenchOptions::default()
+        };
+        reports.push(ok("benchmark", bench::run_with(&engine, &spec, &options)));
     }
     print!("{}", bench::table(&reports));
+    for r in &reports {
+        if let Some(n) = &r.norms {
+            let (h, w) = r.image;
+            println!(
+                "\nB{} C{} {h}x{w}, normalisation modes:",
+                r.batch, r.classes
+            );
+            print!("{}", n.table());
+        }
+    }
     let json = ok(
         "serialising the reports",
         serde_json::to_string_pretty(&reports)

@@ -732,3 +732,66 @@ fn norm_modes_fail_when_expected_values_disagree() {
     // Batch has no expected gradients: only the CPU reference, which agrees.
     assert!(ok.status.success(), "{}", stderr(&ok));
 }
+
+/// `bench --norms`: the per-mode keys beside the existing ones (which stay), one
+/// entry per mode, every mode within tolerance of the CPU reference.
+#[test]
+fn bench_norms_json_has_a_row_per_mode() {
+    let v = run_json(&[
+        "bench",
+        "--preset",
+        "voc",
+        "--batch",
+        "1",
+        "--image",
+        "128x160",
+        "--reps",
+        "2",
+        "--cpu-reps",
+        "1",
+        "--norms",
+        "--json",
+    ]);
+    for key in ["kernel_ms", "backward_kernel_ms", "checks_kernel_cost"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {v}");
+    }
+    let modes = ["per-image", "batch", "global-ctr", "global-ctr-device"];
+    for key in [
+        "kernel_ms_by_norm",
+        "kernel_min_ms_by_norm",
+        "kernel_over_per_image_by_norm",
+        "backward_kernel_ms_by_norm",
+        "backward_kernel_min_ms_by_norm",
+        "backward_over_per_image_by_norm",
+    ] {
+        let m = v[key].as_object().unwrap_or_else(|| panic!("{key}: {v}"));
+        assert_eq!(m.len(), modes.len(), "{key}: {v}");
+        for mode in modes {
+            let x = m[mode].as_f64().unwrap();
+            assert!(x.is_finite() && x > 0.0, "{key}.{mode}: {v}");
+        }
+    }
+    assert_eq!(v["kernel_over_per_image_by_norm"]["per-image"], 1.0);
+    for mode in modes {
+        assert!(
+            v["max_rel_diff_by_norm"][mode].as_f64().unwrap() <= 1e-4,
+            "{mode}: {v}"
+        );
+    }
+    // Without --norms the keys are absent.
+    let plain = run_json(&[
+        "bench",
+        "--preset",
+        "voc",
+        "--batch",
+        "1",
+        "--image",
+        "64x64",
+        "--reps",
+        "1",
+        "--cpu-reps",
+        "0",
+        "--json",
+    ]);
+    assert!(plain.get("kernel_ms_by_norm").is_none(), "{plain}");
+}

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use super::norms::{NormRuns, NormTimes, NORMS};
 use super::report::BenchReport;
 use super::spec::BenchSpec;
 use super::workload::Workload;
-use crate::{FcosError, FcosLoss, Losses, Timed, ABS_TOL, REL_TOL};
+use crate::{reference, FcosError, FcosLoss, Losses, Timed, ABS_TOL, REL_TOL};
 
 /// The batch sizes of the scaling sweep ([`scaling`]).
 pub const SCALING_BATCHES: [usize; 6] = [1, 2, 4, 8, 16, 32];
@@ -21,15 +22,22 @@ pub struct BenchOptions {
     pub cpu_reps: usize,
     /// Whether to time the forward + backward pass.
     pub backward: bool,
+    /// Whether to time the forward (and, with `backward`, the forward + backward)
+    /// kernel under every normalisation mode of [`NORMS`] too
+    /// ([`BenchReport::norms`]); with `cpu_reps > 0` each mode's losses are also
+    /// compared with the CPU reference under that mode.
+    pub norms: bool,
 }
 
 impl Default for BenchOptions {
-    /// One warm-up call, three CPU reference runs, backward timed.
+    /// One warm-up call, three CPU reference runs, backward timed, no
+    /// normalisation modes.
     fn default() -> Self {
         BenchOptions {
             warmup: 1,
             cpu_reps: 3,
             backward: true,
+            norms: false,
         }
     }
 }
@@ -65,9 +73,18 @@ pub fn measure(
     options: &BenchOptions,
 ) -> Result<BenchReport, FcosError> {
     check_reps(reps)?;
-    let backward = warm_up(work, options)?;
-    let samples = Samples::take(work, reps, options.cpu_reps.min(reps), backward)?;
-    Ok(samples.report(work, reps))
+    let norms = options.norms.then(|| NormRuns::new(work)).transpose()?;
+    let backward = warm_up(work, options, norms.as_ref())?;
+    let cpu_reps = options.cpu_reps.min(reps);
+    let samples = Samples::take(work, reps, cpu_reps, backward, norms.as_ref())?;
+    let mut report = samples.report(work, reps);
+    if let Some(runs) = &norms {
+        let check = (cpu_reps > 0)
+            .then(|| samples.norm_diffs(work, runs))
+            .transpose()?;
+        report.norms = Some(samples.norm_times(check));
+    }
+    Ok(report)
 }
 
 /// The batch-size sweep: `base` with each of `batches` images, forward, host call
@@ -81,6 +98,7 @@ pub fn scaling(
         warmup: 1,
         cpu_reps: 0,
         backward: false,
+        norms: false,
     };
     let mut out = Vec::with_capacity(batches.len());
     for &b in batches {
@@ -98,9 +116,14 @@ fn check_reps(reps: usize) -> Result<(), FcosError> {
     Ok(())
 }
 
-/// Calls every GPU path `options.warmup` times; whether the backward pass is
-/// still to be timed (asked for, and the device could run it).
-fn warm_up(work: &Workload<'_>, options: &BenchOptions) -> Result<bool, FcosError> {
+/// Calls every GPU path `options.warmup` times (each mode's too, with `norms`);
+/// whether the backward pass is still to be timed (asked for, and the device
+/// could run it).
+fn warm_up(
+    work: &Workload<'_>,
+    options: &BenchOptions,
+    norms: Option<&NormRuns>,
+) -> Result<bool, FcosError> {
     let mut backward = options.backward;
     for _ in 0..options.warmup {
         work.forward_device()?;
@@ -108,6 +131,14 @@ fn warm_up(work: &Workload<'_>, options: &BenchOptions) -> Result<bool, FcosErro
         work.roofline()?;
         if backward && (work.forward_backward()?.is_none() || work.backward_roofline()?.is_none()) {
             backward = false;
+        }
+        if let Some(runs) = norms {
+            for i in 0..NORMS.len() {
+                runs.forward(i, work)?;
+                if backward && runs.forward_backward(i, work)?.is_none() {
+                    backward = false;
+                }
+            }
         }
     }
     Ok(backward)
@@ -132,20 +163,32 @@ struct Samples {
     cpu: Vec<f64>,
     gpu_losses: Option<Losses>,
     cpu_losses: Option<Losses>,
+    /// Per mode of [`NORMS`] (when timed): forward kernel times, forward +
+    /// backward kernel times, and the first forward losses.
+    norm_kernel: Vec<Vec<f64>>,
+    norm_backward: Vec<Vec<f64>>,
+    norm_losses: Vec<Option<Losses>>,
 }
 
 impl Samples {
     /// `reps` interleaved repetitions of every path, so that machine noise hits
     /// them alike; the CPU reference in the first `cpu_reps` only. The backward
     /// pass is dropped (from then on and from the report) the first time the
-    /// device cannot run it.
+    /// device cannot run it. With `norms`, every mode's forward and forward +
+    /// backward kernels follow in each repetition, starting from a different
+    /// mode each time.
     fn take(
         work: &Workload<'_>,
         reps: usize,
         cpu_reps: usize,
         mut backward: bool,
+        norms: Option<&NormRuns>,
     ) -> Result<Self, FcosError> {
         let mut s = Samples::default();
+        let modes = norms.map_or(0, |_| NORMS.len());
+        s.norm_kernel = vec![Vec::new(); modes];
+        s.norm_backward = vec![Vec::new(); modes];
+        s.norm_losses = vec![None; modes];
         for rep in 0..reps {
             let t = work.forward_device()?;
             s.kernel.push(ms(kernel_time(&t)));
@@ -162,6 +205,9 @@ impl Samples {
                     _ => backward = false,
                 }
             }
+            if let Some(runs) = norms {
+                s.take_norms(work, runs, rep, &mut backward)?;
+            }
             if rep < cpu_reps {
                 let (l, d) = work.cpu_reference()?;
                 s.cpu.push(ms(d));
@@ -170,6 +216,62 @@ impl Samples {
         }
         s.backward_measured = backward && !s.backward.is_empty();
         Ok(s)
+    }
+
+    /// One repetition of every mode, from mode `rep mod modes` on.
+    fn take_norms(
+        &mut self,
+        work: &Workload<'_>,
+        runs: &NormRuns,
+        rep: usize,
+        backward: &mut bool,
+    ) -> Result<(), FcosError> {
+        let modes = NORMS.len();
+        for k in 0..modes {
+            let i = (rep + k) % modes;
+            let t = runs.forward(i, work)?;
+            self.norm_kernel[i].push(ms(kernel_time(&t)));
+            self.norm_losses[i].get_or_insert(t.value);
+            if *backward {
+                match runs.forward_backward(i, work)? {
+                    Some(t) => self.norm_backward[i].push(ms(kernel_time(&t))),
+                    None => *backward = false,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each mode's first GPU losses against the CPU reference under that mode.
+    fn norm_diffs(&self, work: &Workload<'_>, runs: &NormRuns) -> Result<Vec<f64>, FcosError> {
+        let inputs = work.host_batch().inputs();
+        (0..NORMS.len())
+            .map(|i| {
+                let cpu = reference::losses(runs.engine(i).config(), work.levels(), &inputs)?;
+                let gpu = self.norm_losses[i]
+                    .as_ref()
+                    .ok_or_else(|| FcosError::InvalidConfig("a mode was not timed".to_string()))?;
+                Ok(gpu.max_rel_diff(&cpu, REL_TOL, ABS_TOL))
+            })
+            .collect()
+    }
+
+    /// The modes' times: the backward pass's only where it ran in every
+    /// repetition (as for the report's own backward times).
+    fn norm_times(&self, max_rel_diff: Option<Vec<f64>>) -> NormTimes {
+        let backward = self.backward_measured
+            && self
+                .norm_backward
+                .iter()
+                .zip(&self.norm_kernel)
+                .all(|(b, f)| !b.is_empty() && b.len() == f.len());
+        NormTimes::from_samples(
+            &self.norm_kernel,
+            backward.then_some(self.norm_backward.as_slice()),
+            max_rel_diff,
+            median,
+            min,
+        )
     }
 
     /// Median and minimum of `v`, or `None`s when `v` is not to be reported.
@@ -232,6 +334,7 @@ impl Samples {
             bytes,
             gb_per_s: per_s(bytes as f64),
             gelem_per_s: per_s(work.elements() as f64),
+            norms: None,
         }
     }
 }

@@ -13,14 +13,19 @@
 //! 4. the fused forward + backward pass from device buffers (kernel time);
 //! 5. the backward pass's memory roofline: the same positive count, reads and
 //!    gradient writes without the maths (kernel time);
-//! 6. the CPU `f64` reference (first [`BenchOptions::cpu_reps`] repetitions only).
+//! 6. the CPU `f64` reference (first [`BenchOptions::cpu_reps`] repetitions only);
+//! 7. with [`BenchOptions::norms`], the forward and the forward + backward kernels
+//!    under each normalisation mode of [`NORMS`] (per-image, batch, global-ctr
+//!    with host denominators, global-ctr with denominators in a device buffer), one
+//!    engine per mode on the same device, in a rotating order.
 //!
 //! It reports medians and minima in milliseconds in a [`BenchReport`] (serialisable
 //! to JSON), and [`table`] and [`csv`] format several reports.
 //!
 //! One job per file: `spec.rs` (the shapes), `workload.rs` (one shape on the
 //! device), `measure.rs` (timing), `report.rs` (the report and its formats),
-//! `roofline.rs` (the engine's memory-roofline calls).
+//! `roofline.rs` (the engine's memory-roofline calls), `norms.rs` (the
+//! normalisation modes).
 //!
 //! ```no_run
 //! use fcos_loss::{bench, FcosLoss, LossConfig};
@@ -36,12 +41,14 @@
 //! ```
 
 mod measure;
+mod norms;
 mod report;
 mod roofline;
 mod spec;
 mod workload;
 
 pub use measure::{kernel_time, measure, run, run_with, scaling, BenchOptions, SCALING_BATCHES};
+pub use norms::{NormTimes, NORMS};
 pub use report::{csv, table, BenchReport};
 pub use spec::BenchSpec;
 pub use workload::Workload;

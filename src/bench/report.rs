@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::norms::NormTimes;
 use super::spec::shape_label;
 
 /// The result of one benchmark shape. Times are milliseconds; `*_ms` are medians
@@ -80,6 +81,12 @@ pub struct BenchReport {
     pub gb_per_s: f64,
     /// Class-logit elements `B·C·P` per second of kernel time, in 10⁹.
     pub gelem_per_s: f64,
+    /// Kernel times per normalisation mode, when they were asked for
+    /// ([`BenchOptions::norms`](super::BenchOptions::norms)). In the JSON their keys
+    /// (`kernel_ms_by_norm`, `backward_kernel_ms_by_norm`, ...) sit beside the
+    /// others, and are absent when not measured.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub norms: Option<NormTimes>,
 }
 
 impl BenchReport {
@@ -133,6 +140,16 @@ pub fn table(reports: &[BenchReport]) -> String {
             ]
         })
         .collect();
+    format_table(&header, &rows, 2)
+}
+
+/// `rows` under `header`, columns padded to their widest cell and joined with
+/// `" | "`: the first `text_columns` left-aligned, the rest (numbers) right-aligned.
+pub(super) fn format_table<const N: usize>(
+    header: &[&str; N],
+    rows: &[[String; N]],
+    text_columns: usize,
+) -> String {
     let width = |i: usize| {
         rows.iter()
             .map(|r| r[i].chars().count())
@@ -140,7 +157,7 @@ pub fn table(reports: &[BenchReport]) -> String {
             .max()
             .unwrap_or(0)
     };
-    let widths: Vec<usize> = (0..header.len()).map(width).collect();
+    let widths: Vec<usize> = (0..N).map(width).collect();
     let mut out = String::new();
     let mut line = |cells: &[String]| {
         let parts: Vec<String> = cells
@@ -149,8 +166,7 @@ pub fn table(reports: &[BenchReport]) -> String {
             .enumerate()
             .map(|(i, (c, &w))| {
                 let pad = w.saturating_sub(c.chars().count());
-                // Text columns left-aligned, numbers right-aligned.
-                if i < 2 {
+                if i < text_columns {
                     format!("{c}{}", " ".repeat(pad))
                 } else {
                     format!("{}{c}", " ".repeat(pad))
@@ -161,7 +177,7 @@ pub fn table(reports: &[BenchReport]) -> String {
     };
     line(&header.map(String::from));
     line(&widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>());
-    for r in &rows {
+    for r in rows {
         line(r);
     }
     out
@@ -242,6 +258,7 @@ mod tests {
             bytes: 1000,
             gb_per_s: 1.0,
             gelem_per_s: 0.2,
+            norms: None,
         }
     }
 

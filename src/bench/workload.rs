@@ -128,8 +128,18 @@ impl<'e> Workload<'e> {
         (self.batch.batch * self.batch.classes * self.batch.levels.positions()) as u64
     }
 
+    /// The batch on the host.
+    pub(super) fn host_batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// The weights of the backward pass.
+    pub(super) fn weights(&self) -> &LossWeights {
+        &self.weights
+    }
+
     /// The device buffers as [`DeviceInputs`].
-    fn device_inputs(&self) -> DeviceInputs<'_> {
+    pub(super) fn device_inputs(&self) -> DeviceInputs<'_> {
         self.inputs.inputs()
     }
 
@@ -177,7 +187,7 @@ impl<'e> Workload<'e> {
 
     /// Runs `f` on the workload's gradient buffers; `None` when there are none or
     /// the device cannot hold or bind the backward pass ([`FcosError::Limit`]).
-    fn with_grads<T>(
+    pub(super) fn with_grads<T>(
         &self,
         f: impl FnOnce(&DeviceGradients) -> Result<T, FcosError>,
     ) -> Result<Option<T>, FcosError> {

@@ -32,6 +32,13 @@ pub struct BenchArgs {
     /// Leave out the forward + backward pass.
     #[arg(long)]
     no_backward: bool,
+    /// Also time the forward and forward + backward kernels under each
+    /// normalisation mode (per-image, batch, global-ctr with the batch's own N and
+    /// Z as host values, global-ctr with them in a device buffer), interleaved in
+    /// the same sitting; each mode is checked against the CPU reference when
+    /// --cpu-reps > 0.
+    #[arg(long)]
+    norms: bool,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -66,6 +73,16 @@ pub fn run(a: &BenchArgs) -> Result<(), Failure> {
     if r.checked.max_rel_diff.is_some_and(|d| !losses_within(d)) {
         return Err(mismatch("GPU and CPU reference disagree beyond tolerance"));
     }
+    let norm_diffs = r
+        .checked
+        .norms
+        .as_ref()
+        .and_then(|n| n.max_rel_diff_by_norm.as_ref());
+    if let Some((name, _)) = norm_diffs.and_then(|d| d.iter().find(|(_, &d)| !losses_within(d))) {
+        return Err(mismatch(&format!(
+            "GPU and CPU reference disagree beyond tolerance under --norms mode {name}"
+        )));
+    }
     Ok(())
 }
 
@@ -92,12 +109,14 @@ fn measure(a: &BenchArgs, spec: &BenchSpec) -> Result<Reports, FcosError> {
         warmup: 1,
         cpu_reps: a.cpu_reps,
         backward: !a.no_backward,
+        norms: a.norms,
     };
     let checked = bench::run_with(&engine, spec, &options)?;
     engine.set_checks(false);
     let forward_only = BenchOptions {
         cpu_reps: 0,
         backward: false,
+        norms: false,
         ..options
     };
     let unchecked = bench::run_with(&engine, spec, &forward_only)?;
@@ -149,6 +168,14 @@ fn print_table(r: &Reports) {
     }
     if let Some(d) = checked.max_rel_diff {
         println!("GPU vs CPU reference: largest relative difference {d:.2e}");
+    }
+    if let Some(n) = &checked.norms {
+        println!();
+        println!("normalisation modes (one engine each, interleaved in the same repetitions, checks on):");
+        print!("{}", n.table());
+        println!(
+            "global-ctr: Global with the batch's own N and Z, box loss weighted by centerness; -device: N and Z read from a buffer that count_device filled (the forward then runs the counting and normalisation passes too)"
+        );
     }
     if !checked.timestamps {
         println!("(no TIMESTAMP_QUERY on this adapter: kernel times are wall-clock times of device-buffer calls)");
