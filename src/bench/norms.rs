@@ -157,14 +157,16 @@ pub struct NormTimes {
     pub kernel_ms_by_norm: BTreeMap<String, f64>,
     /// Fused forward pass, kernel time, minimum.
     pub kernel_min_ms_by_norm: BTreeMap<String, f64>,
-    /// Each mode's median forward kernel over `per-image`'s.
+    /// Each mode's forward kernel over `per-image`'s: the median over the
+    /// repetitions of the ratio within each repetition.
     pub kernel_over_per_image_by_norm: BTreeMap<String, f64>,
     /// Forward + backward kernel time, median; `None` where the backward pass
     /// was not measured.
     pub backward_kernel_ms_by_norm: Option<BTreeMap<String, f64>>,
     /// Forward + backward kernel time, minimum.
     pub backward_kernel_min_ms_by_norm: Option<BTreeMap<String, f64>>,
-    /// Each mode's median forward + backward kernel over `per-image`'s.
+    /// Each mode's forward + backward kernel over `per-image`'s, paired by
+    /// repetition as `kernel_over_per_image_by_norm`.
     pub backward_over_per_image_by_norm: Option<BTreeMap<String, f64>>,
     /// Largest relative difference of each mode's GPU losses (objective, per-image
     /// losses and raw sums) from the CPU reference under the same mode; `None`
@@ -189,9 +191,18 @@ impl NormTimes {
                 .map(|(n, x)| (n.to_string(), f(x)))
                 .collect()
         };
-        let over = |v: &[Vec<f64>]| {
-            let base = median(&v[0]);
-            by(v, &|x| median(x) / base)
+        // Paired: each repetition's time over per-image's in the same repetition
+        // (the modes run back to back there), then the median of those ratios, so
+        // that a machine whose speed drifts between repetitions cancels out.
+        let over = |v: &[Vec<f64>]| -> BTreeMap<String, f64> {
+            NORMS
+                .iter()
+                .zip(v)
+                .map(|(n, x)| {
+                    let ratios: Vec<f64> = x.iter().zip(&v[0]).map(|(a, b)| a / b).collect();
+                    (n.to_string(), median(&ratios))
+                })
+                .collect()
         };
         NormTimes {
             kernel_ms_by_norm: by(forward, &median),
@@ -211,7 +222,7 @@ impl NormTimes {
     }
 
     /// A plain-text table, one row per mode: forward kernel ms (median, min) and
-    /// its ratio to `per-image`, the same for forward + backward, and the largest
+    /// its paired ratio to `per-image`, the same for forward + backward, and the largest
     /// relative difference from the CPU reference.
     pub fn table(&self) -> String {
         fn cell(m: Option<&BTreeMap<String, f64>>, n: &str, f: impl Fn(f64) -> String) -> String {
