@@ -65,17 +65,19 @@ struct Params {
     ctr_weighted: u32,
 }
 
-// One workgroup's partial: {cls, cnt, reg, positives}, {centerness-weighted box
-// loss, centerness-target sum} and the OR of its check flags.
+// One workgroup's partial: {cls, cnt, reg, centerness-weighted reg} sums and the
+// OR of its check flags.
 struct Partial {
     sums: vec4<f32>,
-    weighted: vec2<f32>,
     flags: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
-// One image's positives and centerness-target sum (count.wgsl); the call's totals
-// in slot 0 (norm.wgsl). Mirrors `Count` in src/gpu/params.rs.
+// One image's positives and centerness-target sum (count.wgsl, which runs in
+// every call); the call's totals in slot 0 (norm.wgsl). Mirrors `Count` in
+// src/gpu/params.rs.
 struct Count {
     num_pos: f32,
     ctr: f32,

@@ -65,8 +65,9 @@ fn exponent_max(z: vec4<f32>) -> u32 {
 fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let at = place(wg, lanes);
     let hw = params.level_size;
+    // {cls, cnt, reg, centerness-weighted reg} (the positives and the centerness
+    // sum come from count.wgsl).
     var acc = vec4<f32>(0.0);
-    var weighted = vec2<f32>(0.0);
     var flags = 0u;
     if (at.pix < hw) {
         let n_cls = params.classes;
@@ -182,12 +183,11 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
                 acc.y = bce(x, ct);
                 let bt = box_terms(pred, tgt);
                 acc.z = box_loss(bt);
-                weighted = vec2<f32>(ct * acc.z, ct);
+                acc.w = ct * acc.z;
                 g_cnt = scale.y * (sigmoid(x) - ct);
                 // Weighted by centerness, each positive's box factor times its target.
                 let f_reg = select(scale.z, scale.z * ct, params.ctr_weighted != 0u);
                 g_reg = f_reg * box_grad(pred, tgt, bt);
-                acc.w = 1.0;
             }
 #ifdef BACKWARD
             // Stored once, positive or not (zeros off the positives): one store per
@@ -196,5 +196,5 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #endif
         }
     }
-    store_partial(wg, reduce_workgroup(acc, weighted, flags, lanes), lanes);
+    store_partial(wg, reduce_workgroup(acc, flags, lanes), lanes);
 }

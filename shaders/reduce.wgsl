@@ -1,7 +1,9 @@
-// The workgroup reduction of the fused pass and its roofline: every thread's
-// {cls, cnt, reg, positives} and {weighted box loss, centerness} sums and check
+// The workgroup reduction of the fused pass and its roofline: every thread's four
+// sums ({cls, cnt, reg, centerness-weighted reg} in the fused pass) and check
 // flags become one Partial, in a fixed order, so that a call gives the same bits
-// every time.
+// every time. One vec4: on lavapipe a second subgroup sum (a vec2) cost the
+// fused pass about 9 % more instructions on the VOC preset, so the positives and
+// the centerness sums come from count.wgsl instead.
 //
 //   #ifdef SUBGROUPS  subgroupAdd/subgroupOr and one shared-memory slot per
 //                     subgroup (devices with Features::SUBGROUP; any subgroup
@@ -27,37 +29,31 @@ struct Lanes {
 #endif
 
 var<workgroup> scratch: array<vec4<f32>, WG>;
-var<workgroup> weighted_scratch: array<vec2<f32>, WG>;
 var<workgroup> flag_scratch: array<u32, WG>;
 
 // The workgroup's partial, valid in invocation 0 (the caller stores it). Call from
 // uniform control flow: it holds workgroup barriers.
-fn reduce_workgroup(acc: vec4<f32>, weighted: vec2<f32>, flags: u32, lanes: Lanes) -> Partial {
+fn reduce_workgroup(acc: vec4<f32>, flags: u32, lanes: Lanes) -> Partial {
     var out: Partial;
 #ifdef SUBGROUPS
     // One sum per subgroup, then the subgroup sums in subgroup order by one
     // invocation.
     let sg_sum = subgroupAdd(acc);
-    let sg_weighted = subgroupAdd(weighted);
     var sg_flags = 0u;
     if (CHECKS) {
         sg_flags = subgroupOr(flags);
     }
     if (lanes.sg_lane == 0u) {
         scratch[lanes.sg_id] = sg_sum;
-        weighted_scratch[lanes.sg_id] = sg_weighted;
         flag_scratch[lanes.sg_id] = sg_flags;
     }
     workgroupBarrier();
     if (lanes.lid == 0u) {
         var total = scratch[0];
-        var total_weighted = weighted_scratch[0];
         for (var k = 1u; k < lanes.n_sg; k++) {
             total += scratch[k];
-            total_weighted += weighted_scratch[k];
         }
         out.sums = total;
-        out.weighted = total_weighted;
         if (CHECKS) {
             var any_flags = 0u;
             for (var k = 0u; k < lanes.n_sg; k++) {
@@ -69,7 +65,6 @@ fn reduce_workgroup(acc: vec4<f32>, weighted: vec2<f32>, flags: u32, lanes: Lane
 #else
     let lid = lanes.lid;
     scratch[lid] = acc;
-    weighted_scratch[lid] = weighted;
     if (CHECKS) {
         flag_scratch[lid] = flags;
     }
@@ -77,7 +72,6 @@ fn reduce_workgroup(acc: vec4<f32>, weighted: vec2<f32>, flags: u32, lanes: Lane
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
             scratch[lid] += scratch[lid + s];
-            weighted_scratch[lid] += weighted_scratch[lid + s];
             if (CHECKS) {
                 flag_scratch[lid] |= flag_scratch[lid + s];
             }
@@ -86,7 +80,6 @@ fn reduce_workgroup(acc: vec4<f32>, weighted: vec2<f32>, flags: u32, lanes: Lane
     }
     if (lid == 0u) {
         out.sums = scratch[0];
-        out.weighted = weighted_scratch[0];
         if (CHECKS) {
             out.flags = flag_scratch[0];
         }

@@ -64,5 +64,5 @@ fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #endif
         }
     }
-    store_partial(wg, reduce_workgroup(acc, vec2<f32>(0.0), 0u, lanes), lanes);
+    store_partial(wg, reduce_workgroup(acc, 0u, lanes), lanes);
 }

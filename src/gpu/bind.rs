@@ -1,29 +1,23 @@
-//! The bind groups of one call: one per counting dispatch and one for the
+//! The bind groups of one call: one per counting dispatch, one for the
 //! normalisation (where the call normalises on the device), one per fused-pass
 //! segment (its ranges of the inputs and gradients), one for the finalize pass.
 
 use crate::error::FcosError;
-use crate::gpu::call::{Call, CallPipelines, DenominatorSource, NormPipelines};
+use crate::gpu::call::{Call, CallPipelines, DenominatorSource};
 use crate::gpu::params::PARTIAL_BYTES;
+use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::{BindRange, Plan};
 use crate::gpu::uniforms::ParamSlots;
 use crate::gpu::work::{NormBuffers, WorkBuffers};
 use crate::input::{Head, Input};
 
-/// The bind groups of the counting and normalisation passes.
-#[derive(Debug)]
-pub(crate) struct NormGroups {
-    /// Counting: `(images, group)` per dispatch.
-    pub count: Vec<(u32, wgpu::BindGroup)>,
-    /// The normalisation (one workgroup).
-    pub normalize: wgpu::BindGroup,
-}
-
 /// Every bind group of a call, in dispatch order.
 #[derive(Debug)]
 pub(crate) struct BindGroups {
-    /// Counting and normalisation (calls that normalise on the device).
-    pub norm: Option<NormGroups>,
+    /// Counting: `(images, group)` per dispatch.
+    pub count: Vec<(u32, wgpu::BindGroup)>,
+    /// The normalisation (calls that normalise on the device; one workgroup).
+    pub normalize: Option<wgpu::BindGroup>,
     /// Fused pass: one per segment of the plan.
     pub fused: Vec<wgpu::BindGroup>,
     /// The finalize pass.
@@ -88,13 +82,6 @@ pub(crate) fn bind_groups(
         size: PARTIAL_BYTES * plan.batch as u64 * plan.partials_per_image as u64,
         base: 0,
     };
-    let group = |label, layout, entries: &[wgpu::BindGroupEntry]| {
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout,
-            entries,
-        })
-    };
     let fused = plan
         .segments
         .iter()
@@ -115,71 +102,103 @@ pub(crate) fn bind_groups(
                         .map(|(h, buf)| ranged(grad_binding(h), buf, seg.ranges[h.input()])),
                 );
             }
-            group("fcos fused segment", &pipelines.fused.layout, &entries)
+            group(
+                device,
+                "fcos fused segment",
+                &pipelines.fused.layout,
+                &entries,
+            )
         })
         .collect();
-    let norm = match (&pipelines.norm, work.norm) {
-        (Some(pipes), Some(bufs)) => Some(norm_groups(
+    let cnt_targets = call.inputs[Input::CntTargets];
+    let count = count_groups(
+        device,
+        &pipelines.count,
+        (params, work.params),
+        plan,
+        cnt_targets,
+        work.counts,
+    );
+    let normalize = match (&pipelines.normalize, &work.norm) {
+        (Some(pipe), Some(bufs)) => Some(normalize_group(
             device,
-            pipes,
+            pipe,
             (params, work.params),
-            plan,
-            call.inputs[Input::CntTargets],
-            &bufs,
+            work.counts,
+            bufs,
             call.planned.denominators,
         )),
         _ => None,
     };
     let finalize = group(
+        device,
         "fcos finalize",
         &pipelines.finalize.layout,
         &[
             params.entry(work.params, params.call()),
             ranged(1, work.partials, partials),
-            whole(2, work.image_sums),
+            whole(2, work.counts),
+            whole(3, work.image_sums),
         ],
     );
     Ok(BindGroups {
-        norm,
+        count,
+        normalize,
         fused,
         finalize,
     })
 }
 
-/// The bind groups of the counting passes (whole images of `cnt_targets` per
-/// binding, as `plan` cuts them) and of the normalisation pass.
-pub(crate) fn norm_groups(
+fn group(
     device: &wgpu::Device,
-    pipes: &NormPipelines,
+    label: &str,
+    layout: &wgpu::BindGroupLayout,
+    entries: &[wgpu::BindGroupEntry],
+) -> wgpu::BindGroup {
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries,
+    })
+}
+
+/// The bind groups of the counting dispatches: whole images of `cnt_targets` per
+/// binding, as `plan` cuts them, `(images, group)` each.
+pub(crate) fn count_groups(
+    device: &wgpu::Device,
+    pipe: &Pipeline,
     (params, params_buf): (&ParamSlots, &wgpu::Buffer),
     plan: &Plan,
     cnt_targets: &wgpu::Buffer,
-    bufs: &NormBuffers,
-    denominators: DenominatorSource,
-) -> NormGroups {
-    let group = |label, layout, entries: &[wgpu::BindGroupEntry]| {
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout,
-            entries,
-        })
-    };
-    let count = plan
-        .count_groups
+    counts: &wgpu::Buffer,
+) -> Vec<(u32, wgpu::BindGroup)> {
+    plan.count_groups
         .iter()
         .enumerate()
         .map(|(g, cg)| {
             let entries = [
                 params.entry(params_buf, params.count(g)),
                 ranged(1, cnt_targets, cg.range),
-                whole(2, bufs.counts),
+                whole(2, counts),
             ];
             (
                 cg.images,
-                group("fcos count", &pipes.count.layout, &entries),
+                group(device, "fcos count", &pipe.layout, &entries),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The bind group of the normalisation pass, reading the global denominators
+/// from `denominators`' place.
+pub(crate) fn normalize_group(
+    device: &wgpu::Device,
+    pipe: &Pipeline,
+    (params, params_buf): (&ParamSlots, &wgpu::Buffer),
+    counts: &wgpu::Buffer,
+    bufs: &NormBuffers,
+    denominators: DenominatorSource,
+) -> wgpu::BindGroup {
     let dens = match denominators {
         DenominatorSource::Host(_) => whole(2, bufs.denominators),
         DenominatorSource::Device(d) => ranged(
@@ -194,12 +213,9 @@ pub(crate) fn norm_groups(
     };
     let entries = [
         params.entry(params_buf, params.call()),
-        whole(1, bufs.counts),
+        whole(1, counts),
         dens,
         whole(3, bufs.scales),
     ];
-    NormGroups {
-        count,
-        normalize: group("fcos normalize", &pipes.normalize.layout, &entries),
-    }
+    group(device, "fcos normalize", &pipe.layout, &entries)
 }

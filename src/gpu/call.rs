@@ -35,9 +35,9 @@ pub(crate) struct Planned<'a> {
 }
 
 impl Planned<'_> {
-    /// Whether the call counts and normalises on the device before the fused pass:
-    /// passes that write gradients need the factors, and the host needs the
-    /// denominators it read from a device buffer.
+    /// Whether the call normalises on the device after counting: passes that
+    /// write gradients need the factors, and the host needs the denominators it
+    /// read from a device buffer.
     pub fn normalizes(&self) -> bool {
         self.pass.writes_gradients() || matches!(self.denominators, DenominatorSource::Device(_))
     }
@@ -54,18 +54,13 @@ pub(crate) struct Call<'a> {
     pub read_grads: Option<&'a wgpu::Buffer>,
 }
 
-/// The counting and normalisation pipelines.
-#[derive(Debug, Clone)]
-pub(crate) struct NormPipelines {
-    pub count: Arc<Pipeline>,
-    pub normalize: Arc<Pipeline>,
-}
-
 /// The pipelines of one call.
 #[derive(Debug, Clone)]
 pub(crate) struct CallPipelines {
+    /// Positives and centerness sums per image (every call).
+    pub count: Arc<Pipeline>,
+    /// The normalisation (calls that normalise on the device).
+    pub normalize: Option<Arc<Pipeline>>,
     pub fused: Arc<Pipeline>,
     pub finalize: Arc<Pipeline>,
-    /// Counting and normalisation (calls that normalise on the device).
-    pub norm: Option<NormPipelines>,
 }

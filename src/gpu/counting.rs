@@ -12,8 +12,9 @@ use crate::gpu::encode;
 use crate::gpu::params::Count;
 use crate::gpu::pool::{Need, Slot};
 use crate::gpu::scope::scoped;
+use crate::gpu::shaders::Kernel;
 use crate::gpu::uniforms::ParamSlots;
-use crate::gpu::work::{count_bytes, norm_needs, NormBuffers};
+use crate::gpu::work::{count_bytes, counts_need, norm_needs, NormBuffers};
 use crate::input::Input;
 use crate::layout::Levels;
 
@@ -46,10 +47,13 @@ pub(crate) fn run(
     let plan = core.plan(levels, batch)?;
     let align = core.ctx.limits.min_uniform_buffer_offset_alignment;
     let params = ParamSlots::pack(&core.config, &LossWeights::default(), levels, &plan, align);
-    let pipes = core.norm_pipelines()?;
+    let device = &core.ctx.device;
+    let count = core.pipelines.get(device, Kernel::Count)?;
+    let normalize = core.pipelines.get(device, Kernel::Normalize)?;
     let bytes = count_bytes(plan.batch);
     let mut pool = core.lock_pool()?;
     let mut needs: Vec<Need> = norm_needs(plan.batch).into();
+    needs.push(counts_need(plan.batch));
     needs.push(Need {
         slot: Slot::Params,
         size: params.size(),
@@ -60,34 +64,29 @@ pub(crate) fn run(
         size: bytes,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
     });
-    pool.reserve(&core.ctx.device, &needs)?;
+    pool.reserve(device, &needs)?;
     let norm = NormBuffers::from_pool(&pool)?;
+    let counts = pool.get(Slot::Counts)?;
     let (params_buf, readback) = (pool.get(Slot::Params)?, pool.get(Slot::CountsReadback)?);
-    let device = &core.ctx.device;
     let index = scoped(device, || {
         let source = DenominatorSource::Host([0.0, 0.0]);
-        let groups = bind::norm_groups(
-            device,
-            &pipes,
-            (&params, params_buf),
-            &plan,
-            cnt_targets,
-            &norm,
-            source,
-        );
+        let uniforms = (&params, params_buf);
+        let groups = bind::count_groups(device, &count, uniforms, &plan, cnt_targets, counts);
+        let total = bind::normalize_group(device, &normalize, uniforms, counts, &norm, source);
         core.ctx.queue.write_buffer(params_buf, 0, &params.bytes);
         core.write_denominators(source, &norm);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("fcos count"),
         });
-        encode::normalize(
-            &mut encoder.begin_compute_pass(&Default::default()),
-            &pipes,
-            &groups,
-        );
-        encoder.copy_buffer_to_buffer(norm.counts, 0, readback, 0, bytes);
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            encode::count(&mut pass, &count, &groups);
+            // The normalisation pass writes the totals into slot 0.
+            encode::normalize(&mut pass, &normalize, &total);
+        }
+        encoder.copy_buffer_to_buffer(counts, 0, readback, 0, bytes);
         if let Some((buf, at)) = out {
-            encoder.copy_buffer_to_buffer(norm.counts, 0, buf, at, bytes);
+            encoder.copy_buffer_to_buffer(counts, 0, buf, at, bytes);
         }
         core.ctx.queue.submit([encoder.finish()])
     })?;

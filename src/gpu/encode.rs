@@ -1,9 +1,10 @@
-//! Recording one call into a command encoder: the compute pass (counting and
-//! normalisation where the call needs them, fused segments, finalize) and the copies that bring its results within reach
+//! Recording one call into a command encoder: the compute pass (counting, the
+//! normalisation where the call needs it, fused segments, finalize) and the copies that bring its results within reach
 //! of the host. Records only; the caller submits.
 
-use crate::gpu::bind::{BindGroups, NormGroups};
-use crate::gpu::call::{CallPipelines, NormPipelines};
+use crate::gpu::bind::BindGroups;
+use crate::gpu::call::CallPipelines;
+use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::Plan;
 use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
 use crate::input::Heads;
@@ -25,8 +26,9 @@ pub(crate) fn passes(
         label: Some("fcos loss"),
         timestamp_writes,
     });
-    if let (Some(pipes), Some(norm)) = (&pipelines.norm, &groups.norm) {
-        normalize(&mut pass, pipes, norm);
+    count(&mut pass, &pipelines.count, &groups.count);
+    if let (Some(pipe), Some(group)) = (&pipelines.normalize, &groups.normalize) {
+        normalize(&mut pass, pipe, group);
     }
     pass.set_pipeline(&pipelines.fused.pipeline);
     for (seg, group) in plan.segments.iter().zip(&groups.fused) {
@@ -38,15 +40,23 @@ pub(crate) fn passes(
     pass.dispatch_workgroups(plan.batch, 1, 1);
 }
 
-/// The counting dispatches, then the normalisation (one workgroup).
-pub(crate) fn normalize(pass: &mut wgpu::ComputePass, pipes: &NormPipelines, groups: &NormGroups) {
-    pass.set_pipeline(&pipes.count.pipeline);
-    for (images, group) in &groups.count {
+/// The counting dispatches, one workgroup per image.
+pub(crate) fn count(
+    pass: &mut wgpu::ComputePass,
+    pipe: &Pipeline,
+    groups: &[(u32, wgpu::BindGroup)],
+) {
+    pass.set_pipeline(&pipe.pipeline);
+    for (images, group) in groups {
         pass.set_bind_group(0, group, &[]);
         pass.dispatch_workgroups(*images, 1, 1);
     }
-    pass.set_pipeline(&pipes.normalize.pipeline);
-    pass.set_bind_group(0, &groups.normalize, &[]);
+}
+
+/// The normalisation (one workgroup), after the counting.
+pub(crate) fn normalize(pass: &mut wgpu::ComputePass, pipe: &Pipeline, group: &wgpu::BindGroup) {
+    pass.set_pipeline(&pipe.pipeline);
+    pass.set_bind_group(0, group, &[]);
     pass.dispatch_workgroups(1, 1, 1);
 }
 

@@ -117,10 +117,10 @@ impl FcosLoss {
     /// two from 32 up to what the device allows. Rebuilds the pipelines.
     pub fn set_workgroup_size(&mut self, n: u32) -> Result<(), FcosError> {
         let l = &self.core.ctx.limits;
-        // Workgroup memory per thread: the fused pass keeps a vec4<f32>, a
-        // vec2<f32> and a flag word (28 bytes), the finalize pass a vec3<f32>
-        // (16-byte stride), a vec2<f32> and two u32 words (32 bytes).
-        let storage = 32 * n as u64;
+        // Workgroup memory per thread: the fused and finalize passes each keep a
+        // vec4<f32> and a flag word (20 bytes), count.wgsl and norm.wgsl two
+        // 4-byte words.
+        let storage = 20 * n as u64;
         if !n.is_power_of_two()
             || !(32..=1024).contains(&n)
             || n > l.max_compute_invocations_per_workgroup

@@ -4,7 +4,7 @@
 
 use crate::config::{LossWeights, Normalization};
 use crate::error::FcosError;
-use crate::gpu::call::{Call, CallPipelines, DenominatorSource, NormPipelines, Planned};
+use crate::gpu::call::{Call, CallPipelines, DenominatorSource, Planned};
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::DeviceDenominators;
 use crate::gpu::pass::Pass;
@@ -67,7 +67,7 @@ impl Core {
     }
 
     /// The pipelines of `pass`, built on first use; with `normalizes` the
-    /// counting and normalisation pipelines too.
+    /// normalisation pipeline too.
     pub fn call_pipelines(
         &self,
         pass: Pass,
@@ -76,18 +76,10 @@ impl Core {
     ) -> Result<CallPipelines, FcosError> {
         let get = |kernel| self.pipelines.get(&self.ctx.device, kernel);
         Ok(CallPipelines {
+            count: get(Kernel::Count)?,
+            normalize: normalizes.then(|| get(Kernel::Normalize)).transpose()?,
             fused: get(pass.kernel(checks))?,
             finalize: get(Kernel::Finalize)?,
-            norm: normalizes.then(|| self.norm_pipelines()).transpose()?,
-        })
-    }
-
-    /// The counting and normalisation pipelines, built on first use.
-    pub fn norm_pipelines(&self) -> Result<NormPipelines, FcosError> {
-        let get = |kernel| self.pipelines.get(&self.ctx.device, kernel);
-        Ok(NormPipelines {
-            count: get(Kernel::Count)?,
-            normalize: get(Kernel::Normalize)?,
         })
     }
 

@@ -154,7 +154,8 @@ impl Kernel {
             Kernel::Fused { .. } => fused_bindings(self.backward()),
             #[cfg(feature = "bench")]
             Kernel::Roofline { .. } => fused_bindings(self.backward()),
-            Kernel::Count | Kernel::Finalize => vec![Uniform, Read, ReadWrite],
+            Kernel::Count => vec![Uniform, Read, ReadWrite],
+            Kernel::Finalize => vec![Uniform, Read, Read, ReadWrite],
             Kernel::Normalize => vec![Uniform, ReadWrite, Read, ReadWrite],
             Kernel::CopyWords => vec![Read, ReadWrite],
         }

@@ -1,6 +1,6 @@
 //! The pooled buffers every call uses besides its inputs and gradients: partial
-//! sums, per-image sums, their readback, the params, the timestamps and, where
-//! the call normalises on the device, its counts and gradient factors.
+//! sums, counts, per-image sums, their readback, the params, the timestamps and,
+//! where the call normalises on the device, its gradient factors.
 
 use crate::error::FcosError;
 use crate::gpu::params::{Count, ImageSums, PARTIAL_BYTES};
@@ -15,11 +15,9 @@ pub(crate) const TIMESTAMP_BYTES: u64 = 16;
 /// the timestamps in the readback.
 pub(crate) const USED_BYTES: u64 = 16;
 
-/// The buffers of the counting and normalisation passes (count.wgsl, norm.wgsl).
+/// The buffers of the normalisation pass (norm.wgsl) besides the counts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NormBuffers<'p> {
-    /// Totals in slot 0, each image's positives and centerness sum after.
-    pub counts: &'p wgpu::Buffer,
     /// The denominators used in slot 0, each image's gradient factors after.
     pub scales: &'p wgpu::Buffer,
     /// The host's global denominators, where they do not come from a device buffer.
@@ -33,6 +31,9 @@ pub(crate) struct WorkBuffers<'p> {
     pub image_sums: &'p wgpu::Buffer,
     pub readback: &'p wgpu::Buffer,
     pub params: &'p wgpu::Buffer,
+    /// Totals in slot 0 (where the call normalises), each image's positives and
+    /// centerness sum after (count.wgsl, every call).
+    pub counts: &'p wgpu::Buffer,
     /// The normalisation's buffers (calls that normalise on the device).
     pub norm: Option<NormBuffers<'p>>,
     /// Resolved timestamps (devices with timestamp queries).
@@ -49,15 +50,19 @@ pub(crate) fn count_bytes(b: u32) -> u64 {
     std::mem::size_of::<Count>() as u64 * (1 + b as u64)
 }
 
-/// The normalisation pass's buffers for `b` images.
-pub(crate) fn norm_needs(b: u32) -> [Need; 3] {
+/// The counting pass's buffer for `b` images.
+pub(crate) fn counts_need(b: u32) -> Need {
+    Need {
+        slot: Slot::Counts,
+        size: count_bytes(b),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    }
+}
+
+/// The normalisation pass's buffers for `b` images, besides the counts.
+pub(crate) fn norm_needs(b: u32) -> [Need; 2] {
     use wgpu::BufferUsages as U;
     [
-        Need {
-            slot: Slot::Counts,
-            size: count_bytes(b),
-            usage: U::STORAGE | U::COPY_SRC,
-        },
         Need {
             slot: Slot::Scales,
             size: 16 * (1 + b as u64),
@@ -98,6 +103,7 @@ impl<'p> WorkBuffers<'p> {
                 size: params.size(),
                 usage: U::UNIFORM | U::COPY_DST,
             },
+            counts_need(plan.batch),
         ];
         if norm {
             needs.extend(norm_needs(plan.batch));
@@ -119,6 +125,7 @@ impl<'p> WorkBuffers<'p> {
             image_sums: pool.get(Slot::ImageSums)?,
             readback: pool.get(Slot::Readback)?,
             params: pool.get(Slot::Params)?,
+            counts: pool.get(Slot::Counts)?,
             norm: norm.then(|| NormBuffers::from_pool(pool)).transpose()?,
             timestamps: timestamps.then(|| pool.get(Slot::Timestamps)).transpose()?,
         })
@@ -129,7 +136,6 @@ impl<'p> NormBuffers<'p> {
     /// The buffers [`norm_needs`] reserved.
     pub fn from_pool(pool: &'p Pool) -> Result<Self, FcosError> {
         Ok(NormBuffers {
-            counts: pool.get(Slot::Counts)?,
             scales: pool.get(Slot::Scales)?,
             denominators: pool.get(Slot::Denominators)?,
         })
