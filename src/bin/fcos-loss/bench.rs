@@ -174,7 +174,7 @@ fn print_table(r: &Reports) {
         println!("normalisation modes (one engine each, interleaved in the same repetitions, checks on):");
         print!("{}", n.table());
         println!(
-            "global-ctr: Global with the batch's own N and Z, box loss weighted by centerness; -device: N and Z read from a buffer that count_device filled (the forward then runs the counting and normalisation passes too)"
+            "global-ctr: Global with the batch's own N and Z, box loss weighted by centerness; -device: N and Z read from a buffer that count_device filled (the forward then runs the normalisation pass too)"
         );
     }
     if !checked.timestamps {
