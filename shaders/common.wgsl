@@ -1,8 +1,8 @@
 // Shared by every FCOS loss kernel: the parameter block and the numerics, forward
-// and backward. src/gpu/shaders.rs assembles each kernel as this file, then (for
-// the fused pass and its roofline) reduce.wgsl and segment.wgsl, then the
-// kernel's own file (WGSL has no #include), and resolves the #ifdef blocks for
-// the variant.
+// and backward. src/gpu/shaders.rs assembles each kernel as this file, then its
+// helpers (reduce.wgsl and segment.wgsl for the fused pass and its roofline,
+// sum2.wgsl for count.wgsl and norm.wgsl), then the kernel's own file (WGSL has
+// no #include), and resolves the #ifdef blocks for the variant.
 //
 // How variants differ, one rule for every file:
 //   - `#ifdef NAME` only where the shader's interface differs between variants:

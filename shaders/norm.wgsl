@@ -16,32 +16,18 @@
 @group(0) @binding(2) var<storage, read> denominators: array<f32>;
 @group(0) @binding(3) var<storage, read_write> scales: array<vec4<f32>>;
 
-var<workgroup> num_scratch: array<f32, WG>;
-var<workgroup> ctr_scratch: array<f32, WG>;
-
 // Smallest centerness-target denominator (CTR_FLOOR in src/losses.rs).
 const CTR_FLOOR: f32 = 1e-6;
 
 @compute @workgroup_size(WG)
 fn normalize(@builtin(local_invocation_index) lid: u32) {
     let images = params.batch;
-    var n = 0.0;
-    var z = 0.0;
+    var sums = vec2<f32>(0.0);
     for (var b = lid; b < images; b += WG) {
-        n += counts[1u + b].num_pos;
-        z += counts[1u + b].ctr;
+        sums += vec2<f32>(counts[1u + b].num_pos, counts[1u + b].ctr);
     }
-    num_scratch[lid] = n;
-    ctr_scratch[lid] = z;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k >>= 1u) {
-        if (lid < k) {
-            num_scratch[lid] += num_scratch[lid + k];
-            ctr_scratch[lid] += ctr_scratch[lid + k];
-        }
-        workgroupBarrier();
-    }
-    let totals = Count(num_scratch[0], ctr_scratch[0]);
+    let total = workgroup_sum2(lid, sums);
+    let totals = Count(total.x, total.y);
     var used = totals;
     if (params.norm_mode == 2u) {
         used = Count(denominators[0], denominators[1]);

@@ -115,7 +115,22 @@ impl Losses {
                 over(d.num_pos as f64, d.ctr as f64)
             }
         };
-        let total = if config.add_centerness {
+        let num_pos = sums.num_pos.clone();
+        let per_image = [cls, cnt, reg];
+        let losses = [cls_loss, cnt_loss, reg_loss];
+        Self::assemble(per_image, num_pos, losses, config.add_centerness, sums)
+    }
+
+    /// The result of per-image losses and the three normalised losses: `total` is
+    /// their sum, without `cnt_loss` when `add_centerness` is off.
+    fn assemble(
+        [cls, cnt, reg]: [Vec<f64>; 3],
+        num_pos: Vec<u32>,
+        [cls_loss, cnt_loss, reg_loss]: [f64; 3],
+        add_centerness: bool,
+        sums: Sums,
+    ) -> Self {
+        let total = if add_centerness {
             cls_loss + cnt_loss + reg_loss
         } else {
             cls_loss + reg_loss
@@ -124,7 +139,7 @@ impl Losses {
             cls,
             cnt,
             reg,
-            num_pos: sums.num_pos.clone(),
+            num_pos,
             cls_loss,
             cnt_loss,
             reg_loss,
@@ -144,23 +159,14 @@ impl Losses {
         add_centerness: bool,
     ) -> Self {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let (cls_loss, cnt_loss, reg_loss) = (mean(&cls), mean(&cnt), mean(&reg));
-        let total = if add_centerness {
-            cls_loss + cnt_loss + reg_loss
-        } else {
-            cls_loss + reg_loss
-        };
-        Losses {
-            cls,
-            cnt,
-            reg,
+        let losses = [mean(&cls), mean(&cnt), mean(&reg)];
+        Self::assemble(
+            [cls, cnt, reg],
             num_pos,
-            cls_loss,
-            cnt_loss,
-            reg_loss,
-            total,
-            sums: Sums::default(),
-        }
+            losses,
+            add_centerness,
+            Sums::default(),
+        )
     }
 
     /// Images in the batch.

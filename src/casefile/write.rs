@@ -83,19 +83,23 @@ fn loss_tensors<'a>(b: &Batch, e: &Expected) -> Result<Vec<F32Tensor<'a>>, FcosE
     if let Some(g) = &e.reg_loss_giou {
         losses.push((REG_LOSS_GIOU, g));
     }
-    let mut out = Vec::new();
-    for (name, v) in losses {
-        if v.len() != n {
-            return Err(FcosError::shape(
-                name,
-                format!("[{n}]"),
-                format!("[{}]", v.len()),
-            ));
-        }
-        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        out.push((name.to_string(), vec![n], Cow::Owned(data)));
+    losses
+        .into_iter()
+        .map(|(name, v)| per_image(name.to_string(), v, n))
+        .collect()
+}
+
+/// A per-image tensor `[B]` named `name`, or a shape error naming it.
+fn per_image<'a>(name: String, v: &[f64], n: usize) -> Result<F32Tensor<'a>, FcosError> {
+    if v.len() != n {
+        return Err(FcosError::shape(
+            name,
+            format!("[{n}]"),
+            format!("[{}]", v.len()),
+        ));
     }
-    Ok(out)
+    let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    Ok((name, vec![n], Cow::Owned(data)))
 }
 
 /// `expected.sums.*` (`[B]` each) and the `expected.{batch,global_ctr}.*`
@@ -105,16 +109,7 @@ fn norm_tensors<'a>(b: &Batch, e: &Expected) -> Result<Vec<F32Tensor<'a>>, FcosE
     let mut out = Vec::new();
     if let Some(sums) = &e.sums {
         for (name, v) in SUMS.iter().zip(sums.as_vecs()) {
-            let name = format!("expected.sums.{name}");
-            if v.len() != n {
-                return Err(FcosError::shape(
-                    name,
-                    format!("[{n}]"),
-                    format!("[{}]", v.len()),
-                ));
-            }
-            let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            out.push((name, vec![n], Cow::Owned(data)));
+            out.push(per_image(format!("expected.sums.{name}"), v, n)?);
         }
     }
     for (mode, objective) in [("batch", &e.batch), ("global_ctr", &e.global_ctr)] {

@@ -36,6 +36,7 @@ const ROOFLINE: File = shader_file!("roofline.wgsl");
 const FINALIZE: File = shader_file!("finalize.wgsl");
 const COUNT: File = shader_file!("count.wgsl");
 const NORM: File = shader_file!("norm.wgsl");
+const SUM2: File = shader_file!("sum2.wgsl");
 const COPY_WORDS: File = shader_file!("copy_words.wgsl");
 
 /// A pipeline the engine may build: a kernel in one variant.
@@ -97,8 +98,8 @@ impl Kernel {
             Kernel::Fused { .. } => (vec![COMMON, REDUCE, SEGMENT, FUSED], "fused"),
             #[cfg(feature = "bench")]
             Kernel::Roofline { .. } => (vec![COMMON, REDUCE, SEGMENT, ROOFLINE], "roofline"),
-            Kernel::Count => (vec![COMMON, COUNT], "count_positives"),
-            Kernel::Normalize => (vec![COMMON, NORM], "normalize"),
+            Kernel::Count => (vec![COMMON, SUM2, COUNT], "count_positives"),
+            Kernel::Normalize => (vec![COMMON, SUM2, NORM], "normalize"),
             Kernel::Finalize => (vec![COMMON, FINALIZE], "finalize"),
             Kernel::CopyWords => (vec![COPY_WORDS], "copy_words"),
         }

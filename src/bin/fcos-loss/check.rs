@@ -10,8 +10,8 @@ use fcos_loss::{
 };
 
 use crate::common::{
-    denominators, expected_sums, loss_diff, losses_json, losses_json_for, losses_within, verdict,
-    CaseArgs, Failure, NormArg,
+    denominators, expected_sums, loss_diff, losses_json_for, losses_within, verdict, CaseArgs,
+    Failure, NormArg,
 };
 
 /// `check`'s arguments: the case file, the box loss, the normalisation and the
@@ -37,9 +37,8 @@ pub fn run(a: &CheckArgs) -> Result<(), Failure> {
     let case = casefile::read_case(&a.file)?;
     let c = compare(&case, a.reg, a.norm)?;
     match (a.json, a.norm) {
-        (true, NormArg::PerImage) => print_json(a, &case, &c),
+        (true, _) => print_json(a, &case, &c),
         (false, NormArg::PerImage) => print_table(a, &case, &c),
-        (true, _) => print_norm_json(a, &case, &c),
         (false, _) => print_norm_table(a, &case, &c),
     }
     verdict(c.ok, a.json, "results disagree beyond tolerance")
@@ -150,18 +149,22 @@ fn expected_objective(
     Some(l)
 }
 
+/// One JSON object: the losses of each side (with `--norm batch|global-ctr`, the
+/// mode's losses and the raw sums, [`losses_json_for`], plus `norm` and the
+/// `global-ctr` denominators), their largest differences, the tolerance, `ok`.
 fn print_json(a: &CheckArgs, case: &Case, c: &Comparison) {
     let batch = &case.batch;
-    let out = json!({
+    let norm = a.norm;
+    let mut out = json!({
         "adapter": c.adapter,
         "file": a.file.display().to_string(),
         "reg": a.reg.name(),
         "batch": batch.batch,
         "classes": batch.classes,
         "levels": batch.levels.shapes(),
-        "gpu": losses_json(&c.gpu),
-        "cpu": losses_json(&c.cpu),
-        "expected": c.expected.as_ref().map(losses_json),
+        "gpu": losses_json_for(norm, &c.gpu),
+        "cpu": losses_json_for(norm, &c.cpu),
+        "expected": c.expected.as_ref().map(|e| losses_json_for(norm, e)),
         "max_rel_err": {
             "gpu_vs_cpu": c.gpu_cpu,
             "gpu_vs_expected": c.gpu_exp,
@@ -170,6 +173,11 @@ fn print_json(a: &CheckArgs, case: &Case, c: &Comparison) {
         "tolerance": {"rel": REL_TOL, "abs": ABS_TOL},
         "ok": c.ok,
     });
+    if norm != NormArg::PerImage {
+        out["norm"] = json!(norm.name());
+        out["denominators"] =
+            json!(denominators(&c.config).map(|d| json!({"num_pos": d.num_pos, "ctr": d.ctr})));
+    }
     println!("{out}");
 }
 
@@ -212,34 +220,6 @@ fn print_table(a: &CheckArgs, case: &Case, c: &Comparison) {
         "tolerance: relative {REL_TOL:.0e} (absolute {ABS_TOL:.0e} near zero): {}",
         if c.ok { "ok" } else { "FAILED" }
     );
-}
-
-/// `--norm batch|global-ctr --json`: today's keys with the mode's losses
-/// ([`losses_json_for`]), plus `norm` and, for `global-ctr`, the denominators.
-fn print_norm_json(a: &CheckArgs, case: &Case, c: &Comparison) {
-    let batch = &case.batch;
-    let norm = a.norm;
-    let out = json!({
-        "adapter": c.adapter,
-        "file": a.file.display().to_string(),
-        "reg": a.reg.name(),
-        "norm": norm.name(),
-        "denominators": denominators(&c.config).map(|d| json!({"num_pos": d.num_pos, "ctr": d.ctr})),
-        "batch": batch.batch,
-        "classes": batch.classes,
-        "levels": batch.levels.shapes(),
-        "gpu": losses_json_for(norm, &c.gpu),
-        "cpu": losses_json_for(norm, &c.cpu),
-        "expected": c.expected.as_ref().map(|e| losses_json_for(norm, e)),
-        "max_rel_err": {
-            "gpu_vs_cpu": c.gpu_cpu,
-            "gpu_vs_expected": c.gpu_exp,
-            "cpu_vs_expected": c.cpu_exp,
-        },
-        "tolerance": {"rel": REL_TOL, "abs": ABS_TOL},
-        "ok": c.ok,
-    });
-    println!("{out}");
 }
 
 /// `--norm batch|global-ctr`: the raw per-image sums of every side, then the
