@@ -63,6 +63,18 @@ struct Params {
     w_reg: f32,
     // 1: the box loss weighted by each positive's centerness target.
     ctr_weighted: u32,
+    // Targets from boxes (assign.wgsl; docs/contract.md §7): rows per image M,
+    // the level's width and stride, its range (lo, hi], radius · stride (f32 max
+    // without centre sampling), the rule (0 the notebook's, 1 mmdet's) and the
+    // class words' type (1 f32, 0 i32).
+    boxes_per_image: u32,
+    level_width: u32,
+    stride: u32,
+    range_lo: f32,
+    range_hi: f32,
+    near: f32,
+    assign_rule: u32,
+    class_f32: u32,
 }
 
 // One workgroup's partial: {cls, cnt, reg, centerness-weighted reg} sums and the
@@ -81,6 +93,14 @@ struct Partial {
 struct Count {
     num_pos: f32,
     ctr: f32,
+}
+
+// One position's targets: read from the target tensors, or assigned from boxes
+// (assign.wgsl). Background: class 0, centerness -1, box (-1, -1, -1, -1).
+struct Target {
+    cls: f32,
+    ct: f32,
+    reg: vec4<f32>,
 }
 
 // Check flags: which input holds a value the loss cannot use (Input::flag in src/input.rs).

@@ -15,6 +15,9 @@
 //                     loss cannot use (NaN/Inf by their bit pattern, targets out of
 //                     range), OR-reduced into the partial's flags (Input::flag).
 //   #ifdef SUBGROUPS  (reduce.wgsl) how the workgroup is reduced.
+//   #ifdef BOXES      the targets are assigned from the ground-truth boxes in
+//                     registers (assign.wgsl) instead of read from the target
+//                     tensors; the boxes' check flags join the partial's.
 // Its bindings and its place in the segment are segment.wgsl's. The memory roofline of this pass, for the bench harness, is roofline.wgsl.
 
 // What the class loop needs of its position: the target class and the scalars.
@@ -65,6 +68,10 @@ fn exponent_max(z: vec4<f32>) -> u32 {
 fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let at = place(wg, lanes);
     let hw = params.level_size;
+#ifdef BOXES
+    // Every invocation, in uniform control flow (workgroup barriers).
+    let assigned = assign_position(wg.x, at.b, at.pix, lanes.lid);
+#endif
     // {cls, cnt, reg, centerness-weighted reg} (the positives and the centerness
     // sum come from count.wgsl).
     var acc = vec4<f32>(0.0);
@@ -80,7 +87,11 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         var scale = vec4<f32>(0.0);
 #endif
         let coef = scale.x;
+#ifdef BOXES
+        let tcls = assigned.tgt.cls;
+#else
         let tcls = cls_targets[at.t];
+#endif
         let c0 = at.chunk * params.classes_per_chunk;
         let c1 = min(c0 + params.classes_per_chunk, n_cls);
         // Element ((bl·C + c)·HW + pix) of the level, from the binding's start.
@@ -162,7 +173,11 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         if (at.chunk == 0u) {
             // With checks every element is read once, positive or not; without,
             // only the positives read the centerness logit and the boxes.
+#ifdef BOXES
+            let here = read_position(assigned.tgt, at.bl, at.pix, CHECKS);
+#else
             let here = read_position(at.t, at.bl, at.pix, CHECKS);
+#endif
             let ct = here.ct;
             let positive = here.positive;
             let x = here.boxes.x;
@@ -196,5 +211,9 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #endif
         }
     }
-    store_partial(wg, reduce_workgroup(acc, flags, lanes), lanes);
+    var partial = reduce_workgroup(acc, flags, lanes);
+#ifdef BOXES
+    partial.flags |= assigned.flags;
+#endif
+    store_partial(wg, partial, lanes);
 }

@@ -5,15 +5,24 @@
 // z an image of the segment.
 //
 //   #ifdef BACKWARD   the gradient factors per image and the three gradients.
+//   #ifdef BOXES      the ground-truth boxes and classes in place of the three
+//                     target tensors (binding 6 unused); the targets come from
+//                     assign.wgsl.
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Each binding starts at or before (this level, image0); params.*_base say where.
 @group(0) @binding(1) var<storage, read> cls_logits: array<f32>;
 @group(0) @binding(2) var<storage, read> cnt_logits: array<f32>;
 @group(0) @binding(3) var<storage, read> reg_preds: array<f32>;
+#ifdef BOXES
+// [B, M] rows: x1 y1 x2 y2, and the class words.
+@group(0) @binding(4) var<storage, read> gt_boxes: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> gt_classes: array<u32>;
+#else
 @group(0) @binding(4) var<storage, read> cls_targets: array<f32>;
 @group(0) @binding(5) var<storage, read> cnt_targets: array<f32>;
 @group(0) @binding(6) var<storage, read> reg_targets: array<vec4<f32>>;
+#endif
 // [B][partials_per_image] partial sums (w is the positive count) and check flags.
 @group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
 #ifdef BACKWARD
@@ -77,11 +86,11 @@ struct PositionBoxes {
     tgt: vec4<f32>,
 }
 
-fn read_boxes(at: PositionRefs) -> PositionBoxes {
+fn read_boxes(at: PositionRefs, tgt: vec4<f32>) -> PositionBoxes {
     let hw = params.level_size;
     let r = at.r;
     let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-    return PositionBoxes(cnt_logits[at.ci], pred, reg_targets[at.rt]);
+    return PositionBoxes(cnt_logits[at.ci], pred, tgt);
 }
 
 // What class chunk 0 reads of a position besides its class logits.
@@ -94,6 +103,20 @@ struct Position {
     boxes: PositionBoxes,
 }
 
+#ifdef BOXES
+// Position `pix` of image `bl` of the segment, with its assigned target `a`.
+// Call with an override constant for `read_all`, so that the compiler folds it.
+fn read_position(a: Target, bl: u32, pix: u32, read_all: bool) -> Position {
+    var p: Position;
+    p.ct = a.ct;
+    p.positive = p.ct > -1.0;
+    p.at = position_refs(bl, pix);
+    if (read_all || p.positive) {
+        p.boxes = read_boxes(p.at, a.reg);
+    }
+    return p;
+}
+#else
 // Position `pix` of image `bl` of the segment, whose targets are element `t`.
 // Call with an override constant for `read_all`, so that the compiler folds it.
 fn read_position(t: u32, bl: u32, pix: u32, read_all: bool) -> Position {
@@ -102,10 +125,11 @@ fn read_position(t: u32, bl: u32, pix: u32, read_all: bool) -> Position {
     p.positive = p.ct > -1.0;
     p.at = position_refs(bl, pix);
     if (read_all || p.positive) {
-        p.boxes = read_boxes(p.at);
+        p.boxes = read_boxes(p.at, reg_targets[p.at.rt]);
     }
     return p;
 }
+#endif
 
 #ifdef BACKWARD
 // Stores one position's centerness and box gradients.

@@ -1,5 +1,6 @@
 //! Loss configuration: the notebook's `DefaultConfig` fields that change the loss.
 
+use crate::assign::Assignment;
 use crate::error::FcosError;
 
 /// The box-regression loss applied at positive positions.
@@ -96,6 +97,9 @@ pub struct LossConfig {
     /// centerness-target sum instead of the positive count (mmdet, the official
     /// FCOS): `reg = Σ cnt_target · box loss / max(Z, 1e-6)`. Off by default.
     pub centerness_weighted_reg: bool,
+    /// How targets are assigned from ground-truth boxes (calls from boxes only;
+    /// docs/contract.md §7). Default: the notebook's ranges and radius 1.5.
+    pub assignment: Assignment,
 }
 
 impl Default for LossConfig {
@@ -117,6 +121,7 @@ impl LossConfig {
             reg_loss: RegLoss::Iou,
             normalization: Normalization::PerImage,
             centerness_weighted_reg: false,
+            assignment: Assignment::default(),
         }
     }
 
@@ -135,6 +140,12 @@ impl LossConfig {
     /// Returns the config with the given regression loss.
     pub fn with_reg_loss(mut self, reg_loss: RegLoss) -> Self {
         self.reg_loss = reg_loss;
+        self
+    }
+
+    /// Returns the config with the given target assignment.
+    pub fn with_assignment(mut self, assignment: Assignment) -> Self {
+        self.assignment = assignment;
         self
     }
 

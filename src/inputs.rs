@@ -87,7 +87,7 @@ impl<'a> Inputs<'a> {
 }
 
 /// One slice per level, each `[B, ch, H_l, W_l]`.
-fn check_levels(
+pub(crate) fn check_levels(
     levels: &Levels,
     input: Input,
     slices: &[&[f32]],

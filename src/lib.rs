@@ -26,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+mod assign;
 mod batch;
 mod config;
 mod counts;
@@ -44,14 +45,18 @@ pub mod casefile;
 pub mod reference;
 pub mod synthetic;
 
+pub use assign::{
+    AssignRule, Assignment, GroundTruth, GtClasses, Predictions, Targets, DEFAULT_RANGES, GT_BOXES,
+    GT_CLASSES,
+};
 pub use batch::Batch;
 pub use config::{Denominators, LossConfig, LossWeights, Normalization, RegLoss};
 pub use counts::Counts;
 pub use error::{FcosError, GpuSource};
 pub use gpu::{
-    adapter_label, DeviceBatch, DeviceDenominators, DeviceGradients, DeviceInputs, FcosLoss,
-    GpuContext, Timed, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS,
-    WORKGROUP_SIZE,
+    adapter_label, ClassDtype, DeviceBatch, DeviceDenominators, DeviceGradients, DeviceGroundTruth,
+    DeviceInputs, DevicePredictions, DeviceTargets, FcosLoss, GpuContext, Timed,
+    CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
 };
 pub use input::{Dtype, Head, Heads, Input, TensorLayout};
 pub use inputs::Inputs;

@@ -131,7 +131,11 @@ fn synthetic_file(shapes: &[(u32, u32)], b: usize, c: usize, expected: bool, see
             grad_global_ctr: None,
         }
     });
-    let case = Case { batch, expected };
+    let case = Case {
+        batch,
+        boxes: None,
+        expected,
+    };
     let path = std::env::temp_dir().join(format!(
         "fcos_loss_fuzz_{}_{seed}.safetensors",
         std::process::id()

@@ -33,9 +33,35 @@ use crate::{Batch, Gradients};
 pub struct Case {
     /// The inputs (levels, `B`, `C`, network outputs and targets).
     pub batch: Batch,
+    /// `gt_boxes` / `gt_classes` (docs/contract.md §7), when the file has them.
+    pub boxes: Option<CaseBoxes>,
     /// `expected.*` values, present when the file has `expected.cls_loss`,
     /// `expected.cnt_loss` and `expected.reg_loss`.
     pub expected: Option<Expected>,
+}
+
+/// The ground truth of a case file: `gt_boxes [B, M, 4]` and `gt_classes [B, M]`
+/// (any float or integer dtype; PyTorch writes `int64`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseBoxes {
+    /// Rows per image `M`.
+    pub boxes_per_image: usize,
+    /// `[B, M, 4]`.
+    pub boxes: Vec<f32>,
+    /// `[B, M]`, as stored (widened to `f64`).
+    pub classes: Vec<f64>,
+}
+
+impl CaseBoxes {
+    /// The boxes as a call takes them, for `batch` images.
+    pub fn ground_truth(&self, batch: usize) -> crate::GroundTruth<'_> {
+        crate::GroundTruth {
+            batch,
+            boxes_per_image: self.boxes_per_image,
+            boxes: &self.boxes,
+            classes: crate::GtClasses::F64(&self.classes),
+        }
+    }
 }
 
 /// The reference results stored in a case file (docs/contract.md §5).

@@ -10,8 +10,8 @@ use safetensors::tensor::{SafeTensors, TensorView};
 use super::decode::{decode, decode_f32};
 use super::format::{fmt_shape, one_line, shape_rank};
 use super::{
-    Case, Expected, ExpectedObjective, ExpectedSums, GRAD, GRAD_GIOU_REG, GRAD_GLOBAL_CTR, LOSSES,
-    OBJECTIVE, REG_LOSS_GIOU, SUMS,
+    Case, CaseBoxes, Expected, ExpectedObjective, ExpectedSums, GRAD, GRAD_GIOU_REG,
+    GRAD_GLOBAL_CTR, LOSSES, OBJECTIVE, REG_LOSS_GIOU, SUMS,
 };
 use crate::{Batch, FcosError, Gradients, Head, Input, Levels};
 
@@ -159,7 +159,45 @@ impl<'a> Reader<'a> {
             reg_targets: self.read_target(Input::RegTargets, b, p)?,
         };
         let expected = self.expected(&batch, &shapes)?;
-        Ok(Case { batch, expected })
+        let boxes = self.read_boxes(b)?;
+        Ok(Case {
+            batch,
+            boxes,
+            expected,
+        })
+    }
+
+    /// `gt_boxes [B, M, 4]` and `gt_classes [B, M]` when the file has either
+    /// (then both are required).
+    fn read_boxes(&self, b: usize) -> Result<Option<CaseBoxes>, FcosError> {
+        if !self.has("gt_boxes") && !self.has("gt_classes") {
+            return Ok(None);
+        }
+        let view = self.get("gt_boxes", &format!("[{b}, M, 4]"))?;
+        let s = view.shape().to_vec();
+        if s.len() != 3 || s[0] != b || s[2] != 4 {
+            return Err(FcosError::shape(
+                "gt_boxes",
+                format!("[{b}, M, 4]"),
+                fmt_shape(&s),
+            ));
+        }
+        let m = s[1];
+        let boxes = decode_f32("gt_boxes", &view, false)?;
+        let view = self.get("gt_classes", &format!("[{b}, {m}]"))?;
+        if view.shape() != [b, m] {
+            return Err(FcosError::shape(
+                "gt_classes",
+                format!("[{b}, {m}]"),
+                fmt_shape(view.shape()),
+            ));
+        }
+        let classes = decode("gt_classes", &view, true, |v| v)?;
+        Ok(Some(CaseBoxes {
+            boxes_per_image: m,
+            boxes,
+            classes,
+        }))
     }
 
     /// `L`: the consecutive `cls_logits.{l}` from 0; every other level name must

@@ -3,7 +3,7 @@
 //! segment (its ranges of the inputs and gradients), one for the finalize pass.
 
 use crate::error::FcosError;
-use crate::gpu::call::{Call, CallPipelines, DenominatorSource};
+use crate::gpu::call::{Call, CallPipelines, DenominatorSource, TargetSource};
 use crate::gpu::params::PARTIAL_BYTES;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::{BindRange, Plan};
@@ -11,11 +11,23 @@ use crate::gpu::uniforms::ParamSlots;
 use crate::gpu::work::{NormBuffers, WorkBuffers};
 use crate::input::{Head, Input};
 
+/// The counting stage's bind groups.
+#[derive(Debug)]
+pub(crate) enum CountGroups {
+    /// From the centerness targets: `(images, group)` per dispatch.
+    Targets(Vec<(u32, wgpu::BindGroup)>),
+    /// From boxes: one per fused-pass segment, then the per-image sum.
+    Boxes {
+        tiles: Vec<wgpu::BindGroup>,
+        sum: wgpu::BindGroup,
+    },
+}
+
 /// Every bind group of a call, in dispatch order.
 #[derive(Debug)]
 pub(crate) struct BindGroups {
-    /// Counting: `(images, group)` per dispatch.
-    pub count: Vec<(u32, wgpu::BindGroup)>,
+    /// Counting.
+    pub count: CountGroups,
     /// The normalisation (calls that normalise on the device; one workgroup).
     pub normalize: Option<wgpu::BindGroup>,
     /// Fused pass: one per segment of the plan.
@@ -24,14 +36,18 @@ pub(crate) struct BindGroups {
     pub finalize: wgpu::BindGroup,
 }
 
-fn whole(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
+pub(crate) fn whole(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry {
         binding,
         resource: buffer.as_entire_binding(),
     }
 }
 
-fn ranged(binding: u32, buffer: &wgpu::Buffer, r: BindRange) -> wgpu::BindGroupEntry<'_> {
+pub(crate) fn ranged(
+    binding: u32,
+    buffer: &wgpu::Buffer,
+    r: BindRange,
+) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry {
         binding,
         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -53,6 +69,10 @@ fn input_binding(input: Input) -> u32 {
         Input::RegTargets => 6,
     }
 }
+
+/// The ground truth of the fused pass from boxes (in place of the targets).
+const GT_BOXES_BINDING: u32 = 4;
+const GT_CLASSES_BINDING: u32 = 5;
 
 /// The fused pass's partial sums, and the backward pass's gradient factors.
 const PARTIALS_BINDING: u32 = 7;
@@ -88,11 +108,24 @@ pub(crate) fn bind_groups(
         .enumerate()
         .map(|(s, seg)| {
             let mut entries = vec![params.entry(work.params, params.segment(s))];
-            entries.extend(
-                call.inputs
-                    .iter()
+            entries.extend(call.heads.iter().map(|(h, buf)| {
+                let input = h.input();
+                ranged(input_binding(input), buf, seg.ranges[input])
+            }));
+            match call.targets {
+                TargetSource::Dense { cls, cnt, reg } => entries.extend(
+                    [
+                        (Input::ClsTargets, cls),
+                        (Input::CntTargets, cnt),
+                        (Input::RegTargets, reg),
+                    ]
                     .map(|(input, buf)| ranged(input_binding(input), buf, seg.ranges[input])),
-            );
+                ),
+                TargetSource::Boxes(gt) => entries.extend([
+                    whole(GT_BOXES_BINDING, gt.boxes),
+                    whole(GT_CLASSES_BINDING, gt.classes),
+                ]),
+            }
             entries.push(ranged(PARTIALS_BINDING, work.partials, partials));
             if let (Some(grads), Some(norm)) = (call.grads, work.norm) {
                 entries.push(whole(SCALES_BINDING, norm.scales));
@@ -110,15 +143,49 @@ pub(crate) fn bind_groups(
             )
         })
         .collect();
-    let cnt_targets = call.inputs[Input::CntTargets];
-    let count = count_groups(
-        device,
-        &pipelines.count,
-        (params, work.params),
-        plan,
-        cnt_targets,
-        work.counts,
-    );
+    let count = match (call.targets, &pipelines.sum_counts) {
+        (TargetSource::Dense { cnt, .. }, _) => CountGroups::Targets(count_groups(
+            device,
+            &pipelines.count,
+            (params, work.params),
+            plan,
+            cnt,
+            work.counts,
+        )),
+        (TargetSource::Boxes(gt), Some(sum_pipe)) => CountGroups::Boxes {
+            tiles: (0..plan.segments.len())
+                .map(|s| {
+                    let entries = [
+                        params.entry(work.params, params.segment(s)),
+                        whole(1, gt.boxes),
+                        whole(2, gt.classes),
+                        ranged(3, work.partials, partials),
+                    ];
+                    group(
+                        device,
+                        "fcos count boxes",
+                        &pipelines.count.layout,
+                        &entries,
+                    )
+                })
+                .collect(),
+            sum: group(
+                device,
+                "fcos sum counts",
+                &sum_pipe.layout,
+                &[
+                    params.entry(work.params, params.call()),
+                    ranged(1, work.partials, partials),
+                    whole(2, work.counts),
+                ],
+            ),
+        },
+        (TargetSource::Boxes(_), None) => {
+            return Err(FcosError::gpu(
+                "internal: a call from boxes without its sum_counts pipeline",
+            ))
+        }
+    };
     let normalize = match (&pipelines.normalize, &work.norm) {
         (Some(pipe), Some(bufs)) => Some(normalize_group(
             device,
@@ -149,7 +216,7 @@ pub(crate) fn bind_groups(
     })
 }
 
-fn group(
+pub(crate) fn group(
     device: &wgpu::Device,
     label: &str,
     layout: &wgpu::BindGroupLayout,

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use crate::gpu::device_inputs::DeviceDenominators;
+use crate::gpu::params::BoxSpec;
 pub(crate) use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::Plan;
 use crate::gpu::uniforms::ParamSlots;
-use crate::input::{ByInput, Heads};
+use crate::input::{ByInput, Heads, Input};
 use crate::layout::Levels;
 
 /// Where a normalisation pass reads the global denominators `(N_g, Z_g)`.
@@ -22,6 +23,38 @@ pub(crate) enum DenominatorSource<'a> {
     Device(DeviceDenominators<'a>),
 }
 
+/// The ground truth of a call from boxes, on the device: `[B, M]` rows of
+/// `vec4<f32>` corners and `[B, M]` class words.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GtBuffers<'a> {
+    pub boxes: &'a wgpu::Buffer,
+    pub classes: &'a wgpu::Buffer,
+}
+
+/// Where a call's targets come from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TargetSource<'a> {
+    /// The three target tensors.
+    Dense {
+        cls: &'a wgpu::Buffer,
+        cnt: &'a wgpu::Buffer,
+        reg: &'a wgpu::Buffer,
+    },
+    /// Assigned from ground-truth boxes inside the passes.
+    Boxes(GtBuffers<'a>),
+}
+
+impl<'a> TargetSource<'a> {
+    /// The target tensors of `inputs`.
+    pub fn dense(inputs: &ByInput<&'a wgpu::Buffer>) -> Self {
+        TargetSource::Dense {
+            cls: inputs[Input::ClsTargets],
+            cnt: inputs[Input::CntTargets],
+            reg: inputs[Input::RegTargets],
+        }
+    }
+}
+
 /// A call planned for one pass: its dispatches and their params.
 #[derive(Debug, Clone)]
 pub(crate) struct Planned<'a> {
@@ -32,6 +65,8 @@ pub(crate) struct Planned<'a> {
     pub checks: bool,
     /// Where the global denominators come from.
     pub denominators: DenominatorSource<'a>,
+    /// Calls from boxes: what the params carry of the ground truth.
+    pub boxes: Option<BoxSpec>,
 }
 
 impl Planned<'_> {
@@ -47,7 +82,8 @@ impl Planned<'_> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Call<'a> {
     pub planned: &'a Planned<'a>,
-    pub inputs: ByInput<&'a wgpu::Buffer>,
+    pub heads: Heads<&'a wgpu::Buffer>,
+    pub targets: TargetSource<'a>,
     /// Where the gradients go (passes that write them).
     pub grads: Option<Heads<&'a wgpu::Buffer>>,
     /// Copy the gradients into the pool's readback buffer (host path).
@@ -57,8 +93,11 @@ pub(crate) struct Call<'a> {
 /// The pipelines of one call.
 #[derive(Debug, Clone)]
 pub(crate) struct CallPipelines {
-    /// Positives and centerness sums per image (every call).
+    /// Positives and centerness sums per image (every call): from the
+    /// centerness targets, or, from boxes, per tile (then `sum_counts`).
     pub count: Arc<Pipeline>,
+    /// Calls from boxes: the per-image sum of the tiles' counts.
+    pub sum_counts: Option<Arc<Pipeline>>,
     /// The normalisation (calls that normalise on the device).
     pub normalize: Option<Arc<Pipeline>>,
     pub fused: Arc<Pipeline>,

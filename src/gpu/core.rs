@@ -116,6 +116,36 @@ impl Core {
         Ok(())
     }
 
+    /// A call from boxes needs a stride and an assignment range for each level.
+    pub fn check_assignment(&self, levels: &Levels) -> Result<(), FcosError> {
+        let strides = &self.config.strides;
+        if strides.len() < levels.len() {
+            return Err(FcosError::InvalidConfig(format!(
+                "targets from boxes need a stride per level: {} levels, strides {strides:?}",
+                levels.len()
+            )));
+        }
+        self.config.assignment.validate(strides)
+    }
+
+    /// `B·M` box rows against the device: the boxes are bound whole (16 bytes a
+    /// row), so they must fit one storage binding.
+    pub fn check_boxes(&self, b: usize, m: usize) -> Result<(), FcosError> {
+        let rows = (b as u64).saturating_mul(m as u64);
+        let bytes = rows.saturating_mul(16);
+        let max = self
+            .ctx
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.ctx.limits.max_buffer_size);
+        if bytes > max || rows > u32::MAX as u64 {
+            return Err(FcosError::Limit(format!(
+                "B·M = {b}·{m} ground-truth boxes need a {bytes}-byte binding; the adapter allows {max} (max_storage_buffer_binding_size)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The result of a call over levels without positions.
     pub fn zero_losses(&self, b: usize) -> Losses {
         Losses::from_sums(Sums::zeros(b), &self.config, None)

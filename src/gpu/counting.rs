@@ -46,7 +46,14 @@ pub(crate) fn run(
     }
     let plan = core.plan(levels, batch)?;
     let align = core.ctx.limits.min_uniform_buffer_offset_alignment;
-    let params = ParamSlots::pack(&core.config, &LossWeights::default(), levels, &plan, align);
+    let params = ParamSlots::pack(
+        &core.config,
+        &LossWeights::default(),
+        levels,
+        &plan,
+        None,
+        align,
+    );
     let device = &core.ctx.device;
     let count = core.pipelines.get(device, Kernel::Count)?;
     let normalize = core.pipelines.get(device, Kernel::Normalize)?;

@@ -3,15 +3,20 @@
 
 use std::time::Instant;
 
+use crate::assign::{GT_BOXES, GT_CLASSES};
 use crate::config::{LossWeights, Normalization};
 use crate::error::FcosError;
-use crate::gpu::call::Call;
+use crate::gpu::call::{Call, GtBuffers, TargetSource};
 use crate::gpu::core::Core;
-use crate::gpu::device_inputs::{DeviceDenominators, DeviceGradients, DeviceInputs};
-use crate::gpu::locate::locate_bad_input;
+use crate::gpu::device_inputs::{
+    ClassDtype, DeviceDenominators, DeviceGradients, DeviceGroundTruth, DeviceInputs,
+    DevicePredictions,
+};
+use crate::gpu::locate::{locate_bad_boxes, locate_bad_input};
+use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
 use crate::gpu::timed::Timed;
-use crate::input::Head;
+use crate::input::{Head, Heads};
 use crate::layout::Levels;
 use crate::losses::Losses;
 
@@ -27,44 +32,163 @@ pub(crate) fn run(
     weights: &LossWeights,
 ) -> Result<Timed<Losses>, FcosError> {
     let start = Instant::now();
-    weights.check()?;
     let b = inputs.batch;
     core.check_batch(levels, b)?;
-    check_buffers(core, levels, inputs, grads)?;
-    if let Some(d) = denominators {
-        check_denominators(core, d)?;
-    }
-    if pass.writes_gradients() && grads.is_none() {
-        return Err(FcosError::InvalidCall(
-            "the backward pass needs gradient buffers".into(),
-        ));
-    }
-    if levels.positions() == 0 {
-        return Ok(Timed {
-            value: core.zero_losses(b),
-            kernel: None,
-            call: start.elapsed(),
-        });
-    }
-    let mut pool = core.lock_pool()?;
-    let dens = denominators.copied();
-    let planned = core.prepare(&mut pool, levels, b, pass, weights, dens, Vec::new())?;
-    let call = Call {
-        planned: &planned,
-        inputs: inputs.buffers(),
-        grads: grads.copied(),
-        read_grads: None,
+    let named = inputs
+        .buffers()
+        .iter()
+        .map(|(input, buf)| {
+            (
+                format!("{input} buffer"),
+                *buf,
+                core.bytes(input, levels, b),
+            )
+        })
+        .collect::<Vec<_>>();
+    check_buffers(core, levels, b, named, grads)?;
+    let buffers = inputs.buffers();
+    let call = DeviceCall {
+        levels,
+        batch: b,
+        heads: buffers.heads,
+        targets: TargetSource::dense(&buffers),
+        boxes: None,
+        grads,
+        denominators,
+        pass,
+        weights,
     };
-    let outcome = core.execute(&pool, &call)?;
-    if outcome.flags != 0 {
-        drop(pool);
-        return Err(locate_bad_input(core, levels, inputs, outcome.flags));
-    }
-    Ok(Timed {
-        value: outcome.losses,
-        kernel: outcome.kernel,
-        call: start.elapsed(),
+    call.run(core, start, |flags| {
+        locate_bad_input(core, levels, inputs, flags)
     })
+}
+
+/// Runs `pass` from ground-truth boxes on device buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_boxes(
+    core: &Core,
+    levels: &Levels,
+    preds: &DevicePredictions,
+    gt: &DeviceGroundTruth,
+    grads: Option<&DeviceGradients>,
+    denominators: Option<&DeviceDenominators>,
+    pass: Pass,
+    weights: &LossWeights,
+) -> Result<Timed<Losses>, FcosError> {
+    let start = Instant::now();
+    let b = preds.batch;
+    core.check_batch(levels, b)?;
+    core.check_assignment(levels)?;
+    let m = gt.boxes_per_image;
+    core.check_boxes(b, m)?;
+    let rows = (b * m) as u64;
+    let mut named: Vec<(String, &wgpu::Buffer, u64)> = Head::ALL
+        .iter()
+        .map(|&h| {
+            let input = h.input();
+            (
+                format!("{input} buffer"),
+                preds.buffer(h),
+                core.bytes(input, levels, b),
+            )
+        })
+        .collect();
+    named.push((format!("{GT_BOXES} buffer"), gt.boxes, 16 * rows));
+    named.push((format!("{GT_CLASSES} buffer"), gt.classes, 4 * rows));
+    check_buffers(core, levels, b, named, grads)?;
+    // An empty binding is not allowed: M = 0 binds a buffer's first word, which
+    // no invocation reads.
+    let call = DeviceCall {
+        levels,
+        batch: b,
+        heads: Heads::from_fn(|h| preds.buffer(h)),
+        targets: TargetSource::Boxes(GtBuffers {
+            boxes: gt.boxes,
+            classes: gt.classes,
+        }),
+        boxes: Some(BoxSpec {
+            boxes_per_image: m as u32,
+            class_f32: gt.class_dtype == ClassDtype::F32,
+        }),
+        grads,
+        denominators,
+        pass,
+        weights,
+    };
+    call.run(core, start, |flags| {
+        locate_bad_boxes(core, levels, preds, gt, flags)
+    })
+}
+
+/// A device-path call: the caller's buffers and what runs over them.
+struct DeviceCall<'a> {
+    levels: &'a Levels,
+    batch: usize,
+    heads: Heads<&'a wgpu::Buffer>,
+    targets: TargetSource<'a>,
+    boxes: Option<BoxSpec>,
+    grads: Option<&'a DeviceGradients<'a>>,
+    denominators: Option<&'a DeviceDenominators<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+}
+
+impl DeviceCall<'_> {
+    /// Runs the call; `locate` names the first bad value when the on-device
+    /// checks flag one (after the pool is released: it runs its own copies).
+    fn run(
+        self,
+        core: &Core,
+        start: Instant,
+        locate: impl FnOnce(u32) -> FcosError,
+    ) -> Result<Timed<Losses>, FcosError> {
+        let (levels, b, pass) = (self.levels, self.batch, self.pass);
+        self.weights.check()?;
+        if let Some(d) = self.denominators {
+            check_denominators(core, d)?;
+        }
+        if pass.writes_gradients() && self.grads.is_none() {
+            return Err(FcosError::InvalidCall(
+                "the backward pass needs gradient buffers".into(),
+            ));
+        }
+        if levels.positions() == 0 {
+            return Ok(Timed {
+                value: core.zero_losses(b),
+                kernel: None,
+                call: start.elapsed(),
+            });
+        }
+        let mut pool = core.lock_pool()?;
+        let dens = self.denominators.copied();
+        let planned = core.prepare(
+            &mut pool,
+            levels,
+            b,
+            pass,
+            self.weights,
+            dens,
+            self.boxes,
+            Vec::new(),
+        )?;
+        let call = Call {
+            planned: &planned,
+            heads: self.heads,
+            targets: self.targets,
+            grads: self.grads.copied(),
+            read_grads: None,
+        };
+        let outcome = core.execute(&pool, &call)?;
+        if outcome.flags != 0 {
+            drop(pool);
+            return Err(locate(outcome.flags));
+        }
+        Ok(Timed {
+            value: outcome.losses,
+            kernel: outcome.kernel,
+            call: start.elapsed(),
+        })
+    }
 }
 
 /// A device buffer of global denominators: only with the global normalisation,
@@ -104,25 +228,15 @@ fn check_denominators(core: &Core, d: &DeviceDenominators) -> Result<(), FcosErr
     Ok(())
 }
 
-/// Each buffer at least as large as the layout needs, with `STORAGE` usage.
+/// Each buffer at least as large as the layout needs, with `STORAGE` usage:
+/// `named` are `(name, buffer, bytes needed)`.
 fn check_buffers(
     core: &Core,
     levels: &Levels,
-    inputs: &DeviceInputs,
+    b: usize,
+    named: Vec<(String, &wgpu::Buffer, u64)>,
     grads: Option<&DeviceGradients>,
 ) -> Result<(), FcosError> {
-    let b = inputs.batch;
-    let named = inputs
-        .buffers()
-        .iter()
-        .map(|(input, buf)| {
-            (
-                format!("{input} buffer"),
-                *buf,
-                core.bytes(input, levels, b),
-            )
-        })
-        .collect::<Vec<_>>();
     let grad_named = grads.into_iter().flat_map(|g| {
         Head::ALL.map(|h| {
             (
@@ -133,10 +247,14 @@ fn check_buffers(
         })
     });
     for (name, buf, need) in named.into_iter().chain(grad_named) {
-        if buf.size() < need {
+        if buf.size() < need.max(4) {
             return Err(FcosError::shape(
                 name,
-                format!("at least {need} bytes ({} f32)", need / 4),
+                format!(
+                    "at least {} bytes ({} 4-byte words)",
+                    need.max(4),
+                    need.max(4) / 4
+                ),
                 format!("{} bytes", buf.size()),
             ));
         }

@@ -1,6 +1,6 @@
 //! Inputs and gradient outputs that already live on the device.
 
-use crate::input::{ByInput, Heads, Input};
+use crate::input::{ByInput, Head, Heads, Input};
 
 /// Inputs already on the device, for apps that produce them there.
 ///
@@ -45,6 +45,82 @@ impl<'a> DeviceInputs<'a> {
     pub(crate) fn buffers(&self) -> ByInput<&'a wgpu::Buffer> {
         ByInput::from_fn(|input| self.buffer(input))
     }
+}
+
+/// Network outputs on the device for a call from boxes: the three heads of
+/// [`DeviceInputs`], laid out the same way (levels packed, NCHW), without targets.
+#[derive(Debug, Clone, Copy)]
+pub struct DevicePredictions<'a> {
+    /// Images `B`.
+    pub batch: usize,
+    /// `Σ_l B·C·H_l·W_l` floats.
+    pub cls_logits: &'a wgpu::Buffer,
+    /// `B·P` floats.
+    pub cnt_logits: &'a wgpu::Buffer,
+    /// `4·B·P` floats.
+    pub reg_preds: &'a wgpu::Buffer,
+}
+
+impl<'a> DevicePredictions<'a> {
+    /// The heads of `inputs`.
+    pub fn of(inputs: &DeviceInputs<'a>) -> Self {
+        DevicePredictions {
+            batch: inputs.batch,
+            cls_logits: inputs.cls_logits,
+            cnt_logits: inputs.cnt_logits,
+            reg_preds: inputs.reg_preds,
+        }
+    }
+
+    /// The buffer holding `head`.
+    pub fn buffer(&self, head: Head) -> &'a wgpu::Buffer {
+        match head {
+            Head::ClsLogits => self.cls_logits,
+            Head::CntLogits => self.cnt_logits,
+            Head::RegPreds => self.reg_preds,
+        }
+    }
+}
+
+/// The element type of a device class buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassDtype {
+    /// Whole numbers in `f32`.
+    F32,
+    /// `i32`.
+    I32,
+}
+
+/// Ground-truth boxes on the device (docs/contract.md §7), `M` rows per image:
+/// `boxes` `[B, M, 4]` `f32` (`x1, y1, x2, y2`), `classes` `[B, M]` of
+/// `class_dtype` (`1..=C`, below 1 pads). Both need `BufferUsages::STORAGE`, start
+/// at byte 0 and hold at least one word even when `M = 0`. Bad values (a
+/// coordinate not finite, a class not whole or above `C`) are flagged on the
+/// device and named, with their index, by [`FcosError::Value`](crate::FcosError).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceGroundTruth<'a> {
+    /// Rows per image `M`.
+    pub boxes_per_image: usize,
+    /// `[B, M, 4]` `f32`.
+    pub boxes: &'a wgpu::Buffer,
+    /// `[B, M]`.
+    pub classes: &'a wgpu::Buffer,
+    /// The element type of `classes`.
+    pub class_dtype: ClassDtype,
+}
+
+/// Where [`FcosLoss::assign_targets_device`](crate::FcosLoss::assign_targets_device)
+/// writes the targets: `cls_targets`, `cnt_targets` `[B, P]` and `reg_targets`
+/// `[B, P, 4]`, `f32` (docs/contract.md §1), each from byte 0 of a buffer with
+/// `BufferUsages::STORAGE`; [`DeviceInputs`] can read them as they are.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceTargets<'a> {
+    /// `B·P` floats.
+    pub cls_targets: &'a wgpu::Buffer,
+    /// `B·P` floats.
+    pub cnt_targets: &'a wgpu::Buffer,
+    /// `4·B·P` floats.
+    pub reg_targets: &'a wgpu::Buffer,
 }
 
 /// Gradient buffers on the device, one per head, laid out exactly like the

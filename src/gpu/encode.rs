@@ -2,7 +2,7 @@
 //! normalisation where the call needs it, fused segments, finalize) and the copies that bring its results within reach
 //! of the host. Records only; the caller submits.
 
-use crate::gpu::bind::BindGroups;
+use crate::gpu::bind::{BindGroups, CountGroups};
 use crate::gpu::call::CallPipelines;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::Plan;
@@ -26,7 +26,21 @@ pub(crate) fn passes(
         label: Some("fcos loss"),
         timestamp_writes,
     });
-    count(&mut pass, &pipelines.count, &groups.count);
+    match &groups.count {
+        CountGroups::Targets(g) => count(&mut pass, &pipelines.count, g),
+        CountGroups::Boxes { tiles, sum } => {
+            pass.set_pipeline(&pipelines.count.pipeline);
+            for (seg, group) in plan.segments.iter().zip(tiles) {
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(seg.tiles, 1, seg.images);
+            }
+            if let Some(pipe) = &pipelines.sum_counts {
+                pass.set_pipeline(&pipe.pipeline);
+                pass.set_bind_group(0, sum, &[]);
+                pass.dispatch_workgroups(plan.batch, 1, 1);
+            }
+        }
+    }
     if let (Some(pipe), Some(group)) = (&pipelines.normalize, &groups.normalize) {
         normalize(&mut pass, pipe, group);
     }

@@ -39,7 +39,7 @@ pub const CPU_TARGET_WORKGROUPS: u32 = 256;
 /// internal lock around the buffer pool, and each gets the same result it would get alone.
 #[derive(Debug)]
 pub struct FcosLoss {
-    core: Core,
+    pub(crate) core: Core,
 }
 
 impl FcosLoss {
@@ -64,6 +64,7 @@ impl FcosLoss {
         let forward = Kernel::Fused {
             backward: false,
             checks: true,
+            boxes: false,
         };
         let need = forward.storage_buffers();
         if ctx.limits.max_storage_buffers_per_shader_stage < need {

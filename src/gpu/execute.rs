@@ -7,6 +7,7 @@ use crate::error::FcosError;
 use crate::gpu::call::{Call, CallPipelines, DenominatorSource, Planned};
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::DeviceDenominators;
+use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
 use crate::gpu::pool::{Need, Pool};
 use crate::gpu::results::Outcome;
@@ -28,11 +29,12 @@ impl Core {
         pass: Pass,
         weights: &LossWeights,
         denominators: Option<DeviceDenominators<'a>>,
+        boxes: Option<BoxSpec>,
         extra: Vec<Need>,
     ) -> Result<Planned<'a>, FcosError> {
         let plan = self.plan(levels, b)?;
         let alignment = self.ctx.limits.min_uniform_buffer_offset_alignment;
-        let params = ParamSlots::pack(&self.config, weights, levels, &plan, alignment);
+        let params = ParamSlots::pack(&self.config, weights, levels, &plan, boxes, alignment);
         let planned = Planned {
             levels,
             plan,
@@ -40,6 +42,7 @@ impl Core {
             pass,
             checks: self.checks,
             denominators: self.denominator_source(denominators),
+            boxes,
         };
         let mut needs = extra;
         let timestamps = self.query_set.is_some();
@@ -67,18 +70,26 @@ impl Core {
     }
 
     /// The pipelines of `pass`, built on first use; with `normalizes` the
-    /// normalisation pipeline too.
+    /// normalisation pipeline too; with `boxes` the variants that assign the
+    /// targets from boxes.
     pub fn call_pipelines(
         &self,
         pass: Pass,
         checks: bool,
         normalizes: bool,
+        boxes: bool,
     ) -> Result<CallPipelines, FcosError> {
         let get = |kernel| self.pipelines.get(&self.ctx.device, kernel);
+        let count = if boxes {
+            Kernel::AssignBoxes { targets: false }
+        } else {
+            Kernel::Count
+        };
         Ok(CallPipelines {
-            count: get(Kernel::Count)?,
+            count: get(count)?,
+            sum_counts: boxes.then(|| get(Kernel::SumCounts)).transpose()?,
             normalize: normalizes.then(|| get(Kernel::Normalize)).transpose()?,
-            fused: get(pass.kernel(checks))?,
+            fused: get(pass.kernel(checks, boxes))?,
             finalize: get(Kernel::Finalize)?,
         })
     }
@@ -99,7 +110,8 @@ impl Core {
         let planned = call.planned;
         let plan = &planned.plan;
         let normalizes = planned.normalizes();
-        let pipelines = self.call_pipelines(planned.pass, planned.checks, normalizes)?;
+        let boxes = planned.boxes.is_some();
+        let pipelines = self.call_pipelines(planned.pass, planned.checks, normalizes, boxes)?;
         let work = WorkBuffers::from_pool(pool, normalizes, self.query_set.is_some())?;
         let device = &self.ctx.device;
         let index = scope::scoped(device, || -> Result<_, FcosError> {

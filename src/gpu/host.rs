@@ -3,16 +3,19 @@
 
 use std::time::Instant;
 
+use crate::assign::{GroundTruth, Predictions, Targets};
 use crate::config::LossWeights;
 use crate::error::FcosError;
-use crate::gpu::call::Call;
+use crate::gpu::call::{Call, GtBuffers, TargetSource};
 use crate::gpu::core::Core;
 use crate::gpu::locate::name_bad_input;
+use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
 use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::timed::Timed;
 use crate::gpu::upload;
-use crate::input::{ByInput, Head, Heads};
+use crate::gpu::upload::Upload;
+use crate::input::{Head, Heads, Input};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses};
@@ -28,50 +31,157 @@ pub(crate) fn run(
     let start = Instant::now();
     weights.check()?;
     inputs.check_shapes(levels, core.classes())?;
-    let b = inputs.batch;
-    let backward = pass.writes_gradients();
-    if levels.positions() == 0 {
-        let grads = backward.then(|| core.empty_grads(levels, b));
-        return Ok(Timed {
-            value: (core.zero_losses(b), grads),
-            kernel: None,
-            call: start.elapsed(),
-        });
-    }
-    core.check_buffer_sizes(levels, b, backward)?;
-    // Before any upload: a pass the device cannot build fails here.
-    core.call_pipelines(pass, core.checks, pass.writes_gradients())?;
-    let mut pool = core.lock_pool()?;
-    let mut extra = upload::needs(core, levels, b);
-    if backward {
-        extra.extend(gradient_needs(core, levels, b));
-    }
-    let planned = core.prepare(&mut pool, levels, b, pass, weights, None, extra)?;
-    let pool = &*pool;
-    upload::upload(core, pool, levels, inputs)?;
-    let call = Call {
-        planned: &planned,
-        inputs: ByInput::try_from_fn(|input| pool.get(Slot::Input(input)))?,
-        grads: backward
-            .then(|| Heads::try_from_fn(|h| pool.get(Slot::Grad(h))))
-            .transpose()?,
-        read_grads: backward.then(|| pool.get(Slot::GradReadback)).transpose()?,
+    let call = HostCall {
+        levels,
+        batch: inputs.batch,
+        uploads: upload::of_inputs(inputs),
+        boxes: None,
+        pass,
+        weights,
     };
     // The values are checked inside the fused pass, as on the device path (cheaper
     // than a separate pass over the host slices); only when it flags one does the
     // host validator look for the first bad element, in the caller's slices.
-    let outcome = core.execute(pool, &call)?;
-    if outcome.flags != 0 {
-        return Err(name_bad_input(core, levels, inputs, outcome.flags));
-    }
-    let grads = backward
-        .then(|| read_gradients(core, pool, levels, b))
-        .transpose()?;
-    Ok(Timed {
-        value: (outcome.losses, grads),
-        kernel: outcome.kernel,
-        call: start.elapsed(),
+    call.run(core, start, |flags| {
+        name_bad_input(core, levels, inputs, flags)
     })
+}
+
+/// Runs `pass` from ground-truth boxes on host slices: the boxes are checked on
+/// the host (they are small), the predictions inside the fused pass.
+pub(crate) fn run_boxes(
+    core: &Core,
+    levels: &Levels,
+    preds: &Predictions,
+    gt: &GroundTruth,
+    pass: Pass,
+    weights: &LossWeights,
+) -> Result<Timed<(Losses, Option<Gradients>)>, FcosError> {
+    let start = Instant::now();
+    weights.check()?;
+    preds.check_shapes(levels, core.classes())?;
+    core.check_assignment(levels)?;
+    gt.check(preds.batch, core.config.num_classes)?;
+    core.check_boxes(preds.batch, gt.boxes_per_image)?;
+    let classes = gt.class_words();
+    let mut uploads: Vec<Upload> = Head::ALL
+        .iter()
+        .map(|&h| Upload {
+            slot: Slot::Input(h.input()),
+            parts: preds
+                .head(h)
+                .iter()
+                .map(|p| bytemuck::cast_slice(p))
+                .collect(),
+        })
+        .collect();
+    uploads.push(Upload {
+        slot: Slot::GtBoxes,
+        parts: vec![bytemuck::cast_slice(gt.boxes)],
+    });
+    uploads.push(Upload {
+        slot: Slot::GtClasses,
+        parts: vec![bytemuck::cast_slice(&classes)],
+    });
+    let call = HostCall {
+        levels,
+        batch: preds.batch,
+        uploads,
+        boxes: Some(BoxSpec {
+            boxes_per_image: gt.boxes_per_image as u32,
+            class_f32: false,
+        }),
+        pass,
+        weights,
+    };
+    call.run(core, start, |flags| {
+        let targets = Targets::background(preds.batch, levels.positions());
+        name_bad_input(core, levels, &preds.with_targets(&targets), flags)
+    })
+}
+
+/// A host-path call: what it uploads and how it runs.
+struct HostCall<'a> {
+    levels: &'a Levels,
+    batch: usize,
+    uploads: Vec<Upload<'a>>,
+    boxes: Option<BoxSpec>,
+    pass: Pass,
+    weights: &'a LossWeights,
+}
+
+impl HostCall<'_> {
+    /// Uploads, runs and reads back; `name_bad` names the first bad value when the
+    /// on-device checks flag one.
+    fn run(
+        self,
+        core: &Core,
+        start: Instant,
+        name_bad: impl FnOnce(u32) -> FcosError,
+    ) -> Result<Timed<(Losses, Option<Gradients>)>, FcosError> {
+        let (levels, b, pass) = (self.levels, self.batch, self.pass);
+        let backward = pass.writes_gradients();
+        if levels.positions() == 0 {
+            let grads = backward.then(|| core.empty_grads(levels, b));
+            return Ok(Timed {
+                value: (core.zero_losses(b), grads),
+                kernel: None,
+                call: start.elapsed(),
+            });
+        }
+        core.check_buffer_sizes(levels, b, backward)?;
+        // Before any upload: a pass the device cannot build fails here.
+        core.call_pipelines(pass, core.checks, backward, self.boxes.is_some())?;
+        let mut pool = core.lock_pool()?;
+        let mut extra = upload::needs(core, &self.uploads);
+        if backward {
+            extra.extend(gradient_needs(core, levels, b));
+        }
+        let planned = core.prepare(
+            &mut pool,
+            levels,
+            b,
+            pass,
+            self.weights,
+            None,
+            self.boxes,
+            extra,
+        )?;
+        let pool = &*pool;
+        upload::upload(core, pool, &self.uploads)?;
+        let targets = match self.boxes {
+            Some(_) => TargetSource::Boxes(GtBuffers {
+                boxes: pool.get(Slot::GtBoxes)?,
+                classes: pool.get(Slot::GtClasses)?,
+            }),
+            None => TargetSource::Dense {
+                cls: pool.get(Slot::Input(Input::ClsTargets))?,
+                cnt: pool.get(Slot::Input(Input::CntTargets))?,
+                reg: pool.get(Slot::Input(Input::RegTargets))?,
+            },
+        };
+        let call = Call {
+            planned: &planned,
+            heads: Heads::try_from_fn(|h| pool.get(Slot::Input(h.input())))?,
+            targets,
+            grads: backward
+                .then(|| Heads::try_from_fn(|h| pool.get(Slot::Grad(h))))
+                .transpose()?,
+            read_grads: backward.then(|| pool.get(Slot::GradReadback)).transpose()?,
+        };
+        let outcome = core.execute(pool, &call)?;
+        if outcome.flags != 0 {
+            return Err(name_bad(outcome.flags));
+        }
+        let grads = backward
+            .then(|| read_gradients(core, pool, levels, b))
+            .transpose()?;
+        Ok(Timed {
+            value: (outcome.losses, grads),
+            kernel: outcome.kernel,
+            call: start.elapsed(),
+        })
+    }
 }
 
 /// The pooled gradient buffers and their mappable copy.

@@ -4,18 +4,109 @@
 //! validator name the first bad element. The host path, whose slices are at hand,
 //! goes straight to that last step ([`name_bad_input`]).
 
+use crate::assign::{GroundTruth, GtClasses, Predictions, Targets};
 use crate::error::FcosError;
 use crate::gpu::core::Core;
-use crate::gpu::device_inputs::DeviceInputs;
+use crate::gpu::device_inputs::{ClassDtype, DeviceGroundTruth, DeviceInputs, DevicePredictions};
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::Kernel;
-use crate::input::{ByInput, Head, Input};
+use crate::input::{ByInput, Head, Heads, Input};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 
 /// Largest chunk the copy moves at once (also bounded by the binding limit).
 const CHUNK_BYTES: u64 = 32 << 20;
+
+/// The error for a device call from boxes the on-device checks flagged: the
+/// boxes and classes are read back and checked first (they are small), then the
+/// predictions.
+pub(crate) fn locate_bad_boxes(
+    core: &Core,
+    levels: &Levels,
+    preds: &DevicePredictions,
+    gt: &DeviceGroundTruth,
+    flags: u32,
+) -> FcosError {
+    match read_boxes_and_heads(core, levels, preds, gt, flags) {
+        Ok(e) => e,
+        Err(e) => FcosError::gpu(format!(
+            "the on-device checks flagged bad values (flags {flags:#x}), and reading them back to locate the first one failed: {e}"
+        )),
+    }
+}
+
+fn read_boxes_and_heads(
+    core: &Core,
+    levels: &Levels,
+    preds: &DevicePredictions,
+    gt: &DeviceGroundTruth,
+    flags: u32,
+) -> Result<FcosError, FcosError> {
+    if let Some(e) = gt_error(core, preds.batch, gt)? {
+        return Ok(e);
+    }
+    let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
+    let b = preds.batch;
+    let heads = Heads::try_from_fn(|h| {
+        read_words(
+            core,
+            &copy,
+            preds.buffer(h),
+            core.bytes(h.input(), levels, b),
+        )
+    })?;
+    let split = |head: Head| -> Vec<&[f32]> {
+        let ch = head.channels(core.classes());
+        (0..levels.len())
+            .map(|l| {
+                let at = levels.packed_offset(l, b, ch);
+                &heads[head][at..at + levels.level_len(l, b, ch)]
+            })
+            .collect()
+    };
+    let targets = Targets::background(b, levels.positions());
+    let view = Predictions {
+        batch: b,
+        cls_logits: split(Head::ClsLogits),
+        cnt_logits: split(Head::CntLogits),
+        reg_preds: split(Head::RegPreds),
+    };
+    Ok(name_bad_input(
+        core,
+        levels,
+        &view.with_targets(&targets),
+        flags,
+    ))
+}
+
+/// Reads a device ground truth back and checks it on the host: its first bad
+/// value, if any.
+pub(crate) fn gt_error(
+    core: &Core,
+    b: usize,
+    gt: &DeviceGroundTruth,
+) -> Result<Option<FcosError>, FcosError> {
+    let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
+    let rows = (b * gt.boxes_per_image) as u64;
+    let boxes = read_words(core, &copy, gt.boxes, 16 * rows)?;
+    let words = read_words(core, &copy, gt.classes, 4 * rows)?;
+    let ints: Vec<i32>;
+    let classes = match gt.class_dtype {
+        ClassDtype::F32 => GtClasses::F32(&words),
+        ClassDtype::I32 => {
+            ints = words.iter().map(|w| w.to_bits() as i32).collect();
+            GtClasses::I32(&ints)
+        }
+    };
+    let host_gt = GroundTruth {
+        batch: b,
+        boxes_per_image: gt.boxes_per_image,
+        boxes: &boxes,
+        classes,
+    };
+    Ok(host_gt.check(b, core.config.num_classes).err())
+}
 
 /// The error for device inputs the on-device checks flagged (`flags`: the inputs'
 /// flag bits).

@@ -23,8 +23,9 @@ mod device_inputs;
 mod encode;
 mod engine;
 mod execute;
+mod from_boxes;
 mod host;
-mod locate;
+pub(crate) mod locate;
 mod params;
 pub(crate) mod pass;
 pub(crate) mod pipelines;
@@ -36,6 +37,7 @@ mod scope;
 #[cfg(test)]
 mod shader_checks;
 pub(crate) mod shaders;
+mod target_pass;
 mod timed;
 mod uniforms;
 mod upload;
@@ -43,7 +45,10 @@ pub(crate) mod work;
 
 pub use context::{adapter_label, GpuContext};
 pub use device_batch::DeviceBatch;
-pub use device_inputs::{DeviceDenominators, DeviceGradients, DeviceInputs};
+pub use device_inputs::{
+    ClassDtype, DeviceDenominators, DeviceGradients, DeviceGroundTruth, DeviceInputs,
+    DevicePredictions, DeviceTargets,
+};
 pub use engine::{FcosLoss, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS};
 pub use shaders::WORKGROUP_SIZE;
 pub use timed::Timed;

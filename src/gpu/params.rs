@@ -5,7 +5,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::assign::AssignRule;
 use crate::config::{LossConfig, LossWeights, Normalization, RegLoss};
+use crate::layout::Levels;
 
 /// `Params` of `shaders/common.wgsl`, byte for byte: one per dispatch segment.
 #[repr(C)]
@@ -59,9 +61,67 @@ pub(crate) struct Params {
     pub w_reg: f32,
     /// 1 when the box loss is weighted by centerness.
     pub ctr_weighted: u32,
+    /// Calls from boxes: ground-truth rows per image `M`.
+    pub boxes_per_image: u32,
+    /// The segment's level: `W`.
+    pub level_width: u32,
+    /// The segment's level: its stride.
+    pub stride: u32,
+    /// The level's assignment range `(lo, hi]`.
+    pub range_lo: f32,
+    /// Its upper end.
+    pub range_hi: f32,
+    /// `radius · stride` (`f32::MAX` without centre sampling).
+    pub near: f32,
+    /// 0 the notebook's rule, 1 mmdet's.
+    pub assign_rule: u32,
+    /// 1 when the class words are `f32`, 0 for `i32`.
+    pub class_f32: u32,
+}
+
+/// What the params of a call from boxes carry of its ground truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BoxSpec {
+    /// Rows per image `M`.
+    pub boxes_per_image: u32,
+    /// The class words are `f32` (otherwise `i32`).
+    pub class_f32: bool,
 }
 
 impl Params {
+    /// The call's ground-truth fields.
+    pub fn with_boxes(self, config: &LossConfig, spec: BoxSpec) -> Self {
+        Params {
+            boxes_per_image: spec.boxes_per_image,
+            class_f32: u32::from(spec.class_f32),
+            assign_rule: match config.assignment.rule {
+                AssignRule::Fcos => 0,
+                AssignRule::Mmdet => 1,
+            },
+            ..self
+        }
+    }
+
+    /// The assignment fields of level `level` (zeros past the config's strides or
+    /// ranges: a call from targets reads none of them).
+    pub fn with_level_rule(self, config: &LossConfig, levels: &Levels, level: usize) -> Self {
+        let stride = config.strides.get(level).copied().unwrap_or(0);
+        let range = config
+            .assignment
+            .ranges
+            .get(level)
+            .copied()
+            .unwrap_or([0.0; 2]);
+        Params {
+            level_width: levels.shapes()[level].1,
+            stride,
+            range_lo: range[0],
+            range_hi: range[1],
+            near: config.assignment.near_limit(stride),
+            ..self
+        }
+    }
+
     /// The fields every segment of a call shares.
     pub fn global(config: &LossConfig, weights: &LossWeights, batch: u32, positions: u32) -> Self {
         Params {

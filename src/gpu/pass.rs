@@ -31,11 +31,16 @@ impl Pass {
     }
 
     /// The fused-pass kernel of this pass, with or without the input checks (for a
-    /// roofline: with or without the checked pass's extra reads).
-    pub fn kernel(self, checks: bool) -> Kernel {
+    /// roofline: with or without the checked pass's extra reads), reading targets
+    /// or assigning them from boxes.
+    pub fn kernel(self, checks: bool, boxes: bool) -> Kernel {
         let backward = self.writes_gradients();
         match self {
-            Pass::Forward | Pass::Backward => Kernel::Fused { backward, checks },
+            Pass::Forward | Pass::Backward => Kernel::Fused {
+                backward,
+                checks,
+                boxes,
+            },
             #[cfg(feature = "bench")]
             Pass::Roofline | Pass::BackwardRoofline => Kernel::Roofline {
                 backward,

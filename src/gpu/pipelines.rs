@@ -69,19 +69,23 @@ fn build(device: &wgpu::Device, kernel: Kernel, spec: Spec) -> Result<Pipeline, 
         .bindings()
         .into_iter()
         .enumerate()
-        .map(|(i, b)| wgpu::BindGroupLayoutEntry {
-            binding: i as u32,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: match b {
-                    Binding::Uniform => wgpu::BufferBindingType::Uniform,
-                    Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                    Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+        .filter_map(|(i, b)| {
+            let ty = match b {
+                Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                Binding::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                Binding::Unused => return None,
+            };
+            Some(wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
                 },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
+                count: None,
+            })
         })
         .collect();
     let label = shader.name.as_str();

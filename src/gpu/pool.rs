@@ -12,6 +12,16 @@ use crate::input::{Head, Input};
 pub(crate) enum Slot {
     /// Host path: the upload target of one input (heads packed by level).
     Input(Input),
+    /// Host path, calls from boxes: the ground-truth boxes.
+    GtBoxes,
+    /// Host path, calls from boxes: the ground-truth classes (`i32` words).
+    GtClasses,
+    /// The target pass: one of its three outputs (host path).
+    Assigned(Input),
+    /// The target pass: mappable copy of its outputs (host path).
+    AssignedReadback,
+    /// The target pass: mappable copy of the partial slots (counts and flags).
+    PartialsReadback,
     /// Host path: the mappable staging buffer holding every input one after
     /// another (unused where the inputs are written straight into mappable
     /// storage buffers).
@@ -46,6 +56,7 @@ impl Slot {
         match self {
             Slot::Input(i) => format!("fcos {i}"),
             Slot::Grad(h) => format!("fcos grad {h}"),
+            Slot::Assigned(i) => format!("fcos assigned {i}"),
             other => format!("fcos {other:?}"),
         }
     }

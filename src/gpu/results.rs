@@ -69,7 +69,7 @@ fn sums_of(images: &[ImageSums]) -> Sums {
 
 /// The time between two resolved timestamps; `None` for an end before the start
 /// or no ticks at all (the caller falls back to the wall clock).
-fn kernel_time(stamps: &[u8], period_ns: f32) -> Option<Duration> {
+pub(crate) fn kernel_time(stamps: &[u8], period_ns: f32) -> Option<Duration> {
     let ts: Vec<u64> = bytemuck::pod_collect_to_vec(stamps);
     let ticks = ts.get(1)?.checked_sub(*ts.first()?).filter(|&t| t > 0)?;
     let ns = ticks as f64 * period_ns as f64;

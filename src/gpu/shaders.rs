@@ -38,13 +38,27 @@ const COUNT: File = shader_file!("count.wgsl");
 const NORM: File = shader_file!("norm.wgsl");
 const SUM2: File = shader_file!("sum2.wgsl");
 const COPY_WORDS: File = shader_file!("copy_words.wgsl");
+const ASSIGN: File = shader_file!("assign.wgsl");
+const COUNT_BOXES: File = shader_file!("count_boxes.wgsl");
+const SUM_COUNTS: File = shader_file!("sum_counts.wgsl");
 
 /// A pipeline the engine may build: a kernel in one variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
     /// The fused loss pass; with `backward` it also writes the gradients, with
-    /// `checks` it flags bad input values.
-    Fused { backward: bool, checks: bool },
+    /// `checks` it flags bad input values, with `boxes` it assigns each
+    /// position's targets from the ground-truth boxes instead of reading them.
+    Fused {
+        backward: bool,
+        checks: bool,
+        boxes: bool,
+    },
+    /// Target assignment from boxes, per segment tile: positives and
+    /// centerness sums per workgroup; with `targets` it also writes the three
+    /// target tensors (the target pass).
+    AssignBoxes { targets: bool },
+    /// The per-image sum of [`Kernel::AssignBoxes`]' workgroup counts.
+    SumCounts,
     /// The fused pass's memory roofline (bench harness): its reads (all of them
     /// with `read_all`, as the checked pass) and, with `backward`, its writes.
     #[cfg(feature = "bench")]
@@ -65,6 +79,9 @@ pub(crate) enum Binding {
     Uniform,
     Read,
     ReadWrite,
+    /// A binding number this variant leaves out (the fused pass from boxes binds
+    /// two ground-truth buffers where the other variants bind three targets).
+    Unused,
 }
 
 /// The pipeline constants every kernel is built with: the engine's settings.
@@ -95,7 +112,12 @@ impl Kernel {
     /// The files the kernel is assembled from, and its entry point.
     fn files(self) -> (Vec<File>, &'static str) {
         match self {
-            Kernel::Fused { .. } => (vec![COMMON, REDUCE, SEGMENT, FUSED], "fused"),
+            Kernel::Fused { boxes: false, .. } => (vec![COMMON, REDUCE, SEGMENT, FUSED], "fused"),
+            Kernel::Fused { boxes: true, .. } => {
+                (vec![COMMON, REDUCE, SEGMENT, ASSIGN, FUSED], "fused")
+            }
+            Kernel::AssignBoxes { .. } => (vec![COMMON, SUM2, ASSIGN, COUNT_BOXES], "count_boxes"),
+            Kernel::SumCounts => (vec![COMMON, SUM2, SUM_COUNTS], "sum_counts"),
             #[cfg(feature = "bench")]
             Kernel::Roofline { .. } => (vec![COMMON, REDUCE, SEGMENT, ROOFLINE], "roofline"),
             Kernel::Count => (vec![COMMON, SUM2, COUNT], "count_positives"),
@@ -110,7 +132,12 @@ impl Kernel {
             Kernel::Fused { backward, .. } => backward,
             #[cfg(feature = "bench")]
             Kernel::Roofline { backward, .. } => backward,
-            Kernel::Count | Kernel::Normalize | Kernel::Finalize | Kernel::CopyWords => false,
+            Kernel::Count
+            | Kernel::Normalize
+            | Kernel::Finalize
+            | Kernel::CopyWords
+            | Kernel::AssignBoxes { .. }
+            | Kernel::SumCounts => false,
         }
     }
 
@@ -128,6 +155,11 @@ impl Kernel {
         if spec.subgroups && self.reduces() {
             defines.push("SUBGROUPS");
         }
+        match self {
+            Kernel::Fused { boxes: true, .. } => defines.push("BOXES"),
+            Kernel::AssignBoxes { targets: true } => defines.push("TARGETS"),
+            _ => {}
+        }
         defines
     }
 
@@ -143,7 +175,11 @@ impl Kernel {
             ],
             #[cfg(feature = "bench")]
             Kernel::Roofline { read_all, .. } => vec![wg, ("READ_ALL", flag(read_all))],
-            Kernel::Count | Kernel::Normalize | Kernel::Finalize => vec![wg],
+            Kernel::Count
+            | Kernel::Normalize
+            | Kernel::Finalize
+            | Kernel::AssignBoxes { .. }
+            | Kernel::SumCounts => vec![wg],
             Kernel::CopyWords => vec![],
         }
     }
@@ -152,9 +188,16 @@ impl Kernel {
     pub fn bindings(self) -> Vec<Binding> {
         use Binding::{Read, ReadWrite, Uniform};
         match self {
-            Kernel::Fused { .. } => fused_bindings(self.backward()),
+            Kernel::Fused { boxes, .. } => fused_bindings(self.backward(), boxes),
             #[cfg(feature = "bench")]
-            Kernel::Roofline { .. } => fused_bindings(self.backward()),
+            Kernel::Roofline { .. } => fused_bindings(self.backward(), false),
+            Kernel::AssignBoxes { targets: false } => vec![Uniform, Read, Read, ReadWrite],
+            Kernel::AssignBoxes { targets: true } => {
+                vec![
+                    Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite, ReadWrite,
+                ]
+            }
+            Kernel::SumCounts => vec![Uniform, Read, ReadWrite],
             Kernel::Count => vec![Uniform, Read, ReadWrite],
             Kernel::Finalize => vec![Uniform, Read, Read, ReadWrite],
             Kernel::Normalize => vec![Uniform, ReadWrite, Read, ReadWrite],
@@ -166,7 +209,7 @@ impl Kernel {
     pub fn storage_buffers(self) -> u32 {
         self.bindings()
             .iter()
-            .filter(|b| **b != Binding::Uniform)
+            .filter(|b| matches!(b, Binding::Read | Binding::ReadWrite))
             .count() as u32
     }
 
@@ -203,13 +246,19 @@ impl Kernel {
             Kernel::Normalize,
             Kernel::Finalize,
             Kernel::CopyWords,
+            Kernel::AssignBoxes { targets: false },
+            Kernel::AssignBoxes { targets: true },
+            Kernel::SumCounts,
         ];
         for backward in [false, true] {
             for flag in [false, true] {
-                out.push(Kernel::Fused {
-                    backward,
-                    checks: flag,
-                });
+                for boxes in [false, true] {
+                    out.push(Kernel::Fused {
+                        backward,
+                        checks: flag,
+                        boxes,
+                    });
+                }
                 #[cfg(feature = "bench")]
                 out.push(Kernel::Roofline {
                     backward,
@@ -221,11 +270,13 @@ impl Kernel {
     }
 }
 
-/// The fused pass's bindings: params, the six inputs in `Input::ALL` order, the
-/// partial sums; backward adds the gradient factors and the three gradients.
-fn fused_bindings(backward: bool) -> Vec<Binding> {
-    use Binding::{Read, ReadWrite, Uniform};
-    let mut out = vec![Uniform, Read, Read, Read, Read, Read, Read, ReadWrite];
+/// The fused pass's bindings: params, the six inputs in `Input::ALL` order (from
+/// boxes: the three heads, the boxes and the classes), the partial sums;
+/// backward adds the gradient factors and the three gradients.
+fn fused_bindings(backward: bool, boxes: bool) -> Vec<Binding> {
+    use Binding::{Read, ReadWrite, Uniform, Unused};
+    let last_input = if boxes { Unused } else { Read };
+    let mut out = vec![Uniform, Read, Read, Read, Read, Read, last_input, ReadWrite];
     if backward {
         out.extend([Read, ReadWrite, ReadWrite, ReadWrite]);
     }
@@ -324,13 +375,15 @@ mod tests {
         for kernel in Kernel::all() {
             for s in [spec(true, false), spec(false, true)] {
                 for d in kernel.defines(s) {
-                    assert!(["BACKWARD", "SUBGROUPS"].contains(&d), "{kernel:?}: {d}");
+                    let bindings = ["BACKWARD", "SUBGROUPS", "BOXES", "TARGETS"];
+                    assert!(bindings.contains(&d), "{kernel:?}: {d}");
                 }
             }
         }
         let fused = Kernel::Fused {
             backward: true,
             checks: true,
+            boxes: false,
         };
         assert_eq!(fused.defines(spec(true, true)), ["BACKWARD", "SUBGROUPS"]);
         assert_eq!(fused.storage_buffers(), 11);
@@ -346,12 +399,22 @@ mod tests {
     #[test]
     fn every_file_has_balanced_directives() {
         let mut files = vec![
-            COMMON, REDUCE, SEGMENT, FUSED, FINALIZE, COUNT, NORM, COPY_WORDS,
+            COMMON,
+            REDUCE,
+            SEGMENT,
+            FUSED,
+            FINALIZE,
+            COUNT,
+            NORM,
+            COPY_WORDS,
+            ASSIGN,
+            COUNT_BOXES,
+            SUM_COUNTS,
         ];
         #[cfg(feature = "bench")]
         files.push(ROOFLINE);
         for f in files {
-            for defines in [&[][..], &["BACKWARD", "SUBGROUPS"][..]] {
+            for defines in [&[][..], &["BACKWARD", "SUBGROUPS", "BOXES", "TARGETS"][..]] {
                 preprocess(f, defines).unwrap_or_else(|e| panic!("{e}"));
             }
         }

@@ -3,7 +3,7 @@
 //! positive-count dispatch, each at the device's uniform offset alignment.
 
 use crate::config::{LossConfig, LossWeights};
-use crate::gpu::params::Params;
+use crate::gpu::params::{BoxSpec, Params};
 use crate::gpu::plan::Plan;
 use crate::layout::Levels;
 
@@ -25,18 +25,25 @@ impl ParamSlots {
         weights: &LossWeights,
         levels: &Levels,
         plan: &Plan,
+        boxes: Option<BoxSpec>,
         min_uniform_alignment: u32,
     ) -> Self {
         let stride = (std::mem::size_of::<Params>() as u64)
             .next_multiple_of(min_uniform_alignment.max(16) as u64);
-        let call = plan.global_params(&Params::global(
+        let mut call = plan.global_params(&Params::global(
             config,
             weights,
             plan.batch,
             levels.positions() as u32,
         ));
+        if let Some(spec) = boxes {
+            call = call.with_boxes(config, spec);
+        }
         let slots: Vec<Params> = std::iter::once(call)
-            .chain(plan.segments.iter().map(|s| plan.params(&call, levels, s)))
+            .chain(plan.segments.iter().map(|s| {
+                plan.params(&call, levels, s)
+                    .with_level_rule(config, levels, s.level)
+            }))
             .chain(
                 plan.count_groups
                     .iter()

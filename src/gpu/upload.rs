@@ -13,101 +13,132 @@ use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::scope::scoped;
 use crate::input::Input;
 use crate::inputs::Inputs;
-use crate::layout::Levels;
 
-/// What the host path's inputs need reserved in the pool (the staging buffer
-/// only where the upload is not zero-copy).
-pub(crate) fn needs(core: &Core, levels: &Levels, b: usize) -> Vec<Need> {
+/// One buffer the host path uploads: its pool slot and its bytes, in parts
+/// written one after another (a head's levels packed, a target as it is).
+pub(crate) struct Upload<'a> {
+    pub slot: Slot,
+    pub parts: Vec<&'a [u8]>,
+}
+
+impl Upload<'_> {
+    fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.len() as u64).sum()
+    }
+}
+
+/// The six inputs of a call from targets, as uploads.
+pub(crate) fn of_inputs<'a>(inputs: &Inputs<'a>) -> Vec<Upload<'a>> {
+    Input::ALL
+        .iter()
+        .map(|&input| Upload {
+            slot: Slot::Input(input),
+            parts: inputs
+                .parts(input)
+                .iter()
+                .map(|p| bytemuck::cast_slice(p))
+                .collect(),
+        })
+        .collect()
+}
+
+/// What the uploads need reserved in the pool (the staging buffer only where the
+/// upload is not zero-copy). Every buffer is at least 4 bytes.
+pub(crate) fn needs(core: &Core, uploads: &[Upload]) -> Vec<Need> {
     use wgpu::BufferUsages as U;
     let zero_copy = core.ctx.zero_copy_upload();
     let usage = U::STORAGE | if zero_copy { U::MAP_WRITE } else { U::COPY_DST };
-    let mut needs: Vec<Need> = Input::ALL
+    let mut needs: Vec<Need> = uploads
         .iter()
-        .map(|&input| Need {
-            slot: Slot::Input(input),
-            size: core.bytes(input, levels, b),
+        .map(|u| Need {
+            slot: u.slot,
+            size: u.bytes().max(4),
             usage,
         })
         .collect();
     if !zero_copy {
         needs.push(Need {
             slot: Slot::Upload,
-            size: needs.iter().map(|n| n.size).sum(),
+            size: uploads.iter().map(|u| u.bytes()).sum::<u64>().max(4),
             usage: U::MAP_WRITE | U::COPY_SRC,
         });
     }
     needs
 }
 
-/// A mapped buffer and the inputs written into it, each at its byte offset.
+/// A mapped buffer and the uploads written into it, each at its byte offset.
 struct Placement<'b> {
     buffer: &'b wgpu::Buffer,
     bytes: u64,
-    inputs: Vec<(Input, u64)>,
+    uploads: Vec<(usize, u64)>,
 }
 
-/// Writes `inputs` into the pool's input buffers (reserved by [`needs`]).
-pub(crate) fn upload(
-    core: &Core,
-    pool: &Pool,
-    levels: &Levels,
-    inputs: &Inputs,
-) -> Result<(), FcosError> {
-    let b = inputs.batch;
-    let sizes: Vec<(Input, u64)> = Input::ALL
-        .iter()
-        .map(|&i| (i, core.bytes(i, levels, b)))
+/// Writes `uploads` into their pool buffers (reserved by [`needs`]).
+pub(crate) fn upload(core: &Core, pool: &Pool, uploads: &[Upload]) -> Result<(), FcosError> {
+    let live: Vec<usize> = (0..uploads.len())
+        .filter(|&i| uploads[i].bytes() > 0)
         .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
     if core.ctx.zero_copy_upload() {
-        let placements = sizes
+        let placements = live
             .iter()
-            .map(|&(input, bytes)| {
+            .map(|&i| {
                 Ok(Placement {
-                    buffer: pool.get(Slot::Input(input))?,
-                    bytes,
-                    inputs: vec![(input, 0)],
+                    buffer: pool.get(uploads[i].slot)?,
+                    bytes: uploads[i].bytes(),
+                    uploads: vec![(i, 0)],
                 })
             })
             .collect::<Result<Vec<_>, FcosError>>()?;
-        return write_mapped(core, &placements, inputs);
+        return write_mapped(core, &placements, uploads);
     }
     let staging = Placement {
         buffer: pool.get(Slot::Upload)?,
-        bytes: sizes.iter().map(|s| s.1).sum(),
-        inputs: sizes
+        bytes: live.iter().map(|&i| uploads[i].bytes()).sum(),
+        uploads: live
             .iter()
-            .scan(0u64, |at, &(input, n)| {
+            .scan(0u64, |at, &i| {
                 let start = *at;
-                *at += n;
-                Some((input, start))
+                *at += uploads[i].bytes();
+                Some((i, start))
             })
             .collect(),
     };
-    write_mapped(core, std::slice::from_ref(&staging), inputs)?;
+    write_mapped(core, std::slice::from_ref(&staging), uploads)?;
     let device = &core.ctx.device;
     scoped(device, || -> Result<(), FcosError> {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("fcos upload"),
         });
-        for (&(input, start), &(_, n)) in staging.inputs.iter().zip(&sizes) {
-            let dst = pool.get(Slot::Input(input))?;
-            encoder.copy_buffer_to_buffer(staging.buffer, start, dst, 0, n);
+        for &(i, start) in &staging.uploads {
+            let dst = pool.get(uploads[i].slot)?;
+            encoder.copy_buffer_to_buffer(staging.buffer, start, dst, 0, uploads[i].bytes());
         }
         core.ctx.queue.submit([encoder.finish()]);
         Ok(())
     })?
 }
 
-/// Maps every placement's buffer for writing (one wait) and writes its inputs.
-fn write_mapped(core: &Core, placements: &[Placement], inputs: &Inputs) -> Result<(), FcosError> {
+/// Maps every placement's buffer for writing (one wait) and writes its uploads.
+fn write_mapped(
+    core: &Core,
+    placements: &[Placement],
+    uploads: &[Upload],
+) -> Result<(), FcosError> {
     let bufs: Vec<_> = placements.iter().map(|p| (p.buffer, 0..p.bytes)).collect();
     core.readback().map_all(&bufs, wgpu::MapMode::Write, None)?;
     let mut failed = None;
     for p in placements {
         match p.buffer.slice(0..p.bytes).get_mapped_range_mut() {
             Ok(mut view) => {
-                for &(input, at) in &p.inputs {
-                    write_input(&mut view, at, inputs, input);
+                for &(i, at) in &p.uploads {
+                    let mut from = at as usize;
+                    for part in &uploads[i].parts {
+                        view.slice(from..from + part.len()).copy_from_slice(part);
+                        from += part.len();
+                    }
                 }
             }
             Err(e) => failed = Some(e),
@@ -117,16 +148,5 @@ fn write_mapped(core: &Core, placements: &[Placement], inputs: &Inputs) -> Resul
     match failed {
         Some(e) => Err(FcosError::gpu_from("writing the inputs failed", e)),
         None => Ok(()),
-    }
-}
-
-/// Writes `input`'s parts one after another from byte `at` of `view`: a head's
-/// levels packed (`B·ch·off_l`), a target as it is.
-fn write_input(view: &mut wgpu::BufferViewMut, at: u64, inputs: &Inputs, input: Input) {
-    let mut from = at as usize;
-    for part in inputs.parts(input) {
-        let bytes: &[u8] = bytemuck::cast_slice(part);
-        view.slice(from..from + bytes.len()).copy_from_slice(bytes);
-        from += bytes.len();
     }
 }

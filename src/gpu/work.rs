@@ -86,7 +86,7 @@ impl<'p> WorkBuffers<'p> {
             Need {
                 slot: Slot::Partials,
                 size: PARTIAL_BYTES * plan.partials_capacity,
-                usage: U::STORAGE,
+                usage: U::STORAGE | U::COPY_SRC,
             },
             Need {
                 slot: Slot::ImageSums,

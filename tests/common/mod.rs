@@ -332,3 +332,46 @@ pub fn concat_images<T: Copy + Into<f64>>(
             .collect()
     })
 }
+
+/// Asserts that `got` matches `want` per image within `tol` relative (values
+/// below 1e-6 compared absolutely), and that the positives agree.
+pub fn assert_close_rel(what: &str, got: &Losses, want: &Losses, tol: f64) {
+    let d = got.max_rel_diff(want, tol, tol * 1e-6);
+    assert!(
+        d <= tol,
+        "{what}: relative difference {d:e} > {tol:e}\n got  {got:?}\n want {want:?}"
+    );
+    assert_eq!(got.num_pos, want.num_pos, "{what}: num_pos");
+}
+
+/// Asserts per-image losses against a golden file's within docs/contract.md §3.
+pub fn assert_golden(what: &str, got: &Losses, cls: &[f64], cnt: &[f64], reg: &[f64]) {
+    for (name, g, w) in [
+        ("cls", &got.cls, cls),
+        ("cnt", &got.cnt, cnt),
+        ("reg", &got.reg, reg),
+    ] {
+        assert_eq!(g.len(), w.len(), "{what} {name}: images");
+        for (i, (&a, &b)) in g.iter().zip(w).enumerate() {
+            let d = (a - b).abs() / b.abs().max(ABS_TOL / REL_TOL);
+            assert!(
+                d <= REL_TOL,
+                "{what} {name}[{i}]: {a} vs PyTorch {b} (relative {d:e})"
+            );
+        }
+    }
+}
+
+/// A STORAGE buffer holding `bytes` (at least one word).
+pub fn storage_buffer(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    let mut padded = bytes.to_vec();
+    padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
+    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("test storage"),
+        contents: &padded,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+    })
+}

@@ -1,0 +1,153 @@
+//! Targets from ground-truth boxes (docs/contract.md §7) on the golden box cases:
+//! the CPU twin against PyTorch's targets, the GPU target pass against the twin
+//! (bit for bit), and the fused loss from boxes against the two-step path and the
+//! golden losses and gradients, IoU and GIoU, host and device paths.
+#![cfg(feature = "casefile")]
+
+mod common;
+
+use fcos_loss::casefile::Case;
+use fcos_loss::{
+    reference, ClassDtype, DeviceBatch, DeviceGroundTruth, DevicePredictions, LossConfig,
+    LossWeights, Predictions, RegLoss, Targets,
+};
+
+const CASES: [&str; 3] = [
+    "boxes_voc_b2_c20_512x512_m12",
+    "boxes_odd_b3_c7_100x150_m9",
+    "boxes_coco_b1_c80_320x480_m40",
+];
+
+/// Class and box targets bit for bit, centerness within 1e-6 relative.
+fn assert_targets(what: &str, got: &Targets, cls: &[f32], cnt: &[f32], reg: &[f32]) {
+    let differ = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count()
+    };
+    assert_eq!(got.cls_targets.len(), cls.len(), "{what}: cls length");
+    assert_eq!(
+        differ(&got.cls_targets, cls),
+        0,
+        "{what}: class targets differ"
+    );
+    assert_eq!(
+        differ(&got.reg_targets, reg),
+        0,
+        "{what}: box targets differ"
+    );
+    let worst = got
+        .cnt_targets
+        .iter()
+        .zip(cnt)
+        .map(|(&a, &b)| ((a - b).abs() / b.abs().max(1e-30)) as f64)
+        .fold(0.0, f64::max);
+    assert!(worst <= 1e-6, "{what}: centerness relative error {worst:e}");
+}
+
+fn config(case: &Case, reg: RegLoss) -> LossConfig {
+    LossConfig::new(case.batch.classes as u32).with_reg_loss(reg)
+}
+
+#[test]
+fn cpu_twin_reproduces_pytorch_targets() {
+    for name in CASES {
+        let case = common::golden(name);
+        let b = &case.batch;
+        let gt = case.boxes.as_ref().expect("gt_boxes").ground_truth(b.batch);
+        let t = reference::assign_targets(&config(&case, RegLoss::Iou), &b.levels, &gt).unwrap();
+        assert_targets(name, &t, &b.cls_targets, &b.cnt_targets, &b.reg_targets);
+    }
+}
+
+#[test]
+fn gpu_target_pass_equals_the_twin() {
+    let mut engine = common::engine(LossConfig::new(1));
+    for name in CASES {
+        let case = common::golden(name);
+        let b = &case.batch;
+        engine.set_config(config(&case, RegLoss::Iou)).unwrap();
+        let gt = case.boxes.as_ref().unwrap().ground_truth(b.batch);
+        let cpu = reference::assign_targets(engine.config(), &b.levels, &gt).unwrap();
+        let gpu = engine.assign_targets(&b.levels, &gt).unwrap().value;
+        assert_targets(
+            name,
+            &gpu,
+            &cpu.cls_targets,
+            &cpu.cnt_targets,
+            &cpu.reg_targets,
+        );
+    }
+}
+
+#[test]
+fn fused_from_boxes_equals_two_steps_and_pytorch() {
+    let mut engine = common::engine(LossConfig::new(1));
+    for name in CASES {
+        let case = common::golden(name);
+        let b = &case.batch;
+        let gt = case.boxes.as_ref().unwrap().ground_truth(b.batch);
+        let preds = Predictions::of(&b.inputs());
+        let expected = case.expected.as_ref().unwrap();
+        for reg in [RegLoss::Iou, RegLoss::Giou] {
+            engine.set_config(config(&case, reg)).unwrap();
+            let what = format!("{name} {reg:?}");
+            let two_step = engine.compute(&b.levels, &b.inputs()).unwrap();
+            let fused = engine
+                .compute_from_boxes(&b.levels, &preds, &gt)
+                .unwrap()
+                .value;
+            common::assert_close_rel(&what, &fused, &two_step, 1e-6);
+            let reg_want = match reg {
+                RegLoss::Iou => &expected.reg_loss,
+                RegLoss::Giou => expected.reg_loss_giou.as_ref().unwrap(),
+            };
+            common::assert_golden(
+                &what,
+                &fused,
+                &expected.cls_loss,
+                &expected.cnt_loss,
+                reg_want,
+            );
+            let w = LossWeights::default();
+            let (l2, g2) = engine.forward_backward(&b.levels, &b.inputs(), &w).unwrap();
+            let (l1, g1) = engine
+                .forward_backward_from_boxes(&b.levels, &preds, &gt, &w)
+                .unwrap()
+                .value;
+            common::assert_close_rel(&format!("{what} backward"), &l1, &l2, 1e-6);
+            common::assert_heads(&format!("{what} grads"), &g1, &g2, 1e-6);
+            // The device path, classes as f32 and as i32 words.
+            let up = DeviceBatch::upload(&engine.context().device, b).unwrap();
+            let dev_preds = DevicePredictions::of(&up.inputs());
+            let bx = case.boxes.as_ref().unwrap();
+            let device = &engine.context().device;
+            let boxes = common::storage_buffer(device, bytemuck::cast_slice(&bx.boxes));
+            let f32s: Vec<f32> = bx.classes.iter().map(|&c| c as f32).collect();
+            let i32s: Vec<i32> = bx.classes.iter().map(|&c| c as i32).collect();
+            for (dtype, words) in [
+                (ClassDtype::F32, bytemuck::cast_slice::<f32, u8>(&f32s)),
+                (ClassDtype::I32, bytemuck::cast_slice::<i32, u8>(&i32s)),
+            ] {
+                let classes = common::storage_buffer(device, words);
+                let dgt = DeviceGroundTruth {
+                    boxes_per_image: bx.boxes_per_image,
+                    boxes: &boxes,
+                    classes: &classes,
+                    class_dtype: dtype,
+                };
+                let dev = engine
+                    .compute_device_from_boxes(&b.levels, &dev_preds, &dgt, None)
+                    .unwrap()
+                    .value;
+                common::assert_close_rel(
+                    &format!("{what} device {dtype:?}"),
+                    &dev,
+                    &two_step,
+                    1e-6,
+                );
+            }
+        }
+    }
+}
