@@ -203,6 +203,77 @@ pub fn coco_default() -> Result<Batch, FcosError> {
     generate(&levels, &strides, &SyntheticSpec::new(8, 80))
 }
 
+/// Ground-truth boxes drawn as the project's peer script `gen_targets.random_boxes`
+/// draws them (its distribution, not its bits): sizes log-uniform from 3 to about
+/// 1,500 pixels so that every level gets some, centres uniform over the `h × w`
+/// image, half the boxes snapped to whole pixels, corners clamped into the image,
+/// 5 % exact duplicates of the previous row with another class (ties), 20 %
+/// padding rows (`-1` box and class).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RandomBoxes {
+    /// Rows per image `M`.
+    pub boxes_per_image: usize,
+    /// `[B, M, 4]`.
+    pub boxes: Vec<f32>,
+    /// `[B, M]`, `1..=C` or `-1`.
+    pub classes: Vec<i64>,
+}
+
+impl RandomBoxes {
+    /// Draws `m` rows for each of `batch` images of `h × w` pixels.
+    pub fn draw(batch: usize, m: usize, h: u32, w: u32, classes: u32, seed: u64) -> Self {
+        let mut rng = Rng::new(seed ^ 0x6a09_e667_f3bc_c908);
+        let (hf, wf) = (h as f64, w as f64);
+        let mut boxes = Vec::with_capacity(batch * m * 4);
+        let mut cls = Vec::with_capacity(batch * m);
+        for _ in 0..batch {
+            let mut prev = [0.0f32; 4];
+            for j in 0..m {
+                let sw = (rng.uniform() * 6.2).exp() * 3.0;
+                let sh = (rng.uniform() * 6.2).exp() * 3.0;
+                let cx = rng.uniform() * wf;
+                let cy = rng.uniform() * hf;
+                let mut b = [cx - sw / 2.0, cy - sh / 2.0, cx + sw / 2.0, cy + sh / 2.0];
+                if rng.uniform() < 0.5 {
+                    b = b.map(f64::round);
+                }
+                let mut r = [
+                    b[0].clamp(0.0, wf - 1.0) as f32,
+                    b[1].clamp(0.0, hf - 1.0) as f32,
+                    b[2].clamp(1.0, wf) as f32,
+                    b[3].clamp(1.0, hf) as f32,
+                ];
+                let mut c = rng.range(1, u64::from(classes.max(1))) as i64;
+                if j > 0 && rng.uniform() < 0.05 {
+                    r = prev;
+                }
+                prev = r;
+                if rng.uniform() < 0.2 {
+                    r = [-1.0; 4];
+                    c = -1;
+                }
+                boxes.extend_from_slice(&r);
+                cls.push(c);
+            }
+        }
+        RandomBoxes {
+            boxes_per_image: m,
+            boxes,
+            classes: cls,
+        }
+    }
+
+    /// The boxes as a call takes them, for `batch` images.
+    pub fn ground_truth(&self, batch: usize) -> crate::GroundTruth<'_> {
+        crate::GroundTruth {
+            batch,
+            boxes_per_image: self.boxes_per_image,
+            boxes: &self.boxes,
+            classes: crate::GtClasses::I64(&self.classes),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
