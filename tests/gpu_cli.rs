@@ -795,3 +795,105 @@ fn bench_norms_json_has_a_row_per_mode() {
     ]);
     assert!(plain.get("kernel_ms_by_norm").is_none(), "{plain}");
 }
+
+
+/// `targets` assigns every golden box case's targets exactly as the file holds
+/// them and writes them in the §5 shapes.
+#[test]
+fn targets_reproduce_every_box_case() {
+    for name in BOX_CASES {
+        let out = temp_path("targets");
+        let v = run_json(&["targets", &data(&format!("{name}.safetensors")), "--out", out.to_str().unwrap(), "--json"]);
+        assert_eq!(v["ok"], true, "{name}: {v}");
+        assert_eq!(v["differing_cls"], 0, "{name}");
+        assert_eq!(v["differing_reg"], 0, "{name}");
+        assert!(v["max_cnt_rel_err"].as_f64().unwrap() <= 1e-6, "{name}: {v}");
+        let case = fcos_loss::casefile::read_case(Path::new(&data(&format!("{name}.safetensors")))).unwrap();
+        let (b, p) = (case.batch.batch, case.batch.levels.positions());
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("cls_targets").unwrap().shape(), &[b, p, 1]);
+        assert_eq!(st.tensor("cnt_targets").unwrap().shape(), &[b, p, 1]);
+        assert_eq!(st.tensor("reg_targets").unwrap().shape(), &[b, p, 4]);
+        let cls: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("cls_targets").unwrap().data());
+        assert_eq!(cls, case.batch.cls_targets, "{name}: written class targets");
+    }
+}
+
+/// A file whose targets disagree with its boxes: `targets` counts the
+/// differences and exits 1; a file without boxes is an error (exit 2).
+#[test]
+fn targets_fail_on_differences_and_need_boxes() {
+    let name = BOX_CASES[0];
+    let mut ts = golden_tensors(&format!("{name}.safetensors"));
+    let st_bytes = std::fs::read(data(&format!("{name}.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
+    for n in ["gt_boxes", "gt_classes"] {
+        let t = st.tensor(n).unwrap();
+        ts.push((n.to_string(), t.shape().to_vec(), t.data().to_vec(), t.dtype()));
+    }
+    let ts = with(&ts, "cls_targets", |t| {
+        let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.2);
+        let i = v.iter().position(|&c| c > 0.0).unwrap();
+        v[i] += 1.0;
+        t.2 = bytemuck::cast_slice(&v).to_vec();
+    });
+    let path = write_tensors("targets_off", &ts);
+    let out = temp_path("targets_off_out");
+    let run = bin()
+        .args(["targets", &path, "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{text}{}", stderr(&run));
+    assert!(text.contains("1 class targets differ"), "{text}");
+    let run = bin()
+        .args(["targets", &data("voc_b2_c20_512x512.safetensors"), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let e = one_error("targets without boxes", &run, 2);
+    assert!(e.contains("gt_boxes"), "{e}");
+    let run = bin()
+        .args(["check", &data("voc_b2_c20_512x512.safetensors"), "--from-boxes"])
+        .output()
+        .unwrap();
+    let e = one_error("check --from-boxes without boxes", &run, 2);
+    assert!(e.contains("gt_boxes"), "{e}");
+}
+
+/// `check --from-boxes` and `grad --from-boxes` pass on every box case, IoU and
+/// GIoU, in every normalisation, with the same JSON keys as without.
+#[test]
+fn check_and_grad_from_boxes_pass_on_every_box_case() {
+    for name in BOX_CASES {
+        for reg in ["iou", "giou"] {
+            for norm in ["per-image", "batch", "global-ctr"] {
+                let args = ["check", &data(&format!("{name}.safetensors")), "--from-boxes", "--reg", reg, "--norm", norm, "--json"];
+                let v = run_json(&args);
+                assert_eq!(v["ok"], true, "{args:?}: {v}");
+                assert_eq!(v["from_boxes"], true);
+                let plain = run_json(&["check", &data(&format!("{name}.safetensors")), "--reg", reg, "--norm", norm, "--json"]);
+                let keys = |v: &serde_json::Value| {
+                    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+                    k.sort();
+                    k
+                };
+                assert_eq!(keys(&v), keys(&plain), "{args:?}");
+            }
+        }
+        let out = temp_path("grad_boxes");
+        let v = run_json(&["grad", &data(&format!("{name}.safetensors")), "--from-boxes", "--out", out.to_str().unwrap(), "--json"]);
+        assert_eq!(v["ok"], true, "{name}: {v}");
+        let v = run_json(&[
+            "grad",
+            &data(&format!("{name}.safetensors")),
+            "--from-boxes",
+            "--norm",
+            "global-ctr",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(v["ok"], true, "{name} global-ctr: {v}");
+    }
+}

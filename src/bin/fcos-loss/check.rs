@@ -4,13 +4,14 @@
 
 use serde_json::json;
 
-use fcos_loss::casefile::{self, Case, Expected, ExpectedObjective};
+use fcos_loss::casefile::{self, Case, CaseBoxes, Expected, ExpectedObjective};
 use fcos_loss::{
-    check_values, reference, FcosLoss, LossConfig, Losses, RegLoss, Sums, ABS_TOL, REL_TOL,
+    check_values, reference, FcosLoss, LossConfig, Losses, Predictions, RegLoss, Sums, ABS_TOL,
+    REL_TOL,
 };
 
 use crate::common::{
-    denominators, expected_sums, loss_diff, losses_json_for, losses_within, verdict, CaseArgs,
+    case_for, denominators, expected_sums, loss_diff, losses_json_for, losses_within, verdict, CaseArgs,
     Failure, NormArg,
 };
 
@@ -34,8 +35,8 @@ struct Comparison {
 }
 
 pub fn run(a: &CheckArgs) -> Result<(), Failure> {
-    let case = casefile::read_case(&a.file)?;
-    let c = compare(&case, a.reg, a.norm)?;
+    let (case, boxes) = case_for(casefile::read_case(&a.file)?, a.from_boxes)?;
+    let c = compare(&case, boxes.as_ref(), a.reg, a.norm)?;
     match (a.json, a.norm) {
         (true, _) => print_json(a, &case, &c),
         (false, NormArg::PerImage) => print_table(a, &case, &c),
@@ -47,13 +48,26 @@ pub fn run(a: &CheckArgs) -> Result<(), Failure> {
 /// Computes the case on the GPU and the CPU reference and compares both with
 /// each other and with the expected values. Bad input values are reported before
 /// a device is opened.
-fn compare(case: &Case, reg: RegLoss, norm: NormArg) -> Result<Comparison, Failure> {
+/// With `boxes`, the GPU computes from them (the fused pass assigns the targets).
+fn compare(
+    case: &Case,
+    boxes: Option<&CaseBoxes>,
+    reg: RegLoss,
+    norm: NormArg,
+) -> Result<Comparison, Failure> {
     let batch = &case.batch;
     let (levels, inputs) = (&batch.levels, batch.inputs());
     check_values(levels, &inputs, batch.classes)?;
     let config = norm.config(case, reg)?;
     let engine = FcosLoss::new(config.clone())?;
-    let gpu = engine.compute(levels, &inputs)?;
+    let gpu = match boxes {
+        Some(bx) => {
+            let preds = Predictions::of(&inputs);
+            let gt = bx.ground_truth(batch.batch);
+            engine.compute_from_boxes(levels, &preds, &gt)?.value
+        }
+        None => engine.compute(levels, &inputs)?,
+    };
     let cpu = reference::losses(&config, levels, &inputs)?;
     let expected = case.expected.as_ref().and_then(|e| match norm {
         NormArg::PerImage => expected_losses(e, reg, &cpu, config.add_centerness),
@@ -159,6 +173,7 @@ fn print_json(a: &CheckArgs, case: &Case, c: &Comparison) {
         "adapter": c.adapter,
         "file": a.file.display().to_string(),
         "reg": a.reg.name(),
+        "from_boxes": a.from_boxes,
         "batch": batch.batch,
         "classes": batch.classes,
         "levels": batch.levels.shapes(),

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use fcos_loss::casefile::{Case, ExpectedSums};
+use fcos_loss::casefile::{Case, CaseBoxes, ExpectedSums};
 use fcos_loss::{
-    Counts, Denominators, FcosError, LossConfig, Losses, Normalization, RegLoss, Sums, ABS_TOL,
+    reference, Counts, Denominators, FcosError, LossConfig, Losses, Normalization, RegLoss, Sums,
+    ABS_TOL,
     REL_TOL,
 };
 
@@ -75,6 +76,34 @@ pub struct CaseArgs {
     /// Print one JSON object on stdout instead of the text.
     #[arg(long)]
     pub json: bool,
+    /// Compute from the file's gt_boxes / gt_classes (docs/contract.md §7): the
+    /// GPU assigns each position's targets inside the fused pass, the CPU
+    /// reference runs on its twin's targets; the file's own targets are not read
+    /// by either, and the expected values are compared as usual.
+    #[arg(long)]
+    pub from_boxes: bool,
+}
+
+/// With `--from-boxes`, the case with its targets replaced by the CPU twin's
+/// assignment from its boxes (the reference and the normalisation read those),
+/// and the boxes; otherwise the case as it is.
+pub fn case_for(case: Case, from_boxes: bool) -> Result<(Case, Option<CaseBoxes>), Failure> {
+    if !from_boxes {
+        return Ok((case, None));
+    }
+    let Some(boxes) = case.boxes.clone() else {
+        return Err(Failure::Error(FcosError::File(
+            "--from-boxes needs gt_boxes and gt_classes in the case file".into(),
+        )));
+    };
+    let mut case = case;
+    let b = &mut case.batch;
+    let config = LossConfig::new(b.classes as u32);
+    let t = reference::assign_targets(&config, &b.levels, &boxes.ground_truth(b.batch))?;
+    b.cls_targets = t.cls_targets;
+    b.cnt_targets = t.cnt_targets;
+    b.reg_targets = t.reg_targets;
+    Ok((case, Some(boxes)))
 }
 
 /// `--norm`: the normalisations the case-file commands run.

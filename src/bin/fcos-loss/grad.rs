@@ -6,14 +6,14 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use fcos_loss::casefile::{self, Case, Expected};
+use fcos_loss::casefile::{self, Case, CaseBoxes, Expected};
 use fcos_loss::{
     check_values, max_head_error, reference, FcosLoss, Gradients, Head, Heads, LossConfig,
-    LossWeights, Losses, RegLoss,
+    LossWeights, Losses, Predictions, RegLoss,
 };
 
 use crate::common::{
-    denominators, grads_within, loss_diff, losses_json, losses_json_for, losses_within, verdict,
+    case_for, denominators, grads_within, loss_diff, losses_json, losses_json_for, losses_within, verdict,
     CaseArgs, Failure, NormArg, GRAD_TOL,
 };
 
@@ -46,8 +46,8 @@ struct Comparison {
 type Tensor = (String, Vec<usize>, Vec<f32>);
 
 pub fn run(a: &GradArgs) -> Result<(), Failure> {
-    let case = casefile::read_case(&a.case.file)?;
-    let c = compare(&case, a.case.reg, a.case.norm)?;
+    let (case, boxes) = case_for(casefile::read_case(&a.case.file)?, a.case.from_boxes)?;
+    let c = compare(&case, boxes.as_ref(), a.case.reg, a.case.norm)?;
     let tensors = out_tensors(&case, &c, a.case.norm);
     casefile::write_tensors(&a.out, &tensors)?;
     if a.case.json {
@@ -60,14 +60,29 @@ pub fn run(a: &GradArgs) -> Result<(), Failure> {
 
 /// Forward + backward on the GPU and in the CPU reference (bad input values are
 /// reported before a device is opened), and every comparison.
-fn compare(case: &Case, reg: RegLoss, norm: NormArg) -> Result<Comparison, Failure> {
+/// With `boxes`, the GPU computes from them (the fused pass assigns the targets).
+fn compare(
+    case: &Case,
+    boxes: Option<&CaseBoxes>,
+    reg: RegLoss,
+    norm: NormArg,
+) -> Result<Comparison, Failure> {
     let batch = &case.batch;
     let (levels, inputs) = (&batch.levels, batch.inputs());
     check_values(levels, &inputs, batch.classes)?;
     let config = norm.config(case, reg)?;
     let weights = LossWeights::for_config(&config);
     let engine = FcosLoss::new(config.clone())?;
-    let (gpu, grads) = engine.forward_backward(levels, &inputs, &weights)?;
+    let (gpu, grads) = match boxes {
+        Some(bx) => {
+            let preds = Predictions::of(&inputs);
+            let gt = bx.ground_truth(batch.batch);
+            engine
+                .forward_backward_from_boxes(levels, &preds, &gt, &weights)?
+                .value
+        }
+        None => engine.forward_backward(levels, &inputs, &weights)?,
+    };
     let (cpu, cpu_grads) = reference::grad::gradients(&config, levels, &inputs, &weights)?;
     let cpu_grads = reference::grad::narrow(&cpu_grads);
     let vs_cpu = Heads::from_fn(|h| max_head_error(&grads[h], &cpu_grads[h]));
@@ -168,6 +183,7 @@ fn print_json(a: &GradArgs, c: &Comparison) {
         "file": a.case.file.display().to_string(),
         "out": a.out.display().to_string(),
         "reg": a.case.reg.name(),
+        "from_boxes": a.case.from_boxes,
         "gpu": losses_json(&c.gpu),
         "cpu": losses_json(&c.cpu),
         "max_grad_err": {

@@ -1,5 +1,5 @@
-//! `fcos-loss`: the demo (no arguments, or `demo`) and the `check`, `grad` and
-//! `bench` commands, one file each; `common` holds what they share.
+//! `fcos-loss`: the demo (no arguments, or `demo`) and the `check`, `grad`,
+//! `targets` and `bench` commands, one file each; `common` holds what they share.
 //!
 //! Exit codes: 0 ok, 1 results outside the tolerances, 2 an error (bad arguments,
 //! an unreadable case file, no adapter, a batch the device cannot take). Every
@@ -11,6 +11,7 @@ mod check;
 mod common;
 mod demo;
 mod grad;
+mod targets;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Gradients of a case file on the GPU, written to a safetensors file; compared with the CPU reference and expected gradients.
     Grad(grad::GradArgs),
+    /// Targets assigned on the GPU from a case file's gt_boxes / gt_classes, written to a safetensors file and compared with the file's own targets.
+    Targets(targets::TargetsArgs),
     /// Kernel and call times on this adapter beside the memory roofline and the CPU reference.
     Bench(bench::BenchArgs),
 }
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Some(Command::Check(a)) => check::run(&a),
         Some(Command::Grad(a)) => grad::run(&a),
         Some(Command::Bench(a)) => bench::run(&a),
+        Some(Command::Targets(a)) => targets::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
