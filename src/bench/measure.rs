@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::boxes::{BoxRuns, BoxTimes};
 use super::norms::{NormRuns, NormTimes, NORMS};
 use super::report::BenchReport;
 use super::spec::BenchSpec;
@@ -27,6 +28,10 @@ pub struct BenchOptions {
     /// ([`BenchReport::norms`]); with `cpu_reps > 0` each mode's losses are also
     /// compared with the CPU reference under that mode.
     pub norms: bool,
+    /// With `Some(M)`, also time the loss from `M` ground-truth boxes per image
+    /// (the fused pass, the target pass alone, the whole host call and, with
+    /// `backward`, the fused forward + backward; [`BenchReport::boxes`]).
+    pub boxes: Option<usize>,
 }
 
 impl Default for BenchOptions {
@@ -38,6 +43,7 @@ impl Default for BenchOptions {
             cpu_reps: 3,
             backward: true,
             norms: false,
+            boxes: None,
         }
     }
 }
@@ -74,10 +80,18 @@ pub fn measure(
 ) -> Result<BenchReport, FcosError> {
     check_reps(reps)?;
     let norms = options.norms.then(|| NormRuns::new(work)).transpose()?;
-    let backward = warm_up(work, options, norms.as_ref())?;
+    let boxes = options.boxes.map(|m| BoxRuns::new(work, m)).transpose()?;
+    let backward = warm_up(work, options, norms.as_ref(), boxes.as_ref())?;
     let cpu_reps = options.cpu_reps.min(reps);
-    let samples = Samples::take(work, reps, cpu_reps, backward, norms.as_ref())?;
+    let runs = Runs {
+        norms: norms.as_ref(),
+        boxes: boxes.as_ref(),
+    };
+    let samples = Samples::take(work, reps, cpu_reps, backward, runs)?;
     let mut report = samples.report(work, reps);
+    if let (Some(runs), Some(m)) = (&boxes, options.boxes) {
+        report.boxes = Some(samples.box_times(m, report.kernel_ms, runs.two_step_diff(work)?));
+    }
     if let Some(runs) = &norms {
         let check = (cpu_reps > 0)
             .then(|| samples.norm_diffs(work, runs))
@@ -99,6 +113,7 @@ pub fn scaling(
         cpu_reps: 0,
         backward: false,
         norms: false,
+        boxes: None,
     };
     let mut out = Vec::with_capacity(batches.len());
     for &b in batches {
@@ -123,9 +138,18 @@ fn warm_up(
     work: &Workload<'_>,
     options: &BenchOptions,
     norms: Option<&NormRuns>,
+    boxes: Option<&BoxRuns>,
 ) -> Result<bool, FcosError> {
     let mut backward = options.backward;
     for _ in 0..options.warmup {
+        if let Some(b) = boxes {
+            b.forward(work)?;
+            b.targets(work)?;
+            b.host_call(work)?;
+            if backward && b.forward_backward(work)?.is_none() {
+                backward = false;
+            }
+        }
         work.forward_device()?;
         work.forward_host()?;
         work.roofline()?;
@@ -168,6 +192,21 @@ struct Samples {
     norm_kernel: Vec<Vec<f64>>,
     norm_backward: Vec<Vec<f64>>,
     norm_losses: Vec<Option<Losses>>,
+    /// From boxes (when timed): the fused loss's kernel, the target pass's
+    /// kernel, the whole host call, the fused forward + backward's kernel, and the
+    /// positives of the first call.
+    boxes_kernel: Vec<f64>,
+    targets_kernel: Vec<f64>,
+    boxes_call: Vec<f64>,
+    boxes_backward: Vec<f64>,
+    boxes_positives: u64,
+}
+
+/// The optional paths a repetition also times.
+#[derive(Clone, Copy)]
+struct Runs<'a> {
+    norms: Option<&'a NormRuns>,
+    boxes: Option<&'a BoxRuns>,
 }
 
 impl Samples {
@@ -182,8 +221,9 @@ impl Samples {
         reps: usize,
         cpu_reps: usize,
         mut backward: bool,
-        norms: Option<&NormRuns>,
+        runs: Runs<'_>,
     ) -> Result<Self, FcosError> {
+        let norms = runs.norms;
         let mut s = Samples::default();
         let modes = norms.map_or(0, |_| NORMS.len());
         s.norm_kernel = vec![Vec::new(); modes];
@@ -207,6 +247,9 @@ impl Samples {
             }
             if let Some(runs) = norms {
                 s.take_norms(work, runs, rep, &mut backward)?;
+            }
+            if let Some(b) = runs.boxes {
+                s.take_boxes(work, b, &mut backward)?;
             }
             if rep < cpu_reps {
                 let (l, d) = work.cpu_reference()?;
@@ -240,6 +283,46 @@ impl Samples {
             }
         }
         Ok(())
+    }
+
+    /// One repetition of the paths from boxes.
+    fn take_boxes(
+        &mut self,
+        work: &Workload<'_>,
+        runs: &BoxRuns,
+        backward: &mut bool,
+    ) -> Result<(), FcosError> {
+        let t = runs.forward(work)?;
+        self.boxes_kernel.push(ms(kernel_time(&t)));
+        if self.boxes_positives == 0 {
+            self.boxes_positives = t.value.num_pos.iter().map(|&n| u64::from(n)).sum();
+        }
+        self.targets_kernel.push(ms(kernel_time(&runs.targets(work)?)));
+        self.boxes_call.push(ms(runs.host_call(work)?.call));
+        if *backward {
+            match runs.forward_backward(work)? {
+                Some(t) => self.boxes_backward.push(ms(kernel_time(&t))),
+                None => *backward = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// The from-boxes times, against the forward kernel from target tensors.
+    fn box_times(&self, m: usize, kernel_ms: f64, max_rel_diff: f64) -> BoxTimes {
+        let boxes_kernel_ms = median(&self.boxes_kernel);
+        let backward = self.backward_measured && self.boxes_backward.len() == self.boxes_kernel.len();
+        BoxTimes {
+            boxes: m,
+            boxes_kernel_ms,
+            boxes_kernel_min_ms: min(&self.boxes_kernel),
+            targets_kernel_ms: median(&self.targets_kernel),
+            boxes_over_targets: boxes_kernel_ms / kernel_ms,
+            boxes_call_ms: median(&self.boxes_call),
+            boxes_backward_kernel_ms: backward.then(|| median(&self.boxes_backward)),
+            boxes_positives: self.boxes_positives,
+            boxes_max_rel_diff: max_rel_diff,
+        }
     }
 
     /// Each mode's first GPU losses against the CPU reference under that mode.
@@ -335,6 +418,7 @@ impl Samples {
             gb_per_s: per_s(bytes as f64),
             gelem_per_s: per_s(work.elements() as f64),
             norms: None,
+            boxes: None,
         }
     }
 }

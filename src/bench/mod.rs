@@ -17,7 +17,10 @@
 //! 7. with [`BenchOptions::norms`], the forward and the forward + backward kernels
 //!    under each normalisation mode of [`NORMS`] (per-image, batch, global-ctr
 //!    with host denominators, global-ctr with denominators in a device buffer), one
-//!    engine per mode on the same device, in a rotating order.
+//!    engine per mode on the same device, in a rotating order;
+//! 8. with [`BenchOptions::boxes`], the loss from `M` ground-truth boxes per image
+//!    (`boxes.rs`): the fused pass, the target pass alone, the whole call from host
+//!    slices and the fused forward + backward.
 //!
 //! It reports medians and minima in milliseconds in a [`BenchReport`] (serialisable
 //! to JSON), and [`table`] and [`csv`] format several reports.
@@ -25,7 +28,7 @@
 //! One job per file: `spec.rs` (the shapes), `workload.rs` (one shape on the
 //! device), `measure.rs` (timing), `report.rs` (the report and its formats),
 //! `roofline.rs` (the engine's memory-roofline calls), `norms.rs` (the
-//! normalisation modes).
+//! normalisation modes), `boxes.rs` (targets from boxes).
 //!
 //! ```no_run
 //! use fcos_loss::{bench, FcosLoss, LossConfig};
@@ -40,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+mod boxes;
 mod measure;
 mod norms;
 mod report;
@@ -47,6 +51,7 @@ mod roofline;
 mod spec;
 mod workload;
 
+pub use boxes::BoxTimes;
 pub use measure::{kernel_time, measure, run, run_with, scaling, BenchOptions, SCALING_BATCHES};
 pub use norms::{NormTimes, NORMS};
 pub use report::{csv, table, BenchReport};

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::boxes::BoxTimes;
 use super::norms::NormTimes;
 use super::spec::shape_label;
 
@@ -87,6 +88,12 @@ pub struct BenchReport {
     /// others, and are absent when not measured.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub norms: Option<NormTimes>,
+    /// Times from ground-truth boxes, when they were asked for
+    /// ([`BenchOptions::boxes`](super::BenchOptions::boxes)): `boxes_kernel_ms`,
+    /// `targets_kernel_ms`, `boxes_over_targets`, ... beside the others in the
+    /// JSON, absent when not measured.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub boxes: Option<BoxTimes>,
 }
 
 impl BenchReport {
@@ -259,6 +266,7 @@ mod tests {
             gb_per_s: 1.0,
             gelem_per_s: 0.2,
             norms: None,
+            boxes: None,
         }
     }
 

@@ -39,6 +39,13 @@ pub struct BenchArgs {
     /// --cpu-reps > 0.
     #[arg(long)]
     norms: bool,
+    /// Also time the loss from M ground-truth boxes per image (drawn as
+    /// gen_targets.random_boxes draws them): the fused loss from boxes, the target
+    /// pass alone, the whole call from host slices and the fused forward +
+    /// backward, in the same sitting; boxes_over_targets = boxes_kernel_ms /
+    /// kernel_ms.
+    #[arg(long, value_name = "M")]
+    boxes: Option<usize>,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -110,6 +117,7 @@ fn measure(a: &BenchArgs, spec: &BenchSpec) -> Result<Reports, FcosError> {
         cpu_reps: a.cpu_reps,
         backward: !a.no_backward,
         norms: a.norms,
+        boxes: a.boxes,
     };
     let checked = bench::run_with(&engine, spec, &options)?;
     engine.set_checks(false);
@@ -117,6 +125,7 @@ fn measure(a: &BenchArgs, spec: &BenchSpec) -> Result<Reports, FcosError> {
         cpu_reps: 0,
         backward: false,
         norms: false,
+        boxes: None,
         ..options
     };
     let unchecked = bench::run_with(&engine, spec, &forward_only)?;
@@ -175,6 +184,22 @@ fn print_table(r: &Reports) {
         print!("{}", n.table());
         println!(
             "global-ctr: Global with the batch's own N and Z, box loss weighted by centerness; -device: N and Z read from a buffer that count_device filled (the forward then runs the normalisation pass too)"
+        );
+    }
+    if let Some(b) = &checked.boxes {
+        println!();
+        println!(
+            "from {} ground-truth boxes per image ({} positives): fused loss from boxes {:.2} ms (min {:.2}) = x{:.3} the loss from target tensors; target pass alone {:.2} ms; whole call from host slices {:.2} ms{}; fused vs two-step largest relative difference {:.1e}",
+            b.boxes,
+            b.boxes_positives,
+            b.boxes_kernel_ms,
+            b.boxes_kernel_min_ms,
+            b.boxes_over_targets,
+            b.targets_kernel_ms,
+            b.boxes_call_ms,
+            b.boxes_backward_kernel_ms
+                .map_or(String::new(), |k| format!("; forward + backward from boxes {k:.2} ms")),
+            b.boxes_max_rel_diff,
         );
     }
     if !checked.timestamps {
