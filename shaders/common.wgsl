@@ -78,13 +78,14 @@ struct Params {
 }
 
 // One workgroup's partial: {cls, cnt, reg, centerness-weighted reg} sums and the
-// OR of its check flags.
+// OR of its check flags; in calls from boxes also the tile's positives and
+// centerness-target sum (assign.wgsl's kernels; sum_counts.wgsl adds them up).
 struct Partial {
     sums: vec4<f32>,
     flags: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    num_pos: f32,
+    ctr: f32,
+    _pad: u32,
 }
 
 // One image's positives and centerness-target sum (count.wgsl, which runs in

@@ -69,8 +69,10 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let at = place(wg, lanes);
     let hw = params.level_size;
 #ifdef BOXES
-    // Every invocation, in uniform control flow (workgroup barriers).
-    let assigned = assign_position(wg.x, at.b, at.pix, lanes.lid);
+    // The position's target, from its tile's list of boxes (background past the
+    // level's end), and its count (class chunk 0 only), reduced with the sums.
+    let assigned = assign_position(wg.x, at.b, at.pix);
+    let counted = select(vec2<f32>(0.0), count_of(assigned), at.chunk == 0u);
 #endif
     // {cls, cnt, reg, centerness-weighted reg} (the positives and the centerness
     // sum come from count.wgsl).
@@ -88,10 +90,53 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
 #endif
         let coef = scale.x;
 #ifdef BOXES
-        let tcls = assigned.tgt.cls;
+        let tcls = assigned.cls;
 #else
         let tcls = cls_targets[at.t];
 #endif
+        // The centerness and box terms first: in the variant from boxes, the
+        // assigned box target is then dead before the class loop (fewer live
+        // registers there).
+        if (at.chunk == 0u) {
+            // With checks every element is read once, positive or not; without,
+            // only the positives read the centerness logit and the boxes.
+#ifdef BOXES
+            let here = read_position(assigned, at.bl, at.pix, CHECKS);
+#else
+            let here = read_position(at.t, at.bl, at.pix, CHECKS);
+#endif
+            let ct = here.ct;
+            let positive = here.positive;
+            let x = here.boxes.x;
+            let pred = here.boxes.pred;
+            let tgt = here.boxes.tgt;
+            if (CHECKS) {
+                let bad_ct = not_finite(ct) || (ct != -1.0 && (ct < 0.0 || ct > 1.0));
+                flags |= select(0u, FLAG_CNT_TARGETS, bad_ct);
+                flags |= select(0u, FLAG_CNT_LOGITS, not_finite(x));
+                flags |= select(0u, FLAG_REG_PREDS, any_not_finite(pred));
+                let bad_rt = any_not_finite(tgt) || (positive && any(tgt < vec4<f32>(0.0)));
+                flags |= select(0u, FLAG_REG_TARGETS, bad_rt);
+            }
+            // The gradients are dead code in the forward pass, which never stores them.
+            var g_cnt = 0.0;
+            var g_reg = vec4<f32>(0.0);
+            if (positive) {
+                acc.y = bce(x, ct);
+                let bt = box_terms(pred, tgt);
+                acc.z = box_loss(bt);
+                acc.w = ct * acc.z;
+                g_cnt = scale.y * (sigmoid(x) - ct);
+                // Weighted by centerness, each positive's box factor times its target.
+                let f_reg = select(scale.z, scale.z * ct, params.ctr_weighted != 0u);
+                g_reg = f_reg * box_grad(pred, tgt, bt);
+            }
+#ifdef BACKWARD
+            // Stored once, positive or not (zeros off the positives): one store per
+            // element instead of one in each branch.
+            store_box_grads(here.at, g_cnt, g_reg);
+#endif
+        }
         let c0 = at.chunk * params.classes_per_chunk;
         let c1 = min(c0 + params.classes_per_chunk, n_cls);
         // Element ((bl·C + c)·HW + pix) of the level, from the binding's start.
@@ -169,51 +214,14 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
             flags |= select(0u, FLAG_CLS_LOGITS, exp_max == EXPONENT_BITS);
         }
         acc.x = cls_sum;
-
-        if (at.chunk == 0u) {
-            // With checks every element is read once, positive or not; without,
-            // only the positives read the centerness logit and the boxes.
-#ifdef BOXES
-            let here = read_position(assigned.tgt, at.bl, at.pix, CHECKS);
-#else
-            let here = read_position(at.t, at.bl, at.pix, CHECKS);
-#endif
-            let ct = here.ct;
-            let positive = here.positive;
-            let x = here.boxes.x;
-            let pred = here.boxes.pred;
-            let tgt = here.boxes.tgt;
-            if (CHECKS) {
-                let bad_ct = not_finite(ct) || (ct != -1.0 && (ct < 0.0 || ct > 1.0));
-                flags |= select(0u, FLAG_CNT_TARGETS, bad_ct);
-                flags |= select(0u, FLAG_CNT_LOGITS, not_finite(x));
-                flags |= select(0u, FLAG_REG_PREDS, any_not_finite(pred));
-                let bad_rt = any_not_finite(tgt) || (positive && any(tgt < vec4<f32>(0.0)));
-                flags |= select(0u, FLAG_REG_TARGETS, bad_rt);
-            }
-            // The gradients are dead code in the forward pass, which never stores them.
-            var g_cnt = 0.0;
-            var g_reg = vec4<f32>(0.0);
-            if (positive) {
-                acc.y = bce(x, ct);
-                let bt = box_terms(pred, tgt);
-                acc.z = box_loss(bt);
-                acc.w = ct * acc.z;
-                g_cnt = scale.y * (sigmoid(x) - ct);
-                // Weighted by centerness, each positive's box factor times its target.
-                let f_reg = select(scale.z, scale.z * ct, params.ctr_weighted != 0u);
-                g_reg = f_reg * box_grad(pred, tgt, bt);
-            }
-#ifdef BACKWARD
-            // Stored once, positive or not (zeros off the positives): one store per
-            // element instead of one in each branch.
-            store_box_grads(here.at, g_cnt, g_reg);
-#endif
-        }
     }
-    var partial = reduce_workgroup(acc, flags, lanes);
 #ifdef BOXES
-    partial.flags |= assigned.flags;
+    // The tile's count rides along (sum_counts.wgsl adds the tiles' counts up
+    // after this pass where no count ran before it), and the boxes' flags.
+    var partial = reduce_workgroup_counted(acc, counted, flags, lanes);
+    partial.flags |= gt_flags(at.b);
+#else
+    let partial = reduce_workgroup(acc, flags, lanes);
 #endif
     store_partial(wg, partial, lanes);
 }

@@ -87,3 +87,34 @@ fn reduce_workgroup(acc: vec4<f32>, flags: u32, lanes: Lanes) -> Partial {
 #endif
     return out;
 }
+
+// reduce_workgroup with a second per-invocation value, `counts` (the fused pass
+// from boxes: positives and centerness-target sum), summed in a fixed order into
+// the partial's num_pos and ctr, under the same barrier: with subgroups one
+// subgroup sum more, without them invocation 0 adds the WG values in order. Call
+// from uniform control flow.
+var<workgroup> count_scratch: array<vec2<f32>, WG>;
+
+fn reduce_workgroup_counted(acc: vec4<f32>, counts: vec2<f32>, flags: u32, lanes: Lanes) -> Partial {
+#ifdef SUBGROUPS
+    let sg_counts = subgroupAdd(counts);
+    if (lanes.sg_lane == 0u) {
+        count_scratch[lanes.sg_id] = sg_counts;
+    }
+    let slots = lanes.n_sg;
+#else
+    count_scratch[lanes.lid] = counts;
+    let slots = WG;
+#endif
+    // Its barrier orders the writes above before the reads below.
+    var out = reduce_workgroup(acc, flags, lanes);
+    if (lanes.lid == 0u) {
+        var total = count_scratch[0];
+        for (var k = 1u; k < slots; k++) {
+            total += count_scratch[k];
+        }
+        out.num_pos = total.x;
+        out.ctr = total.y;
+    }
+    return out;
+}

@@ -5,9 +5,9 @@
 // z an image of the segment.
 //
 //   #ifdef BACKWARD   the gradient factors per image and the three gradients.
-//   #ifdef BOXES      the ground-truth boxes and classes in place of the three
-//                     target tensors (binding 6 unused); the targets come from
-//                     assign.wgsl.
+//   #ifdef BOXES      the tiles' lists of boxes (cull.wgsl) in place of the
+//                     three target tensors (binding 6 unused); the targets come
+//                     from assign.wgsl.
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Each binding starts at or before (this level, image0); params.*_base say where.
@@ -15,9 +15,9 @@
 @group(0) @binding(2) var<storage, read> cnt_logits: array<f32>;
 @group(0) @binding(3) var<storage, read> reg_preds: array<f32>;
 #ifdef BOXES
-// [B, M] rows: x1 y1 x2 y2, and the class words.
-@group(0) @binding(4) var<storage, read> gt_boxes: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> gt_classes: array<u32>;
+// Each tile's boxes and their number, then each image's check flags (cull.wgsl).
+@group(0) @binding(4) var<storage, read> box_lists: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> list_counts: array<u32>;
 #else
 @group(0) @binding(4) var<storage, read> cls_targets: array<f32>;
 @group(0) @binding(5) var<storage, read> cnt_targets: array<f32>;

@@ -1,6 +1,7 @@
-// After count_boxes.wgsl: each image's positives and centerness-target sum, the
-// sum of its tiles' counts (the class-chunk-0 partial slots, every `chunks`-th) in
-// a fixed order, into its count slot; what count.wgsl gives a call from targets.
+// After count_boxes.wgsl, or after the fused pass from boxes: each image's
+// positives and centerness-target sum, the sum of its tiles' counts (num_pos and
+// ctr of the class-chunk-0 partial slots, every `chunks`-th) in a fixed order,
+// into its count slot; what count.wgsl gives a call from targets.
 // Workgroup x = image.
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -15,7 +16,8 @@ fn sum_counts(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let step = params.chunks;
     var sums = vec2<f32>(0.0);
     for (var i = lid * step; i < n; i += WG * step) {
-        sums += partials[b * n + i].sums.xy;
+        let slot = partials[b * n + i];
+        sums += vec2<f32>(slot.num_pos, slot.ctr);
     }
     let total = workgroup_sum2(lid, sums);
     if (lid == 0u) {

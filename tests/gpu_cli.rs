@@ -796,19 +796,28 @@ fn bench_norms_json_has_a_row_per_mode() {
     assert!(plain.get("kernel_ms_by_norm").is_none(), "{plain}");
 }
 
-
 /// `targets` assigns every golden box case's targets exactly as the file holds
 /// them and writes them in the §5 shapes.
 #[test]
 fn targets_reproduce_every_box_case() {
     for name in BOX_CASES {
         let out = temp_path("targets");
-        let v = run_json(&["targets", &data(&format!("{name}.safetensors")), "--out", out.to_str().unwrap(), "--json"]);
+        let v = run_json(&[
+            "targets",
+            &data(&format!("{name}.safetensors")),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
         assert_eq!(v["ok"], true, "{name}: {v}");
         assert_eq!(v["differing_cls"], 0, "{name}");
         assert_eq!(v["differing_reg"], 0, "{name}");
-        assert!(v["max_cnt_rel_err"].as_f64().unwrap() <= 1e-6, "{name}: {v}");
-        let case = fcos_loss::casefile::read_case(Path::new(&data(&format!("{name}.safetensors")))).unwrap();
+        assert!(
+            v["max_cnt_rel_err"].as_f64().unwrap() <= 1e-6,
+            "{name}: {v}"
+        );
+        let case = fcos_loss::casefile::read_case(Path::new(&data(&format!("{name}.safetensors"))))
+            .unwrap();
         let (b, p) = (case.batch.batch, case.batch.levels.positions());
         let bytes = std::fs::read(&out).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -830,7 +839,12 @@ fn targets_fail_on_differences_and_need_boxes() {
     let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
     for n in ["gt_boxes", "gt_classes"] {
         let t = st.tensor(n).unwrap();
-        ts.push((n.to_string(), t.shape().to_vec(), t.data().to_vec(), t.dtype()));
+        ts.push((
+            n.to_string(),
+            t.shape().to_vec(),
+            t.data().to_vec(),
+            t.dtype(),
+        ));
     }
     let ts = with(&ts, "cls_targets", |t| {
         let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&t.2);
@@ -848,13 +862,22 @@ fn targets_fail_on_differences_and_need_boxes() {
     assert_eq!(run.status.code(), Some(1), "{text}{}", stderr(&run));
     assert!(text.contains("1 class targets differ"), "{text}");
     let run = bin()
-        .args(["targets", &data("voc_b2_c20_512x512.safetensors"), "--out", out.to_str().unwrap()])
+        .args([
+            "targets",
+            &data("voc_b2_c20_512x512.safetensors"),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let e = one_error("targets without boxes", &run, 2);
     assert!(e.contains("gt_boxes"), "{e}");
     let run = bin()
-        .args(["check", &data("voc_b2_c20_512x512.safetensors"), "--from-boxes"])
+        .args([
+            "check",
+            &data("voc_b2_c20_512x512.safetensors"),
+            "--from-boxes",
+        ])
         .output()
         .unwrap();
     let e = one_error("check --from-boxes without boxes", &run, 2);
@@ -868,11 +891,28 @@ fn check_and_grad_from_boxes_pass_on_every_box_case() {
     for name in BOX_CASES {
         for reg in ["iou", "giou"] {
             for norm in ["per-image", "batch", "global-ctr"] {
-                let args = ["check", &data(&format!("{name}.safetensors")), "--from-boxes", "--reg", reg, "--norm", norm, "--json"];
+                let args = [
+                    "check",
+                    &data(&format!("{name}.safetensors")),
+                    "--from-boxes",
+                    "--reg",
+                    reg,
+                    "--norm",
+                    norm,
+                    "--json",
+                ];
                 let v = run_json(&args);
                 assert_eq!(v["ok"], true, "{args:?}: {v}");
                 assert_eq!(v["from_boxes"], true);
-                let plain = run_json(&["check", &data(&format!("{name}.safetensors")), "--reg", reg, "--norm", norm, "--json"]);
+                let plain = run_json(&[
+                    "check",
+                    &data(&format!("{name}.safetensors")),
+                    "--reg",
+                    reg,
+                    "--norm",
+                    norm,
+                    "--json",
+                ]);
                 let keys = |v: &serde_json::Value| {
                     let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
                     k.sort();
@@ -882,7 +922,14 @@ fn check_and_grad_from_boxes_pass_on_every_box_case() {
             }
         }
         let out = temp_path("grad_boxes");
-        let v = run_json(&["grad", &data(&format!("{name}.safetensors")), "--from-boxes", "--out", out.to_str().unwrap(), "--json"]);
+        let v = run_json(&[
+            "grad",
+            &data(&format!("{name}.safetensors")),
+            "--from-boxes",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
         assert_eq!(v["ok"], true, "{name}: {v}");
         let v = run_json(&[
             "grad",

@@ -39,19 +39,30 @@ impl BoxRuns {
         let make = |label: &str, bytes: &[u8], size: u64| {
             let buffer = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: size.max(4).next_multiple_of(4),
+                size: size.max(16).next_multiple_of(4),
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
             if !bytes.is_empty() {
-                work.engine().context().queue.write_buffer(&buffer, 0, bytes);
+                work.engine()
+                    .context()
+                    .queue
+                    .write_buffer(&buffer, 0, bytes);
             }
             buffer
         };
         let p = work.levels().positions() as u64;
         let b = spec.batch as u64;
-        let boxes = make("bench gt_boxes", bytemuck::cast_slice(&drawn.boxes), 4 * drawn.boxes.len() as u64);
-        let classes = make("bench gt_classes", bytemuck::cast_slice(&ints), 4 * ints.len() as u64);
+        let boxes = make(
+            "bench gt_boxes",
+            bytemuck::cast_slice(&drawn.boxes),
+            4 * drawn.boxes.len() as u64,
+        );
+        let classes = make(
+            "bench gt_classes",
+            bytemuck::cast_slice(&ints),
+            4 * ints.len() as u64,
+        );
         let targets = [
             make("bench cls_targets", &[], 4 * b * p),
             make("bench cnt_targets", &[], 4 * b * p),
@@ -103,8 +114,11 @@ impl BoxRuns {
     pub(super) fn host_call(&self, work: &Workload<'_>) -> Result<Timed<Losses>, FcosError> {
         let batch = work.host_batch();
         let preds = Predictions::of(&batch.inputs());
-        work.engine()
-            .compute_from_boxes(work.levels(), &preds, &self.drawn.ground_truth(batch.batch))
+        work.engine().compute_from_boxes(
+            work.levels(),
+            &preds,
+            &self.drawn.ground_truth(batch.batch),
+        )
     }
 
     /// The fused forward + backward from boxes into the workload's gradient

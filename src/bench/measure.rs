@@ -297,7 +297,8 @@ impl Samples {
         if self.boxes_positives == 0 {
             self.boxes_positives = t.value.num_pos.iter().map(|&n| u64::from(n)).sum();
         }
-        self.targets_kernel.push(ms(kernel_time(&runs.targets(work)?)));
+        self.targets_kernel
+            .push(ms(kernel_time(&runs.targets(work)?)));
         self.boxes_call.push(ms(runs.host_call(work)?.call));
         if *backward {
             match runs.forward_backward(work)? {
@@ -311,7 +312,8 @@ impl Samples {
     /// The from-boxes times, against the forward kernel from target tensors.
     fn box_times(&self, m: usize, kernel_ms: f64, max_rel_diff: f64) -> BoxTimes {
         let boxes_kernel_ms = median(&self.boxes_kernel);
-        let backward = self.backward_measured && self.boxes_backward.len() == self.boxes_kernel.len();
+        let backward =
+            self.backward_measured && self.boxes_backward.len() == self.boxes_kernel.len();
         BoxTimes {
             boxes: m,
             boxes_kernel_ms,

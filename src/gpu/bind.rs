@@ -8,7 +8,7 @@ use crate::gpu::params::PARTIAL_BYTES;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::{BindRange, Plan};
 use crate::gpu::uniforms::ParamSlots;
-use crate::gpu::work::{NormBuffers, WorkBuffers};
+use crate::gpu::work::{BoxWork, NormBuffers, WorkBuffers};
 use crate::input::{Head, Input};
 
 /// The counting stage's bind groups.
@@ -16,9 +16,11 @@ use crate::input::{Head, Input};
 pub(crate) enum CountGroups {
     /// From the centerness targets: `(images, group)` per dispatch.
     Targets(Vec<(u32, wgpu::BindGroup)>),
-    /// From boxes: one per fused-pass segment, then the per-image sum.
+    /// From boxes: the per-image sum of the tiles' counts; before it, where the
+    /// call normalises on the device, one counting dispatch per fused-pass
+    /// segment (`tiles`); otherwise the fused pass counts and the sum follows it.
     Boxes {
-        tiles: Vec<wgpu::BindGroup>,
+        tiles: Option<Vec<wgpu::BindGroup>>,
         sum: wgpu::BindGroup,
     },
 }
@@ -26,6 +28,8 @@ pub(crate) enum CountGroups {
 /// Every bind group of a call, in dispatch order.
 #[derive(Debug)]
 pub(crate) struct BindGroups {
+    /// Calls from boxes: the cull pass, one per fused-pass segment.
+    pub cull: Vec<wgpu::BindGroup>,
     /// Counting.
     pub count: CountGroups,
     /// The normalisation (calls that normalise on the device; one workgroup).
@@ -70,9 +74,16 @@ fn input_binding(input: Input) -> u32 {
     }
 }
 
-/// The ground truth of the fused pass from boxes (in place of the targets).
-const GT_BOXES_BINDING: u32 = 4;
-const GT_CLASSES_BINDING: u32 = 5;
+/// The tiles' lists of boxes of the fused pass from boxes (in place of the
+/// targets).
+const LISTS_BINDING: u32 = 4;
+const LIST_COUNTS_BINDING: u32 = 5;
+
+/// The cull pass's buffers of a call from boxes.
+fn box_work<'p>(work: &WorkBuffers<'p>) -> Result<BoxWork<'p>, FcosError> {
+    work.boxes
+        .ok_or_else(|| FcosError::gpu("internal: a call from boxes without its box lists"))
+}
 
 /// The fused pass's partial sums, and the backward pass's gradient factors.
 const PARTIALS_BINDING: u32 = 7;
@@ -102,6 +113,10 @@ pub(crate) fn bind_groups(
         size: PARTIAL_BYTES * plan.batch as u64 * plan.partials_per_image as u64,
         base: 0,
     };
+    let box_lists = match call.targets {
+        TargetSource::Boxes(_) => Some(box_work(work)?),
+        TargetSource::Dense { .. } => None,
+    };
     let fused = plan
         .segments
         .iter()
@@ -121,10 +136,14 @@ pub(crate) fn bind_groups(
                     ]
                     .map(|(input, buf)| ranged(input_binding(input), buf, seg.ranges[input])),
                 ),
-                TargetSource::Boxes(gt) => entries.extend([
-                    whole(GT_BOXES_BINDING, gt.boxes),
-                    whole(GT_CLASSES_BINDING, gt.classes),
-                ]),
+                TargetSource::Boxes(_) => {
+                    if let Some(l) = box_lists {
+                        entries.extend([
+                            whole(LISTS_BINDING, l.lists),
+                            whole(LIST_COUNTS_BINDING, l.counts),
+                        ]);
+                    }
+                }
             }
             entries.push(ranged(PARTIALS_BINDING, work.partials, partials));
             if let (Some(grads), Some(norm)) = (call.grads, work.norm) {
@@ -146,29 +165,34 @@ pub(crate) fn bind_groups(
     let count = match (call.targets, &pipelines.sum_counts) {
         (TargetSource::Dense { cnt, .. }, _) => CountGroups::Targets(count_groups(
             device,
-            &pipelines.count,
+            pipelines.count.as_ref().ok_or_else(|| {
+                FcosError::gpu("internal: a call from targets without its count pipeline")
+            })?,
             (params, work.params),
             plan,
             cnt,
             work.counts,
         )),
-        (TargetSource::Boxes(gt), Some(sum_pipe)) => CountGroups::Boxes {
-            tiles: (0..plan.segments.len())
-                .map(|s| {
-                    let entries = [
-                        params.entry(work.params, params.segment(s)),
-                        whole(1, gt.boxes),
-                        whole(2, gt.classes),
-                        ranged(3, work.partials, partials),
-                    ];
-                    group(
-                        device,
-                        "fcos count boxes",
-                        &pipelines.count.layout,
-                        &entries,
+        (TargetSource::Boxes(_), Some(sum_pipe)) => CountGroups::Boxes {
+            tiles: match &pipelines.count {
+                Some(count) => {
+                    let lists = box_work(work)?;
+                    Some(
+                        (0..plan.segments.len())
+                            .map(|s| {
+                                let entries = [
+                                    params.entry(work.params, params.segment(s)),
+                                    whole(1, lists.lists),
+                                    whole(2, lists.counts),
+                                    ranged(3, work.partials, partials),
+                                ];
+                                group(device, "fcos count boxes", &count.layout, &entries)
+                            })
+                            .collect(),
                     )
-                })
-                .collect(),
+                }
+                None => None,
+            },
             sum: group(
                 device,
                 "fcos sum counts",
@@ -208,7 +232,26 @@ pub(crate) fn bind_groups(
             whole(3, work.image_sums),
         ],
     );
+    let cull = match (call.targets, &pipelines.cull) {
+        (TargetSource::Boxes(gt), Some(pipe)) => {
+            let lists = box_work(work)?;
+            (0..plan.segments.len())
+                .map(|s| {
+                    let entries = [
+                        params.entry(work.params, params.segment(s)),
+                        whole(1, gt.boxes),
+                        whole(2, gt.classes),
+                        whole(3, lists.lists),
+                        whole(4, lists.counts),
+                    ];
+                    group(device, "fcos cull boxes", &pipe.layout, &entries)
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     Ok(BindGroups {
+        cull,
         count,
         normalize,
         fused,

@@ -93,11 +93,15 @@ pub(crate) struct Call<'a> {
 /// The pipelines of one call.
 #[derive(Debug, Clone)]
 pub(crate) struct CallPipelines {
-    /// Positives and centerness sums per image (every call): from the
-    /// centerness targets, or, from boxes, per tile (then `sum_counts`).
-    pub count: Arc<Pipeline>,
+    /// Positives and centerness sums per image before the fused pass: from the
+    /// centerness targets (every call from targets), or, from boxes, per tile
+    /// (then `sum_counts`) where the call normalises on the device. `None` for a
+    /// call from boxes that does not: its fused pass counts.
+    pub count: Option<Arc<Pipeline>>,
     /// Calls from boxes: the per-image sum of the tiles' counts.
     pub sum_counts: Option<Arc<Pipeline>>,
+    /// Calls from boxes: each tile's list of boxes, first.
+    pub cull: Option<Arc<Pipeline>>,
     /// The normalisation (calls that normalise on the device).
     pub normalize: Option<Arc<Pipeline>>,
     pub fused: Arc<Pipeline>,

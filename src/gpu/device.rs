@@ -93,11 +93,10 @@ pub(crate) fn run_boxes(
             )
         })
         .collect();
-    named.push((format!("{GT_BOXES} buffer"), gt.boxes, 16 * rows));
+    // At least one row even for M = 0: the shader's array of boxes binds 16 bytes.
+    named.push((format!("{GT_BOXES} buffer"), gt.boxes, (16 * rows).max(16)));
     named.push((format!("{GT_CLASSES} buffer"), gt.classes, 4 * rows));
     check_buffers(core, levels, b, named, grads)?;
-    // An empty binding is not allowed: M = 0 binds a buffer's first word, which
-    // no invocation reads.
     let call = DeviceCall {
         levels,
         batch: b,

@@ -93,8 +93,9 @@ pub enum ClassDtype {
 
 /// Ground-truth boxes on the device (docs/contract.md §7), `M` rows per image:
 /// `boxes` `[B, M, 4]` `f32` (`x1, y1, x2, y2`), `classes` `[B, M]` of
-/// `class_dtype` (`1..=C`, below 1 pads). Both need `BufferUsages::STORAGE`, start
-/// at byte 0 and hold at least one word even when `M = 0`. Bad values (a
+/// `class_dtype` (`1..=C`, below 1 pads). Both need `BufferUsages::STORAGE` and
+/// start at byte 0; even when `M = 0`, `boxes` holds at least 16 bytes and
+/// `classes` at least 4. Bad values (a
 /// coordinate not finite, a class not whole or above `C`) are flagged on the
 /// device and named, with their index, by [`FcosError::Value`](crate::FcosError).
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,7 @@ use crate::gpu::bind::{BindGroups, CountGroups};
 use crate::gpu::call::CallPipelines;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::Plan;
-use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
+use crate::gpu::work::{result_bytes, BoxWork, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
 use crate::input::Heads;
 
 /// The compute pass, with timestamps around it where the device has them.
@@ -16,7 +16,12 @@ pub(crate) fn passes(
     groups: &BindGroups,
     plan: &Plan,
     query_set: Option<&wgpu::QuerySet>,
+    work_boxes: Option<BoxWork>,
 ) {
+    if let (Some(boxes), false) = (work_boxes, groups.cull.is_empty()) {
+        // The lists' lengths and the flags start at zero (cull.wgsl appends).
+        encoder.clear_buffer(boxes.counts, 0, None);
+    }
     let timestamp_writes = query_set.map(|q| wgpu::ComputePassTimestampWrites {
         query_set: q,
         beginning_of_pass_write_index: Some(0),
@@ -26,20 +31,33 @@ pub(crate) fn passes(
         label: Some("fcos loss"),
         timestamp_writes,
     });
-    match &groups.count {
-        CountGroups::Targets(g) => count(&mut pass, &pipelines.count, g),
-        CountGroups::Boxes { tiles, sum } => {
-            pass.set_pipeline(&pipelines.count.pipeline);
+    if let Some(pipe) = &pipelines.cull {
+        cull(&mut pass, pipe, &groups.cull, plan);
+    }
+    let sum_counts = |pass: &mut wgpu::ComputePass, sum: &wgpu::BindGroup| {
+        if let Some(pipe) = &pipelines.sum_counts {
+            pass.set_pipeline(&pipe.pipeline);
+            pass.set_bind_group(0, sum, &[]);
+            pass.dispatch_workgroups(plan.batch, 1, 1);
+        }
+    };
+    match (&groups.count, &pipelines.count) {
+        (CountGroups::Targets(g), Some(pipe)) => count(&mut pass, pipe, g),
+        (
+            CountGroups::Boxes {
+                tiles: Some(tiles),
+                sum,
+            },
+            Some(pipe),
+        ) => {
+            pass.set_pipeline(&pipe.pipeline);
             for (seg, group) in plan.segments.iter().zip(tiles) {
                 pass.set_bind_group(0, group, &[]);
                 pass.dispatch_workgroups(seg.tiles, 1, seg.images);
             }
-            if let Some(pipe) = &pipelines.sum_counts {
-                pass.set_pipeline(&pipe.pipeline);
-                pass.set_bind_group(0, sum, &[]);
-                pass.dispatch_workgroups(plan.batch, 1, 1);
-            }
+            sum_counts(&mut pass, sum);
         }
+        _ => {}
     }
     if let (Some(pipe), Some(group)) = (&pipelines.normalize, &groups.normalize) {
         normalize(&mut pass, pipe, group);
@@ -49,9 +67,27 @@ pub(crate) fn passes(
         pass.set_bind_group(0, group, &[]);
         pass.dispatch_workgroups(seg.tiles, plan.chunks, seg.images);
     }
+    if let CountGroups::Boxes { tiles: None, sum } = &groups.count {
+        // The fused pass from boxes counted: its tiles' counts, summed.
+        sum_counts(&mut pass, sum);
+    }
     pass.set_pipeline(&pipelines.finalize.pipeline);
     pass.set_bind_group(0, &groups.finalize, &[]);
     pass.dispatch_workgroups(plan.batch, 1, 1);
+}
+
+/// The cull dispatches of a call from boxes, one per fused-pass segment.
+pub(crate) fn cull(
+    pass: &mut wgpu::ComputePass,
+    pipe: &Pipeline,
+    groups: &[wgpu::BindGroup],
+    plan: &Plan,
+) {
+    pass.set_pipeline(&pipe.pipeline);
+    for (seg, group) in plan.segments.iter().zip(groups) {
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(seg.tiles, 1, seg.images);
+    }
 }
 
 /// The counting dispatches, one workgroup per image.

@@ -9,11 +9,12 @@ use crate::gpu::core::Core;
 use crate::gpu::device_inputs::DeviceDenominators;
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
+use crate::gpu::plan::Plan;
 use crate::gpu::pool::{Need, Pool};
 use crate::gpu::results::Outcome;
 use crate::gpu::shaders::Kernel;
 use crate::gpu::uniforms::ParamSlots;
-use crate::gpu::work::{NormBuffers, WorkBuffers};
+use crate::gpu::work::{box_needs, list_bytes, NormBuffers, WorkBuffers};
 use crate::gpu::{bind, encode, scope};
 use crate::layout::Levels;
 
@@ -45,6 +46,10 @@ impl Core {
             boxes,
         };
         let mut needs = extra;
+        if let Some(spec) = boxes {
+            self.check_lists(&planned.plan, spec.boxes_per_image)?;
+            needs.extend(box_needs(&planned.plan, spec.boxes_per_image));
+        }
         let timestamps = self.query_set.is_some();
         needs.extend(WorkBuffers::needs(
             &planned.plan,
@@ -80,18 +85,36 @@ impl Core {
         boxes: bool,
     ) -> Result<CallPipelines, FcosError> {
         let get = |kernel| self.pipelines.get(&self.ctx.device, kernel);
-        let count = if boxes {
-            Kernel::AssignBoxes { targets: false }
-        } else {
-            Kernel::Count
+        let count = match (boxes, normalizes) {
+            (false, _) => Some(Kernel::Count),
+            (true, true) => Some(Kernel::AssignBoxes { targets: false }),
+            (true, false) => None,
         };
         Ok(CallPipelines {
-            count: get(count)?,
+            cull: boxes.then(|| get(Kernel::CullBoxes)).transpose()?,
+            count: count.map(get).transpose()?,
             sum_counts: boxes.then(|| get(Kernel::SumCounts)).transpose()?,
             normalize: normalizes.then(|| get(Kernel::Normalize)).transpose()?,
             fused: get(pass.kernel(checks, boxes))?,
             finalize: get(Kernel::Finalize)?,
         })
+    }
+
+    /// The tiles' lists of a call from `m` boxes per image must fit one storage
+    /// binding.
+    pub fn check_lists(&self, plan: &Plan, m: u32) -> Result<(), FcosError> {
+        let bytes = list_bytes(plan, m);
+        let limits = &self.ctx.limits;
+        let max = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if bytes > max {
+            return Err(FcosError::Limit(format!(
+                "{m} boxes per image need {bytes} bytes of per-tile box lists for B = {} (32 bytes a box and tile); the adapter allows {max} (max_storage_buffer_binding_size): fewer boxes per image or a smaller batch",
+                plan.batch
+            )));
+        }
+        Ok(())
     }
 
     /// Writes the host's global denominators where the normalisation reads them.
@@ -112,7 +135,7 @@ impl Core {
         let normalizes = planned.normalizes();
         let boxes = planned.boxes.is_some();
         let pipelines = self.call_pipelines(planned.pass, planned.checks, normalizes, boxes)?;
-        let work = WorkBuffers::from_pool(pool, normalizes, self.query_set.is_some())?;
+        let work = WorkBuffers::from_pool(pool, normalizes, self.query_set.is_some(), boxes)?;
         let device = &self.ctx.device;
         let index = scope::scoped(device, || -> Result<_, FcosError> {
             let groups = bind::bind_groups(device, &pipelines, call, &work)?;
@@ -131,6 +154,7 @@ impl Core {
                 &groups,
                 plan,
                 self.query_set.as_ref(),
+                work.boxes,
             );
             encode::results(&mut encoder, &work, plan.batch, self.query_set.as_ref());
             if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {

@@ -230,7 +230,7 @@ impl FcosLoss {
         let p = levels.positions() as u64;
         let b = batch as u64;
         for (name, buf, need) in [
-            ("gt_boxes buffer", gt.boxes, 16 * rows),
+            ("gt_boxes buffer", gt.boxes, (16 * rows).max(16)),
             ("gt_classes buffer", gt.classes, 4 * rows),
             ("cls_targets buffer", out.cls_targets, 4 * b * p),
             ("cnt_targets buffer", out.cnt_targets, 4 * b * p),

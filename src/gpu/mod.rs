@@ -20,7 +20,7 @@ mod counting;
 pub(crate) mod device;
 mod device_batch;
 mod device_inputs;
-mod encode;
+pub(crate) mod encode;
 mod engine;
 mod execute;
 mod from_boxes;

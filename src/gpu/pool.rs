@@ -16,6 +16,10 @@ pub(crate) enum Slot {
     GtBoxes,
     /// Host path, calls from boxes: the ground-truth classes (`i32` words).
     GtClasses,
+    /// Calls from boxes: each tile's list of boxes (cull.wgsl).
+    BoxLists,
+    /// Calls from boxes: the lists' lengths, then each image's check flags.
+    ListCounts,
     /// The target pass: one of its three outputs (host path).
     Assigned(Input),
     /// The target pass: mappable copy of its outputs (host path).

@@ -38,6 +38,8 @@ const COUNT: File = shader_file!("count.wgsl");
 const NORM: File = shader_file!("norm.wgsl");
 const SUM2: File = shader_file!("sum2.wgsl");
 const COPY_WORDS: File = shader_file!("copy_words.wgsl");
+const BOX_TILES: File = shader_file!("box_tiles.wgsl");
+const CULL: File = shader_file!("cull.wgsl");
 const ASSIGN: File = shader_file!("assign.wgsl");
 const COUNT_BOXES: File = shader_file!("count_boxes.wgsl");
 const SUM_COUNTS: File = shader_file!("sum_counts.wgsl");
@@ -53,9 +55,12 @@ pub(crate) enum Kernel {
         checks: bool,
         boxes: bool,
     },
-    /// Target assignment from boxes, per segment tile: positives and
-    /// centerness sums per workgroup; with `targets` it also writes the three
-    /// target tensors (the target pass).
+    /// Each tile's list of the boxes that may hold one of its points (every
+    /// call from boxes, first).
+    CullBoxes,
+    /// Target assignment from the tiles' lists: positives and centerness sums
+    /// per tile; with `targets` it also writes the three target tensors (the
+    /// target pass).
     AssignBoxes { targets: bool },
     /// The per-image sum of [`Kernel::AssignBoxes`]' workgroup counts.
     SumCounts,
@@ -113,10 +118,15 @@ impl Kernel {
     fn files(self) -> (Vec<File>, &'static str) {
         match self {
             Kernel::Fused { boxes: false, .. } => (vec![COMMON, REDUCE, SEGMENT, FUSED], "fused"),
-            Kernel::Fused { boxes: true, .. } => {
-                (vec![COMMON, REDUCE, SEGMENT, ASSIGN, FUSED], "fused")
-            }
-            Kernel::AssignBoxes { .. } => (vec![COMMON, SUM2, ASSIGN, COUNT_BOXES], "count_boxes"),
+            Kernel::Fused { boxes: true, .. } => (
+                vec![COMMON, REDUCE, SEGMENT, BOX_TILES, ASSIGN, FUSED],
+                "fused",
+            ),
+            Kernel::CullBoxes => (vec![COMMON, BOX_TILES, CULL], "cull_boxes"),
+            Kernel::AssignBoxes { .. } => (
+                vec![COMMON, REDUCE, BOX_TILES, ASSIGN, COUNT_BOXES],
+                "count_boxes",
+            ),
             Kernel::SumCounts => (vec![COMMON, SUM2, SUM_COUNTS], "sum_counts"),
             #[cfg(feature = "bench")]
             Kernel::Roofline { .. } => (vec![COMMON, REDUCE, SEGMENT, ROOFLINE], "roofline"),
@@ -137,6 +147,7 @@ impl Kernel {
             | Kernel::Finalize
             | Kernel::CopyWords
             | Kernel::AssignBoxes { .. }
+            | Kernel::CullBoxes
             | Kernel::SumCounts => false,
         }
     }
@@ -179,6 +190,7 @@ impl Kernel {
             | Kernel::Normalize
             | Kernel::Finalize
             | Kernel::AssignBoxes { .. }
+            | Kernel::CullBoxes
             | Kernel::SumCounts => vec![wg],
             Kernel::CopyWords => vec![],
         }
@@ -198,6 +210,7 @@ impl Kernel {
                 ]
             }
             Kernel::SumCounts => vec![Uniform, Read, ReadWrite],
+            Kernel::CullBoxes => vec![Uniform, Read, Read, ReadWrite, ReadWrite],
             Kernel::Count => vec![Uniform, Read, ReadWrite],
             Kernel::Finalize => vec![Uniform, Read, Read, ReadWrite],
             Kernel::Normalize => vec![Uniform, ReadWrite, Read, ReadWrite],
@@ -248,6 +261,7 @@ impl Kernel {
             Kernel::CopyWords,
             Kernel::AssignBoxes { targets: false },
             Kernel::AssignBoxes { targets: true },
+            Kernel::CullBoxes,
             Kernel::SumCounts,
         ];
         for backward in [false, true] {
@@ -407,6 +421,8 @@ mod tests {
             COUNT,
             NORM,
             COPY_WORDS,
+            BOX_TILES,
+            CULL,
             ASSIGN,
             COUNT_BOXES,
             SUM_COUNTS,

@@ -1,7 +1,8 @@
 //! The target pass: targets assigned from ground-truth boxes (docs/contract.md §7)
 //! and written to memory in the layouts of §1, for callers who want the tensors.
-//! One dispatch per fused-pass segment of `count_boxes.wgsl` with `TARGETS`; the
-//! partial slots it fills give each image's counts and the boxes' check flags.
+//! The cull pass (`cull.wgsl`), then one dispatch per fused-pass segment of
+//! `count_boxes.wgsl` with `TARGETS`; the partial slots it fills give each
+//! image's counts and the boxes' check flags.
 
 use std::time::Duration;
 
@@ -11,13 +12,14 @@ use crate::error::FcosError;
 use crate::gpu::bind::{group, ranged, whole};
 use crate::gpu::call::GtBuffers;
 use crate::gpu::core::Core;
+use crate::gpu::encode;
 use crate::gpu::params::{BoxSpec, PARTIAL_BYTES};
 use crate::gpu::plan::{BindRange, Plan};
 use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::Kernel;
 use crate::gpu::uniforms::ParamSlots;
-use crate::gpu::work::{WorkBuffers, TIMESTAMP_BYTES};
+use crate::gpu::work::{box_needs, BoxWork, WorkBuffers, TIMESTAMP_BYTES};
 use crate::input::Input;
 use crate::layout::Levels;
 
@@ -52,9 +54,10 @@ pub(crate) struct Assigned {
 }
 
 /// The pooled buffers a target pass of `plan` needs (besides its outputs).
-fn needs(core: &Core, plan: &Plan, params: &ParamSlots) -> Vec<Need> {
+fn needs(core: &Core, plan: &Plan, params: &ParamSlots, m: u32) -> Vec<Need> {
     use wgpu::BufferUsages as U;
     let mut needs = WorkBuffers::needs(plan, params, false, core.query_set.is_some());
+    needs.extend(box_needs(plan, m));
     needs.push(Need {
         slot: Slot::PartialsReadback,
         size: partial_bytes(plan) + TIMESTAMP_BYTES,
@@ -87,7 +90,8 @@ pub(crate) fn prepare(
         Some(spec),
         align,
     );
-    let mut all = needs(core, &plan, &params);
+    core.check_lists(&plan, spec.boxes_per_image)?;
+    let mut all = needs(core, &plan, &params, spec.boxes_per_image);
     all.extend(extra);
     pool.reserve(&core.ctx.device, &all)?;
     Ok((plan, params))
@@ -108,7 +112,9 @@ pub(crate) fn run(
     let pipe = core
         .pipelines
         .get(device, Kernel::AssignBoxes { targets: true })?;
-    let work = WorkBuffers::from_pool(pool, false, core.query_set.is_some())?;
+    let cull_pipe = core.pipelines.get(device, Kernel::CullBoxes)?;
+    let work = WorkBuffers::from_pool(pool, false, core.query_set.is_some(), true)?;
+    let lists = BoxWork::from_pool(pool)?;
     let readback = pool.get(Slot::PartialsReadback)?;
     let bytes = partial_bytes(plan);
     let index = scoped(device, || {
@@ -125,8 +131,8 @@ pub(crate) fn run(
             .map(|(s, seg)| {
                 let mut entries = vec![
                     params.entry(work.params, params.segment(s)),
-                    whole(1, gt.boxes),
-                    whole(2, gt.classes),
+                    whole(1, lists.lists),
+                    whole(2, lists.counts),
                     ranged(3, work.partials, partials),
                 ];
                 for (binding, input) in [
@@ -139,9 +145,22 @@ pub(crate) fn run(
                 group(device, "fcos target pass", &pipe.layout, &entries)
             })
             .collect();
+        let culls: Vec<wgpu::BindGroup> = (0..plan.segments.len())
+            .map(|s| {
+                let entries = [
+                    params.entry(work.params, params.segment(s)),
+                    whole(1, gt.boxes),
+                    whole(2, gt.classes),
+                    whole(3, lists.lists),
+                    whole(4, lists.counts),
+                ];
+                group(device, "fcos cull boxes", &cull_pipe.layout, &entries)
+            })
+            .collect();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("fcos target pass"),
         });
+        encoder.clear_buffer(lists.counts, 0, None);
         {
             let timestamp_writes =
                 core.query_set
@@ -155,6 +174,7 @@ pub(crate) fn run(
                 label: Some("fcos target pass"),
                 timestamp_writes,
             });
+            encode::cull(&mut pass, &cull_pipe, &culls, plan);
             pass.set_pipeline(&pipe.pipeline);
             for (seg, g) in plan.segments.iter().zip(&groups) {
                 pass.set_bind_group(0, g, &[]);
@@ -190,8 +210,9 @@ fn tally(plan: &Plan, slots: &[u8], kernel: Option<Duration>) -> Assigned {
         let (mut n, mut z) = (0.0f64, 0.0f64);
         for i in (0..ppi).step_by(plan.chunks.max(1) as usize) {
             let w = &words[(b * ppi + i) * per..][..per];
-            n += f64::from(f32::from_bits(w[0]));
-            z += f64::from(f32::from_bits(w[1]));
+            // Partial: sums (4 words), flags, num_pos, ctr, padding.
+            n += f64::from(f32::from_bits(w[5]));
+            z += f64::from(f32::from_bits(w[6]));
             flags |= w[4];
         }
         counts.num_pos.push(n as u32);

@@ -43,7 +43,8 @@ pub(crate) fn of_inputs<'a>(inputs: &Inputs<'a>) -> Vec<Upload<'a>> {
 }
 
 /// What the uploads need reserved in the pool (the staging buffer only where the
-/// upload is not zero-copy). Every buffer is at least 4 bytes.
+/// upload is not zero-copy). Every buffer is at least 16 bytes (one `vec4`, the
+/// smallest binding a shader's array of boxes takes).
 pub(crate) fn needs(core: &Core, uploads: &[Upload]) -> Vec<Need> {
     use wgpu::BufferUsages as U;
     let zero_copy = core.ctx.zero_copy_upload();
@@ -52,7 +53,7 @@ pub(crate) fn needs(core: &Core, uploads: &[Upload]) -> Vec<Need> {
         .iter()
         .map(|u| Need {
             slot: u.slot,
-            size: u.bytes().max(4),
+            size: u.bytes().max(16),
             usage,
         })
         .collect();

@@ -24,6 +24,57 @@ pub(crate) struct NormBuffers<'p> {
     pub denominators: &'p wgpu::Buffer,
 }
 
+/// The buffers of the cull pass (calls from boxes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BoxWork<'p> {
+    /// `[B · tiles per image][M]` entries of two `vec4<f32>`.
+    pub lists: &'p wgpu::Buffer,
+    /// `[B · tiles per image]` lengths, then `[B]` check flags (cleared before
+    /// the cull pass).
+    pub counts: &'p wgpu::Buffer,
+}
+
+/// Tiles of one image over all levels (the class-chunk-0 partial slots).
+fn tiles_per_image(plan: &Plan) -> u64 {
+    (plan.partials_per_image / plan.chunks.max(1)) as u64
+}
+
+/// Bytes of the tiles' lists of a call of `plan` with `m` boxes per image.
+pub(crate) fn list_bytes(plan: &Plan, m: u32) -> u64 {
+    (plan.batch as u64)
+        .saturating_mul(tiles_per_image(plan))
+        .saturating_mul(u64::from(m.max(1)))
+        .saturating_mul(32)
+}
+
+/// The cull pass's buffers of a call of `plan` with `m` boxes per image.
+pub(crate) fn box_needs(plan: &Plan, m: u32) -> [Need; 2] {
+    use wgpu::BufferUsages as U;
+    let lists = plan.batch as u64 * tiles_per_image(plan);
+    [
+        Need {
+            slot: Slot::BoxLists,
+            size: list_bytes(plan, m),
+            usage: U::STORAGE,
+        },
+        Need {
+            slot: Slot::ListCounts,
+            size: 4 * (lists + plan.batch as u64),
+            usage: U::STORAGE | U::COPY_DST,
+        },
+    ]
+}
+
+impl<'p> BoxWork<'p> {
+    /// The buffers [`box_needs`] reserved.
+    pub fn from_pool(pool: &'p Pool) -> Result<Self, FcosError> {
+        Ok(BoxWork {
+            lists: pool.get(Slot::BoxLists)?,
+            counts: pool.get(Slot::ListCounts)?,
+        })
+    }
+}
+
 /// One call's work buffers, borrowed from the pool.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WorkBuffers<'p> {
@@ -38,6 +89,8 @@ pub(crate) struct WorkBuffers<'p> {
     pub norm: Option<NormBuffers<'p>>,
     /// Resolved timestamps (devices with timestamp queries).
     pub timestamps: Option<&'p wgpu::Buffer>,
+    /// The cull pass's buffers (calls from boxes).
+    pub boxes: Option<BoxWork<'p>>,
 }
 
 /// Bytes of the per-image sums of `b` images.
@@ -119,7 +172,12 @@ impl<'p> WorkBuffers<'p> {
     }
 
     /// The buffers [`needs`](Self::needs) reserved.
-    pub fn from_pool(pool: &'p Pool, norm: bool, timestamps: bool) -> Result<Self, FcosError> {
+    pub fn from_pool(
+        pool: &'p Pool,
+        norm: bool,
+        timestamps: bool,
+        boxes: bool,
+    ) -> Result<Self, FcosError> {
         Ok(WorkBuffers {
             partials: pool.get(Slot::Partials)?,
             image_sums: pool.get(Slot::ImageSums)?,
@@ -128,6 +186,7 @@ impl<'p> WorkBuffers<'p> {
             counts: pool.get(Slot::Counts)?,
             norm: norm.then(|| NormBuffers::from_pool(pool)).transpose()?,
             timestamps: timestamps.then(|| pool.get(Slot::Timestamps)).transpose()?,
+            boxes: boxes.then(|| BoxWork::from_pool(pool)).transpose()?,
         })
     }
 }

@@ -362,11 +362,11 @@ pub fn assert_golden(what: &str, got: &Losses, cls: &[f64], cnt: &[f64], reg: &[
     }
 }
 
-/// A STORAGE buffer holding `bytes` (at least one word).
+/// A STORAGE buffer holding `bytes` (at least 16 bytes: one row of boxes).
 pub fn storage_buffer(device: &wgpu::Device, bytes: &[u8]) -> wgpu::Buffer {
     use wgpu::util::DeviceExt;
     let mut padded = bytes.to_vec();
-    padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
+    padded.resize(bytes.len().max(16).next_multiple_of(4), 0);
     device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("test storage"),
         contents: &padded,

@@ -11,8 +11,8 @@ use fcos_loss::{
 };
 
 use crate::common::{
-    case_for, denominators, expected_sums, loss_diff, losses_json_for, losses_within, verdict, CaseArgs,
-    Failure, NormArg,
+    case_for, denominators, expected_sums, loss_diff, losses_json_for, losses_within, verdict,
+    CaseArgs, Failure, NormArg,
 };
 
 /// `check`'s arguments: the case file, the box loss, the normalisation and the

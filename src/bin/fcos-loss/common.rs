@@ -8,8 +8,7 @@ use serde_json::{json, Value};
 use fcos_loss::casefile::{Case, CaseBoxes, ExpectedSums};
 use fcos_loss::{
     reference, Counts, Denominators, FcosError, LossConfig, Losses, Normalization, RegLoss, Sums,
-    ABS_TOL,
-    REL_TOL,
+    ABS_TOL, REL_TOL,
 };
 
 /// The prefix of every error line the CLI prints on stderr. Drivers print their

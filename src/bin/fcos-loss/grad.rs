@@ -13,8 +13,8 @@ use fcos_loss::{
 };
 
 use crate::common::{
-    case_for, denominators, grads_within, loss_diff, losses_json, losses_json_for, losses_within, verdict,
-    CaseArgs, Failure, NormArg, GRAD_TOL,
+    case_for, denominators, grads_within, loss_diff, losses_json, losses_json_for, losses_within,
+    verdict, CaseArgs, Failure, NormArg, GRAD_TOL,
 };
 
 #[derive(clap::Args, Debug)]

@@ -53,9 +53,21 @@ pub fn run(a: &TargetsArgs) -> Result<(), Failure> {
     casefile::write_tensors(
         &a.out,
         &[
-            ("cls_targets".into(), vec![batch, p, 1], targets.cls_targets.clone()),
-            ("cnt_targets".into(), vec![batch, p, 1], targets.cnt_targets.clone()),
-            ("reg_targets".into(), vec![batch, p, 4], targets.reg_targets.clone()),
+            (
+                "cls_targets".into(),
+                vec![batch, p, 1],
+                targets.cls_targets.clone(),
+            ),
+            (
+                "cnt_targets".into(),
+                vec![batch, p, 1],
+                targets.cnt_targets.clone(),
+            ),
+            (
+                "reg_targets".into(),
+                vec![batch, p, 4],
+                targets.reg_targets.clone(),
+            ),
         ],
     )?;
     let d = differences(targets, &b.cls_targets, &b.cnt_targets, &b.reg_targets);
