@@ -2,12 +2,13 @@
 // consecutive positions of a level of one image, the list of the image's boxes
 // that may hold one of the tile's points (the cull of assign.wgsl), so that the
 // passes after it test each position against those boxes only. One invocation
-// per (box, tile): no workgroup barrier, no workgroup memory. Each kept box is
+// per (tile, box) pair of the level, WG pairs per workgroup (x), image z: no
+// workgroup barrier, no workgroup memory, and few workgroups when M is small. Each kept box is
 // appended to its tile's list through an atomic counter (the counters are
 // cleared before this pass), so a list's order varies from call to call; the
 // box index, stored with it, breaks ties, so the targets do not. Bad boxes and
 // classes set the image's check flags. One dispatch per fused-pass segment (x:
-// tiles, z: images), with the segment's params.
+// pair groups, z: images), with the segment's params.
 
 @group(0) @binding(0) var<uniform> params: Params;
 // [B, M] rows: x1 y1 x2 y2, and the class words.
@@ -23,9 +24,12 @@
 fn cull_boxes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = params.image0 + wg.z;
     let m_n = params.boxes_per_image;
-    let tb = tile_bounds(wg.x);
-    let list = tile_list(wg.x, b);
-    for (var m = lid; m < m_n; m += WG) {
+    let pair = wg.x * WG + lid;
+    let tile = pair / max(m_n, 1u);
+    let m = pair - tile * m_n;
+    if (tile < params.tiles) {
+        let tb = tile_bounds(tile);
+        let list = tile_list(tile, b);
         let row = b * m_n + m;
         let g = gt_boxes[row];
         let gc = gt_class(gt_classes[row]);

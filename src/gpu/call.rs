@@ -29,6 +29,8 @@ pub(crate) enum DenominatorSource<'a> {
 pub(crate) struct GtBuffers<'a> {
     pub boxes: &'a wgpu::Buffer,
     pub classes: &'a wgpu::Buffer,
+    /// Rows per image `M`.
+    pub boxes_per_image: u32,
 }
 
 /// Where a call's targets come from.

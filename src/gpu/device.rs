@@ -104,6 +104,7 @@ pub(crate) fn run_boxes(
         targets: TargetSource::Boxes(GtBuffers {
             boxes: gt.boxes,
             classes: gt.classes,
+            boxes_per_image: m as u32,
         }),
         boxes: Some(BoxSpec {
             boxes_per_image: m as u32,

@@ -17,6 +17,7 @@ pub(crate) fn passes(
     plan: &Plan,
     query_set: Option<&wgpu::QuerySet>,
     work_boxes: Option<BoxWork>,
+    boxes_per_image: Option<u32>,
 ) {
     if let (Some(boxes), false) = (work_boxes, groups.cull.is_empty()) {
         // The lists' lengths and the flags start at zero (cull.wgsl appends).
@@ -31,8 +32,8 @@ pub(crate) fn passes(
         label: Some("fcos loss"),
         timestamp_writes,
     });
-    if let Some(pipe) = &pipelines.cull {
-        cull(&mut pass, pipe, &groups.cull, plan);
+    if let (Some(pipe), Some(m)) = (&pipelines.cull, boxes_per_image) {
+        cull(&mut pass, pipe, &groups.cull, plan, m);
     }
     let sum_counts = |pass: &mut wgpu::ComputePass, sum: &wgpu::BindGroup| {
         if let Some(pipe) = &pipelines.sum_counts {
@@ -76,18 +77,29 @@ pub(crate) fn passes(
     pass.dispatch_workgroups(plan.batch, 1, 1);
 }
 
-/// The cull dispatches of a call from boxes, one per fused-pass segment.
+/// The cull dispatches of a call from `m` boxes per image, one per fused-pass
+/// segment: a workgroup per `WG` (tile, box) pairs of the level.
 pub(crate) fn cull(
     pass: &mut wgpu::ComputePass,
     pipe: &Pipeline,
     groups: &[wgpu::BindGroup],
     plan: &Plan,
+    m: u32,
 ) {
     pass.set_pipeline(&pipe.pipeline);
     for (seg, group) in plan.segments.iter().zip(groups) {
         pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups(seg.tiles, 1, seg.images);
+        pass.dispatch_workgroups(
+            cull_groups(seg.tiles, m, plan.workgroup_size),
+            1,
+            seg.images,
+        );
     }
+}
+
+/// Workgroups of the cull over `tiles` tiles of `m` boxes each.
+pub(crate) fn cull_groups(tiles: u32, m: u32, workgroup_size: u32) -> u32 {
+    (u64::from(tiles) * u64::from(m)).div_ceil(u64::from(workgroup_size.max(1))) as u32
 }
 
 /// The counting dispatches, one workgroup per image.

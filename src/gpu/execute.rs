@@ -105,6 +105,14 @@ impl Core {
     pub fn check_lists(&self, plan: &Plan, m: u32) -> Result<(), FcosError> {
         let bytes = list_bytes(plan, m);
         let limits = &self.ctx.limits;
+        let widest = plan.segments.iter().map(|s| s.tiles).max().unwrap_or(0);
+        let groups = crate::gpu::encode::cull_groups(widest, m, plan.workgroup_size);
+        if groups > limits.max_compute_workgroups_per_dimension {
+            return Err(FcosError::Limit(format!(
+                "{m} boxes per image over a level of {widest} tiles need {groups} cull workgroups; the adapter allows {} per dimension",
+                limits.max_compute_workgroups_per_dimension
+            )));
+        }
         let max = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
@@ -155,6 +163,7 @@ impl Core {
                 plan,
                 self.query_set.as_ref(),
                 work.boxes,
+                planned.boxes.map(|b| b.boxes_per_image),
             );
             encode::results(&mut encoder, &work, plan.batch, self.query_set.as_ref());
             if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {

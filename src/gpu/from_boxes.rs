@@ -175,6 +175,7 @@ impl FcosLoss {
         let gt_bufs = GtBuffers {
             boxes: pool.get(Slot::GtBoxes)?,
             classes: pool.get(Slot::GtClasses)?,
+            boxes_per_image: spec.boxes_per_image,
         };
         let assigned = target_pass::run(
             core,
@@ -273,6 +274,7 @@ impl FcosLoss {
             GtBuffers {
                 boxes: gt.boxes,
                 classes: gt.classes,
+                boxes_per_image: spec.boxes_per_image,
             },
             TargetBuffers {
                 cls: out.cls_targets,

@@ -150,9 +150,10 @@ impl HostCall<'_> {
         let pool = &*pool;
         upload::upload(core, pool, &self.uploads)?;
         let targets = match self.boxes {
-            Some(_) => TargetSource::Boxes(GtBuffers {
+            Some(spec) => TargetSource::Boxes(GtBuffers {
                 boxes: pool.get(Slot::GtBoxes)?,
                 classes: pool.get(Slot::GtClasses)?,
+                boxes_per_image: spec.boxes_per_image,
             }),
             None => TargetSource::Dense {
                 cls: pool.get(Slot::Input(Input::ClsTargets))?,

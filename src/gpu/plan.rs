@@ -96,6 +96,8 @@ pub(crate) struct Plan {
     pub segments: Vec<Segment>,
     /// The positive count's dispatches (whole images each, within one binding).
     pub count_groups: Vec<CountGroup>,
+    /// Threads per workgroup (`WG`) the plan was made for.
+    pub workgroup_size: u32,
 }
 
 fn range(first_elem: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange {
@@ -313,6 +315,7 @@ impl Plan {
                 .max(b * slot),
             segments,
             count_groups,
+            workgroup_size: wg,
         })
     }
 

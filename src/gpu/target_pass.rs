@@ -108,6 +108,7 @@ pub(crate) fn run(
     out: TargetBuffers,
     after: impl FnOnce(&mut wgpu::CommandEncoder),
 ) -> Result<Assigned, FcosError> {
+    let m = gt.boxes_per_image;
     let device = &core.ctx.device;
     let pipe = core
         .pipelines
@@ -174,7 +175,7 @@ pub(crate) fn run(
                 label: Some("fcos target pass"),
                 timestamp_writes,
             });
-            encode::cull(&mut pass, &cull_pipe, &culls, plan);
+            encode::cull(&mut pass, &cull_pipe, &culls, plan, m);
             pass.set_pipeline(&pipe.pipeline);
             for (seg, g) in plan.segments.iter().zip(&groups) {
                 pass.set_bind_group(0, g, &[]);
