@@ -142,8 +142,14 @@ fn round_trip_golden_files() {
         "odd_b3_c7_100x150",
         "single_b1_c1_64x64",
         "voc_b2_c20_512x512",
+        "boxes_odd_b3_c7_100x150_m9",
     ] {
         let case = read_case(&data(name)).unwrap();
+        assert_eq!(
+            case.boxes.is_some(),
+            name.starts_with("boxes"),
+            "{name}: gt_boxes"
+        );
         let out = dir.join(format!("{name}.safetensors"));
         write_case(&out, &case).unwrap();
         let back = read_case(&out).unwrap();

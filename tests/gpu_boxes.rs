@@ -8,8 +8,8 @@ mod common;
 
 use fcos_loss::casefile::Case;
 use fcos_loss::{
-    reference, ClassDtype, DeviceBatch, DeviceGroundTruth, DevicePredictions, LossConfig,
-    LossWeights, Predictions, RegLoss, Targets,
+    reference, ClassDtype, Counts, DeviceBatch, DeviceGroundTruth, DevicePredictions,
+    DeviceTargets, LossConfig, LossWeights, Predictions, RegLoss, Targets,
 };
 
 const CASES: [&str; 3] = [
@@ -78,6 +78,48 @@ fn gpu_target_pass_equals_the_twin() {
             &cpu.cnt_targets,
             &cpu.reg_targets,
         );
+        // The device target pass, classes as i32 words, and its counts.
+        let device = &engine.context().device;
+        let bx = case.boxes.as_ref().unwrap();
+        let boxes = common::storage_buffer(device, bytemuck::cast_slice(&bx.boxes));
+        let ints: Vec<i32> = bx.classes.iter().map(|&c| c as i32).collect();
+        let classes = common::storage_buffer(device, bytemuck::cast_slice(&ints));
+        let n = b.batch * b.levels.positions();
+        let outs = [4 * n, 4 * n, 16 * n].map(|k| common::storage_buffer(device, &vec![0u8; k]));
+        let dgt = DeviceGroundTruth {
+            boxes_per_image: bx.boxes_per_image,
+            boxes: &boxes,
+            classes: &classes,
+            class_dtype: ClassDtype::I32,
+        };
+        let out = DeviceTargets {
+            cls_targets: &outs[0],
+            cnt_targets: &outs[1],
+            reg_targets: &outs[2],
+        };
+        let counts = engine
+            .assign_targets_device(&b.levels, b.batch, &dgt, &out)
+            .unwrap()
+            .value;
+        let read = |i: usize| common::read_buffer(engine.context(), &outs[i]);
+        let dev = Targets {
+            cls_targets: read(0),
+            cnt_targets: read(1),
+            reg_targets: read(2),
+        };
+        let what = format!("{name} device");
+        assert_targets(
+            &what,
+            &dev,
+            &cpu.cls_targets,
+            &cpu.cnt_targets,
+            &cpu.reg_targets,
+        );
+        let want = Counts::of(&b.levels, b.batch, &cpu.cnt_targets).unwrap();
+        assert_eq!(counts.num_pos, want.num_pos, "{name}: device counts");
+        for (g, w) in counts.ctr.iter().zip(&want.ctr) {
+            assert!((g - w).abs() <= 1e-5 * w.max(1.0), "{name}: ctr {g} vs {w}");
+        }
     }
 }
 
@@ -148,6 +190,26 @@ fn fused_from_boxes_equals_two_steps_and_pytorch() {
                     1e-6,
                 );
             }
+            // The device backward from boxes, into gradient buffers.
+            let classes = common::storage_buffer(device, bytemuck::cast_slice(&i32s));
+            let dgt = DeviceGroundTruth {
+                boxes_per_image: bx.boxes_per_image,
+                boxes: &boxes,
+                classes: &classes,
+                class_dtype: ClassDtype::I32,
+            };
+            let grads = up.gradient_buffers(device).unwrap();
+            let grad_refs = fcos_loss::Heads::from_fn(|h| &grads[h]);
+            let dl = engine
+                .forward_backward_device_from_boxes(
+                    &b.levels, &dev_preds, &dgt, &grad_refs, &w, None,
+                )
+                .unwrap()
+                .value;
+            common::assert_close_rel(&format!("{what} device backward"), &dl, &l2, 1e-6);
+            let dg =
+                common::read_gradients(engine.context(), &b.levels, b.batch, b.classes, &grad_refs);
+            common::assert_heads(&format!("{what} device grads"), &dg, &g2, 1e-6);
         }
     }
 }

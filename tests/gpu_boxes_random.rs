@@ -11,8 +11,8 @@ mod common;
 use fcos_loss::synthetic::{self, RandomBoxes, Rng, SyntheticSpec};
 use fcos_loss::{
     reference, AssignRule, Assignment, ClassDtype, DeviceBatch, DeviceGroundTruth,
-    DevicePredictions, FcosError, GroundTruth, GtClasses, Levels, LossConfig, LossWeights,
-    Predictions, Targets,
+    DevicePredictions, DeviceTargets, FcosError, GroundTruth, GtClasses, Levels, LossConfig,
+    LossWeights, Predictions, Targets,
 };
 
 /// The class tensor of a case in one of the three host types.
@@ -368,5 +368,40 @@ fn no_boxes_and_padding_only_give_background() {
         assert_eq!(l.num_pos, vec![0], "M {m}");
         let want = engine.compute(&levels, &preds.with_targets(&t)).unwrap();
         common::assert_close_rel("background", &l, &want, 1e-6);
+        // The device path and the device target pass, the same boxes.
+        let device = &engine.context().device;
+        let up = DeviceBatch::upload(device, &logits).unwrap();
+        let b = common::storage_buffer(device, bytemuck::cast_slice(&boxes));
+        let c = common::storage_buffer(device, bytemuck::cast_slice(&classes));
+        let dgt = DeviceGroundTruth {
+            boxes_per_image: m,
+            boxes: &b,
+            classes: &c,
+            class_dtype: ClassDtype::F32,
+        };
+        let dev_preds = DevicePredictions::of(&up.inputs());
+        let l = engine
+            .compute_device_from_boxes(&levels, &dev_preds, &dgt, None)
+            .unwrap()
+            .value;
+        common::assert_close_rel("background device", &l, &want, 1e-6);
+        let p = levels.positions() as u64;
+        let outs =
+            [4 * p, 4 * p, 16 * p].map(|n| common::storage_buffer(device, &vec![0u8; n as usize]));
+        let out = DeviceTargets {
+            cls_targets: &outs[0],
+            cnt_targets: &outs[1],
+            reg_targets: &outs[2],
+        };
+        let counts = engine
+            .assign_targets_device(&levels, 1, &dgt, &out)
+            .unwrap()
+            .value;
+        assert_eq!(counts.num_pos, vec![0], "M {m} device target pass");
+        assert_eq!(
+            common::read_buffer(engine.context(), &outs[1]),
+            t.cnt_targets,
+            "M {m}"
+        );
     }
 }

@@ -8,7 +8,8 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::format::{elements, fmt_opt, fmt_shape, one_line};
 use super::{
-    Case, Expected, GRAD, GRAD_GIOU_REG, GRAD_GLOBAL_CTR, LOSSES, OBJECTIVE, REG_LOSS_GIOU, SUMS,
+    Case, CaseBoxes, Expected, GRAD, GRAD_GIOU_REG, GRAD_GLOBAL_CTR, LOSSES, OBJECTIVE,
+    REG_LOSS_GIOU, SUMS,
 };
 use crate::{Batch, FcosError, Head, Input, TensorLayout};
 
@@ -42,12 +43,36 @@ pub fn write_case(path: &Path, case: &Case) -> Result<(), FcosError> {
     let b = &case.batch;
     b.inputs().check_shapes(&b.levels, b.classes)?;
     let mut out = input_tensors(b);
+    if let Some(bx) = &case.boxes {
+        out.extend(box_tensors(b, bx)?);
+    }
     if let Some(e) = &case.expected {
         out.extend(loss_tensors(b, e)?);
         out.extend(norm_tensors(b, e)?);
         out.extend(grad_tensors(b, e)?);
     }
     write_f32(path, &out)
+}
+
+/// `gt_boxes [B, M, 4]` and `gt_classes [B, M]` (written as `F32`, whole numbers).
+fn box_tensors<'a>(b: &Batch, bx: &'a CaseBoxes) -> Result<Vec<F32Tensor<'a>>, FcosError> {
+    let m = bx.boxes_per_image;
+    if bx.boxes.len() != b.batch * m * 4 || bx.classes.len() != b.batch * m {
+        return Err(FcosError::shape(
+            "gt_boxes",
+            format!("[{}, {m}, 4] boxes and [{}, {m}] classes", b.batch, b.batch),
+            format!("{} and {} elements", bx.boxes.len(), bx.classes.len()),
+        ));
+    }
+    let classes: Vec<f32> = bx.classes.iter().map(|&c| c as f32).collect();
+    Ok(vec![
+        (
+            "gt_boxes".into(),
+            vec![b.batch, m, 4],
+            Cow::Borrowed(&bx.boxes[..]),
+        ),
+        ("gt_classes".into(), vec![b.batch, m], Cow::Owned(classes)),
+    ])
 }
 
 /// `[B, ch, H_l, W_l]`: the shape of level `l` of a head with `ch` channels.
