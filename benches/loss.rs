@@ -12,6 +12,9 @@
 //! - `forward_backward_kernel`: forward + backward from device buffers (kernel time);
 //! - `backward_roofline`: the backward pass's reads and gradient writes without the
 //!   maths (kernel time);
+//! - `boxes_kernel_m50`: the fused loss from 50 ground-truth boxes per image
+//!   (targets assigned inside the pass; device buffers, kernel time);
+//! - `targets_kernel_m50`: the target pass alone on the same boxes (kernel time);
 //! - `cpu_reference`: the `f64` CPU reference.
 //!
 //! Two other modes print the `bench` module's table instead of running criterion:
@@ -120,6 +123,23 @@ fn bench_shape(c: &mut Criterion, engine: &FcosLoss, name: &str, spec: &BenchSpe
             "{name}: forward_backward_kernel and backward_roofline skipped: the adapter cannot bind the backward pass"
         );
     }
+    let boxes = ok("drawing 50 boxes per image", bench::BoxRuns::new(&work, 50));
+    ok("warm-up from boxes", boxes.forward(&work));
+    ok("warm-up target pass", boxes.targets(&work));
+    group.bench_function("boxes_kernel_m50", |b| {
+        b.iter_custom(|iters| {
+            total(iters, || {
+                bench::kernel_time(&ok("forward from boxes", boxes.forward(&work)))
+            })
+        })
+    });
+    group.bench_function("targets_kernel_m50", |b| {
+        b.iter_custom(|iters| {
+            total(iters, || {
+                bench::kernel_time(&ok("target pass", boxes.targets(&work)))
+            })
+        })
+    });
     group.bench_function("cpu_reference", |b| {
         b.iter_custom(|iters| total(iters, || ok("CPU reference", work.cpu_reference()).1))
     });

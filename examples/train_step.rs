@@ -1,10 +1,16 @@
-//! A training loop on the GPU: a small synthetic batch whose logits and box
-//! predictions are the parameters, updated by plain gradient descent with the
-//! gradients from `forward_backward_device`. Nothing but the losses leaves the device.
+//! A training loop on the GPU from ground-truth boxes: a small synthetic batch
+//! whose logits and box predictions are the parameters, updated by plain gradient
+//! descent with the gradients from `forward_backward_device_from_boxes`. The
+//! targets are assigned from the boxes inside the loss pass every step (no target
+//! tensor is ever written); nothing but the losses leaves the device.
 //!
 //! Run: `cargo run --release --example train_step`
 
-use fcos_loss::{synthetic, DeviceBatch, FcosLoss, Head, Heads, Levels, LossConfig, LossWeights};
+use fcos_loss::synthetic::{self, RandomBoxes};
+use fcos_loss::{
+    ClassDtype, DeviceBatch, DeviceGroundTruth, DevicePredictions, FcosLoss, Head, Heads, Levels,
+    LossConfig, LossWeights,
+};
 use wgpu::util::DeviceExt;
 
 /// `param -= lr * grad`, one thread per element.
@@ -24,20 +30,43 @@ fn sgd(@builtin(global_invocation_id) id: vec3<u32>) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = LossConfig::new(10);
-    let levels = Levels::from_image(160, 192, &config.strides)?;
-    let mut spec = synthetic::SyntheticSpec::new(2, 10);
-    spec.pos_frac = vec![0.05];
-    let batch = synthetic::generate(&levels, &config.strides, &spec)?;
+    let (h, w) = (160, 192);
+    let levels = Levels::from_image(h, w, &config.strides)?;
+    let batch = synthetic::generate(
+        &levels,
+        &config.strides,
+        &synthetic::SyntheticSpec::new(2, 10),
+    )?;
+    // 12 ground-truth rows per image (some padding), as gen_targets.random_boxes
+    // draws them; the batch's own dense targets are not used.
+    let gt = RandomBoxes::draw(2, 12, h, w, 10, 7);
     let engine = FcosLoss::new(config.clone())?;
     let device = engine.context().device.clone();
     let queue = engine.context().queue.clone();
     println!("training on {}", engine.adapter_name());
 
-    // Parameters (the network outputs) and fixed targets, on the device, and a
+    // Parameters (the network outputs) and the boxes on the device, and a
     // gradient buffer per head.
     let on_device = DeviceBatch::upload(&device, &batch)?;
     let grads = on_device.gradient_buffers(&device)?;
     let inputs = on_device.inputs();
+    let preds = DevicePredictions::of(&inputs);
+    let classes: Vec<i32> = gt.classes.iter().map(|&c| c as i32).collect();
+    let storage = |label, bytes: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+    };
+    let gt_boxes = storage("gt_boxes", bytemuck::cast_slice(&gt.boxes));
+    let gt_classes = storage("gt_classes", bytemuck::cast_slice(&classes));
+    let ground_truth = DeviceGroundTruth {
+        boxes_per_image: gt.boxes_per_image,
+        boxes: &gt_boxes,
+        classes: &gt_classes,
+        class_dtype: ClassDtype::I32,
+    };
 
     // The optimiser: one pipeline, one bind group per head, a learning rate per head
     // (box predictions are in pixels, logits are not).
@@ -91,11 +120,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut last = 0.0;
     for step in 0..steps {
         let losses = engine
-            .forward_backward_device(&levels, &inputs, &out, &weights)?
+            .forward_backward_device_from_boxes(
+                &levels,
+                &preds,
+                &ground_truth,
+                &out,
+                &weights,
+                None,
+            )?
             .value;
         println!(
-            "step {step:>2}: total {:.5}  (cls {:.5}, cnt {:.5}, reg {:.5})",
-            losses.total, losses.cls_loss, losses.cnt_loss, losses.reg_loss
+            "step {step:>2}: total {:.5}  (cls {:.5}, cnt {:.5}, reg {:.5}; positives {:?})",
+            losses.total, losses.cls_loss, losses.cnt_loss, losses.reg_loss, losses.num_pos
         );
         first.get_or_insert(losses.total);
         last = losses.total;

@@ -1,14 +1,17 @@
 // Shared by every FCOS loss kernel: the parameter block and the numerics, forward
 // and backward. src/gpu/shaders.rs assembles each kernel as this file, then its
 // helpers (reduce.wgsl and segment.wgsl for the fused pass and its roofline,
-// sum2.wgsl for count.wgsl and norm.wgsl), then the kernel's own file (WGSL has
+// sum2.wgsl for count.wgsl and norm.wgsl, box_tiles.wgsl and assign.wgsl for the
+// kernels from boxes), then the kernel's own file (WGSL has
 // no #include), and resolves the #ifdef blocks for the variant.
 //
 // How variants differ, one rule for every file:
 //   - `#ifdef NAME` only where the shader's interface differs between variants:
 //     bindings one variant has and another lacks (BACKWARD: the positive counts
-//     and gradient buffers, and every statement that touches them), or builtins
-//     and operations that need a device feature (SUBGROUPS, reduce.wgsl only).
+//     and gradient buffers; BOXES: the tiles' box lists in place of the target
+//     tensors; TARGETS: the target pass's outputs; and every statement that
+//     touches them), or builtins and operations that need a device feature
+//     (SUBGROUPS, reduce.wgsl only).
 //   - `override` constants for scalars fixed when a pipeline is made: WG,
 //     GAMMA_IS_TWO (below), CHECKS (reduce.wgsl, fused.wgsl), READ_ALL
 //     (roofline.wgsl). The compiler folds them, so a variant pays nothing for

@@ -17,9 +17,10 @@ use crate::{
     Predictions, Timed,
 };
 
-/// The workload's boxes on the device and the target pass's outputs.
+/// `M` boxes per image of a [`Workload`]'s images on the device, and the target
+/// pass's outputs: the calls from boxes the report times.
 #[derive(Debug)]
-pub(super) struct BoxRuns {
+pub struct BoxRuns {
     drawn: RandomBoxes,
     boxes: wgpu::Buffer,
     classes: wgpu::Buffer,
@@ -27,9 +28,9 @@ pub(super) struct BoxRuns {
 }
 
 impl BoxRuns {
-    /// Draws `m` boxes per image of the workload's images and uploads them
-    /// (classes as `i32`).
-    pub(super) fn new(work: &Workload<'_>, m: usize) -> Result<Self, FcosError> {
+    /// Draws `m` boxes per image of the workload's images
+    /// ([`RandomBoxes::draw`]) and uploads them (classes as `i32`).
+    pub fn new(work: &Workload<'_>, m: usize) -> Result<Self, FcosError> {
         let spec = work.spec();
         let (h, w) = spec.image;
         let drawn = RandomBoxes::draw(spec.batch, m, h, w, spec.classes, spec.seed ^ 0xb0c5);
@@ -93,13 +94,13 @@ impl BoxRuns {
     }
 
     /// The fused loss from boxes on device buffers.
-    pub(super) fn forward(&self, work: &Workload<'_>) -> Result<Timed<Losses>, FcosError> {
+    pub fn forward(&self, work: &Workload<'_>) -> Result<Timed<Losses>, FcosError> {
         work.engine()
             .compute_device_from_boxes(work.levels(), &Self::preds(work), &self.gt(), None)
     }
 
     /// The target pass alone, into device buffers.
-    pub(super) fn targets(&self, work: &Workload<'_>) -> Result<Timed<crate::Counts>, FcosError> {
+    pub fn targets(&self, work: &Workload<'_>) -> Result<Timed<crate::Counts>, FcosError> {
         let [cls, cnt, reg] = &self.targets;
         let out = DeviceTargets {
             cls_targets: cls,
@@ -111,7 +112,7 @@ impl BoxRuns {
     }
 
     /// The whole call from host slices (upload, kernels, readback).
-    pub(super) fn host_call(&self, work: &Workload<'_>) -> Result<Timed<Losses>, FcosError> {
+    pub fn host_call(&self, work: &Workload<'_>) -> Result<Timed<Losses>, FcosError> {
         let batch = work.host_batch();
         let preds = Predictions::of(&batch.inputs());
         work.engine().compute_from_boxes(
@@ -123,7 +124,7 @@ impl BoxRuns {
 
     /// The fused forward + backward from boxes into the workload's gradient
     /// buffers; `None` where the device cannot hold them.
-    pub(super) fn forward_backward(
+    pub fn forward_backward(
         &self,
         work: &Workload<'_>,
     ) -> Result<Option<Timed<Losses>>, FcosError> {
@@ -141,7 +142,7 @@ impl BoxRuns {
 
     /// The largest relative difference between the fused loss from boxes and the
     /// two-step path (the target pass, then the loss on its targets), on the GPU.
-    pub(super) fn two_step_diff(&self, work: &Workload<'_>) -> Result<f64, FcosError> {
+    pub fn two_step_diff(&self, work: &Workload<'_>) -> Result<f64, FcosError> {
         let batch = work.host_batch();
         let engine = work.engine();
         let gt = self.drawn.ground_truth(batch.batch);

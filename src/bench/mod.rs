@@ -51,7 +51,7 @@ mod roofline;
 mod spec;
 mod workload;
 
-pub use boxes::BoxTimes;
+pub use boxes::{BoxRuns, BoxTimes};
 pub use measure::{kernel_time, measure, run, run_with, scaling, BenchOptions, SCALING_BATCHES};
 pub use norms::{NormTimes, NORMS};
 pub use report::{csv, table, BenchReport};
