@@ -95,7 +95,7 @@ pub(crate) fn run_boxes(
         .collect();
     // At least one row even for M = 0: the shader's array of boxes binds 16 bytes.
     named.push((format!("{GT_BOXES} buffer"), gt.boxes, (16 * rows).max(16)));
-    named.push((format!("{GT_CLASSES} buffer"), gt.classes, 4 * rows));
+    named.push((format!("{GT_CLASSES} buffer"), gt.classes, (4 * rows).max(4)));
     check_buffers(core, levels, b, named, grads)?;
     let call = DeviceCall {
         levels,
@@ -247,14 +247,10 @@ fn check_buffers(
         })
     });
     for (name, buf, need) in named.into_iter().chain(grad_named) {
-        if buf.size() < need.max(4) {
+        if buf.size() < need {
             return Err(FcosError::shape(
                 name,
-                format!(
-                    "at least {} bytes ({} 4-byte words)",
-                    need.max(4),
-                    need.max(4) / 4
-                ),
+                format!("at least {need} bytes ({} f32)", need / 4),
                 format!("{} bytes", buf.size()),
             ));
         }

@@ -232,7 +232,7 @@ impl FcosLoss {
         let b = batch as u64;
         for (name, buf, need) in [
             ("gt_boxes buffer", gt.boxes, (16 * rows).max(16)),
-            ("gt_classes buffer", gt.classes, 4 * rows),
+            ("gt_classes buffer", gt.classes, (4 * rows).max(4)),
             ("cls_targets buffer", out.cls_targets, 4 * b * p),
             ("cnt_targets buffer", out.cnt_targets, 4 * b * p),
             ("reg_targets buffer", out.reg_targets, 16 * b * p),

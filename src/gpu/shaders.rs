@@ -412,6 +412,7 @@ mod tests {
 
     #[test]
     fn every_file_has_balanced_directives() {
+        #[allow(unused_mut)]
         let mut files = vec![
             COMMON,
             REDUCE,
