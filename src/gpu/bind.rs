@@ -3,7 +3,7 @@
 //! segment (its ranges of the inputs and gradients), one for the finalize pass.
 
 use crate::error::FcosError;
-use crate::gpu::call::{Call, CallPipelines, DenominatorSource, TargetSource};
+use crate::gpu::call::{Call, CallPipelines, DenominatorSource, GtBuffers, TargetSource};
 use crate::gpu::params::PARTIAL_BYTES;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::{BindRange, Plan};
@@ -180,12 +180,12 @@ pub(crate) fn bind_groups(
                     Some(
                         (0..plan.segments.len())
                             .map(|s| {
-                                let entries = [
-                                    params.entry(work.params, params.segment(s)),
-                                    whole(1, lists.lists),
-                                    whole(2, lists.counts),
-                                    ranged(3, work.partials, partials),
-                                ];
+                                let entries = box_count_entries(
+                                    (params, work.params),
+                                    s,
+                                    lists,
+                                    (work.partials, partials),
+                                );
                                 group(device, "fcos count boxes", &count.layout, &entries)
                             })
                             .collect(),
@@ -236,16 +236,7 @@ pub(crate) fn bind_groups(
         (TargetSource::Boxes(gt), Some(pipe)) => {
             let lists = box_work(work)?;
             (0..plan.segments.len())
-                .map(|s| {
-                    let entries = [
-                        params.entry(work.params, params.segment(s)),
-                        whole(1, gt.boxes),
-                        whole(2, gt.classes),
-                        whole(3, lists.lists),
-                        whole(4, lists.counts),
-                    ];
-                    group(device, "fcos cull boxes", &pipe.layout, &entries)
-                })
+                .map(|s| cull_group(device, pipe, (params, work.params), s, gt, lists))
                 .collect()
         }
         _ => Vec::new(),
@@ -270,6 +261,42 @@ pub(crate) fn group(
         layout,
         entries,
     })
+}
+
+/// The bind group of segment `s`'s cull dispatch (`cull.wgsl`).
+pub(crate) fn cull_group(
+    device: &wgpu::Device,
+    pipe: &Pipeline,
+    (params, params_buf): (&ParamSlots, &wgpu::Buffer),
+    s: usize,
+    gt: GtBuffers,
+    lists: BoxWork,
+) -> wgpu::BindGroup {
+    let entries = [
+        params.entry(params_buf, params.segment(s)),
+        whole(1, gt.boxes),
+        whole(2, gt.classes),
+        whole(3, lists.lists),
+        whole(4, lists.counts),
+    ];
+    group(device, "fcos cull boxes", &pipe.layout, &entries)
+}
+
+/// The first four entries of segment `s`'s `count_boxes.wgsl` group: params, the
+/// tiles' lists and their lengths, the partial slots (the target pass adds its
+/// outputs).
+pub(crate) fn box_count_entries<'a>(
+    (params, params_buf): (&ParamSlots, &'a wgpu::Buffer),
+    s: usize,
+    lists: BoxWork<'a>,
+    (partials, range): (&'a wgpu::Buffer, BindRange),
+) -> Vec<wgpu::BindGroupEntry<'a>> {
+    vec![
+        params.entry(params_buf, params.segment(s)),
+        whole(1, lists.lists),
+        whole(2, lists.counts),
+        ranged(3, partials, range),
+    ]
 }
 
 /// The bind groups of the counting dispatches: whole images of `cnt_targets` per

@@ -95,7 +95,11 @@ pub(crate) fn run_boxes(
         .collect();
     // At least one row even for M = 0: the shader's array of boxes binds 16 bytes.
     named.push((format!("{GT_BOXES} buffer"), gt.boxes, (16 * rows).max(16)));
-    named.push((format!("{GT_CLASSES} buffer"), gt.classes, (4 * rows).max(4)));
+    named.push((
+        format!("{GT_CLASSES} buffer"),
+        gt.classes,
+        (4 * rows).max(4),
+    ));
     check_buffers(core, levels, b, named, grads)?;
     let call = DeviceCall {
         levels,

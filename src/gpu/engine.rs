@@ -298,15 +298,13 @@ impl FcosLoss {
         inputs: &Inputs,
         weights: &LossWeights,
     ) -> Result<Timed<(Losses, Gradients)>, FcosError> {
-        let t = host::run(&self.core, levels, inputs, Pass::Backward, weights)?;
-        let (losses, grads) = t.value;
-        let grads =
-            grads.ok_or_else(|| FcosError::gpu("the backward pass returned no gradients"))?;
-        Ok(Timed {
-            value: (losses, grads),
-            kernel: t.kernel,
-            call: t.call,
-        })
+        host::with_gradients(host::run(
+            &self.core,
+            levels,
+            inputs,
+            Pass::Backward,
+            weights,
+        )?)
     }
 
     /// Losses from device buffers, with the gradients written into the user's

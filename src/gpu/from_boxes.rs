@@ -50,15 +50,14 @@ impl FcosLoss {
         gt: &GroundTruth,
         weights: &LossWeights,
     ) -> Result<Timed<(Losses, Gradients)>, FcosError> {
-        let t = host::run_boxes(&self.core, levels, preds, gt, Pass::Backward, weights)?;
-        let (losses, grads) = t.value;
-        let grads =
-            grads.ok_or_else(|| FcosError::gpu("the backward pass returned no gradients"))?;
-        Ok(Timed {
-            value: (losses, grads),
-            kernel: t.kernel,
-            call: t.call,
-        })
+        host::with_gradients(host::run_boxes(
+            &self.core,
+            levels,
+            preds,
+            gt,
+            Pass::Backward,
+            weights,
+        )?)
     }
 
     /// Loss from device buffers of the predictions and boxes (see

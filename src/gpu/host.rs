@@ -100,6 +100,19 @@ pub(crate) fn run_boxes(
     })
 }
 
+/// The losses and gradients of a backward pass's result.
+pub(crate) fn with_gradients(
+    t: Timed<(Losses, Option<Gradients>)>,
+) -> Result<Timed<(Losses, Gradients)>, FcosError> {
+    let (losses, grads) = t.value;
+    let grads = grads.ok_or_else(|| FcosError::gpu("the backward pass returned no gradients"))?;
+    Ok(Timed {
+        value: (losses, grads),
+        kernel: t.kernel,
+        call: t.call,
+    })
+}
+
 /// A host-path call: what it uploads and how it runs.
 struct HostCall<'a> {
     levels: &'a Levels,

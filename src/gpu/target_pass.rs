@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::LossWeights;
 use crate::counts::Counts;
 use crate::error::FcosError;
-use crate::gpu::bind::{group, ranged, whole};
+use crate::gpu::bind::{box_count_entries, cull_group, group, ranged};
 use crate::gpu::call::GtBuffers;
 use crate::gpu::core::Core;
 use crate::gpu::encode;
@@ -130,12 +130,8 @@ pub(crate) fn run(
             .iter()
             .enumerate()
             .map(|(s, seg)| {
-                let mut entries = vec![
-                    params.entry(work.params, params.segment(s)),
-                    whole(1, lists.lists),
-                    whole(2, lists.counts),
-                    ranged(3, work.partials, partials),
-                ];
+                let mut entries =
+                    box_count_entries((params, work.params), s, lists, (work.partials, partials));
                 for (binding, input) in [
                     (4, Input::ClsTargets),
                     (5, Input::CntTargets),
@@ -147,16 +143,7 @@ pub(crate) fn run(
             })
             .collect();
         let culls: Vec<wgpu::BindGroup> = (0..plan.segments.len())
-            .map(|s| {
-                let entries = [
-                    params.entry(work.params, params.segment(s)),
-                    whole(1, gt.boxes),
-                    whole(2, gt.classes),
-                    whole(3, lists.lists),
-                    whole(4, lists.counts),
-                ];
-                group(device, "fcos cull boxes", &cull_pipe.layout, &entries)
-            })
+            .map(|s| cull_group(device, &cull_pipe, (params, work.params), s, gt, lists))
             .collect();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("fcos target pass"),
