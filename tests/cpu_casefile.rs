@@ -158,6 +158,25 @@ fn round_trip_golden_files() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A case with boxes and no targets is written without them and read back as
+/// it was: background targets, `targets_given` false.
+#[test]
+fn round_trip_boxes_without_targets() {
+    let dir = temp_dir("boxes_only");
+    let mut case = read_case(&data("boxes_odd_b3_c7_100x150_m9")).unwrap();
+    let b = &mut case.batch;
+    let t = fcos_loss::Targets::background(b.batch, b.levels.positions());
+    (b.cls_targets, b.cnt_targets, b.reg_targets) = (t.cls_targets, t.cnt_targets, t.reg_targets);
+    case.targets_given = false;
+    case.expected = None;
+    let out = dir.join("case.safetensors");
+    write_case(&out, &case).unwrap();
+    let back = read_case(&out).unwrap();
+    assert!(!back.targets_given);
+    assert_eq!(back, case);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn round_trip_without_expected() {
     let dir = temp_dir("noexp");

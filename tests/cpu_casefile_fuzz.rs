@@ -133,6 +133,7 @@ fn synthetic_file(shapes: &[(u32, u32)], b: usize, c: usize, expected: bool, see
     });
     let case = Case {
         batch,
+        targets_given: true,
         boxes: None,
         expected,
     };

@@ -884,6 +884,43 @@ fn targets_fail_on_differences_and_need_boxes() {
     assert!(e.contains("gt_boxes"), "{e}");
 }
 
+/// A file with boxes and no targets: `targets` writes them (nothing to compare
+/// with), `check --from-boxes` runs, and `check` without it says to add it.
+#[test]
+fn boxes_only_files_take_targets_from_the_boxes() {
+    let name = format!("{}.safetensors", BOX_CASES[1]);
+    let st_bytes = std::fs::read(data(&name)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
+    let mut ts: Vec<Tensor> = golden_tensors(&name)
+        .into_iter()
+        .filter(|t| !t.0.ends_with("_targets"))
+        .collect();
+    for n in ["gt_boxes", "gt_classes"] {
+        let t = st.tensor(n).unwrap();
+        ts.push((
+            n.to_string(),
+            t.shape().to_vec(),
+            t.data().to_vec(),
+            t.dtype(),
+        ));
+    }
+    let path = write_tensors("boxes_only", &ts);
+    let out = temp_path("boxes_only_targets");
+    let v = run_json(&["targets", &path, "--out", out.to_str().unwrap(), "--json"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["compared"], false, "{v}");
+    let written = fcos_loss::casefile::read_case(Path::new(&data(&name))).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let cls: Vec<f32> = bytemuck::pod_collect_to_vec(got.tensor("cls_targets").unwrap().data());
+    assert_eq!(cls, written.batch.cls_targets, "the targets the boxes give");
+    let v = run_json(&["check", &path, "--from-boxes", "--json"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let run = bin().args(["check", &path]).output().unwrap();
+    let e = one_error("check of a boxes-only file", &run, 2);
+    assert!(e.contains("--from-boxes"), "{e}");
+}
+
 /// `check --from-boxes` and `grad --from-boxes` pass on every box case, IoU and
 /// GIoU, in every normalisation, with the same JSON keys as without.
 #[test]

@@ -33,6 +33,9 @@ use crate::{Batch, Gradients};
 pub struct Case {
     /// The inputs (levels, `B`, `C`, network outputs and targets).
     pub batch: Batch,
+    /// Whether the file holds the targets. A file with `gt_boxes` / `gt_classes`
+    /// may leave all three out; `batch`'s targets are then background.
+    pub targets_given: bool,
     /// `gt_boxes` / `gt_classes` (docs/contract.md §7), when the file has them.
     pub boxes: Option<CaseBoxes>,
     /// `expected.*` values, present when the file has `expected.cls_loss`,

@@ -13,7 +13,7 @@ use super::{
     Case, CaseBoxes, Expected, ExpectedObjective, ExpectedSums, GRAD, GRAD_GIOU_REG,
     GRAD_GLOBAL_CTR, LOSSES, OBJECTIVE, REG_LOSS_GIOU, SUMS,
 };
-use crate::{Batch, FcosError, Gradients, Head, Input, Levels};
+use crate::{Batch, FcosError, Gradients, Head, Input, Levels, Targets};
 
 /// Reads a case file (docs/contract.md §5 tensor names) and checks its shapes.
 ///
@@ -147,21 +147,38 @@ impl<'a> Reader<'a> {
         let levels = levels_with_positions(&cls.shapes)?;
         let p = levels.positions();
         let shapes = cls.shapes;
+        let cnt_logits = self.read_levels(Head::CntLogits, b, c, &shapes)?;
+        let reg_preds = self.read_levels(Head::RegPreds, b, c, &shapes)?;
+        let boxes = self.read_boxes(b)?;
+        // A file with boxes may leave the targets out (they come from the boxes).
+        let targets_given = boxes.is_none()
+            || [Input::ClsTargets, Input::CntTargets, Input::RegTargets]
+                .iter()
+                .any(|i| self.has(i.name()));
+        let targets = if targets_given {
+            Targets {
+                cls_targets: self.read_target(Input::ClsTargets, b, p)?,
+                cnt_targets: self.read_target(Input::CntTargets, b, p)?,
+                reg_targets: self.read_target(Input::RegTargets, b, p)?,
+            }
+        } else {
+            Targets::background(b, p)
+        };
         let batch = Batch {
             levels,
             batch: b,
             classes: c,
             cls_logits: cls.levels,
-            cnt_logits: self.read_levels(Head::CntLogits, b, c, &shapes)?,
-            reg_preds: self.read_levels(Head::RegPreds, b, c, &shapes)?,
-            cls_targets: self.read_target(Input::ClsTargets, b, p)?,
-            cnt_targets: self.read_target(Input::CntTargets, b, p)?,
-            reg_targets: self.read_target(Input::RegTargets, b, p)?,
+            cnt_logits,
+            reg_preds,
+            cls_targets: targets.cls_targets,
+            cnt_targets: targets.cnt_targets,
+            reg_targets: targets.reg_targets,
         };
         let expected = self.expected(&batch, &shapes)?;
-        let boxes = self.read_boxes(b)?;
         Ok(Case {
             batch,
+            targets_given,
             boxes,
             expected,
         })

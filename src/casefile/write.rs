@@ -43,6 +43,14 @@ pub fn write_case(path: &Path, case: &Case) -> Result<(), FcosError> {
     let b = &case.batch;
     b.inputs().check_shapes(&b.levels, b.classes)?;
     let mut out = input_tensors(b);
+    if !case.targets_given {
+        // Read back, the file says the same: no targets, only boxes.
+        out.retain(|t| {
+            Input::ALL
+                .iter()
+                .all(|i| i.layout() == TensorLayout::PerLevel || t.0 != i.name())
+        });
+    }
     if let Some(bx) = &case.boxes {
         out.extend(box_tensors(b, bx)?);
     }

@@ -88,6 +88,11 @@ pub struct CaseArgs {
 /// and the boxes; otherwise the case as it is.
 pub fn case_for(case: Case, from_boxes: bool) -> Result<(Case, Option<CaseBoxes>), Failure> {
     if !from_boxes {
+        if !case.targets_given {
+            return Err(Failure::Error(FcosError::File(
+                "the case file holds boxes but no targets: add --from-boxes, or assign them first with `fcos-loss targets`".into(),
+            )));
+        }
         return Ok((case, None));
     }
     let Some(boxes) = case.boxes.clone() else {
