@@ -981,3 +981,54 @@ fn check_and_grad_from_boxes_pass_on_every_box_case() {
         assert_eq!(v["ok"], true, "{name} global-ctr: {v}");
     }
 }
+
+/// `shaders` writes every variant and a manifest that names each file, entry
+/// point, override constants, features and bindings; each source parses and
+/// validates with naga as wgpu would take it.
+#[test]
+fn shaders_exports_every_variant_with_a_manifest() {
+    let dir = temp_path("shaders");
+    let out = bin()
+        .args(["shaders", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let variants = manifest["variants"].as_array().unwrap();
+    let want = fcos_loss::shader_variants(fcos_loss::WORKGROUP_SIZE).unwrap();
+    assert_eq!(variants.len(), want.len());
+    assert!(variants.len() >= 40, "{} variants", variants.len());
+    let mut subgroup_variants = 0;
+    for (v, w) in variants.iter().zip(&want) {
+        let source = std::fs::read_to_string(dir.join(v["file"].as_str().unwrap())).unwrap();
+        assert_eq!(source, w.source, "{}", w.stem);
+        assert_eq!(v["entry_point"], w.entry_point.as_str());
+        for (k, x) in &w.constants {
+            assert_eq!(v["constants"][k].as_f64(), Some(*x), "{} {k}", w.stem);
+        }
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{}: {}", w.stem, e.emit_to_string(&source)));
+        assert!(module.entry_points.iter().any(|e| e.name == w.entry_point));
+        let webgpu = std::fs::read_to_string(dir.join(v["webgpu_file"].as_str().unwrap())).unwrap();
+        if w.features.iter().any(|f| f == "subgroups") {
+            subgroup_variants += 1;
+            assert_eq!(webgpu, format!("enable subgroups;\n{source}"), "{}", w.stem);
+        } else {
+            assert_eq!(webgpu, source, "{}", w.stem);
+        }
+    }
+    assert!(subgroup_variants > 0);
+    let run = bin()
+        .args([
+            "shaders",
+            "--out",
+            dir.to_str().unwrap(),
+            "--workgroup-size",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    let e = one_error("shaders with WG 100", &run, 2);
+    assert!(e.contains("power of two"), "{e}");
+}

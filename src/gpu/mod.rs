@@ -36,6 +36,8 @@ mod results;
 mod scope;
 #[cfg(test)]
 mod shader_checks;
+#[cfg(test)]
+mod shader_translate;
 pub(crate) mod shaders;
 mod target_pass;
 mod timed;
@@ -50,5 +52,5 @@ pub use device_inputs::{
     DevicePredictions, DeviceTargets,
 };
 pub use engine::{FcosLoss, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS};
-pub use shaders::WORKGROUP_SIZE;
+pub use shaders::{shader_variants, ShaderVariant, WORKGROUP_SIZE};
 pub use timed::Timed;

@@ -74,6 +74,41 @@ fn specs() -> Vec<Spec> {
     out
 }
 
+/// Every variant under every spec with its override values applied, as a pipeline
+/// makes it, and its validation info: what the backend writers take.
+pub(super) fn resolved_modules() -> Vec<(
+    Kernel,
+    Spec,
+    ShaderSource,
+    naga::Module,
+    naga::valid::ModuleInfo,
+)> {
+    let mut out = Vec::new();
+    for spec in specs() {
+        for kernel in Kernel::all() {
+            let s = kernel.source(spec).unwrap_or_else(|e| panic!("{e}"));
+            let module = validate(&s).unwrap_or_else(|e| panic!("does not validate:\n{e}"));
+            let info = validator()
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", s.name));
+            let constants: naga::back::PipelineConstants = s
+                .constants
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+            let (resolved, info) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((naga::ShaderStage::Compute, s.entry_point)),
+                &constants,
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            out.push((kernel, spec, s, resolved.into_owned(), info.into_owned()));
+        }
+    }
+    out
+}
+
 fn modules() -> Vec<(Kernel, ShaderSource, naga::Module)> {
     let mut out = Vec::new();
     for spec in specs() {

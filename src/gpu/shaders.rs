@@ -152,6 +152,65 @@ impl Kernel {
         }
     }
 
+    /// A file name for this variant under `spec`.
+    fn stem(self, spec: Spec, subgroups: bool, s: &ShaderSource) -> String {
+        let mut parts: Vec<String> = vec![match self {
+            Kernel::Fused { .. } => "fused".into(),
+            #[cfg(feature = "bench")]
+            Kernel::Roofline { .. } => "roofline".into(),
+            Kernel::Count => "count".into(),
+            Kernel::Normalize => "normalize".into(),
+            Kernel::Finalize => "finalize".into(),
+            Kernel::CopyWords => "copy-words".into(),
+            Kernel::CullBoxes => "cull-boxes".into(),
+            Kernel::AssignBoxes { targets } => {
+                if targets {
+                    "target-pass".into()
+                } else {
+                    "count-boxes".into()
+                }
+            }
+            Kernel::SumCounts => "sum-counts".into(),
+        }];
+        match self {
+            Kernel::Fused {
+                backward,
+                checks,
+                boxes,
+            } => {
+                parts.push(if backward { "backward" } else { "forward" }.into());
+                if checks {
+                    parts.push("checks".into());
+                }
+                if boxes {
+                    parts.push("boxes".into());
+                }
+            }
+            #[cfg(feature = "bench")]
+            Kernel::Roofline { backward, read_all } => {
+                parts.push(if backward { "backward" } else { "forward" }.into());
+                if read_all {
+                    parts.push("read-all".into());
+                }
+            }
+            _ => {}
+        }
+        if subgroups {
+            parts.push("sg".into());
+        }
+        if self != Kernel::CopyWords {
+            parts.push(format!("wg{}", spec.workgroup_size));
+        }
+        if s.constants.iter().any(|c| c.0 == "GAMMA_IS_TWO") {
+            parts.push(if spec.gamma_is_two {
+                "g2".into()
+            } else {
+                "g".into()
+            });
+        }
+        parts.join("-")
+    }
+
     /// Whether the kernel reduces a workgroup with `reduce.wgsl`.
     fn reduces(self) -> bool {
         self.files().0.iter().any(|f| f.name == REDUCE.name)
@@ -252,7 +311,6 @@ impl Kernel {
 
     /// Every kernel variant the engine may build, with the feature set it was
     /// compiled with.
-    #[cfg(test)]
     pub fn all() -> Vec<Kernel> {
         let mut out = vec![
             Kernel::Count,
@@ -295,6 +353,108 @@ fn fused_bindings(backward: bool, boxes: bool) -> Vec<Binding> {
         out.extend([Read, ReadWrite, ReadWrite, ReadWrite]);
     }
     out
+}
+
+/// One assembled shader variant as [`shader_variants`] exports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShaderVariant {
+    /// A file name for it: kernel, variant and settings, e.g.
+    /// `fused-backward-checks-boxes-sg-wg256-g2`.
+    pub stem: String,
+    /// The kernel file and its defines, as pipeline labels show it.
+    pub name: String,
+    /// The compute entry point.
+    pub entry_point: String,
+    /// The WGSL source (the files assembled, `#ifdef` blocks resolved).
+    pub source: String,
+    /// The `override` values its pipeline is made with.
+    pub constants: Vec<(String, f64)>,
+    /// The device features it needs (`"subgroups"` where it reduces with subgroup
+    /// operations; none otherwise).
+    pub features: Vec<String>,
+    /// Its bind group 0, binding by binding: `"uniform"`, `"read-only-storage"`,
+    /// `"storage"`, or `None` for a number the variant leaves out.
+    pub bindings: Vec<Option<String>>,
+}
+
+impl ShaderVariant {
+    /// The source as a browser's WebGPU takes it: subgroup variants start with
+    /// `enable subgroups;`, which WGSL requires and Tint enforces, while naga 30
+    /// (and so wgpu) rejects the directive and takes the builtins on
+    /// `Features::SUBGROUP` alone. Other variants are unchanged.
+    pub fn webgpu_source(&self) -> String {
+        if self.features.iter().any(|f| f == "subgroups") {
+            format!("enable subgroups;\n{}", self.source)
+        } else {
+            self.source.clone()
+        }
+    }
+}
+
+/// Every shader variant the engine may build with `workgroup_size` threads per
+/// workgroup (`WG`): each kernel in each combination of defines, with and without
+/// subgroups, with γ = 2 folded and general. The same sources the engine hands to
+/// wgpu, for other toolchains (naga's writers, a browser's WebGPU, offline
+/// compilers). `workgroup_size` must be a power of two.
+pub fn shader_variants(workgroup_size: u32) -> Result<Vec<ShaderVariant>, String> {
+    if !workgroup_size.is_power_of_two() {
+        return Err(format!(
+            "workgroup size {workgroup_size} is not a power of two"
+        ));
+    }
+    let mut out = Vec::new();
+    for subgroups in [false, true] {
+        for gamma_is_two in [true, false] {
+            let spec = Spec {
+                gamma_is_two,
+                workgroup_size,
+                subgroups,
+            };
+            for kernel in Kernel::all() {
+                let s = kernel.source(spec)?;
+                // A kernel that neither reduces with subgroups nor reads γ is the
+                // same under several specs: export it once.
+                if out
+                    .iter()
+                    .any(|v: &ShaderVariant| v.source == s.source && same_constants(v, &s))
+                {
+                    continue;
+                }
+                let sg = s.name.contains("SUBGROUPS");
+                out.push(ShaderVariant {
+                    stem: kernel.stem(spec, sg, &s),
+                    name: s.name,
+                    entry_point: s.entry_point.to_string(),
+                    source: s.source,
+                    constants: s
+                        .constants
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), *v))
+                        .collect(),
+                    features: sg.then(|| "subgroups".to_string()).into_iter().collect(),
+                    bindings: kernel
+                        .bindings()
+                        .iter()
+                        .map(|b| match b {
+                            Binding::Uniform => Some("uniform".into()),
+                            Binding::Read => Some("read-only-storage".into()),
+                            Binding::ReadWrite => Some("storage".into()),
+                            Binding::Unused => None,
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn same_constants(v: &ShaderVariant, s: &ShaderSource) -> bool {
+    v.constants.len() == s.constants.len()
+        && v.constants
+            .iter()
+            .zip(&s.constants)
+            .all(|(a, b)| a.0 == b.0 && a.1 == b.1)
 }
 
 /// Resolves `#ifdef`/`#ifndef`/`#else`/`#endif` lines (nestable) of `file` for the

@@ -1,5 +1,5 @@
 //! `fcos-loss`: the demo (no arguments, or `demo`) and the `check`, `grad`,
-//! `targets` and `bench` commands, one file each; `common` holds what they share.
+//! `targets`, `shaders` and `bench` commands, one file each; `common` holds what they share.
 //!
 //! Exit codes: 0 ok, 1 results outside the tolerances, 2 an error (bad arguments,
 //! an unreadable case file, no adapter, a batch the device cannot take). Every
@@ -11,6 +11,7 @@ mod check;
 mod common;
 mod demo;
 mod grad;
+mod shaders;
 mod targets;
 
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Grad(grad::GradArgs),
     /// Targets assigned on the GPU from a case file's gt_boxes / gt_classes, written to a safetensors file and compared with the file's own targets.
     Targets(targets::TargetsArgs),
+    /// Every shader variant the engine may build, written as WGSL files with a manifest (entry points, override constants, features, bindings); no GPU needed.
+    Shaders(shaders::ShadersArgs),
     /// Kernel and call times on this adapter beside the memory roofline and the CPU reference.
     Bench(bench::BenchArgs),
 }
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Some(Command::Grad(a)) => grad::run(&a),
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Targets(a)) => targets::run(&a),
+        Some(Command::Shaders(a)) => shaders::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
