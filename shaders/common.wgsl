@@ -78,6 +78,9 @@ struct Params {
     near: f32,
     assign_rule: u32,
     class_f32: u32,
+    // The first of the 1 + B scale slots in the partials buffer (norm.wgsl): the
+    // denominators used, then each image's gradient factors.
+    scale_base: u32,
 }
 
 // One workgroup's partial: {cls, cnt, reg, centerness-weighted reg} sums and the

@@ -81,7 +81,7 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     if (at.pix < hw) {
         let n_cls = params.classes;
 #ifdef BACKWARD
-        let scale = scales[1u + at.b];
+        let scale = image_scale(at.b);
 #else
         // A var, not a constant: naga 30 cannot fold its components through the
         // override constants (ExpressionAlreadyInScope); the forward pass never reads

@@ -14,7 +14,9 @@
 @group(0) @binding(1) var<storage, read_write> counts: array<Count>;
 // (N_g, Z_g), read in the global mode.
 @group(0) @binding(2) var<storage, read> denominators: array<f32>;
-@group(0) @binding(3) var<storage, read_write> scales: array<vec4<f32>>;
+// 1 + B slots shaped like Partial (the engine's partials buffer after the partial
+// sums, where the fused pass reads them): the sums hold the values.
+@group(0) @binding(3) var<storage, read_write> scales: array<Partial>;
 
 // Smallest centerness-target denominator (CTR_FLOOR in src/losses.rs).
 const CTR_FLOOR: f32 = 1e-6;
@@ -34,7 +36,7 @@ fn normalize(@builtin(local_invocation_index) lid: u32) {
     }
     if (lid == 0u) {
         counts[0] = totals;
-        scales[0] = vec4<f32>(used.num_pos, used.ctr, 0.0, 0.0);
+        scales[0] = Partial(vec4<f32>(used.num_pos, used.ctr, 0.0, 0.0), 0u, 0.0, 0.0, 0u);
     }
     let weighted = params.ctr_weighted != 0u;
     for (var b = lid; b < images; b += WG) {
@@ -48,6 +50,7 @@ fn normalize(@builtin(local_invocation_index) lid: u32) {
             scale = 1.0 / max(used.num_pos, 1.0);
             box_scale = select(scale, 1.0 / max(used.ctr, CTR_FLOOR), weighted);
         }
-        scales[1u + b] = vec4<f32>(params.w_cls * scale, params.w_cnt * scale, params.w_reg * box_scale, 0.0);
+        let factors = vec4<f32>(params.w_cls * scale, params.w_cnt * scale, params.w_reg * box_scale, 0.0);
+        scales[1u + b] = Partial(factors, 0u, 0.0, 0.0, 0u);
     }
 }

@@ -27,7 +27,7 @@ fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     var acc = vec4<f32>(0.0);
     if (at.pix < hw) {
 #ifdef BACKWARD
-        let coef = scales[1u + at.b].x;
+        let coef = image_scale(at.b).x;
 #endif
         let tcls = cls_targets[at.t];
         let c0 = at.chunk * params.classes_per_chunk;

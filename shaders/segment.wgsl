@@ -4,7 +4,8 @@
 // goes. Workgroup x is a tile of WG positions of the level, y a chunk of classes,
 // z an image of the segment.
 //
-//   #ifdef BACKWARD   the gradient factors per image and the three gradients.
+//   #ifdef BACKWARD   the three gradients (binding 8 unused: the per-image
+//                     gradient factors are read from the partials binding).
 //   #ifdef BOXES      the tiles' lists of boxes (cull.wgsl) in place of the
 //                     three target tensors (binding 6 unused); the targets come
 //                     from assign.wgsl.
@@ -26,9 +27,6 @@
 // [B][partials_per_image] partial sums (w is the positive count) and check flags.
 @group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
 #ifdef BACKWARD
-// Each image's factors on the element derivatives, from norm.wgsl before this
-// pass: (cls, cnt, box) weight over denominator, image b in slot 1 + b.
-@group(0) @binding(8) var<storage, read> scales: array<vec4<f32>>;
 // Gradients, bound exactly like the matching inputs.
 @group(0) @binding(9) var<storage, read_write> grad_cls: array<f32>;
 @group(0) @binding(10) var<storage, read_write> grad_cnt: array<f32>;
@@ -51,6 +49,15 @@ fn place(wg: vec3<u32>, lanes: Lanes) -> Place {
     let pix = wg.x * WG + lanes.lid;
     return Place(wg.y, bl, params.image0 + bl, pix, params.tgt_base + bl * params.positions + pix);
 }
+
+#ifdef BACKWARD
+// Image b's factors on the element derivatives (cls, cnt, box weight over
+// denominator), from norm.wgsl before this pass, in the scale slots after the
+// partial sums.
+fn image_scale(b: u32) -> vec4<f32> {
+    return partials[params.scale_base + 1u + b].sums;
+}
+#endif
 
 // Stores the workgroup's partial (valid in invocation 0) in its fixed slot:
 // [image][partials_per_image], this level's slots from slot_base, tile-major.

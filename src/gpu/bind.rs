@@ -4,11 +4,10 @@
 
 use crate::error::FcosError;
 use crate::gpu::call::{Call, CallPipelines, DenominatorSource, GtBuffers, TargetSource};
-use crate::gpu::params::PARTIAL_BYTES;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::{BindRange, Plan};
 use crate::gpu::uniforms::ParamSlots;
-use crate::gpu::work::{BoxWork, NormBuffers, WorkBuffers};
+use crate::gpu::work::{partials_bytes, BoxWork, NormBuffers, WorkBuffers};
 use crate::input::{Head, Input};
 
 /// The counting stage's bind groups.
@@ -85,9 +84,9 @@ fn box_work<'p>(work: &WorkBuffers<'p>) -> Result<BoxWork<'p>, FcosError> {
         .ok_or_else(|| FcosError::gpu("internal: a call from boxes without its box lists"))
 }
 
-/// The fused pass's partial sums, and the backward pass's gradient factors.
+/// The fused pass's partial sums (and, after them, the backward pass's gradient
+/// factors: binding 8 is unused).
 const PARTIALS_BINDING: u32 = 7;
-const SCALES_BINDING: u32 = 8;
 
 /// The binding of head `h`'s gradient in the backward pass.
 fn grad_binding(h: Head) -> u32 {
@@ -108,9 +107,11 @@ pub(crate) fn bind_groups(
     let plan = &call.planned.plan;
     let params = &call.planned.params;
     // Only the slots this plan uses: the pooled buffer may be larger than one binding.
+    // The slots this plan uses and the scale slots after them (the pooled buffer
+    // may be larger than one binding).
     let partials = BindRange {
         offset: 0,
-        size: PARTIAL_BYTES * plan.batch as u64 * plan.partials_per_image as u64,
+        size: partials_bytes(plan),
         base: 0,
     };
     let box_lists = match call.targets {
@@ -146,8 +147,7 @@ pub(crate) fn bind_groups(
                 }
             }
             entries.push(ranged(PARTIALS_BINDING, work.partials, partials));
-            if let (Some(grads), Some(norm)) = (call.grads, work.norm) {
-                entries.push(whole(SCALES_BINDING, norm.scales));
+            if let Some(grads) = call.grads {
                 entries.extend(
                     grads
                         .iter()
@@ -218,6 +218,7 @@ pub(crate) fn bind_groups(
             work.counts,
             bufs,
             call.planned.denominators,
+            plan.batch,
         )),
         _ => None,
     };
@@ -335,6 +336,7 @@ pub(crate) fn normalize_group(
     counts: &wgpu::Buffer,
     bufs: &NormBuffers,
     denominators: DenominatorSource,
+    batch: u32,
 ) -> wgpu::BindGroup {
     let dens = match denominators {
         DenominatorSource::Host(_) => whole(2, bufs.denominators),
@@ -352,7 +354,7 @@ pub(crate) fn normalize_group(
         params.entry(params_buf, params.call()),
         whole(1, counts),
         dens,
-        whole(3, bufs.scales),
+        ranged(3, bufs.scales, bufs.scale_range(batch)),
     ];
     group(device, "fcos normalize", &pipe.layout, &entries)
 }

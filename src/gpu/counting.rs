@@ -14,7 +14,7 @@ use crate::gpu::pool::{Need, Slot};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::Kernel;
 use crate::gpu::uniforms::ParamSlots;
-use crate::gpu::work::{count_bytes, counts_need, norm_needs, NormBuffers};
+use crate::gpu::work::{count_bytes, counts_need, norm_need, scale_slots_need, NormBuffers};
 use crate::input::Input;
 use crate::layout::Levels;
 
@@ -59,7 +59,7 @@ pub(crate) fn run(
     let normalize = core.pipelines.get(device, Kernel::Normalize)?;
     let bytes = count_bytes(plan.batch);
     let mut pool = core.lock_pool()?;
-    let mut needs: Vec<Need> = norm_needs(plan.batch).into();
+    let mut needs: Vec<Need> = vec![scale_slots_need(plan.batch), norm_need()];
     needs.push(counts_need(plan.batch));
     needs.push(Need {
         slot: Slot::Params,
@@ -79,7 +79,9 @@ pub(crate) fn run(
         let source = DenominatorSource::Host([0.0, 0.0]);
         let uniforms = (&params, params_buf);
         let groups = bind::count_groups(device, &count, uniforms, &plan, cnt_targets, counts);
-        let total = bind::normalize_group(device, &normalize, uniforms, counts, &norm, source);
+        let total = bind::normalize_group(
+            device, &normalize, uniforms, counts, &norm, source, plan.batch,
+        );
         core.ctx.queue.write_buffer(params_buf, 0, &params.bytes);
         core.write_denominators(source, &norm);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {

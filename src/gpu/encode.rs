@@ -138,7 +138,13 @@ pub(crate) fn results(
     }
     if let Some(norm) = work.norm {
         let at = out_bytes + TIMESTAMP_BYTES;
-        encoder.copy_buffer_to_buffer(norm.scales, 0, work.readback, at, USED_BYTES);
+        encoder.copy_buffer_to_buffer(
+            norm.scales,
+            norm.scales_offset,
+            work.readback,
+            at,
+            USED_BYTES,
+        );
     }
 }
 

@@ -143,7 +143,7 @@ impl Core {
         let normalizes = planned.normalizes();
         let boxes = planned.boxes.is_some();
         let pipelines = self.call_pipelines(planned.pass, planned.checks, normalizes, boxes)?;
-        let work = WorkBuffers::from_pool(pool, normalizes, self.query_set.is_some(), boxes)?;
+        let work = WorkBuffers::from_pool(pool, plan, normalizes, self.query_set.is_some(), boxes)?;
         let device = &self.ctx.device;
         let index = scope::scoped(device, || -> Result<_, FcosError> {
             let groups = bind::bind_groups(device, &pipelines, call, &work)?;

@@ -77,6 +77,9 @@ pub(crate) struct Params {
     pub assign_rule: u32,
     /// 1 when the class words are `f32`, 0 for `i32`.
     pub class_f32: u32,
+    /// The first scale slot in the partials buffer (norm.wgsl's output: the
+    /// denominators used, then each image's gradient factors).
+    pub scale_base: u32,
 }
 
 /// What the params of a call from boxes carry of its ground truth.

@@ -96,6 +96,11 @@ pub(crate) struct Plan {
     pub segments: Vec<Segment>,
     /// The positive count's dispatches (whole images each, within one binding).
     pub count_groups: Vec<CountGroup>,
+    /// The first of the `1 + B` slots after the partial sums that hold the
+    /// normalisation's denominators and per-image gradient factors (norm.wgsl), at
+    /// an offset the device's storage alignment allows: the fused pass reads them
+    /// through its partials binding, so that it binds one buffer fewer.
+    pub scale_base: u64,
     /// Threads per workgroup (`WG`) the plan was made for.
     pub workgroup_size: u32,
 }
@@ -302,6 +307,21 @@ impl Plan {
         let count_groups = frame.count_groups()?;
         frame.check_finalize()?;
         let b = frame.b;
+        // Room for the 1 + B scale slots (aligned) within the partials' binding.
+        let align_slots = (limits.offset_alignment / PARTIAL_BYTES).max(1);
+        let max_slots = limits.max_binding / PARTIAL_BYTES;
+        let room = max_slots.saturating_sub(1 + b + align_slots);
+        let partials_capacity = (target_workgroups as u64 + b * all_tiles)
+            .min(room)
+            .max(b * slot);
+        let scale_base = partials_capacity.next_multiple_of(align_slots);
+        if scale_base + 1 + b > max_slots {
+            return Err(FcosError::Limit(format!(
+                "the partial sums and gradient factors of B = {b} images ({} bytes) exceed max_storage_buffer_binding_size = {}",
+                PARTIAL_BYTES * (scale_base + 1 + b),
+                limits.max_binding
+            )));
+        }
         Ok(Plan {
             batch,
             classes,
@@ -309,10 +329,10 @@ impl Plan {
             classes_per_chunk: classes_per_chunk as u32,
             partials_per_image: slot as u32,
             // Any plan of B' <= B images has B'·tiles·chunks' <= target + B'·tiles
-            // slots (chunks' <= ceil(target / (B'·tiles))), and it fits the binding.
-            partials_capacity: (target_workgroups as u64 + b * all_tiles)
-                .min(limits.max_binding / PARTIAL_BYTES)
-                .max(b * slot),
+            // slots (chunks' <= ceil(target / (B'·tiles))), and it fits the binding
+            // with the scale slots after it.
+            partials_capacity,
+            scale_base,
             segments,
             count_groups,
             workgroup_size: wg,

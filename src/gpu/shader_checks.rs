@@ -333,6 +333,7 @@ fn params_matches_the_wgsl_struct() {
         near,
         assign_rule,
         class_f32,
+        scale_base,
     });
     for (_, s, m) in common_modules() {
         check_layout(&m, &s.name, "Params", size_of::<Params>(), &rust);

@@ -350,7 +350,8 @@ fn fused_bindings(backward: bool, boxes: bool) -> Vec<Binding> {
     let last_input = if boxes { Unused } else { Read };
     let mut out = vec![Uniform, Read, Read, Read, Read, Read, last_input, ReadWrite];
     if backward {
-        out.extend([Read, ReadWrite, ReadWrite, ReadWrite]);
+        // Binding 8 (the gradient factors) is read through the partials binding.
+        out.extend([Unused, ReadWrite, ReadWrite, ReadWrite]);
     }
     out
 }
@@ -560,7 +561,7 @@ mod tests {
             boxes: false,
         };
         assert_eq!(fused.defines(spec(true, true)), ["BACKWARD", "SUBGROUPS"]);
-        assert_eq!(fused.storage_buffers(), 11);
+        assert_eq!(fused.storage_buffers(), 10);
         let names: Vec<&str> = fused
             .constants(spec(true, true))
             .iter()

@@ -114,7 +114,7 @@ pub(crate) fn run(
         .pipelines
         .get(device, Kernel::AssignBoxes { targets: true })?;
     let cull_pipe = core.pipelines.get(device, Kernel::CullBoxes)?;
-    let work = WorkBuffers::from_pool(pool, false, core.query_set.is_some(), true)?;
+    let work = WorkBuffers::from_pool(pool, plan, false, core.query_set.is_some(), true)?;
     let lists = BoxWork::from_pool(pool)?;
     let readback = pool.get(Slot::PartialsReadback)?;
     let bytes = partial_bytes(plan);

@@ -39,6 +39,7 @@ impl ParamSlots {
         if let Some(spec) = boxes {
             call = call.with_boxes(config, spec);
         }
+        call.scale_base = plan.scale_base as u32;
         let slots: Vec<Params> = std::iter::once(call)
             .chain(plan.segments.iter().map(|s| {
                 plan.params(&call, levels, s)

@@ -4,7 +4,7 @@
 
 use crate::error::FcosError;
 use crate::gpu::params::{Count, ImageSums, PARTIAL_BYTES};
-use crate::gpu::plan::Plan;
+use crate::gpu::plan::{BindRange, Plan};
 use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::uniforms::ParamSlots;
 
@@ -18,10 +18,25 @@ pub(crate) const USED_BYTES: u64 = 16;
 /// The buffers of the normalisation pass (norm.wgsl) besides the counts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NormBuffers<'p> {
-    /// The denominators used in slot 0, each image's gradient factors after.
+    /// Where its `1 + B` scale slots go (shaped like the partials): the denominators
+    /// used in slot 0, each image's gradient factors after. In a loss call, the
+    /// partials buffer from the plan's `scale_base`, where the fused pass reads them.
     pub scales: &'p wgpu::Buffer,
+    /// Byte offset of slot 0 in `scales` (storage-aligned).
+    pub scales_offset: u64,
     /// The host's global denominators, where they do not come from a device buffer.
     pub denominators: &'p wgpu::Buffer,
+}
+
+impl NormBuffers<'_> {
+    /// The binding of the scale slots of `batch` images.
+    pub fn scale_range(&self, batch: u32) -> BindRange {
+        BindRange {
+            offset: self.scales_offset,
+            size: PARTIAL_BYTES * (1 + batch as u64),
+            base: 0,
+        }
+    }
 }
 
 /// The buffers of the cull pass (calls from boxes).
@@ -112,21 +127,24 @@ pub(crate) fn counts_need(b: u32) -> Need {
     }
 }
 
-/// The normalisation pass's buffers for `b` images, besides the counts.
-pub(crate) fn norm_needs(b: u32) -> [Need; 2] {
-    use wgpu::BufferUsages as U;
-    [
-        Need {
-            slot: Slot::Scales,
-            size: 16 * (1 + b as u64),
-            usage: U::STORAGE | U::COPY_SRC,
-        },
-        Need {
-            slot: Slot::Denominators,
-            size: 16,
-            usage: U::STORAGE | U::COPY_DST,
-        },
-    ]
+/// The normalisation pass's host denominators (its scale slots live in the
+/// partials buffer of a loss call).
+pub(crate) fn norm_need() -> Need {
+    Need {
+        slot: Slot::Denominators,
+        size: 16,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+    }
+}
+
+/// A buffer of its own for the scale slots of `b` images (the counting phase,
+/// which has no partials).
+pub(crate) fn scale_slots_need(b: u32) -> Need {
+    Need {
+        slot: Slot::Scales,
+        size: PARTIAL_BYTES * (1 + b as u64),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    }
 }
 
 impl<'p> WorkBuffers<'p> {
@@ -138,7 +156,7 @@ impl<'p> WorkBuffers<'p> {
             // Sized by a bound that only grows with B, so a smaller batch never regrows it.
             Need {
                 slot: Slot::Partials,
-                size: PARTIAL_BYTES * plan.partials_capacity,
+                size: partials_bytes(plan),
                 usage: U::STORAGE | U::COPY_SRC,
             },
             Need {
@@ -159,7 +177,7 @@ impl<'p> WorkBuffers<'p> {
             counts_need(plan.batch),
         ];
         if norm {
-            needs.extend(norm_needs(plan.batch));
+            needs.push(norm_need());
         }
         if timestamps {
             needs.push(Need {
@@ -174,28 +192,48 @@ impl<'p> WorkBuffers<'p> {
     /// The buffers [`needs`](Self::needs) reserved.
     pub fn from_pool(
         pool: &'p Pool,
+        plan: &Plan,
         norm: bool,
         timestamps: bool,
         boxes: bool,
     ) -> Result<Self, FcosError> {
+        let partials = pool.get(Slot::Partials)?;
+        let norm = norm
+            .then(|| -> Result<_, FcosError> {
+                Ok(NormBuffers {
+                    scales: partials,
+                    scales_offset: PARTIAL_BYTES * plan.scale_base,
+                    denominators: pool.get(Slot::Denominators)?,
+                })
+            })
+            .transpose()?;
         Ok(WorkBuffers {
-            partials: pool.get(Slot::Partials)?,
+            partials,
             image_sums: pool.get(Slot::ImageSums)?,
             readback: pool.get(Slot::Readback)?,
             params: pool.get(Slot::Params)?,
             counts: pool.get(Slot::Counts)?,
-            norm: norm.then(|| NormBuffers::from_pool(pool)).transpose()?,
+            norm,
             timestamps: timestamps.then(|| pool.get(Slot::Timestamps)).transpose()?,
             boxes: boxes.then(|| BoxWork::from_pool(pool)).transpose()?,
         })
     }
 }
 
+/// Bytes of the partials buffer of a call of `plan`: the partial slots (a bound
+/// that only grows with B, so a smaller batch never regrows it), then the scale
+/// slots at `scale_base`.
+pub(crate) fn partials_bytes(plan: &Plan) -> u64 {
+    PARTIAL_BYTES * (plan.scale_base + 1 + plan.batch as u64)
+}
+
 impl<'p> NormBuffers<'p> {
-    /// The buffers [`norm_needs`] reserved.
+    /// The buffers [`scale_slots_need`] and [`norm_need`] reserved (the counting
+    /// phase).
     pub fn from_pool(pool: &'p Pool) -> Result<Self, FcosError> {
         Ok(NormBuffers {
             scales: pool.get(Slot::Scales)?,
+            scales_offset: 0,
             denominators: pool.get(Slot::Denominators)?,
         })
     }
