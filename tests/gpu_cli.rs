@@ -1032,3 +1032,26 @@ fn shaders_exports_every_variant_with_a_manifest() {
     let e = one_error("shaders with WG 100", &run, 2);
     assert!(e.contains("power of two"), "{e}");
 }
+
+/// A reader that closes the pipe early ends the command by SIGPIPE, without a
+/// panic message (as other Unix tools end).
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(["check", &data("voc_b2_c20_512x512.safetensors"), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(cli_errors(&err).is_empty(), "{err}");
+    assert!(
+        !out.status.success(),
+        "a write to a closed pipe cannot succeed"
+    );
+}

@@ -47,6 +47,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -67,6 +68,18 @@ fn main() -> ExitCode {
             print_error(&e.to_string());
             ExitCode::from(2)
         }
+    }
+}
+
+/// A reader that stops early (`fcos-loss check ... --json | head -c 100`) ends the
+/// command the way it ends other Unix tools, by SIGPIPE, instead of a panic in
+/// `println!`: Rust starts programs with SIGPIPE ignored.
+fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first in main, before any thread starts; restoring the default
+    // action of a signal has no other effect on the program.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
