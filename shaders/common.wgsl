@@ -257,6 +257,23 @@ fn box_terms(p: vec4<f32>, t: vec4<f32>) -> BoxTerms {
     return b;
 }
 
+// A power of two that brings a box pair's values to at most 2^32 (1 below that):
+// the areas in box_terms would pass f32's range for values above 2^64. IoU and
+// GIoU are scale-free, so box_loss of the scaled pair is the loss, and box_grad
+// of it times the factor is the gradient. Exact: a power of two, and 1 (bit for
+// bit unchanged results) for every box under 2^32 pixels.
+fn box_scale(p: vec4<f32>, t: vec4<f32>) -> f32 {
+    let a = max(abs(p), abs(t));
+    let m = max(max(a.x, a.y), max(a.z, a.w));
+    if (m <= 4294967296.0) {
+        return 1.0;
+    }
+    // m = 1.f · 2^e with e = exponent field - 127, 32 < e <= 127; the factor
+    // 2^(31 - e) keeps m · factor below 2^32 and is a normal f32.
+    let e = i32((bitcast<u32>(m) >> 23u) & 0xffu) - 127;
+    return bitcast<f32>(u32(127 + 31 - e) << 23u);
+}
+
 // IoU (mode 0) or GIoU (mode 1) loss.
 fn box_loss(b: BoxTerms) -> f32 {
     if (params.reg_mode == 0u) {

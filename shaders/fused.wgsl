@@ -123,13 +123,17 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
             var g_reg = vec4<f32>(0.0);
             if (positive) {
                 acc.y = bce(x, ct);
-                let bt = box_terms(pred, tgt);
+                // Scaled by a power of two for boxes past 2^32 px (1 below).
+                let s = box_scale(pred, tgt);
+                let ps = pred * s;
+                let ts = tgt * s;
+                let bt = box_terms(ps, ts);
                 acc.z = box_loss(bt);
                 acc.w = ct * acc.z;
                 g_cnt = scale.y * (sigmoid(x) - ct);
                 // Weighted by centerness, each positive's box factor times its target.
                 let f_reg = select(scale.z, scale.z * ct, params.ctr_weighted != 0u);
-                g_reg = f_reg * box_grad(pred, tgt, bt);
+                g_reg = (f_reg * s) * box_grad(ps, ts, bt);
             }
 #ifdef BACKWARD
             // Stored once, positive or not (zeros off the positives): one store per

@@ -139,3 +139,51 @@ fn tiny_bindings_and_many_chunks() {
         }
     }
 }
+
+/// Box values far past f32's square root (1e25 to 1e36 px): the areas of the IoU
+/// and GIoU terms would overflow f32, so the shader scales each box pair by a
+/// power of two first (both losses are scale-free). Losses and gradients stay
+/// finite and match the f64 reference, which needs no scaling.
+#[test]
+fn huge_finite_boxes_stay_finite() {
+    let levels = Levels::from_shapes(&[(6, 5), (3, 3), (1, 1)]).unwrap();
+    let mut engine = common::engine(LossConfig::new(3));
+    for mode in [RegLoss::Iou, RegLoss::Giou] {
+        let config = LossConfig::new(3).with_reg_loss(mode);
+        let mut b = batch(&levels, 2, 3, vec![0.7], 5);
+        let p = levels.positions();
+        let mut changed = 0;
+        for (i, scale) in [1e25f32, 1e30, 1e36, 3e20]
+            .iter()
+            .cycle()
+            .take(12)
+            .enumerate()
+        {
+            // Position 3·i of image i % 2: its box prediction (channel-major per
+            // level, level 0 here) and, for every other one, its target too.
+            let (img, pix) = (i % 2, 3 * i % 30);
+            let at = img * p + pix;
+            if b.cnt_targets[at] <= -1.0 {
+                continue;
+            }
+            let hw = 30;
+            for ch in 0..4 {
+                b.reg_preds[0][(img * 4 + ch) * hw + pix] *= scale;
+            }
+            if i % 2 == 0 {
+                for ch in 0..4 {
+                    b.reg_targets[4 * at + ch] *= scale;
+                }
+            }
+            changed += 1;
+        }
+        assert!(changed >= 4, "only {changed} positives changed");
+        check(
+            &format!("huge boxes {mode:?}"),
+            &mut engine,
+            &config,
+            &levels,
+            &b,
+        );
+    }
+}
