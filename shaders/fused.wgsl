@@ -75,7 +75,7 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let counted = select(vec2<f32>(0.0), count_of(assigned), at.chunk == 0u);
 #endif
     // {cls, cnt, reg, centerness-weighted reg} (the positives and the centerness
-    // sum come from count.wgsl).
+    // sum come from count.wgsl, or, from boxes, ride along as `counted`).
     var acc = vec4<f32>(0.0);
     var flags = 0u;
     if (at.pix < hw) {

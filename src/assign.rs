@@ -5,7 +5,7 @@
 
 use crate::error::FcosError;
 use crate::input::Head;
-use crate::inputs::{check_extent, check_levels, Inputs};
+use crate::inputs::{check_heads, Inputs};
 use crate::layout::Levels;
 
 /// Which variant of the rule: they differ only in the range test and the area
@@ -299,16 +299,7 @@ impl<'a> Predictions<'a> {
 
     /// Checks each head's levels against `levels`, `B` and `C`.
     pub fn check_shapes(&self, levels: &Levels, classes: usize) -> Result<(), FcosError> {
-        let b = self.batch;
-        if b == 0 {
-            return Err(FcosError::shape("batch", "B >= 1", "B = 0"));
-        }
-        check_extent(levels, b, classes)?;
-        for h in Head::ALL {
-            let input = h.input();
-            check_levels(levels, input, self.head(h), b, input.channels(classes))?;
-        }
-        Ok(())
+        check_heads(levels, self.batch, classes, |h| self.head(h))
     }
 
     /// [`Inputs`] over these predictions and `targets`.

@@ -55,20 +55,12 @@ impl<'a> Inputs<'a> {
     /// Checks every slice length against the layout, `B` and `C`.
     pub fn check_shapes(&self, levels: &Levels, classes: usize) -> Result<(), FcosError> {
         let b = self.batch;
-        if b == 0 {
-            return Err(FcosError::shape("batch", "B >= 1", "B = 0"));
-        }
-        if classes == 0 {
-            return Err(FcosError::InvalidConfig(
-                "num_classes (C) must be at least 1, got 0".into(),
-            ));
-        }
-        check_extent(levels, b, classes)?;
+        check_heads(levels, b, classes, |h| self.head(h))?;
         for input in Input::ALL {
             let ch = input.channels(classes);
             let parts = self.parts(input);
             match input.layout() {
-                TensorLayout::PerLevel => check_levels(levels, input, parts, b, ch)?,
+                TensorLayout::PerLevel => {}
                 TensorLayout::Flattened => {
                     let p = levels.positions();
                     let got = parts.iter().map(|s| s.len()).sum::<usize>();
@@ -84,6 +76,31 @@ impl<'a> Inputs<'a> {
         }
         Ok(())
     }
+}
+
+/// `B >= 1`, `C >= 1`, element counts within the address space, and each head's
+/// slices, one per level, `[B, ch, H_l, W_l]` each (the network outputs of a call
+/// from targets or from boxes).
+pub(crate) fn check_heads<'a>(
+    levels: &Levels,
+    b: usize,
+    classes: usize,
+    head: impl Fn(Head) -> &'a [&'a [f32]],
+) -> Result<(), FcosError> {
+    if b == 0 {
+        return Err(FcosError::shape("batch", "B >= 1", "B = 0"));
+    }
+    if classes == 0 {
+        return Err(FcosError::InvalidConfig(
+            "num_classes (C) must be at least 1, got 0".into(),
+        ));
+    }
+    check_extent(levels, b, classes)?;
+    for h in Head::ALL {
+        let input = h.input();
+        check_levels(levels, input, head(h), b, input.channels(classes))?;
+    }
+    Ok(())
 }
 
 /// One slice per level, each `[B, ch, H_l, W_l]`.

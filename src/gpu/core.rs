@@ -5,13 +5,15 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::config::LossConfig;
+use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
 use crate::gpu::context::GpuContext;
+use crate::gpu::params::BoxSpec;
 use crate::gpu::pipelines::Pipelines;
 use crate::gpu::plan::{Plan, PlanLimits};
 use crate::gpu::pool::Pool;
 use crate::gpu::readback::Readback;
+use crate::gpu::uniforms::ParamSlots;
 use crate::input::{Head, Input};
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses, Sums};
@@ -70,6 +72,21 @@ impl Core {
             self.target_workgroups,
             PlanLimits::of(&self.ctx.limits),
         )
+    }
+
+    /// The plan of a call of `b` images and its packed `Params` (with the ground
+    /// truth's fields for a call from boxes).
+    pub fn plan_with_params(
+        &self,
+        levels: &Levels,
+        b: usize,
+        weights: &LossWeights,
+        boxes: Option<BoxSpec>,
+    ) -> Result<(Plan, ParamSlots), FcosError> {
+        let plan = self.plan(levels, b)?;
+        let alignment = self.ctx.limits.min_uniform_buffer_offset_alignment;
+        let params = ParamSlots::pack(&self.config, weights, levels, &plan, boxes, alignment);
+        Ok((plan, params))
     }
 
     /// `B = 0` and element counts beyond the address space are shape errors.

@@ -13,7 +13,6 @@ use crate::gpu::params::Count;
 use crate::gpu::pool::{Need, Slot};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::Kernel;
-use crate::gpu::uniforms::ParamSlots;
 use crate::gpu::work::{count_bytes, counts_need, norm_need, scale_slots_need, NormBuffers};
 use crate::input::Input;
 use crate::layout::Levels;
@@ -44,16 +43,7 @@ pub(crate) fn run(
             ctr: vec![0.0; batch],
         });
     }
-    let plan = core.plan(levels, batch)?;
-    let align = core.ctx.limits.min_uniform_buffer_offset_alignment;
-    let params = ParamSlots::pack(
-        &core.config,
-        &LossWeights::default(),
-        levels,
-        &plan,
-        None,
-        align,
-    );
+    let (plan, params) = core.plan_with_params(levels, batch, &LossWeights::default(), None)?;
     let device = &core.ctx.device;
     let count = core.pipelines.get(device, Kernel::Count)?;
     let normalize = core.pipelines.get(device, Kernel::Normalize)?;

@@ -81,7 +81,6 @@ pub(crate) fn run_boxes(
     core.check_assignment(levels)?;
     let m = gt.boxes_per_image;
     core.check_boxes(b, m)?;
-    let rows = (b * m) as u64;
     let mut named: Vec<(String, &wgpu::Buffer, u64)> = Head::ALL
         .iter()
         .map(|&h| {
@@ -93,13 +92,7 @@ pub(crate) fn run_boxes(
             )
         })
         .collect();
-    // At least one row even for M = 0: the shader's array of boxes binds 16 bytes.
-    named.push((format!("{GT_BOXES} buffer"), gt.boxes, (16 * rows).max(16)));
-    named.push((
-        format!("{GT_CLASSES} buffer"),
-        gt.classes,
-        (4 * rows).max(4),
-    ));
+    named.extend(gt_needs(gt, b));
     check_buffers(core, levels, b, named, grads)?;
     let call = DeviceCall {
         levels,
@@ -232,9 +225,26 @@ fn check_denominators(core: &Core, d: &DeviceDenominators) -> Result<(), FcosErr
     Ok(())
 }
 
+/// The ground truth's buffers and the bytes each needs for `b` images: at least
+/// one row even for `M = 0` (the shader's array of boxes binds 16 bytes).
+pub(crate) fn gt_needs<'a>(
+    gt: &DeviceGroundTruth<'a>,
+    b: usize,
+) -> [(String, &'a wgpu::Buffer, u64); 2] {
+    let rows = (b * gt.boxes_per_image) as u64;
+    [
+        (format!("{GT_BOXES} buffer"), gt.boxes, (16 * rows).max(16)),
+        (
+            format!("{GT_CLASSES} buffer"),
+            gt.classes,
+            (4 * rows).max(4),
+        ),
+    ]
+}
+
 /// Each buffer at least as large as the layout needs, with `STORAGE` usage:
 /// `named` are `(name, buffer, bytes needed)`.
-fn check_buffers(
+pub(crate) fn check_buffers(
     core: &Core,
     levels: &Levels,
     b: usize,

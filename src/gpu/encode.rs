@@ -16,10 +16,9 @@ pub(crate) fn passes(
     groups: &BindGroups,
     plan: &Plan,
     query_set: Option<&wgpu::QuerySet>,
-    work_boxes: Option<BoxWork>,
-    boxes_per_image: Option<u32>,
+    cull_work: Option<(BoxWork, u32)>,
 ) {
-    if let (Some(boxes), false) = (work_boxes, groups.cull.is_empty()) {
+    if let Some((boxes, _)) = cull_work {
         // The lists' lengths and the flags start at zero (cull.wgsl appends).
         encoder.clear_buffer(boxes.counts, 0, None);
     }
@@ -32,7 +31,7 @@ pub(crate) fn passes(
         label: Some("fcos loss"),
         timestamp_writes,
     });
-    if let (Some(pipe), Some(m)) = (&pipelines.cull, boxes_per_image) {
+    if let (Some(pipe), Some((_, m))) = (&pipelines.cull, cull_work) {
         cull(&mut pass, pipe, &groups.cull, plan, m);
     }
     let sum_counts = |pass: &mut wgpu::ComputePass, sum: &wgpu::BindGroup| {

@@ -13,7 +13,6 @@ use crate::gpu::plan::Plan;
 use crate::gpu::pool::{Need, Pool};
 use crate::gpu::results::Outcome;
 use crate::gpu::shaders::Kernel;
-use crate::gpu::uniforms::ParamSlots;
 use crate::gpu::work::{box_needs, list_bytes, NormBuffers, WorkBuffers};
 use crate::gpu::{bind, encode, scope};
 use crate::layout::Levels;
@@ -33,9 +32,7 @@ impl Core {
         boxes: Option<BoxSpec>,
         extra: Vec<Need>,
     ) -> Result<Planned<'a>, FcosError> {
-        let plan = self.plan(levels, b)?;
-        let alignment = self.ctx.limits.min_uniform_buffer_offset_alignment;
-        let params = ParamSlots::pack(&self.config, weights, levels, &plan, boxes, alignment);
+        let (plan, params) = self.plan_with_params(levels, b, weights, boxes)?;
         let planned = Planned {
             levels,
             plan,
@@ -162,8 +159,7 @@ impl Core {
                 &groups,
                 plan,
                 self.query_set.as_ref(),
-                work.boxes,
-                planned.boxes.map(|b| b.boxes_per_image),
+                work.boxes.zip(planned.boxes.map(|b| b.boxes_per_image)),
             );
             encode::results(&mut encoder, &work, plan.batch, self.query_set.as_ref());
             if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {

@@ -7,6 +7,7 @@ use crate::config::LossWeights;
 use crate::counts::Counts;
 use crate::error::FcosError;
 use crate::gpu::call::GtBuffers;
+use crate::gpu::device::gt_needs;
 use crate::gpu::device_inputs::{
     ClassDtype, DeviceDenominators, DeviceGradients, DeviceGroundTruth, DevicePredictions,
     DeviceTargets,
@@ -18,7 +19,7 @@ use crate::gpu::pass::Pass;
 use crate::gpu::pool::{Need, Slot};
 use crate::gpu::target_pass::{self, TargetBuffers};
 use crate::gpu::timed::Timed;
-use crate::gpu::upload::{self, Upload};
+use crate::gpu::upload;
 use crate::gpu::{device, host};
 use crate::input::Input;
 use crate::layout::Levels;
@@ -120,9 +121,8 @@ impl FcosLoss {
         let core = &self.core;
         let b = gt.batch;
         core.check_batch(levels, b)?;
-        core.check_assignment(levels)?;
-        gt.check(b, core.config.num_classes)?;
-        core.check_boxes(b, gt.boxes_per_image)?;
+        let mut classes = Vec::new();
+        let (uploads, spec) = upload::of_ground_truth(core, levels, gt, b, &mut classes)?;
         let p = levels.positions();
         if p == 0 {
             return Ok(Timed {
@@ -131,17 +131,6 @@ impl FcosLoss {
                 call: start.elapsed(),
             });
         }
-        let classes = gt.class_words();
-        let uploads = [
-            Upload {
-                slot: Slot::GtBoxes,
-                parts: vec![bytemuck::cast_slice(gt.boxes)],
-            },
-            Upload {
-                slot: Slot::GtClasses,
-                parts: vec![bytemuck::cast_slice(&classes)],
-            },
-        ];
         use wgpu::BufferUsages as U;
         let outputs = [Input::ClsTargets, Input::CntTargets, Input::RegTargets];
         let sizes = outputs.map(|i| core.bytes(i, levels, b));
@@ -157,10 +146,6 @@ impl FcosLoss {
             size: total,
             usage: U::MAP_READ | U::COPY_DST,
         });
-        let spec = BoxSpec {
-            boxes_per_image: gt.boxes_per_image as u32,
-            class_f32: false,
-        };
         let mut pool = core.lock_pool()?;
         let prepared = target_pass::prepare(core, &mut pool, levels, b, spec, extra)?;
         let pool = &*pool;
@@ -171,11 +156,7 @@ impl FcosLoss {
             reg: pool.get(Slot::Assigned(Input::RegTargets))?,
         };
         let staging = pool.get(Slot::AssignedReadback)?;
-        let gt_bufs = GtBuffers {
-            boxes: pool.get(Slot::GtBoxes)?,
-            classes: pool.get(Slot::GtClasses)?,
-            boxes_per_image: spec.boxes_per_image,
-        };
+        let gt_bufs = upload::pooled_ground_truth(pool, spec)?;
         let assigned = target_pass::run(
             core,
             pool,
@@ -226,31 +207,18 @@ impl FcosLoss {
         core.check_batch(levels, batch)?;
         core.check_assignment(levels)?;
         core.check_boxes(batch, gt.boxes_per_image)?;
-        let rows = (batch * gt.boxes_per_image) as u64;
-        let p = levels.positions() as u64;
-        let b = batch as u64;
-        for (name, buf, need) in [
-            ("gt_boxes buffer", gt.boxes, (16 * rows).max(16)),
-            ("gt_classes buffer", gt.classes, (4 * rows).max(4)),
-            ("cls_targets buffer", out.cls_targets, 4 * b * p),
-            ("cnt_targets buffer", out.cnt_targets, 4 * b * p),
-            ("reg_targets buffer", out.reg_targets, 16 * b * p),
+        let mut named = gt_needs(gt, batch).to_vec();
+        // The outputs: at least one word each.
+        for (input, buf) in [
+            (Input::ClsTargets, out.cls_targets),
+            (Input::CntTargets, out.cnt_targets),
+            (Input::RegTargets, out.reg_targets),
         ] {
-            if buf.size() < need.max(4) {
-                return Err(FcosError::shape(
-                    name,
-                    format!("at least {} bytes", need.max(4)),
-                    format!("{} bytes", buf.size()),
-                ));
-            }
-            if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
-                return Err(FcosError::InvalidCall(format!(
-                    "{name} lacks BufferUsages::STORAGE (its usage is {:?})",
-                    buf.usage()
-                )));
-            }
+            let need = core.bytes(input, levels, batch).max(4);
+            named.push((format!("{input} buffer"), buf, need));
         }
-        if p == 0 {
+        device::check_buffers(core, levels, batch, named, None)?;
+        if levels.positions() == 0 {
             return Ok(Timed {
                 value: Counts {
                     num_pos: vec![0; batch],

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::assign::{GroundTruth, Predictions, Targets};
 use crate::config::LossWeights;
 use crate::error::FcosError;
-use crate::gpu::call::{Call, GtBuffers, TargetSource};
+use crate::gpu::call::{Call, TargetSource};
 use crate::gpu::core::Core;
 use crate::gpu::locate::name_bad_input;
 use crate::gpu::params::BoxSpec;
@@ -60,10 +60,8 @@ pub(crate) fn run_boxes(
     let start = Instant::now();
     weights.check()?;
     preds.check_shapes(levels, core.classes())?;
-    core.check_assignment(levels)?;
-    gt.check(preds.batch, core.config.num_classes)?;
-    core.check_boxes(preds.batch, gt.boxes_per_image)?;
-    let classes = gt.class_words();
+    let mut classes = Vec::new();
+    let (gt_uploads, spec) = upload::of_ground_truth(core, levels, gt, preds.batch, &mut classes)?;
     let mut uploads: Vec<Upload> = Head::ALL
         .iter()
         .map(|&h| Upload {
@@ -75,22 +73,12 @@ pub(crate) fn run_boxes(
                 .collect(),
         })
         .collect();
-    uploads.push(Upload {
-        slot: Slot::GtBoxes,
-        parts: vec![bytemuck::cast_slice(gt.boxes)],
-    });
-    uploads.push(Upload {
-        slot: Slot::GtClasses,
-        parts: vec![bytemuck::cast_slice(&classes)],
-    });
+    uploads.extend(gt_uploads);
     let call = HostCall {
         levels,
         batch: preds.batch,
         uploads,
-        boxes: Some(BoxSpec {
-            boxes_per_image: gt.boxes_per_image as u32,
-            class_f32: false,
-        }),
+        boxes: Some(spec),
         pass,
         weights,
     };
@@ -163,11 +151,7 @@ impl HostCall<'_> {
         let pool = &*pool;
         upload::upload(core, pool, &self.uploads)?;
         let targets = match self.boxes {
-            Some(spec) => TargetSource::Boxes(GtBuffers {
-                boxes: pool.get(Slot::GtBoxes)?,
-                classes: pool.get(Slot::GtClasses)?,
-                boxes_per_image: spec.boxes_per_image,
-            }),
+            Some(spec) => TargetSource::Boxes(upload::pooled_ground_truth(pool, spec)?),
             None => TargetSource::Dense {
                 cls: pool.get(Slot::Input(Input::ClsTargets))?,
                 cnt: pool.get(Slot::Input(Input::CntTargets))?,

@@ -56,15 +56,7 @@ fn read_boxes_and_heads(
             core.bytes(h.input(), levels, b),
         )
     })?;
-    let split = |head: Head| -> Vec<&[f32]> {
-        let ch = head.channels(core.classes());
-        (0..levels.len())
-            .map(|l| {
-                let at = levels.packed_offset(l, b, ch);
-                &heads[head][at..at + levels.level_len(l, b, ch)]
-            })
-            .collect()
-    };
+    let split = |head: Head| split_levels(core, levels, b, head, &heads[head]);
     let targets = Targets::background(b, levels.positions());
     let view = Predictions {
         batch: b,
@@ -127,15 +119,7 @@ pub(crate) fn locate_bad_input(
     };
     let b = inputs.batch;
     // Each buffer read back holds exactly the packed tensor.
-    let split = |head: Head| -> Vec<&[f32]> {
-        let ch = head.channels(core.classes());
-        (0..levels.len())
-            .map(|l| {
-                let at = levels.packed_offset(l, b, ch);
-                &host[head.input()][at..at + levels.level_len(l, b, ch)]
-            })
-            .collect()
-    };
+    let split = |head: Head| split_levels(core, levels, b, head, &host[head.input()]);
     let view = Inputs {
         batch: b,
         cls_logits: split(Head::ClsLogits),
@@ -146,6 +130,23 @@ pub(crate) fn locate_bad_input(
         reg_targets: &host[Input::RegTargets],
     };
     name_bad_input(core, levels, &view, flags)
+}
+
+/// A head's packed device layout (§1.2), read back, as one slice per level.
+fn split_levels<'a>(
+    core: &Core,
+    levels: &Levels,
+    b: usize,
+    head: Head,
+    packed: &'a [f32],
+) -> Vec<&'a [f32]> {
+    let ch = head.channels(core.classes());
+    (0..levels.len())
+        .map(|l| {
+            let at = levels.packed_offset(l, b, ch);
+            &packed[at..at + levels.level_len(l, b, ch)]
+        })
+        .collect()
 }
 
 /// The error for host inputs the on-device checks flagged: the host validator's

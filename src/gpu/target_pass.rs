@@ -60,13 +60,14 @@ fn needs(core: &Core, plan: &Plan, params: &ParamSlots, m: u32) -> Vec<Need> {
     needs.extend(box_needs(plan, m));
     needs.push(Need {
         slot: Slot::PartialsReadback,
-        size: partial_bytes(plan) + TIMESTAMP_BYTES,
+        size: counted_slot_bytes(plan) + TIMESTAMP_BYTES,
         usage: U::MAP_READ | U::COPY_DST,
     });
     needs
 }
 
-fn partial_bytes(plan: &Plan) -> u64 {
+/// Bytes of the partial slots the target pass fills (its counts and flags).
+fn counted_slot_bytes(plan: &Plan) -> u64 {
     PARTIAL_BYTES * plan.batch as u64 * plan.partials_per_image as u64
 }
 
@@ -80,16 +81,7 @@ pub(crate) fn prepare(
     spec: BoxSpec,
     extra: Vec<Need>,
 ) -> Result<(Plan, ParamSlots), FcosError> {
-    let plan = core.plan(levels, b)?;
-    let align = core.ctx.limits.min_uniform_buffer_offset_alignment;
-    let params = ParamSlots::pack(
-        &core.config,
-        &LossWeights::default(),
-        levels,
-        &plan,
-        Some(spec),
-        align,
-    );
+    let (plan, params) = core.plan_with_params(levels, b, &LossWeights::default(), Some(spec))?;
     core.check_lists(&plan, spec.boxes_per_image)?;
     let mut all = needs(core, &plan, &params, spec.boxes_per_image);
     all.extend(extra);
@@ -117,7 +109,7 @@ pub(crate) fn run(
     let work = WorkBuffers::from_pool(pool, plan, false, core.query_set.is_some(), true)?;
     let lists = BoxWork::from_pool(pool)?;
     let readback = pool.get(Slot::PartialsReadback)?;
-    let bytes = partial_bytes(plan);
+    let bytes = counted_slot_bytes(plan);
     let index = scoped(device, || {
         core.ctx.queue.write_buffer(work.params, 0, &params.bytes);
         let partials = BindRange {

@@ -7,12 +7,16 @@
 //! `Queue::write_buffer`, neither allocates per call, so large batches do not pay
 //! for fresh pages every time.
 
+use crate::assign::GroundTruth;
 use crate::error::FcosError;
+use crate::gpu::call::GtBuffers;
 use crate::gpu::core::Core;
+use crate::gpu::params::BoxSpec;
 use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::scope::scoped;
 use crate::input::Input;
 use crate::inputs::Inputs;
+use crate::layout::Levels;
 
 /// One buffer the host path uploads: its pool slot and its bytes, in parts
 /// written one after another (a head's levels packed, a target as it is).
@@ -40,6 +44,47 @@ pub(crate) fn of_inputs<'a>(inputs: &Inputs<'a>) -> Vec<Upload<'a>> {
                 .collect(),
         })
         .collect()
+}
+
+/// The ground truth of a host call of `batch` images, checked (the assignment's
+/// settings, its shapes and values, the device's limit) and staged: its two
+/// uploads (the classes as `i32` words, kept in `classes`) and what the params
+/// carry of it.
+pub(crate) fn of_ground_truth<'a>(
+    core: &Core,
+    levels: &Levels,
+    gt: &GroundTruth<'a>,
+    batch: usize,
+    classes: &'a mut Vec<i32>,
+) -> Result<([Upload<'a>; 2], BoxSpec), FcosError> {
+    core.check_assignment(levels)?;
+    gt.check(batch, core.config.num_classes)?;
+    core.check_boxes(gt.batch, gt.boxes_per_image)?;
+    *classes = gt.class_words();
+    let uploads = [
+        Upload {
+            slot: Slot::GtBoxes,
+            parts: vec![bytemuck::cast_slice(gt.boxes)],
+        },
+        Upload {
+            slot: Slot::GtClasses,
+            parts: vec![bytemuck::cast_slice(classes.as_slice())],
+        },
+    ];
+    let spec = BoxSpec {
+        boxes_per_image: gt.boxes_per_image as u32,
+        class_f32: false,
+    };
+    Ok((uploads, spec))
+}
+
+/// The pooled buffers [`of_ground_truth`]'s uploads went to.
+pub(crate) fn pooled_ground_truth(pool: &Pool, spec: BoxSpec) -> Result<GtBuffers<'_>, FcosError> {
+    Ok(GtBuffers {
+        boxes: pool.get(Slot::GtBoxes)?,
+        classes: pool.get(Slot::GtClasses)?,
+        boxes_per_image: spec.boxes_per_image,
+    })
 }
 
 /// What the uploads need reserved in the pool (the staging buffer only where the
