@@ -10,17 +10,34 @@ use crate::gpu::uniforms::ParamSlots;
 use crate::gpu::work::{partials_bytes, BoxWork, NormBuffers, WorkBuffers};
 use crate::input::{Head, Input};
 
+/// One buffer range a bind group binds, kept beside the group so that a call can
+/// be described (captured) as well as run.
+#[derive(Debug, Clone)]
+pub(crate) struct Bound {
+    pub binding: u32,
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// A bind group and the ranges it binds.
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub group: wgpu::BindGroup,
+    pub bound: Vec<Bound>,
+}
+
 /// The counting stage's bind groups.
 #[derive(Debug)]
 pub(crate) enum CountGroups {
     /// From the centerness targets: `(images, group)` per dispatch.
-    Targets(Vec<(u32, wgpu::BindGroup)>),
+    Targets(Vec<(u32, Group)>),
     /// From boxes: the per-image sum of the tiles' counts; before it, where the
     /// call normalises on the device, one counting dispatch per fused-pass
     /// segment (`tiles`); otherwise the fused pass counts and the sum follows it.
     Boxes {
-        tiles: Option<Vec<wgpu::BindGroup>>,
-        sum: wgpu::BindGroup,
+        tiles: Option<Vec<Group>>,
+        sum: Group,
     },
 }
 
@@ -28,15 +45,15 @@ pub(crate) enum CountGroups {
 #[derive(Debug)]
 pub(crate) struct BindGroups {
     /// Calls from boxes: the cull pass, one per fused-pass segment.
-    pub cull: Vec<wgpu::BindGroup>,
+    pub cull: Vec<Group>,
     /// Counting.
     pub count: CountGroups,
     /// The normalisation (calls that normalise on the device; one workgroup).
-    pub normalize: Option<wgpu::BindGroup>,
+    pub normalize: Option<Group>,
     /// Fused pass: one per segment of the plan.
-    pub fused: Vec<wgpu::BindGroup>,
+    pub fused: Vec<Group>,
     /// The finalize pass.
-    pub finalize: wgpu::BindGroup,
+    pub finalize: Group,
 }
 
 pub(crate) fn whole(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
@@ -256,12 +273,25 @@ pub(crate) fn group(
     label: &str,
     layout: &wgpu::BindGroupLayout,
     entries: &[wgpu::BindGroupEntry],
-) -> wgpu::BindGroup {
-    device.create_bind_group(&wgpu::BindGroupDescriptor {
+) -> Group {
+    let bound = entries
+        .iter()
+        .filter_map(|e| match &e.resource {
+            wgpu::BindingResource::Buffer(b) => Some(Bound {
+                binding: e.binding,
+                buffer: b.buffer.clone(),
+                offset: b.offset,
+                size: b.size.map_or(b.buffer.size() - b.offset, |s| s.get()),
+            }),
+            _ => None,
+        })
+        .collect();
+    let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(label),
         layout,
         entries,
-    })
+    });
+    Group { group, bound }
 }
 
 /// The bind group of segment `s`'s cull dispatch (`cull.wgsl`).
@@ -272,7 +302,7 @@ pub(crate) fn cull_group(
     s: usize,
     gt: GtBuffers,
     lists: BoxWork,
-) -> wgpu::BindGroup {
+) -> Group {
     let entries = [
         params.entry(params_buf, params.segment(s)),
         whole(1, gt.boxes),
@@ -309,7 +339,7 @@ pub(crate) fn count_groups(
     plan: &Plan,
     cnt_targets: &wgpu::Buffer,
     counts: &wgpu::Buffer,
-) -> Vec<(u32, wgpu::BindGroup)> {
+) -> Vec<(u32, Group)> {
     plan.count_groups
         .iter()
         .enumerate()
@@ -337,7 +367,7 @@ pub(crate) fn normalize_group(
     bufs: &NormBuffers,
     denominators: DenominatorSource,
     batch: u32,
-) -> wgpu::BindGroup {
+) -> Group {
     let dens = match denominators {
         DenominatorSource::Host(_) => whole(2, bufs.denominators),
         DenominatorSource::Device(d) => ranged(

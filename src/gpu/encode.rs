@@ -2,12 +2,34 @@
 //! normalisation where the call needs it, fused segments, finalize) and the copies that bring its results within reach
 //! of the host. Records only; the caller submits.
 
-use crate::gpu::bind::{BindGroups, CountGroups};
+use crate::gpu::bind::{BindGroups, CountGroups, Group};
 use crate::gpu::call::CallPipelines;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::Plan;
 use crate::gpu::work::{result_bytes, BoxWork, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
 use crate::input::Heads;
+
+/// What the dispatches of a call are recorded into: a compute pass to run them, or
+/// a capture that describes them (`capture.rs`).
+pub(crate) trait Record {
+    fn set_pipeline(&mut self, pipe: &Pipeline);
+    fn set_group(&mut self, group: &Group);
+    fn dispatch(&mut self, x: u32, y: u32, z: u32);
+}
+
+impl Record for wgpu::ComputePass<'_> {
+    fn set_pipeline(&mut self, pipe: &Pipeline) {
+        wgpu::ComputePass::set_pipeline(self, &pipe.pipeline);
+    }
+
+    fn set_group(&mut self, group: &Group) {
+        self.set_bind_group(0, &group.group, &[]);
+    }
+
+    fn dispatch(&mut self, x: u32, y: u32, z: u32) {
+        self.dispatch_workgroups(x, y, z);
+    }
+}
 
 /// The compute pass, with timestamps around it where the device has them.
 pub(crate) fn passes(
@@ -31,18 +53,29 @@ pub(crate) fn passes(
         label: Some("fcos loss"),
         timestamp_writes,
     });
-    if let (Some(pipe), Some((_, m))) = (&pipelines.cull, cull_work) {
-        cull(&mut pass, pipe, &groups.cull, plan, m);
+    dispatches(
+        &mut pass,
+        pipelines,
+        groups,
+        plan,
+        cull_work.map(|(_, m)| m),
+    );
+}
+
+/// Every dispatch of a call in order: the cull (from `m` boxes per image), the
+/// counting, the normalisation, the fused segments, the finalize.
+pub(crate) fn dispatches(
+    rec: &mut impl Record,
+    pipelines: &CallPipelines,
+    groups: &BindGroups,
+    plan: &Plan,
+    m: Option<u32>,
+) {
+    if let (Some(pipe), Some(m)) = (&pipelines.cull, m) {
+        cull(rec, pipe, &groups.cull, plan, m);
     }
-    let sum_counts = |pass: &mut wgpu::ComputePass, sum: &wgpu::BindGroup| {
-        if let Some(pipe) = &pipelines.sum_counts {
-            pass.set_pipeline(&pipe.pipeline);
-            pass.set_bind_group(0, sum, &[]);
-            pass.dispatch_workgroups(plan.batch, 1, 1);
-        }
-    };
     match (&groups.count, &pipelines.count) {
-        (CountGroups::Targets(g), Some(pipe)) => count(&mut pass, pipe, g),
+        (CountGroups::Targets(g), Some(pipe)) => count(rec, pipe, g),
         (
             CountGroups::Boxes {
                 tiles: Some(tiles),
@@ -50,45 +83,49 @@ pub(crate) fn passes(
             },
             Some(pipe),
         ) => {
-            pass.set_pipeline(&pipe.pipeline);
+            rec.set_pipeline(pipe);
             for (seg, group) in plan.segments.iter().zip(tiles) {
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(seg.tiles, 1, seg.images);
+                rec.set_group(group);
+                rec.dispatch(seg.tiles, 1, seg.images);
             }
-            sum_counts(&mut pass, sum);
+            if let Some(sum_pipe) = &pipelines.sum_counts {
+                per_image(rec, sum_pipe, sum, plan);
+            }
         }
         _ => {}
     }
     if let (Some(pipe), Some(group)) = (&pipelines.normalize, &groups.normalize) {
-        normalize(&mut pass, pipe, group);
+        normalize(rec, pipe, group);
     }
-    pass.set_pipeline(&pipelines.fused.pipeline);
+    rec.set_pipeline(&pipelines.fused);
     for (seg, group) in plan.segments.iter().zip(&groups.fused) {
-        pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups(seg.tiles, plan.chunks, seg.images);
+        rec.set_group(group);
+        rec.dispatch(seg.tiles, plan.chunks, seg.images);
     }
     if let CountGroups::Boxes { tiles: None, sum } = &groups.count {
         // The fused pass from boxes counted: its tiles' counts, summed.
-        sum_counts(&mut pass, sum);
+        if let Some(sum_pipe) = &pipelines.sum_counts {
+            per_image(rec, sum_pipe, sum, plan);
+        }
     }
-    pass.set_pipeline(&pipelines.finalize.pipeline);
-    pass.set_bind_group(0, &groups.finalize, &[]);
-    pass.dispatch_workgroups(plan.batch, 1, 1);
+    per_image(rec, &pipelines.finalize, &groups.finalize, plan);
+}
+
+/// One dispatch of a workgroup per image (the sum of the tiles' counts, the
+/// finalize).
+fn per_image(rec: &mut impl Record, pipe: &Pipeline, group: &Group, plan: &Plan) {
+    rec.set_pipeline(pipe);
+    rec.set_group(group);
+    rec.dispatch(plan.batch, 1, 1);
 }
 
 /// The cull dispatches of a call from `m` boxes per image, one per fused-pass
 /// segment: a workgroup per `WG` (tile, box) pairs of the level.
-pub(crate) fn cull(
-    pass: &mut wgpu::ComputePass,
-    pipe: &Pipeline,
-    groups: &[wgpu::BindGroup],
-    plan: &Plan,
-    m: u32,
-) {
-    pass.set_pipeline(&pipe.pipeline);
+pub(crate) fn cull(rec: &mut impl Record, pipe: &Pipeline, groups: &[Group], plan: &Plan, m: u32) {
+    rec.set_pipeline(pipe);
     for (seg, group) in plan.segments.iter().zip(groups) {
-        pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups(
+        rec.set_group(group);
+        rec.dispatch(
             cull_groups(seg.tiles, m, plan.workgroup_size),
             1,
             seg.images,
@@ -102,23 +139,19 @@ pub(crate) fn cull_groups(tiles: u32, m: u32, workgroup_size: u32) -> u32 {
 }
 
 /// The counting dispatches, one workgroup per image.
-pub(crate) fn count(
-    pass: &mut wgpu::ComputePass,
-    pipe: &Pipeline,
-    groups: &[(u32, wgpu::BindGroup)],
-) {
-    pass.set_pipeline(&pipe.pipeline);
+pub(crate) fn count(rec: &mut impl Record, pipe: &Pipeline, groups: &[(u32, Group)]) {
+    rec.set_pipeline(pipe);
     for (images, group) in groups {
-        pass.set_bind_group(0, group, &[]);
-        pass.dispatch_workgroups(*images, 1, 1);
+        rec.set_group(group);
+        rec.dispatch(*images, 1, 1);
     }
 }
 
 /// The normalisation (one workgroup), after the counting.
-pub(crate) fn normalize(pass: &mut wgpu::ComputePass, pipe: &Pipeline, group: &wgpu::BindGroup) {
-    pass.set_pipeline(&pipe.pipeline);
-    pass.set_bind_group(0, group, &[]);
-    pass.dispatch_workgroups(1, 1, 1);
+pub(crate) fn normalize(rec: &mut impl Record, pipe: &Pipeline, group: &Group) {
+    rec.set_pipeline(pipe);
+    rec.set_group(group);
+    rec.dispatch(1, 1, 1);
 }
 
 /// The per-image sums, then the resolved timestamps, then the denominators the

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::config::{LossConfig, LossWeights};
 use crate::counts::Counts;
 use crate::error::FcosError;
+use crate::gpu::capture::CallCapture;
 use crate::gpu::context::GpuContext;
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::{DeviceDenominators, DeviceGradients, DeviceInputs};
@@ -277,6 +278,31 @@ impl FcosLoss {
             Pass::Forward,
             &weights,
         )
+    }
+
+    /// The call [`compute`](Self::compute) (or, with `backward`,
+    /// [`forward_backward`](Self::forward_backward) with `weights`) makes on these
+    /// slices, described for replay on another WebGPU implementation: the shader
+    /// variant of each pipeline, every buffer with its contents just before the
+    /// call, the clear and the dispatches in order with their bindings, and where
+    /// the results lie ([`CallCapture`]). The call also runs here, and each result
+    /// range keeps what this device computed. The engine's settings decide the
+    /// variants (subgroups, workgroup size) and the plan (the context's limits and
+    /// alignments); a value the checks flag is not an error here, it shows in the
+    /// captured flags.
+    pub fn capture(
+        &self,
+        levels: &Levels,
+        inputs: &Inputs,
+        backward: bool,
+        weights: &LossWeights,
+    ) -> Result<CallCapture, FcosError> {
+        let pass = if backward {
+            Pass::Backward
+        } else {
+            Pass::Forward
+        };
+        host::capture(&self.core, levels, inputs, pass, weights)
     }
 
     /// Losses and gradients from host slices: the gradients of

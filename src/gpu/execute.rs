@@ -4,6 +4,7 @@
 
 use crate::config::{LossWeights, Normalization};
 use crate::error::FcosError;
+use crate::gpu::bind::BindGroups;
 use crate::gpu::call::{Call, CallPipelines, DenominatorSource, Planned};
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::DeviceDenominators;
@@ -137,12 +138,52 @@ impl Core {
     pub fn execute(&self, pool: &Pool, call: &Call) -> Result<Outcome, FcosError> {
         let planned = call.planned;
         let plan = &planned.plan;
+        let device = &self.ctx.device;
+        let staged = self.stage(pool, call)?;
+        let index = scope::scoped(device, || {
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fcos loss"),
+            });
+            encode::passes(
+                &mut encoder,
+                &staged.pipelines,
+                &staged.groups,
+                plan,
+                self.query_set.as_ref(),
+                staged
+                    .work
+                    .boxes
+                    .zip(planned.boxes.map(|b| b.boxes_per_image)),
+            );
+            encode::results(
+                &mut encoder,
+                &staged.work,
+                plan.batch,
+                self.query_set.as_ref(),
+            );
+            if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
+                let sizes = grads
+                    .as_ref()
+                    .map(|h, _| self.bytes(h.input(), planned.levels, plan.batch as usize));
+                encode::copy_gradients(&mut encoder, grads, sizes, staging);
+            }
+            self.ctx.queue.submit([encoder.finish()])
+        })?;
+        let from_device = matches!(planned.denominators, DenominatorSource::Device(_));
+        Outcome::read(self, &staged.work, plan.batch, index, from_device)
+    }
+
+    /// Everything before encoding: `call`'s pipelines, work buffers and bind
+    /// groups, with its params and the host's denominators written.
+    pub fn stage<'p>(&self, pool: &'p Pool, call: &Call) -> Result<Staged<'p>, FcosError> {
+        let planned = call.planned;
+        let plan = &planned.plan;
         let normalizes = planned.normalizes();
         let boxes = planned.boxes.is_some();
         let pipelines = self.call_pipelines(planned.pass, planned.checks, normalizes, boxes)?;
         let work = WorkBuffers::from_pool(pool, plan, normalizes, self.query_set.is_some(), boxes)?;
         let device = &self.ctx.device;
-        let index = scope::scoped(device, || -> Result<_, FcosError> {
+        let groups = scope::scoped(device, || -> Result<_, FcosError> {
             let groups = bind::bind_groups(device, &pipelines, call, &work)?;
             self.ctx
                 .queue
@@ -150,27 +191,19 @@ impl Core {
             if let Some(norm) = &work.norm {
                 self.write_denominators(planned.denominators, norm);
             }
-            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("fcos loss"),
-            });
-            encode::passes(
-                &mut encoder,
-                &pipelines,
-                &groups,
-                plan,
-                self.query_set.as_ref(),
-                work.boxes.zip(planned.boxes.map(|b| b.boxes_per_image)),
-            );
-            encode::results(&mut encoder, &work, plan.batch, self.query_set.as_ref());
-            if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
-                let sizes = grads
-                    .as_ref()
-                    .map(|h, _| self.bytes(h.input(), planned.levels, plan.batch as usize));
-                encode::copy_gradients(&mut encoder, grads, sizes, staging);
-            }
-            Ok(self.ctx.queue.submit([encoder.finish()]))
+            Ok(groups)
         })??;
-        let from_device = matches!(planned.denominators, DenominatorSource::Device(_));
-        Outcome::read(self, &work, plan.batch, index, from_device)
+        Ok(Staged {
+            pipelines,
+            work,
+            groups,
+        })
     }
+}
+
+/// A call ready to encode: its pipelines, work buffers and bind groups.
+pub(crate) struct Staged<'p> {
+    pub pipelines: CallPipelines,
+    pub work: WorkBuffers<'p>,
+    pub groups: BindGroups,
 }

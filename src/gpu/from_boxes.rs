@@ -7,6 +7,7 @@ use crate::config::LossWeights;
 use crate::counts::Counts;
 use crate::error::FcosError;
 use crate::gpu::call::GtBuffers;
+use crate::gpu::capture::CallCapture;
 use crate::gpu::device::gt_needs;
 use crate::gpu::device_inputs::{
     ClassDtype, DeviceDenominators, DeviceGradients, DeviceGroundTruth, DevicePredictions,
@@ -40,6 +41,25 @@ impl FcosLoss {
         let weights = LossWeights::default();
         let t = host::run_boxes(&self.core, levels, preds, gt, Pass::Forward, &weights)?;
         Ok(t.map(|(losses, _)| losses))
+    }
+
+    /// [`capture`](Self::capture) for the call
+    /// [`compute_from_boxes`](Self::compute_from_boxes) (or, with `backward`,
+    /// [`forward_backward_from_boxes`](Self::forward_backward_from_boxes)) makes.
+    pub fn capture_from_boxes(
+        &self,
+        levels: &Levels,
+        preds: &Predictions,
+        gt: &GroundTruth,
+        backward: bool,
+        weights: &LossWeights,
+    ) -> Result<CallCapture, FcosError> {
+        let pass = if backward {
+            Pass::Backward
+        } else {
+            Pass::Forward
+        };
+        host::capture_boxes(&self.core, levels, preds, gt, pass, weights)
     }
 
     /// Losses and gradients from host slices and boxes, as

@@ -7,6 +7,7 @@ use crate::assign::{GroundTruth, Predictions, Targets};
 use crate::config::LossWeights;
 use crate::error::FcosError;
 use crate::gpu::call::{Call, TargetSource};
+use crate::gpu::capture::CallCapture;
 use crate::gpu::core::Core;
 use crate::gpu::locate::name_bad_input;
 use crate::gpu::params::BoxSpec;
@@ -29,16 +30,7 @@ pub(crate) fn run(
     weights: &LossWeights,
 ) -> Result<Timed<(Losses, Option<Gradients>)>, FcosError> {
     let start = Instant::now();
-    weights.check()?;
-    inputs.check_shapes(levels, core.classes())?;
-    let call = HostCall {
-        levels,
-        batch: inputs.batch,
-        uploads: upload::of_inputs(inputs),
-        boxes: None,
-        pass,
-        weights,
-    };
+    let call = HostCall::of_inputs(core, levels, inputs, pass, weights)?;
     // The values are checked inside the fused pass, as on the device path (cheaper
     // than a separate pass over the host slices); only when it flags one does the
     // host validator look for the first bad element, in the caller's slices.
@@ -58,34 +50,38 @@ pub(crate) fn run_boxes(
     weights: &LossWeights,
 ) -> Result<Timed<(Losses, Option<Gradients>)>, FcosError> {
     let start = Instant::now();
-    weights.check()?;
-    preds.check_shapes(levels, core.classes())?;
     let mut classes = Vec::new();
-    let (gt_uploads, spec) = upload::of_ground_truth(core, levels, gt, preds.batch, &mut classes)?;
-    let mut uploads: Vec<Upload> = Head::ALL
-        .iter()
-        .map(|&h| Upload {
-            slot: Slot::Input(h.input()),
-            parts: preds
-                .head(h)
-                .iter()
-                .map(|p| bytemuck::cast_slice(p))
-                .collect(),
-        })
-        .collect();
-    uploads.extend(gt_uploads);
-    let call = HostCall {
-        levels,
-        batch: preds.batch,
-        uploads,
-        boxes: Some(spec),
-        pass,
-        weights,
-    };
+    let call = HostCall::of_boxes(core, levels, preds, gt, &mut classes, pass, weights)?;
     call.run(core, start, |flags| {
         let targets = Targets::background(preds.batch, levels.positions());
         name_bad_input(core, levels, &preds.with_targets(&targets), flags)
     })
+}
+
+/// Describes `pass` on host slices ([`capture`]) instead of reading its results.
+pub(crate) fn capture(
+    core: &Core,
+    levels: &Levels,
+    inputs: &Inputs,
+    pass: Pass,
+    weights: &LossWeights,
+) -> Result<CallCapture, FcosError> {
+    let call = HostCall::of_inputs(core, levels, inputs, pass, weights)?;
+    call.capture(core)
+}
+
+/// Describes `pass` from ground-truth boxes on host slices ([`capture`]).
+pub(crate) fn capture_boxes(
+    core: &Core,
+    levels: &Levels,
+    preds: &Predictions,
+    gt: &GroundTruth,
+    pass: Pass,
+    weights: &LossWeights,
+) -> Result<CallCapture, FcosError> {
+    let mut classes = Vec::new();
+    let call = HostCall::of_boxes(core, levels, preds, gt, &mut classes, pass, weights)?;
+    call.capture(core)
 }
 
 /// The losses and gradients of a backward pass's result.
@@ -111,7 +107,76 @@ struct HostCall<'a> {
     weights: &'a LossWeights,
 }
 
-impl HostCall<'_> {
+impl<'a> HostCall<'a> {
+    /// A call on host slices, its shapes checked.
+    fn of_inputs(
+        core: &Core,
+        levels: &'a Levels,
+        inputs: &'a Inputs,
+        pass: Pass,
+        weights: &'a LossWeights,
+    ) -> Result<Self, FcosError> {
+        weights.check()?;
+        inputs.check_shapes(levels, core.classes())?;
+        Ok(HostCall {
+            levels,
+            batch: inputs.batch,
+            uploads: upload::of_inputs(inputs),
+            boxes: None,
+            pass,
+            weights,
+        })
+    }
+
+    /// A call from ground-truth boxes, the shapes and the boxes checked; the
+    /// classes' `i32` words go into `classes`.
+    fn of_boxes(
+        core: &Core,
+        levels: &'a Levels,
+        preds: &'a Predictions,
+        gt: &'a GroundTruth,
+        classes: &'a mut Vec<i32>,
+        pass: Pass,
+        weights: &'a LossWeights,
+    ) -> Result<Self, FcosError> {
+        weights.check()?;
+        preds.check_shapes(levels, core.classes())?;
+        let (gt_uploads, spec) = upload::of_ground_truth(core, levels, gt, preds.batch, classes)?;
+        let mut uploads: Vec<Upload> = Head::ALL
+            .iter()
+            .map(|&h| Upload {
+                slot: Slot::Input(h.input()),
+                parts: preds
+                    .head(h)
+                    .iter()
+                    .map(|p| bytemuck::cast_slice(p))
+                    .collect(),
+            })
+            .collect();
+        uploads.extend(gt_uploads);
+        Ok(HostCall {
+            levels,
+            batch: preds.batch,
+            uploads,
+            boxes: Some(spec),
+            pass,
+            weights,
+        })
+    }
+
+    /// Uploads, then describes the call ([`capture`](crate::gpu::capture)).
+    fn capture(self, core: &Core) -> Result<CallCapture, FcosError> {
+        if self.levels.positions() == 0 {
+            return Err(FcosError::InvalidCall(
+                "a call over levels without positions dispatches nothing to capture".into(),
+            ));
+        }
+        let (levels, b) = (self.levels, self.batch);
+        self.with_call(core, |pool, call| {
+            crate::gpu::capture::capture(core, pool, call, levels, b)
+        })
+    }
+
     /// Uploads, runs and reads back; `name_bad` names the first bad value when the
     /// on-device checks flag one.
     fn run(
@@ -130,6 +195,31 @@ impl HostCall<'_> {
                 call: start.elapsed(),
             });
         }
+        self.with_call(core, |pool, call| {
+            let outcome = core.execute(pool, call)?;
+            if outcome.flags != 0 {
+                return Err(name_bad(outcome.flags));
+            }
+            let grads = backward
+                .then(|| read_gradients(core, pool, levels, b))
+                .transpose()?;
+            Ok(Timed {
+                value: (outcome.losses, grads),
+                kernel: outcome.kernel,
+                call: start.elapsed(),
+            })
+        })
+    }
+
+    /// Checks the call against the device, reserves and fills the pool, and hands
+    /// `then` the call over the pooled buffers (levels with positions only).
+    fn with_call<R>(
+        self,
+        core: &Core,
+        then: impl FnOnce(&Pool, &Call) -> Result<R, FcosError>,
+    ) -> Result<R, FcosError> {
+        let (levels, b, pass) = (self.levels, self.batch, self.pass);
+        let backward = pass.writes_gradients();
         core.check_buffer_sizes(levels, b, backward)?;
         // Before any upload: a pass the device cannot build fails here.
         core.call_pipelines(pass, core.checks, backward, self.boxes.is_some())?;
@@ -167,18 +257,7 @@ impl HostCall<'_> {
                 .transpose()?,
             read_grads: backward.then(|| pool.get(Slot::GradReadback)).transpose()?,
         };
-        let outcome = core.execute(pool, &call)?;
-        if outcome.flags != 0 {
-            return Err(name_bad(outcome.flags));
-        }
-        let grads = backward
-            .then(|| read_gradients(core, pool, levels, b))
-            .transpose()?;
-        Ok(Timed {
-            value: (outcome.losses, grads),
-            kernel: outcome.kernel,
-            call: start.elapsed(),
-        })
+        then(pool, &call)
     }
 }
 

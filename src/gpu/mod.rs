@@ -14,6 +14,7 @@
 
 mod bind;
 pub(crate) mod call;
+mod capture;
 mod context;
 pub(crate) mod core;
 mod counting;
@@ -45,6 +46,7 @@ mod uniforms;
 mod upload;
 pub(crate) mod work;
 
+pub use capture::{CallCapture, CapturedBinding, CapturedBuffer, CapturedCommand, CapturedRange};
 pub use context::{adapter_label, GpuContext};
 pub use device_batch::DeviceBatch;
 pub use device_inputs::{

@@ -16,6 +16,9 @@ pub(crate) struct Pipeline {
     pub layout: wgpu::BindGroupLayout,
     /// The pipeline.
     pub pipeline: wgpu::ComputePipeline,
+    /// The kernel and the constants it was built with (its shader variant).
+    pub kernel: Kernel,
+    pub spec: Spec,
 }
 
 /// The pipelines built so far for one [`Spec`].
@@ -115,6 +118,11 @@ fn build(device: &wgpu::Device, kernel: Kernel, spec: Spec) -> Result<Pipeline, 
             },
             cache: None,
         });
-        Pipeline { layout, pipeline }
+        Pipeline {
+            layout,
+            pipeline,
+            kernel,
+            spec,
+        }
     })
 }

@@ -56,7 +56,7 @@ pub(crate) enum Slot {
 }
 
 impl Slot {
-    fn label(self) -> String {
+    pub fn label(self) -> String {
         match self {
             Slot::Input(i) => format!("fcos {i}"),
             Slot::Grad(h) => format!("fcos grad {h}"),
@@ -104,10 +104,17 @@ impl Pool {
 
     fn ensure(&mut self, device: &wgpu::Device, need: &Need) {
         let size = need.size.max(MIN_SIZE).next_multiple_of(16);
+        // Every buffer but a mappable read-back can be copied out, so that a call
+        // can be captured (`capture.rs`).
+        let usage = if need.usage.contains(wgpu::BufferUsages::MAP_READ) {
+            need.usage
+        } else {
+            need.usage | wgpu::BufferUsages::COPY_SRC
+        };
         let fits = self
             .buffers
             .get(&need.slot)
-            .is_some_and(|b| b.size() >= size && b.usage() == need.usage);
+            .is_some_and(|b| b.size() >= size && b.usage() == usage);
         if fits {
             return;
         }
@@ -116,11 +123,19 @@ impl Pool {
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&need.slot.label()),
             size,
-            usage: need.usage,
+            usage,
             mapped_at_creation: false,
         });
         self.buffers.insert(need.slot, buffer);
         self.created += 1;
+    }
+
+    /// The label of the slot that holds `buffer`, if the pool holds it.
+    pub fn label_of(&self, buffer: &wgpu::Buffer) -> Option<String> {
+        self.buffers
+            .iter()
+            .find(|(_, b)| *b == buffer)
+            .map(|(slot, _)| slot.label())
     }
 
     /// The buffer of a slot [`reserve`](Self::reserve)d for this call.

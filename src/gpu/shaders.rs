@@ -309,6 +309,37 @@ impl Kernel {
         })
     }
 
+    /// This kernel's variant under `spec`, as [`shader_variants`] exports it.
+    pub fn variant(self, spec: Spec) -> Result<ShaderVariant, String> {
+        Ok(self.variant_of(spec, self.source(spec)?))
+    }
+
+    fn variant_of(self, spec: Spec, s: ShaderSource) -> ShaderVariant {
+        let sg = s.name.contains("SUBGROUPS");
+        ShaderVariant {
+            stem: self.stem(spec, sg, &s),
+            name: s.name,
+            entry_point: s.entry_point.to_string(),
+            source: s.source,
+            constants: s
+                .constants
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            features: sg.then(|| "subgroups".to_string()).into_iter().collect(),
+            bindings: self
+                .bindings()
+                .iter()
+                .map(|b| match b {
+                    Binding::Uniform => Some("uniform".into()),
+                    Binding::Read => Some("read-only-storage".into()),
+                    Binding::ReadWrite => Some("storage".into()),
+                    Binding::Unused => None,
+                })
+                .collect(),
+        }
+    }
+
     /// Every kernel variant the engine may build, with the feature set it was
     /// compiled with.
     pub fn all() -> Vec<Kernel> {
@@ -421,29 +452,7 @@ pub fn shader_variants(workgroup_size: u32) -> Result<Vec<ShaderVariant>, String
                 {
                     continue;
                 }
-                let sg = s.name.contains("SUBGROUPS");
-                out.push(ShaderVariant {
-                    stem: kernel.stem(spec, sg, &s),
-                    name: s.name,
-                    entry_point: s.entry_point.to_string(),
-                    source: s.source,
-                    constants: s
-                        .constants
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), *v))
-                        .collect(),
-                    features: sg.then(|| "subgroups".to_string()).into_iter().collect(),
-                    bindings: kernel
-                        .bindings()
-                        .iter()
-                        .map(|b| match b {
-                            Binding::Uniform => Some("uniform".into()),
-                            Binding::Read => Some("read-only-storage".into()),
-                            Binding::ReadWrite => Some("storage".into()),
-                            Binding::Unused => None,
-                        })
-                        .collect(),
-                });
+                out.push(kernel.variant_of(spec, s));
             }
         }
     }

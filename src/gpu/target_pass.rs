@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::LossWeights;
 use crate::counts::Counts;
 use crate::error::FcosError;
-use crate::gpu::bind::{box_count_entries, cull_group, group, ranged};
+use crate::gpu::bind::{box_count_entries, cull_group, group, ranged, Group};
 use crate::gpu::call::GtBuffers;
 use crate::gpu::core::Core;
 use crate::gpu::encode;
@@ -117,7 +117,7 @@ pub(crate) fn run(
             size: bytes,
             base: 0,
         };
-        let groups: Vec<wgpu::BindGroup> = plan
+        let groups: Vec<Group> = plan
             .segments
             .iter()
             .enumerate()
@@ -134,7 +134,7 @@ pub(crate) fn run(
                 group(device, "fcos target pass", &pipe.layout, &entries)
             })
             .collect();
-        let culls: Vec<wgpu::BindGroup> = (0..plan.segments.len())
+        let culls: Vec<Group> = (0..plan.segments.len())
             .map(|s| cull_group(device, &cull_pipe, (params, work.params), s, gt, lists))
             .collect();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -157,7 +157,7 @@ pub(crate) fn run(
             encode::cull(&mut pass, &cull_pipe, &culls, plan, m);
             pass.set_pipeline(&pipe.pipeline);
             for (seg, g) in plan.segments.iter().zip(&groups) {
-                pass.set_bind_group(0, g, &[]);
+                pass.set_bind_group(0, &g.group, &[]);
                 pass.dispatch_workgroups(seg.tiles, 1, seg.images);
             }
         }

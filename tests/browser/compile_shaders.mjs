@@ -9,10 +9,9 @@
 //
 // Needs `playwright-core` (npm) and `/usr/bin/chromium` (apt-get install chromium).
 
-import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { withPage } from './chromium.mjs';
 
 const dir = process.argv[2];
 if (!dir) {
@@ -22,24 +21,8 @@ if (!dir) {
 const manifest = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
 const variants = manifest.variants.map((v) => ({ ...v, source: readFileSync(join(dir, v.webgpu_file), 'utf8') }));
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox', '--enable-unsafe-webgpu', '--enable-features=Vulkan',
-    '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader', '--enable-unsafe-swiftshader',
-    '--disable-gpu-sandbox', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run', '--disable-quic',
-  ],
-});
-// WebGPU needs a secure context: an empty page served on localhost.
-const server = createServer((_, res) => res.end('<!doctype html><title>fcos-loss</title>'));
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-let results;
-try {
-  const page = await browser.newPage();
-  await page.goto(`http://localhost:${server.address().port}/`);
-  results = await page.evaluate(async (variants) => {
+const results = await withPage(() => null, (page) =>
+  page.evaluate(async (variants) => {
     if (!navigator.gpu) return { error: 'navigator.gpu is missing: WebGPU is not enabled' };
     const adapter = await navigator.gpu.requestAdapter();
     if (!adapter) return { error: 'no WebGPU adapter' };
@@ -81,11 +64,7 @@ try {
       out.push({ stem: v.stem, ok: !why, why });
     }
     return { adapter: `${info.vendor || '?'} ${info.architecture || '?'} ${info.description || ''}`.trim(), subgroups: hasSubgroups, out };
-  }, variants);
-} finally {
-  await browser.close();
-  server.close();
-}
+  }, variants));
 if (results.error) {
   console.error(`browser: ${results.error}`);
   process.exit(1);

@@ -1,5 +1,5 @@
 //! `fcos-loss`: the demo (no arguments, or `demo`) and the `check`, `grad`,
-//! `targets`, `shaders` and `bench` commands, one file each; `common` holds what they share.
+//! `targets`, `shaders`, `capture` and `bench` commands, one file each; `common` holds what they share.
 //!
 //! Exit codes: 0 ok, 1 results outside the tolerances, 2 an error (bad arguments,
 //! an unreadable case file, no adapter, a batch the device cannot take). Every
@@ -7,6 +7,7 @@
 //! `fcos-loss: error: `, so it cannot be mistaken for a driver's own messages.
 
 mod bench;
+mod capture;
 mod check;
 mod common;
 mod demo;
@@ -42,6 +43,8 @@ enum Command {
     Targets(targets::TargetsArgs),
     /// Every shader variant the engine may build, written as WGSL files with a manifest (entry points, override constants, features, bindings); no GPU needed.
     Shaders(shaders::ShadersArgs),
+    /// One call on a case file described for replay elsewhere (pipelines, buffers and their contents, dispatches, where the results lie, the expected values): `tests/browser/replay.mjs` replays it in Chromium's WebGPU.
+    Capture(capture::CaptureArgs),
     /// Kernel and call times on this adapter beside the memory roofline and the CPU reference.
     Bench(bench::BenchArgs),
 }
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Targets(a)) => targets::run(&a),
         Some(Command::Shaders(a)) => shaders::run(&a),
+        Some(Command::Capture(a)) => capture::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
