@@ -1033,6 +1033,109 @@ fn shaders_exports_every_variant_with_a_manifest() {
     assert!(e.contains("power of two"), "{e}");
 }
 
+/// `capture` writes a description another WebGPU can replay from alone: every
+/// pipeline's WebGPU source (the exported variant's), every buffer's contents,
+/// commands within bounds, and result ranges whose native bytes, decoded by the
+/// recipe in the JSON, give the case's expected losses and gradients.
+#[test]
+fn capture_writes_a_replayable_description() {
+    let dir = temp_path("capture");
+    let out = bin()
+        .args([
+            "capture",
+            &data("voc_b2_c20_512x512.safetensors"),
+            "--out",
+            dir.to_str().unwrap(),
+            "--backward",
+            "--reg",
+            "giou",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |p: &str| std::fs::read(dir.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let c: serde_json::Value = serde_json::from_slice(&read("capture.json")).unwrap();
+    assert_eq!(c["format"], "fcos-loss capture 1");
+    assert_eq!((c["pass"].as_str(), c["reg"].as_str()), (Some("backward"), Some("giou")));
+    let variants = fcos_loss::shader_variants(fcos_loss::WORKGROUP_SIZE).unwrap();
+    let pipelines = c["pipelines"].as_array().unwrap();
+    assert!(pipelines.len() >= 4, "count, normalize, fused, finalize");
+    for p in pipelines {
+        let stem = p["stem"].as_str().unwrap();
+        let v = variants.iter().find(|v| v.stem == stem).expect(stem);
+        let source = String::from_utf8(read(p["file"].as_str().unwrap())).unwrap();
+        assert_eq!(source, v.webgpu_source(), "{stem}");
+        assert_eq!(p["entry_point"], v.entry_point.as_str());
+    }
+    let buffers = c["buffers"].as_array().unwrap();
+    let sizes: Vec<u64> = buffers.iter().map(|b| b["size"].as_u64().unwrap()).collect();
+    for b in buffers {
+        let bytes = read(b["file"].as_str().unwrap());
+        assert_eq!(bytes.len() as u64, b["size"].as_u64().unwrap(), "{}", b["label"]);
+    }
+    let params = &buffers[c["params_buffer"].as_u64().unwrap() as usize];
+    assert_eq!(params["usage"], "uniform");
+    for cmd in c["commands"].as_array().unwrap() {
+        let p = &pipelines[cmd["pipeline"].as_u64().unwrap() as usize];
+        for b in cmd["bindings"].as_array().unwrap() {
+            let buf = b["buffer"].as_u64().unwrap() as usize;
+            let end = b["offset"].as_u64().unwrap() + b["size"].as_u64().unwrap();
+            assert!(end <= sizes[buf], "{cmd}");
+            assert!(!p["bindings"][b["binding"].as_u64().unwrap() as usize].is_null());
+        }
+    }
+    // The recipe: per image, each sum over max(n, 1) (docs/contract.md §8).
+    let results = &c["results"];
+    let sums = read(results["image_sums"]["native_file"].as_str().unwrap());
+    let stride = results["image_sums_stride"].as_u64().unwrap() as usize;
+    let field = |b: usize, name: &str| {
+        let at = results["image_sums_fields"][name][0].as_u64().unwrap() as usize;
+        let w = u32::from_le_bytes(sums[b * stride + at..][..4].try_into().unwrap());
+        match results["image_sums_fields"][name][1].as_str().unwrap() {
+            "u32" => f64::from(w),
+            _ => f64::from(f32::from_bits(w)),
+        }
+    };
+    let expected = &c["expected"];
+    for b in 0..2 {
+        let n = field(b, "num_pos");
+        assert_eq!(n, expected["num_pos"][b].as_f64().unwrap());
+        assert_eq!(field(b, "flags"), 0.0);
+        for k in ["cls", "cnt", "reg"] {
+            let got = field(b, k) / n.max(1.0);
+            let want = expected[k][b].as_f64().unwrap();
+            assert!((got - want).abs() <= 1e-4 * want.abs().max(0.1), "{k}[{b}]: {got} vs {want}");
+        }
+    }
+    let grads = results["gradients"].as_object().unwrap();
+    assert_eq!(grads.len(), 3);
+    for (h, r) in grads {
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(&read(r["native_file"].as_str().unwrap()));
+        let want: Vec<f32> =
+            bytemuck::pod_collect_to_vec(&read(r["expected_file"].as_str().unwrap()));
+        assert_eq!(got.len(), want.len(), "{h}");
+        let err = fcos_loss::max_head_error(&[got], &[want]);
+        assert!(err <= 1e-4, "{h}: {err}");
+    }
+    // Errors: boxes the file does not have, a workgroup size WGSL cannot take.
+    let run = bin()
+        .args(["capture", &data("voc_b2_c20_512x512.safetensors"), "--out"])
+        .arg(&dir)
+        .arg("--from-boxes")
+        .output()
+        .unwrap();
+    let e = one_error("capture --from-boxes without boxes", &run, 2);
+    assert!(e.contains("gt_boxes"), "{e}");
+    let run = bin()
+        .args(["capture", &data("single_b1_c1_64x64.safetensors"), "--out"])
+        .arg(&dir)
+        .args(["--workgroup-size", "100"])
+        .output()
+        .unwrap();
+    one_error("capture with WG 100", &run, 2);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A reader that closes the pipe early ends the command by SIGPIPE, without a
 /// panic message (as other Unix tools end).
 #[cfg(unix)]
