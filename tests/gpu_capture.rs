@@ -290,7 +290,13 @@ fn captures_from_boxes_replay_bit_for_bit() {
         let e = engine(LossConfig::new(batch.classes as u32), true);
         let preds = Predictions::of(&inputs);
         let c = e
-            .capture_from_boxes(&batch.levels, &preds, &gt, backward, &LossWeights::default())
+            .capture_from_boxes(
+                &batch.levels,
+                &preds,
+                &gt,
+                backward,
+                &LossWeights::default(),
+            )
             .unwrap_or_else(|err| panic!("{name}: {err}"));
         assert_well_formed(&c, true);
         assert_eq!(replay(&c), native(&c), "{name}: replay differs");

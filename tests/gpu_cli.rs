@@ -1056,7 +1056,10 @@ fn capture_writes_a_replayable_description() {
     let read = |p: &str| std::fs::read(dir.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     let c: serde_json::Value = serde_json::from_slice(&read("capture.json")).unwrap();
     assert_eq!(c["format"], "fcos-loss capture 1");
-    assert_eq!((c["pass"].as_str(), c["reg"].as_str()), (Some("backward"), Some("giou")));
+    assert_eq!(
+        (c["pass"].as_str(), c["reg"].as_str()),
+        (Some("backward"), Some("giou"))
+    );
     let variants = fcos_loss::shader_variants(fcos_loss::WORKGROUP_SIZE).unwrap();
     let pipelines = c["pipelines"].as_array().unwrap();
     assert!(pipelines.len() >= 4, "count, normalize, fused, finalize");
@@ -1068,10 +1071,18 @@ fn capture_writes_a_replayable_description() {
         assert_eq!(p["entry_point"], v.entry_point.as_str());
     }
     let buffers = c["buffers"].as_array().unwrap();
-    let sizes: Vec<u64> = buffers.iter().map(|b| b["size"].as_u64().unwrap()).collect();
+    let sizes: Vec<u64> = buffers
+        .iter()
+        .map(|b| b["size"].as_u64().unwrap())
+        .collect();
     for b in buffers {
         let bytes = read(b["file"].as_str().unwrap());
-        assert_eq!(bytes.len() as u64, b["size"].as_u64().unwrap(), "{}", b["label"]);
+        assert_eq!(
+            bytes.len() as u64,
+            b["size"].as_u64().unwrap(),
+            "{}",
+            b["label"]
+        );
     }
     let params = &buffers[c["params_buffer"].as_u64().unwrap() as usize];
     assert_eq!(params["usage"], "uniform");
@@ -1104,7 +1115,10 @@ fn capture_writes_a_replayable_description() {
         for k in ["cls", "cnt", "reg"] {
             let got = field(b, k) / n.max(1.0);
             let want = expected[k][b].as_f64().unwrap();
-            assert!((got - want).abs() <= 1e-4 * want.abs().max(0.1), "{k}[{b}]: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(0.1),
+                "{k}[{b}]: {got} vs {want}"
+            );
         }
     }
     let grads = results["gradients"].as_object().unwrap();
