@@ -54,10 +54,11 @@ pub use config::{Denominators, LossConfig, LossWeights, Normalization, RegLoss};
 pub use counts::Counts;
 pub use error::{FcosError, GpuSource};
 pub use gpu::{
-    adapter_label, shader_variants, CallCapture, CapturedBinding, CapturedBuffer, CapturedCommand,
-    CapturedRange, ClassDtype, DeviceBatch, DeviceDenominators, DeviceGradients, DeviceGroundTruth,
-    DeviceInputs, DevicePredictions, DeviceTargets, FcosLoss, GpuContext, ShaderVariant, Timed,
-    CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
+    adapter_label, shader_variants, BufferRange, CallCapture, CapturedBinding, CapturedBuffer,
+    CapturedCommand, CapturedRange, ClassDtype, DeviceBatch, DeviceDenominators, DeviceGradients,
+    DeviceGroundTruth, DeviceInputs, DevicePredictions, DeviceTargets, FcosLoss, GpuContext,
+    RangedGradients, RangedInputs, ShaderVariant, Timed, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT,
+    GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
 };
 pub use input::{Dtype, Head, Heads, Input, TensorLayout};
 pub use inputs::Inputs;

@@ -135,50 +135,48 @@ pub(crate) fn bind_groups(
         TargetSource::Boxes(_) => Some(box_work(work)?),
         TargetSource::Dense { .. } => None,
     };
-    let fused = plan
-        .segments
-        .iter()
-        .enumerate()
-        .map(|(s, seg)| {
-            let mut entries = vec![params.entry(work.params, params.segment(s))];
-            entries.extend(call.heads.iter().map(|(h, buf)| {
-                let input = h.input();
-                ranged(input_binding(input), buf, seg.ranges[input])
-            }));
-            match call.targets {
-                TargetSource::Dense { cls, cnt, reg } => entries.extend(
-                    [
-                        (Input::ClsTargets, cls),
-                        (Input::CntTargets, cnt),
-                        (Input::RegTargets, reg),
-                    ]
-                    .map(|(input, buf)| ranged(input_binding(input), buf, seg.ranges[input])),
-                ),
-                TargetSource::Boxes(_) => {
-                    if let Some(l) = box_lists {
-                        entries.extend([
-                            whole(LISTS_BINDING, l.lists),
-                            whole(LIST_COUNTS_BINDING, l.counts),
-                        ]);
+    let fused =
+        plan.segments
+            .iter()
+            .enumerate()
+            .map(|(s, seg)| {
+                let mut entries = vec![params.entry(work.params, params.segment(s))];
+                entries.extend(call.heads.iter().map(|(h, bufs)| {
+                    let input = h.input();
+                    ranged(input_binding(input), bufs[seg.level], seg.ranges[input])
+                }));
+                match call.targets {
+                    TargetSource::Dense { cls, cnt, reg } => entries.extend(
+                        [
+                            (Input::ClsTargets, cls),
+                            (Input::CntTargets, cnt),
+                            (Input::RegTargets, reg),
+                        ]
+                        .map(|(input, buf)| ranged(input_binding(input), buf, seg.ranges[input])),
+                    ),
+                    TargetSource::Boxes(_) => {
+                        if let Some(l) = box_lists {
+                            entries.extend([
+                                whole(LISTS_BINDING, l.lists),
+                                whole(LIST_COUNTS_BINDING, l.counts),
+                            ]);
+                        }
                     }
                 }
-            }
-            entries.push(ranged(PARTIALS_BINDING, work.partials, partials));
-            if let Some(grads) = call.grads {
-                entries.extend(
-                    grads
-                        .iter()
-                        .map(|(h, buf)| ranged(grad_binding(h), buf, seg.ranges[h.input()])),
-                );
-            }
-            group(
-                device,
-                "fcos fused segment",
-                &pipelines.fused.layout,
-                &entries,
-            )
-        })
-        .collect();
+                entries.push(ranged(PARTIALS_BINDING, work.partials, partials));
+                if let Some(grads) = call.grads {
+                    entries.extend(grads.iter().map(|(h, bufs)| {
+                        ranged(grad_binding(h), bufs[seg.level], seg.grad_ranges[h])
+                    }));
+                }
+                group(
+                    device,
+                    "fcos fused segment",
+                    &pipelines.fused.layout,
+                    &entries,
+                )
+            })
+            .collect();
     let count = match (call.targets, &pipelines.sum_counts) {
         (TargetSource::Dense { cnt, .. }, _) => CountGroups::Targets(count_groups(
             device,

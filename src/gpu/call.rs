@@ -80,14 +80,18 @@ impl Planned<'_> {
     }
 }
 
+/// The buffer of each level of a head (the same buffer for every level of a
+/// packed head); where in it each level starts is the plan's.
+pub(crate) type LevelBuffers<'a> = &'a [&'a wgpu::Buffer];
+
 /// One call: what runs over which buffers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Call<'a> {
     pub planned: &'a Planned<'a>,
-    pub heads: Heads<&'a wgpu::Buffer>,
+    pub heads: Heads<LevelBuffers<'a>>,
     pub targets: TargetSource<'a>,
     /// Where the gradients go (passes that write them).
-    pub grads: Option<Heads<&'a wgpu::Buffer>>,
+    pub grads: Option<Heads<LevelBuffers<'a>>>,
     /// Copy the gradients into the pool's readback buffer (host path).
     pub read_grads: Option<&'a wgpu::Buffer>,
 }

@@ -106,7 +106,8 @@ pub struct CapturedRange {
     pub native: Vec<u8>,
 }
 
-/// Describes `call` over the pool's buffers, then runs it.
+/// Describes `call` over the pool's buffers (a host-path call: each head and
+/// gradient packed in one buffer), then runs it.
 pub(crate) fn capture(
     core: &Core,
     pool: &Pool,
@@ -133,7 +134,7 @@ pub(crate) fn capture(
     let sums_at = trace.buffer(staged.work.image_sums);
     let grads_at = call
         .grads
-        .map(|g| g.as_ref().map(|_, buf| trace.buffer(buf)));
+        .map(|g| g.as_ref().map(|_, levels| trace.buffer(levels[0])));
     let before = read_buffers(core, &trace.buffers)?;
     // The call itself, on this device: the ranges' `native` contents.
     core.execute(pool, call)?;

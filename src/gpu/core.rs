@@ -10,7 +10,7 @@ use crate::error::FcosError;
 use crate::gpu::context::GpuContext;
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pipelines::Pipelines;
-use crate::gpu::plan::{Plan, PlanLimits};
+use crate::gpu::plan::{Origins, Plan, PlanLimits};
 use crate::gpu::pool::Pool;
 use crate::gpu::readback::Readback;
 use crate::gpu::uniforms::ParamSlots;
@@ -61,16 +61,37 @@ impl Core {
 
     /// The dispatches of a call of `b` images.
     pub fn plan(&self, levels: &Levels, b: usize) -> Result<Plan, FcosError> {
+        self.plan_at(levels, b, None)
+    }
+
+    /// [`plan`](Self::plan) for inputs and gradients at `origins` (packed when
+    /// `None`).
+    pub fn plan_at(
+        &self,
+        levels: &Levels,
+        b: usize,
+        origins: Option<&Origins>,
+    ) -> Result<Plan, FcosError> {
         if b as u64 > u32::MAX as u64 {
             return Err(FcosError::Limit(format!("B = {b} images is too many")));
         }
-        Plan::new(
+        let (b, c) = (b as u32, self.config.num_classes);
+        let packed;
+        let origins = match origins {
+            Some(o) => o,
+            None => {
+                packed = Origins::packed(levels, b, c);
+                &packed
+            }
+        };
+        Plan::with_origins(
             levels,
-            b as u32,
-            self.config.num_classes,
+            b,
+            c,
             self.pipelines.spec().workgroup_size,
             self.target_workgroups,
             PlanLimits::of(&self.ctx.limits),
+            origins,
         )
     }
 
@@ -83,7 +104,20 @@ impl Core {
         weights: &LossWeights,
         boxes: Option<BoxSpec>,
     ) -> Result<(Plan, ParamSlots), FcosError> {
-        let plan = self.plan(levels, b)?;
+        self.plan_with_params_at(levels, b, weights, boxes, None)
+    }
+
+    /// [`plan_with_params`](Self::plan_with_params) for inputs and gradients at
+    /// `origins` (packed when `None`).
+    pub fn plan_with_params_at(
+        &self,
+        levels: &Levels,
+        b: usize,
+        weights: &LossWeights,
+        boxes: Option<BoxSpec>,
+        origins: Option<&Origins>,
+    ) -> Result<(Plan, ParamSlots), FcosError> {
+        let plan = self.plan_at(levels, b, origins)?;
         let alignment = self.ctx.limits.min_uniform_buffer_offset_alignment;
         let params = ParamSlots::pack(&self.config, weights, levels, &plan, boxes, alignment);
         Ok((plan, params))

@@ -12,9 +12,11 @@ use crate::gpu::device_inputs::{
     ClassDtype, DeviceDenominators, DeviceGradients, DeviceGroundTruth, DeviceInputs,
     DevicePredictions,
 };
-use crate::gpu::locate::{locate_bad_boxes, locate_bad_input};
+use crate::gpu::locate::{locate_bad_boxes, locate_bad_input, locate_bad_ranges};
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
+use crate::gpu::plan::Origins;
+use crate::gpu::ranges::{self, BufferRange, RangedGradients, RangedInputs};
 use crate::gpu::timed::Timed;
 use crate::input::{Head, Heads};
 use crate::layout::Levels;
@@ -50,10 +52,11 @@ pub(crate) fn run(
     let call = DeviceCall {
         levels,
         batch: b,
-        heads: buffers.heads,
+        heads: packed(levels, buffers.heads),
         targets: TargetSource::dense(&buffers),
         boxes: None,
-        grads,
+        grads: grads.map(|g| packed(levels, *g)),
+        origins: None,
         denominators,
         pass,
         weights,
@@ -97,7 +100,7 @@ pub(crate) fn run_boxes(
     let call = DeviceCall {
         levels,
         batch: b,
-        heads: Heads::from_fn(|h| preds.buffer(h)),
+        heads: packed(levels, Heads::from_fn(|h| preds.buffer(h))),
         targets: TargetSource::Boxes(GtBuffers {
             boxes: gt.boxes,
             classes: gt.classes,
@@ -107,7 +110,8 @@ pub(crate) fn run_boxes(
             boxes_per_image: m as u32,
             class_f32: gt.class_dtype == ClassDtype::F32,
         }),
-        grads,
+        grads: grads.map(|g| packed(levels, *g)),
+        origins: None,
         denominators,
         pass,
         weights,
@@ -117,14 +121,63 @@ pub(crate) fn run_boxes(
     })
 }
 
+/// Runs `pass` on ranges of device buffers, one per level of each head (`grads`
+/// for the passes that write gradients).
+pub(crate) fn run_ranges<'a>(
+    core: &Core,
+    levels: &Levels,
+    inputs: &RangedInputs<'a>,
+    grads: Option<&RangedGradients<'a>>,
+    pass: Pass,
+    weights: &LossWeights,
+) -> Result<Timed<Losses>, FcosError> {
+    let start = Instant::now();
+    let b = inputs.batch;
+    core.check_batch(levels, b)?;
+    let align = core.ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    ranges::check(levels, core.classes(), align, inputs, grads)?;
+    let origins = ranges::origins(inputs, grads, levels, b as u32, core.config.num_classes);
+    fn buffers<'a>(r: &[BufferRange<'a>]) -> Vec<&'a wgpu::Buffer> {
+        r.iter().map(|r| r.buffer).collect()
+    }
+    let call = DeviceCall {
+        levels,
+        batch: b,
+        heads: Heads::from_fn(|h| buffers(inputs.head(h))),
+        targets: TargetSource::Dense {
+            cls: inputs.cls_targets.buffer,
+            cnt: inputs.cnt_targets.buffer,
+            reg: inputs.reg_targets.buffer,
+        },
+        boxes: None,
+        grads: grads.map(|g| g.as_ref().map(|_, r| buffers(r))),
+        origins: Some(origins),
+        denominators: None,
+        pass,
+        weights,
+    };
+    call.run(core, start, |flags| {
+        locate_bad_ranges(core, levels, inputs, flags)
+    })
+}
+
+/// Each level of each head in `heads`' one buffer.
+fn packed<'a>(levels: &Levels, heads: Heads<&'a wgpu::Buffer>) -> Heads<Vec<&'a wgpu::Buffer>> {
+    heads.map(|_, buf| vec![buf; levels.len()])
+}
+
 /// A device-path call: the caller's buffers and what runs over them.
 struct DeviceCall<'a> {
     levels: &'a Levels,
     batch: usize,
-    heads: Heads<&'a wgpu::Buffer>,
+    /// The buffer of each level of each head.
+    heads: Heads<Vec<&'a wgpu::Buffer>>,
     targets: TargetSource<'a>,
     boxes: Option<BoxSpec>,
-    grads: Option<&'a DeviceGradients<'a>>,
+    /// The buffer of each level of each head's gradient.
+    grads: Option<Heads<Vec<&'a wgpu::Buffer>>>,
+    /// Where each tensor starts in its buffer (packed when `None`).
+    origins: Option<Origins>,
     denominators: Option<&'a DeviceDenominators<'a>>,
     pass: Pass,
     weights: &'a LossWeights,
@@ -166,13 +219,17 @@ impl DeviceCall<'_> {
             self.weights,
             dens,
             self.boxes,
+            self.origins.as_ref(),
             Vec::new(),
         )?;
         let call = Call {
             planned: &planned,
-            heads: self.heads,
+            heads: self.heads.as_ref().map(|_, v| v.as_slice()),
             targets: self.targets,
-            grads: self.grads.copied(),
+            grads: self
+                .grads
+                .as_ref()
+                .map(|g| g.as_ref().map(|_, v| v.as_slice())),
             read_grads: None,
         };
         let outcome = core.execute(&pool, &call)?;

@@ -14,6 +14,7 @@ use crate::gpu::device_inputs::{DeviceDenominators, DeviceGradients, DeviceInput
 use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipelines;
 use crate::gpu::pool::Pool;
+use crate::gpu::ranges::{RangedGradients, RangedInputs};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::{Kernel, Spec, WORKGROUP_SIZE};
 use crate::gpu::timed::Timed;
@@ -303,6 +304,45 @@ impl FcosLoss {
             Pass::Forward
         };
         host::capture(&self.core, levels, inputs, pass, weights)
+    }
+
+    /// Loss of one batch whose inputs lie in ranges of device buffers, one range
+    /// per level of each head ([`RangedInputs`]): a framework's per-level tensors as
+    /// they are, with no packing copy. Equal to
+    /// [`compute_device`](Self::compute_device) on the same values packed. Misaligned
+    /// or short ranges, or buffers without `STORAGE`, are errors naming the tensor
+    /// and level, before anything is recorded.
+    pub fn compute_ranges(
+        &self,
+        levels: &Levels,
+        inputs: &RangedInputs,
+    ) -> Result<Losses, FcosError> {
+        let weights = LossWeights::default();
+        let t = device::run_ranges(&self.core, levels, inputs, None, Pass::Forward, &weights)?;
+        Ok(t.value)
+    }
+
+    /// Losses, with the gradients written into ranges of device buffers, one per
+    /// level of each head ([`RangedGradients`], laid out like the head's level):
+    /// [`forward_backward_device`](Self::forward_backward_device) for per-level
+    /// ranges. A gradient range may not share a buffer with an input (wgpu cannot
+    /// bind one buffer read-only and read-write in one dispatch) nor overlap another.
+    pub fn forward_backward_ranges(
+        &self,
+        levels: &Levels,
+        inputs: &RangedInputs,
+        grads: &RangedGradients,
+        weights: &LossWeights,
+    ) -> Result<Losses, FcosError> {
+        let t = device::run_ranges(
+            &self.core,
+            levels,
+            inputs,
+            Some(grads),
+            Pass::Backward,
+            weights,
+        )?;
+        Ok(t.value)
     }
 
     /// Losses and gradients from host slices: the gradients of

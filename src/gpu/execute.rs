@@ -10,7 +10,7 @@ use crate::gpu::core::Core;
 use crate::gpu::device_inputs::DeviceDenominators;
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
-use crate::gpu::plan::Plan;
+use crate::gpu::plan::{Origins, Plan};
 use crate::gpu::pool::{Need, Pool};
 use crate::gpu::results::Outcome;
 use crate::gpu::shaders::Kernel;
@@ -31,9 +31,10 @@ impl Core {
         weights: &LossWeights,
         denominators: Option<DeviceDenominators<'a>>,
         boxes: Option<BoxSpec>,
+        origins: Option<&Origins>,
         extra: Vec<Need>,
     ) -> Result<Planned<'a>, FcosError> {
-        let (plan, params) = self.plan_with_params(levels, b, weights, boxes)?;
+        let (plan, params) = self.plan_with_params_at(levels, b, weights, boxes, origins)?;
         let planned = Planned {
             levels,
             plan,
@@ -162,10 +163,12 @@ impl Core {
                 self.query_set.as_ref(),
             );
             if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
+                // The host path's gradients: each head packed in one pooled buffer.
+                let packed = grads.as_ref().map(|_, levels| levels[0]);
                 let sizes = grads
                     .as_ref()
                     .map(|h, _| self.bytes(h.input(), planned.levels, plan.batch as usize));
-                encode::copy_gradients(&mut encoder, grads, sizes, staging);
+                encode::copy_gradients(&mut encoder, packed, sizes, staging);
             }
             self.ctx.queue.submit([encoder.finish()])
         })?;

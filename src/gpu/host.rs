@@ -236,6 +236,7 @@ impl<'a> HostCall<'a> {
             self.weights,
             None,
             self.boxes,
+            None,
             extra,
         )?;
         let pool = &*pool;
@@ -248,13 +249,17 @@ impl<'a> HostCall<'a> {
                 reg: pool.get(Slot::Input(Input::RegTargets))?,
             },
         };
+        // Each head and gradient packed in its pooled buffer.
+        let per_level = |buf| vec![buf; levels.len()];
+        let heads = Heads::try_from_fn(|h| pool.get(Slot::Input(h.input())).map(per_level))?;
+        let grads = backward
+            .then(|| Heads::try_from_fn(|h| pool.get(Slot::Grad(h)).map(per_level)))
+            .transpose()?;
         let call = Call {
             planned: &planned,
-            heads: Heads::try_from_fn(|h| pool.get(Slot::Input(h.input())))?,
+            heads: heads.as_ref().map(|_, v| v.as_slice()),
             targets,
-            grads: backward
-                .then(|| Heads::try_from_fn(|h| pool.get(Slot::Grad(h))))
-                .transpose()?,
+            grads: grads.as_ref().map(|g| g.as_ref().map(|_, v| v.as_slice())),
             read_grads: backward.then(|| pool.get(Slot::GradReadback)).transpose()?,
         };
         then(pool, &call)

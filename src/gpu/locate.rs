@@ -9,6 +9,7 @@ use crate::error::FcosError;
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::{ClassDtype, DeviceGroundTruth, DeviceInputs, DevicePredictions};
 use crate::gpu::pipelines::Pipeline;
+use crate::gpu::ranges::{BufferRange, RangedInputs};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::Kernel;
 use crate::input::{ByInput, Head, Heads, Input};
@@ -132,6 +133,59 @@ pub(crate) fn locate_bad_input(
     name_bad_input(core, levels, &view, flags)
 }
 
+/// The error for ranged device inputs the on-device checks flagged: each level's
+/// range read back, then the host validator.
+pub(crate) fn locate_bad_ranges(
+    core: &Core,
+    levels: &Levels,
+    inputs: &RangedInputs,
+    flags: u32,
+) -> FcosError {
+    let b = inputs.batch;
+    let read = || -> Result<_, FcosError> {
+        let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
+        let range =
+            |r: &BufferRange, bytes: u64| read_words_at(core, &copy, r.buffer, r.offset, bytes);
+        let heads = Heads::try_from_fn(|h| {
+            let ch = h.channels(core.classes());
+            inputs
+                .head(h)
+                .iter()
+                .enumerate()
+                .map(|(l, r)| range(r, 4 * levels.level_len(l, b, ch) as u64))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let targets = [
+            (inputs.cls_targets, Input::ClsTargets),
+            (inputs.cnt_targets, Input::CntTargets),
+            (inputs.reg_targets, Input::RegTargets),
+        ]
+        .map(|(r, input)| range(&r, core.bytes(input, levels, b)));
+        let [cls, cnt, reg] = targets;
+        Ok((heads, [cls?, cnt?, reg?]))
+    };
+    let (heads, [cls, cnt, reg]) = match read() {
+        Ok(h) => h,
+        Err(e) => {
+            return FcosError::gpu(format!(
+                "the on-device checks flagged bad values in {:?}, and reading them back to locate the first one failed: {e}",
+                Input::flagged(flags)
+            ))
+        }
+    };
+    let slices = |h: Head| heads[h].iter().map(|v| v.as_slice()).collect();
+    let view = Inputs {
+        batch: b,
+        cls_logits: slices(Head::ClsLogits),
+        cnt_logits: slices(Head::CntLogits),
+        reg_preds: slices(Head::RegPreds),
+        cls_targets: &cls,
+        cnt_targets: &cnt,
+        reg_targets: &reg,
+    };
+    name_bad_input(core, levels, &view, flags)
+}
+
 /// A head's packed device layout (§1.2), read back, as one slice per level.
 fn split_levels<'a>(
     core: &Core,
@@ -186,6 +240,18 @@ fn read_words(
     src: &wgpu::Buffer,
     bytes: u64,
 ) -> Result<Vec<f32>, FcosError> {
+    read_words_at(core, copy, src, 0, bytes)
+}
+
+/// `bytes` of a STORAGE buffer from `offset` (storage-aligned), copied chunk by
+/// chunk.
+fn read_words_at(
+    core: &Core,
+    copy: &Pipeline,
+    src: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+) -> Result<Vec<f32>, FcosError> {
     let device = &core.ctx.device;
     let limits = &core.ctx.limits;
     let align = limits.min_storage_buffer_offset_alignment.max(4) as u64;
@@ -221,7 +287,14 @@ fn read_words(
         let len = chunk.min(bytes - at);
         let index = scoped(device, || {
             let mut encoder = device.create_command_encoder(&Default::default());
-            copy_chunk(core, copy, src, at..at + len, &staging, &mut encoder);
+            copy_chunk(
+                core,
+                copy,
+                src,
+                offset + at..offset + at + len,
+                &staging,
+                &mut encoder,
+            );
             encoder.copy_buffer_to_buffer(&staging, 0, &readback, 0, len);
             core.ctx.queue.submit([encoder.finish()])
         })?;

@@ -32,6 +32,7 @@ pub(crate) mod pass;
 pub(crate) mod pipelines;
 pub(crate) mod plan;
 pub(crate) mod pool;
+mod ranges;
 mod readback;
 mod results;
 mod scope;
@@ -54,5 +55,6 @@ pub use device_inputs::{
     DevicePredictions, DeviceTargets,
 };
 pub use engine::{FcosLoss, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS};
+pub use ranges::{BufferRange, RangedGradients, RangedInputs};
 pub use shaders::{shader_variants, ShaderVariant, WORKGROUP_SIZE};
 pub use timed::Timed;

@@ -5,7 +5,7 @@
 
 use crate::error::FcosError;
 use crate::gpu::params::{ImageSums, Params, PARTIAL_BYTES};
-use crate::input::{ByInput, Input, TensorLayout};
+use crate::input::{ByInput, Heads, Input, TensorLayout};
 use crate::layout::Levels;
 
 /// The device limits a plan respects.
@@ -45,6 +45,37 @@ pub(crate) struct BindRange {
     pub base: u32,
 }
 
+/// Where each input's elements start in the buffer bound for it, in elements of
+/// its type (`f32`): level `l` of a head at `heads[l]` of its entry, a target
+/// tensor at its entry's only element; the gradients likewise. Packed buffers (one
+/// per tensor, levels one after another) start level `l` of a head at `B·ch·off_l`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origins {
+    /// Per input: one origin per level (heads) or one (targets).
+    pub inputs: ByInput<Vec<u64>>,
+    /// Per head: one origin per level of its gradient.
+    pub grads: Heads<Vec<u64>>,
+}
+
+impl Origins {
+    /// Every tensor packed from byte 0 of its own buffer (docs/contract.md §1.2).
+    pub fn packed(levels: &Levels, b: u32, c: u32) -> Self {
+        let head = |ch: usize| -> Vec<u64> {
+            (0..levels.len())
+                .map(|l| levels.packed_offset(l, b as usize, ch) as u64)
+                .collect()
+        };
+        let c = c.max(1) as usize;
+        Origins {
+            inputs: ByInput::from_fn(|input| match input.layout() {
+                TensorLayout::PerLevel => head(input.channels(c)),
+                TensorLayout::Flattened => vec![0],
+            }),
+            grads: Heads::from_fn(|h| head(h.channels(c))),
+        }
+    }
+}
+
 /// One dispatch of the fused pass: level `level`, images `image0 .. image0 + images`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Segment {
@@ -58,8 +89,10 @@ pub(crate) struct Segment {
     pub tiles: u32,
     /// First partial slot of this level within an image's slots.
     pub slot_base: u32,
-    /// The binding of each input (the gradients reuse those of their heads).
+    /// The binding of each input.
     pub ranges: ByInput<BindRange>,
+    /// The binding of each head's gradient (the same `base` as its head's).
+    pub grad_ranges: Heads<BindRange>,
 }
 
 /// One dispatch of the positive count (backward pass): images `image0 ..
@@ -106,9 +139,15 @@ pub(crate) struct Plan {
 }
 
 fn range(first_elem: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange {
-    let start = first_elem * elem_bytes;
+    range_from(first_elem * elem_bytes, elems, elem_bytes, align)
+}
+
+/// The binding of `elems` elements of `elem_bytes` from byte `start` (a multiple of
+/// 4; `base` counts whole elements when `start - offset` is a multiple of
+/// `elem_bytes`, as it is for every origin the engine accepts).
+fn range_from(start: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange {
     let offset = start / align * align;
-    let end = (first_elem + elems) * elem_bytes;
+    let end = start + elems * elem_bytes;
     BindRange {
         offset,
         size: (end - offset).max(elem_bytes),
@@ -119,6 +158,7 @@ fn range(first_elem: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange 
 /// The sizes every part of a plan needs.
 struct Frame<'a> {
     levels: &'a Levels,
+    origins: &'a Origins,
     /// Images `B`, classes `C` (at least 1), positions per image `P`.
     b: u64,
     c: u64,
@@ -180,21 +220,55 @@ impl Frame<'_> {
 
     /// The bindings of images `image0 .. image0 + n` of level `l`.
     fn ranges(&self, l: usize, image0: u64, n: u64) -> ByInput<BindRange> {
+        ByInput::from_fn(|input| {
+            let origin = self.origins.inputs[input][match input.layout() {
+                TensorLayout::PerLevel => l,
+                TensorLayout::Flattened => 0,
+            }];
+            self.range_of(input, l, origin, image0, n)
+        })
+    }
+
+    /// The binding of images `image0 .. image0 + n` of level `l` of `input`, whose
+    /// data starts at element `origin`.
+    fn range_of(&self, input: Input, l: usize, origin: u64, image0: u64, n: u64) -> BindRange {
         let hw = self.levels.level_size(l) as u64;
         let off = self.levels.offsets()[l] as u64;
         let align = self.limits.offset_alignment;
-        ByInput::from_fn(|input| {
-            let ch = input.channels(self.c as usize) as u64;
-            match input.layout() {
-                // Heads: B·ch·off_l into the packed head, then whole images.
-                TensorLayout::PerLevel => {
-                    range(self.b * ch * off + image0 * ch * hw, n * ch * hw, 4, align)
-                }
-                // Targets: one element of ch floats per position.
-                TensorLayout::Flattened => {
-                    range(image0 * self.p + off, (n - 1) * self.p + hw, 4 * ch, align)
-                }
+        let ch = input.channels(self.c as usize) as u64;
+        match input.layout() {
+            // Heads: the level's origin, then whole images.
+            TensorLayout::PerLevel => range(origin + image0 * ch * hw, n * ch * hw, 4, align),
+            // Targets: one element of ch floats per position, from the origin (in floats).
+            TensorLayout::Flattened => range_from(
+                4 * origin + 4 * ch * (image0 * self.p + off),
+                (n - 1) * self.p + hw,
+                4 * ch,
+                align,
+            ),
+        }
+    }
+
+    /// The gradients' bindings of images `image0 .. image0 + n` of level `l`: the
+    /// same `base` as the heads', or an error naming the head.
+    fn grad_ranges(
+        &self,
+        l: usize,
+        image0: u64,
+        n: u64,
+        heads: &ByInput<BindRange>,
+    ) -> Result<Heads<BindRange>, FcosError> {
+        Heads::try_from_fn(|h| {
+            let r = self.range_of(h.input(), l, self.origins.grads[h][l], image0, n);
+            if r.base != heads[h.input()].base {
+                return Err(FcosError::InvalidCall(format!(
+                    "grad {h} level {l} starts {} elements past a {}-byte boundary, {h} level {l} {}: a gradient and its head must lie alike against the storage offset alignment",
+                    r.base,
+                    self.limits.offset_alignment,
+                    heads[h.input()].base
+                )));
             }
+            Ok(r)
         })
     }
 
@@ -213,13 +287,15 @@ impl Frame<'_> {
         let mut image0 = 0u64;
         while image0 < self.b {
             let n = g.min(self.b - image0);
+            let ranges = self.ranges(l, image0, n);
             out.push(Segment {
                 level: l,
                 image0: image0 as u32,
                 images: n as u32,
                 tiles: tiles as u32,
                 slot_base: slot as u32,
-                ranges: self.ranges(l, image0, n),
+                grad_ranges: self.grad_ranges(l, image0, n, &ranges)?,
+                ranges,
             });
             image0 += n;
         }
@@ -246,7 +322,12 @@ impl Frame<'_> {
             out.push(CountGroup {
                 image0: image0 as u32,
                 images: n as u32,
-                range: range(image0 * p, n * p, 4, self.limits.offset_alignment),
+                range: range(
+                    self.origins.inputs[Input::CntTargets][0] + image0 * p,
+                    n * p,
+                    4,
+                    self.limits.offset_alignment,
+                ),
             });
             image0 += n;
         }
@@ -276,6 +357,7 @@ impl Frame<'_> {
 impl Plan {
     /// Plans a call of `B` images and `C` classes over `levels`, aiming at about
     /// `target_workgroups` workgroups of `wg` threads.
+    #[cfg(test)]
     pub fn new(
         levels: &Levels,
         batch: u32,
@@ -284,8 +366,31 @@ impl Plan {
         target_workgroups: u32,
         limits: PlanLimits,
     ) -> Result<Self, FcosError> {
+        let origins = Origins::packed(levels, batch, classes);
+        Self::with_origins(
+            levels,
+            batch,
+            classes,
+            wg,
+            target_workgroups,
+            limits,
+            &origins,
+        )
+    }
+
+    /// [`new`](Self::new) for inputs and gradients that start at `origins`.
+    pub fn with_origins(
+        levels: &Levels,
+        batch: u32,
+        classes: u32,
+        wg: u32,
+        target_workgroups: u32,
+        limits: PlanLimits,
+        origins: &Origins,
+    ) -> Result<Self, FcosError> {
         let frame = Frame {
             levels,
+            origins,
             b: batch as u64,
             c: classes.max(1) as u64,
             p: levels.positions() as u64,

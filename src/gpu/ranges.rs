@@ -1,0 +1,289 @@
+//! Inputs and gradients as ranges of device buffers, one range per level of each
+//! head: the form a framework's tensors take (burn keeps each tensor as a range of
+//! a pooled buffer, and a detector's heads are one tensor per pyramid level).
+
+use crate::error::FcosError;
+use crate::input::{ByInput, Head, Heads, Input, TensorLayout};
+use crate::layout::Levels;
+
+/// A byte range of a device buffer that holds one tensor, or one level of a head.
+/// Made from a [`wgpu::BufferSlice`], a [`wgpu::BufferBinding`] or a whole
+/// [`wgpu::Buffer`]. Its offset must be a multiple of the device's
+/// `min_storage_buffer_offset_alignment`, and the buffer needs
+/// `BufferUsages::STORAGE`.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferRange<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the range.
+    pub offset: u64,
+    /// Bytes of the range.
+    pub size: u64,
+}
+
+impl<'a> BufferRange<'a> {
+    /// `size` bytes of `buffer` from `offset`.
+    pub fn new(buffer: &'a wgpu::Buffer, offset: u64, size: u64) -> Self {
+        BufferRange {
+            buffer,
+            offset,
+            size,
+        }
+    }
+}
+
+impl<'a> From<&'a wgpu::Buffer> for BufferRange<'a> {
+    /// The whole buffer.
+    fn from(buffer: &'a wgpu::Buffer) -> Self {
+        BufferRange::new(buffer, 0, buffer.size())
+    }
+}
+
+impl<'a> From<wgpu::BufferSlice<'a>> for BufferRange<'a> {
+    fn from(s: wgpu::BufferSlice<'a>) -> Self {
+        BufferRange::new(s.buffer(), s.offset(), s.size())
+    }
+}
+
+impl<'a> From<wgpu::BufferBinding<'a>> for BufferRange<'a> {
+    /// A binding without a size runs to the end of its buffer.
+    fn from(b: wgpu::BufferBinding<'a>) -> Self {
+        let size = b
+            .size
+            .map_or(b.buffer.size().saturating_sub(b.offset), |s| s.get());
+        BufferRange::new(b.buffer, b.offset, size)
+    }
+}
+
+/// Inputs on the device as ranges: each level of each head its own range, in the
+/// level's NCHW layout (`cls_logits[l]` `[B, C, H_l, W_l]`, `cnt_logits[l]`
+/// `[B, 1, H_l, W_l]`, `reg_preds[l]` `[B, 4, H_l, W_l]`), and each target tensor
+/// one range in the layouts of docs/contract.md §1 (`cls_targets`, `cnt_targets`
+/// `[B, P]`, `reg_targets` `[B, P, 4]`), all `f32`. Ranges may lie in one buffer
+/// or many, at any offset the device's storage alignment allows, and may be
+/// larger than the tensor (the tensor is their first bytes).
+#[derive(Debug, Clone)]
+pub struct RangedInputs<'a> {
+    /// Images `B`.
+    pub batch: usize,
+    /// One range per level.
+    pub cls_logits: Vec<BufferRange<'a>>,
+    /// One range per level.
+    pub cnt_logits: Vec<BufferRange<'a>>,
+    /// One range per level.
+    pub reg_preds: Vec<BufferRange<'a>>,
+    /// `[B, P]`.
+    pub cls_targets: BufferRange<'a>,
+    /// `[B, P]`.
+    pub cnt_targets: BufferRange<'a>,
+    /// `[B, P, 4]`.
+    pub reg_targets: BufferRange<'a>,
+}
+
+impl<'a> RangedInputs<'a> {
+    /// The ranges of a head, level by level.
+    pub fn head(&self, head: Head) -> &[BufferRange<'a>] {
+        match head {
+            Head::ClsLogits => &self.cls_logits,
+            Head::CntLogits => &self.cnt_logits,
+            Head::RegPreds => &self.reg_preds,
+        }
+    }
+
+    /// The range of level `l` of a head, or of a target tensor (`l` ignored).
+    fn range(&self, input: Input, l: usize) -> Option<BufferRange<'a>> {
+        match input {
+            Input::ClsTargets => Some(self.cls_targets),
+            Input::CntTargets => Some(self.cnt_targets),
+            Input::RegTargets => Some(self.reg_targets),
+            _ => input.head().and_then(|h| self.head(h).get(l).copied()),
+        }
+    }
+}
+
+/// Gradient outputs on the device as ranges: per head, one range per level, laid
+/// out like that level of the head. Each range needs a buffer of its own among the
+/// inputs (wgpu cannot bind one buffer read-only and read-write in one dispatch),
+/// and no two may overlap.
+pub type RangedGradients<'a> = Heads<Vec<BufferRange<'a>>>;
+
+/// One range checked against a tensor's needs.
+struct Named<'a> {
+    name: String,
+    range: BufferRange<'a>,
+    need: u64,
+}
+
+/// The checks of a ranged call, before anything is recorded: level counts,
+/// alignment, sizes, usage, and gradients apart from the inputs and each other.
+pub(crate) fn check(
+    levels: &Levels,
+    classes: usize,
+    align: u64,
+    inputs: &RangedInputs,
+    grads: Option<&RangedGradients>,
+) -> Result<(), FcosError> {
+    let b = inputs.batch;
+    for h in Head::ALL {
+        check_levels(&h.to_string(), inputs.head(h).len(), levels)?;
+        if let Some(g) = grads {
+            check_levels(&format!("grad {h}"), g[h].len(), levels)?;
+        }
+    }
+    let named_inputs = named_inputs(levels, classes, inputs);
+    let named_grads = grads.map_or_else(Vec::new, |g| named_grads(levels, classes, b, g));
+    for n in named_inputs.iter().chain(&named_grads) {
+        check_range(n, align)?;
+    }
+    for g in &named_grads {
+        if let Some(i) = named_inputs
+            .iter()
+            .find(|i| i.range.buffer == g.range.buffer)
+        {
+            return Err(FcosError::InvalidCall(format!(
+                "{} lies in the same buffer as {}: wgpu cannot bind one buffer read-only and read-write in one dispatch, so give the gradients buffers of their own",
+                g.name, i.name
+            )));
+        }
+    }
+    for (k, a) in named_grads.iter().enumerate() {
+        for c in &named_grads[k + 1..] {
+            let overlap = a.range.buffer == c.range.buffer
+                && a.range.offset < c.range.offset + c.need
+                && c.range.offset < a.range.offset + a.need;
+            if overlap && a.need > 0 && c.need > 0 {
+                return Err(FcosError::InvalidCall(format!(
+                    "{} and {} overlap in one buffer",
+                    a.name, c.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_levels(name: &str, got: usize, levels: &Levels) -> Result<(), FcosError> {
+    if got != levels.len() {
+        return Err(FcosError::shape(
+            format!("{name} ranges"),
+            format!("one range per level ({})", levels.len()),
+            format!("{got} ranges"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(n: &Named, align: u64) -> Result<(), FcosError> {
+    let r = n.range;
+    if !r.offset.is_multiple_of(align) {
+        return Err(FcosError::InvalidCall(format!(
+            "the {} offset {} is not a multiple of min_storage_buffer_offset_alignment = {align}",
+            n.name, r.offset
+        )));
+    }
+    if r.size < n.need {
+        return Err(FcosError::shape(
+            n.name.clone(),
+            format!("at least {} bytes ({} f32)", n.need, n.need / 4),
+            format!("{} bytes", r.size),
+        ));
+    }
+    if r.offset.saturating_add(r.size) > r.buffer.size() {
+        return Err(FcosError::shape(
+            n.name.clone(),
+            format!(
+                "within its buffer ({} bytes from offset {})",
+                r.size, r.offset
+            ),
+            format!("a buffer of {} bytes", r.buffer.size()),
+        ));
+    }
+    if !r.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(FcosError::InvalidCall(format!(
+            "the {}'s buffer lacks BufferUsages::STORAGE (its usage is {:?})",
+            n.name,
+            r.buffer.usage()
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes of level `l` of `input` (heads) or of the whole tensor (targets).
+fn tensor_bytes(levels: &Levels, classes: usize, b: usize, input: Input, l: usize) -> u64 {
+    let ch = input.channels(classes);
+    let elems = match input.layout() {
+        TensorLayout::PerLevel => levels.level_len(l, b, ch),
+        TensorLayout::Flattened => b * levels.positions() * ch,
+    };
+    4 * elems as u64
+}
+
+fn named_inputs<'a>(levels: &Levels, classes: usize, inputs: &RangedInputs<'a>) -> Vec<Named<'a>> {
+    let b = inputs.batch;
+    let mut out = Vec::new();
+    for input in Input::ALL {
+        match input.layout() {
+            TensorLayout::PerLevel => {
+                for l in 0..levels.len() {
+                    if let Some(range) = inputs.range(input, l) {
+                        out.push(Named {
+                            name: format!("{input} level {l} range"),
+                            range,
+                            need: tensor_bytes(levels, classes, b, input, l),
+                        });
+                    }
+                }
+            }
+            TensorLayout::Flattened => {
+                if let Some(range) = inputs.range(input, 0) {
+                    out.push(Named {
+                        name: format!("{input} range"),
+                        range,
+                        need: tensor_bytes(levels, classes, b, input, 0),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn named_grads<'a>(
+    levels: &Levels,
+    classes: usize,
+    b: usize,
+    grads: &RangedGradients<'a>,
+) -> Vec<Named<'a>> {
+    Head::ALL
+        .iter()
+        .flat_map(|&h| {
+            grads[h].iter().enumerate().map(move |(l, &range)| Named {
+                name: format!("grad {h} level {l} range"),
+                range,
+                need: tensor_bytes(levels, classes, b, h.input(), l),
+            })
+        })
+        .collect()
+}
+
+/// Where each tensor starts in its buffer, in `f32` elements (the offsets are
+/// aligned, so whole elements).
+pub(crate) fn origins(
+    inputs: &RangedInputs,
+    grads: Option<&RangedGradients>,
+    levels: &Levels,
+    b: u32,
+    classes: u32,
+) -> crate::gpu::plan::Origins {
+    let mut o = crate::gpu::plan::Origins::packed(levels, b, classes);
+    o.inputs = ByInput::from_fn(|input| match input.head() {
+        Some(h) => inputs.head(h).iter().map(|r| r.offset / 4).collect(),
+        None => vec![inputs.range(input, 0).map_or(0, |r| r.offset / 4)],
+    });
+    o.grads = match grads {
+        Some(g) => Heads::from_fn(|h| g[h].iter().map(|r| r.offset / 4).collect()),
+        // A forward call binds no gradients: let them lie as the heads do.
+        None => Heads::from_fn(|h| o.inputs[h.input()].clone()),
+    };
+    o
+}
