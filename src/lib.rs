@@ -57,8 +57,8 @@ pub use gpu::{
     adapter_label, shader_variants, BufferRange, CallCapture, CapturedBinding, CapturedBuffer,
     CapturedCommand, CapturedRange, ClassDtype, DeviceBatch, DeviceDenominators, DeviceGradients,
     DeviceGroundTruth, DeviceInputs, DevicePredictions, DeviceTargets, FcosLoss, GpuContext,
-    RangedGradients, RangedInputs, ShaderVariant, Timed, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT,
-    GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
+    PendingLosses, RangedGradients, RangedInputs, ShaderVariant, Timed, CPU_TARGET_WORKGROUPS,
+    DEFAULT_RING_SIZE, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
 };
 pub use input::{Dtype, Head, Heads, Input, TensorLayout};
 pub use inputs::Inputs;

@@ -206,7 +206,11 @@ fn assert_ranged_is_packed(engine: &mut FcosLoss, batch: &Batch, what: &str) {
         let got = engine
             .forward_backward_ranges(levels, &inputs, &granges, &weights)
             .unwrap();
-        assert_eq!(common::bits(&got), common::bits(&want.value), "{what}: backward");
+        assert_eq!(
+            common::bits(&got),
+            common::bits(&want.value),
+            "{what}: backward"
+        );
         let got_g = read_grads(engine, &gbufs, &gplaced, levels.len());
         assert_eq!(bits(&got_g), bits(&want_g), "{what}: gradients");
     }

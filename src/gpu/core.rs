@@ -2,7 +2,7 @@
 //! cache, the buffer pool and the settings. [`crate::FcosLoss`] wraps one; the
 //! host path, the device path and the call's stages borrow it.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::config::{LossConfig, LossWeights};
@@ -13,6 +13,7 @@ use crate::gpu::pipelines::Pipelines;
 use crate::gpu::plan::{Origins, Plan, PlanLimits};
 use crate::gpu::pool::Pool;
 use crate::gpu::readback::Readback;
+use crate::gpu::ring::Ring;
 use crate::gpu::uniforms::ParamSlots;
 use crate::input::{Head, Input};
 use crate::layout::Levels;
@@ -25,6 +26,8 @@ pub(crate) struct Core {
     pub config: LossConfig,
     pub pipelines: Pipelines,
     pub pool: Mutex<Pool>,
+    /// The result slots of recorded calls.
+    pub ring: Arc<Ring>,
     /// Two timestamp queries around the compute pass, where the device has them.
     pub query_set: Option<wgpu::QuerySet>,
     pub timeout: Duration,

@@ -15,9 +15,12 @@ use crate::gpu::device_inputs::{
 use crate::gpu::locate::{locate_bad_boxes, locate_bad_input, locate_bad_ranges};
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
+use crate::gpu::pending::{encode_recorded, Located, PendingLosses};
 use crate::gpu::plan::Origins;
 use crate::gpu::ranges::{self, BufferRange, RangedGradients, RangedInputs};
+use crate::gpu::ring::Busy;
 use crate::gpu::timed::Timed;
+use crate::gpu::work::WorkBuffers;
 use crate::input::{Head, Heads};
 use crate::layout::Levels;
 use crate::losses::Losses;
@@ -34,6 +37,36 @@ pub(crate) fn run(
     weights: &LossWeights,
 ) -> Result<Timed<Losses>, FcosError> {
     let start = Instant::now();
+    let call = packed_call(core, levels, inputs, grads, denominators, pass, weights)?;
+    call.run(core, start, |flags| {
+        locate_bad_input(core, levels, inputs, flags)
+    })
+}
+
+/// Records `pass` on device buffers into `encoder` (see `pending.rs`).
+pub(crate) fn record<'a>(
+    core: &Core,
+    encoder: &mut wgpu::CommandEncoder,
+    levels: &'a Levels,
+    inputs: &DeviceInputs<'a>,
+    grads: Option<&'a DeviceGradients<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+) -> Result<PendingLosses<'a>, FcosError> {
+    let call = packed_call(core, levels, inputs, grads, None, pass, weights)?;
+    call.record(core, encoder, Located::Device(*inputs))
+}
+
+/// A call on packed device buffers, their sizes and usage checked.
+fn packed_call<'a>(
+    core: &Core,
+    levels: &'a Levels,
+    inputs: &DeviceInputs<'a>,
+    grads: Option<&'a DeviceGradients<'a>>,
+    denominators: Option<&'a DeviceDenominators<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+) -> Result<DeviceCall<'a>, FcosError> {
     let b = inputs.batch;
     core.check_batch(levels, b)?;
     let named = inputs
@@ -49,7 +82,7 @@ pub(crate) fn run(
         .collect::<Vec<_>>();
     check_buffers(core, levels, b, named, grads)?;
     let buffers = inputs.buffers();
-    let call = DeviceCall {
+    Ok(DeviceCall {
         levels,
         batch: b,
         heads: packed(levels, buffers.heads),
@@ -60,9 +93,6 @@ pub(crate) fn run(
         denominators,
         pass,
         weights,
-    };
-    call.run(core, start, |flags| {
-        locate_bad_input(core, levels, inputs, flags)
     })
 }
 
@@ -125,13 +155,42 @@ pub(crate) fn run_boxes(
 /// for the passes that write gradients).
 pub(crate) fn run_ranges<'a>(
     core: &Core,
-    levels: &Levels,
+    levels: &'a Levels,
     inputs: &RangedInputs<'a>,
     grads: Option<&RangedGradients<'a>>,
     pass: Pass,
-    weights: &LossWeights,
+    weights: &'a LossWeights,
 ) -> Result<Timed<Losses>, FcosError> {
     let start = Instant::now();
+    let call = ranged_call(core, levels, inputs, grads, pass, weights)?;
+    call.run(core, start, |flags| {
+        locate_bad_ranges(core, levels, inputs, flags)
+    })
+}
+
+/// Records `pass` on ranges of device buffers into `encoder`.
+pub(crate) fn record_ranges<'a>(
+    core: &Core,
+    encoder: &mut wgpu::CommandEncoder,
+    levels: &'a Levels,
+    inputs: &RangedInputs<'a>,
+    grads: Option<&RangedGradients<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+) -> Result<PendingLosses<'a>, FcosError> {
+    let call = ranged_call(core, levels, inputs, grads, pass, weights)?;
+    call.record(core, encoder, Located::Ranged(inputs.clone()))
+}
+
+/// A call on ranges of device buffers, the ranges checked.
+fn ranged_call<'a>(
+    core: &Core,
+    levels: &'a Levels,
+    inputs: &RangedInputs<'a>,
+    grads: Option<&RangedGradients<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+) -> Result<DeviceCall<'a>, FcosError> {
     let b = inputs.batch;
     core.check_batch(levels, b)?;
     let align = core.ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
@@ -140,7 +199,7 @@ pub(crate) fn run_ranges<'a>(
     fn buffers<'a>(r: &[BufferRange<'a>]) -> Vec<&'a wgpu::Buffer> {
         r.iter().map(|r| r.buffer).collect()
     }
-    let call = DeviceCall {
+    Ok(DeviceCall {
         levels,
         batch: b,
         heads: Heads::from_fn(|h| buffers(inputs.head(h))),
@@ -155,9 +214,6 @@ pub(crate) fn run_ranges<'a>(
         denominators: None,
         pass,
         weights,
-    };
-    call.run(core, start, |flags| {
-        locate_bad_ranges(core, levels, inputs, flags)
     })
 }
 
@@ -183,7 +239,85 @@ struct DeviceCall<'a> {
     weights: &'a LossWeights,
 }
 
-impl DeviceCall<'_> {
+impl<'a> DeviceCall<'a> {
+    /// The checks every device call makes before planning.
+    fn precheck(&self, core: &Core) -> Result<(), FcosError> {
+        self.weights.check()?;
+        if let Some(d) = self.denominators {
+            check_denominators(core, d)?;
+        }
+        if self.pass.writes_gradients() && self.grads.is_none() {
+            return Err(FcosError::InvalidCall(
+                "the backward pass needs gradient buffers".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records the call into `encoder` over a result slot of the engine's ring
+    /// (`pending.rs`); `located` is where a read looks for a flagged value.
+    fn record(
+        self,
+        core: &Core,
+        encoder: &mut wgpu::CommandEncoder,
+        located: Located<'a>,
+    ) -> Result<PendingLosses<'a>, FcosError> {
+        self.precheck(core)?;
+        let (levels, b) = (self.levels, self.batch);
+        let mut pending = PendingLosses {
+            ring: core.ring.clone(),
+            slot: 0,
+            generation: 0,
+            batch: b as u32,
+            device_denominators: self.denominators.is_some(),
+            config: core.config.clone(),
+            readback: None,
+            image_sums: None,
+            levels,
+            located,
+            ready: None,
+        };
+        if levels.positions() == 0 {
+            pending.ready = Some(core.zero_losses(b));
+            return Ok(pending);
+        }
+        core.ctx.health()?;
+        let (slot_index, generation, mut slot) = core.ring.acquire()?;
+        let planned = core.prepare(
+            &mut slot.pool,
+            levels,
+            b,
+            self.pass,
+            self.weights,
+            self.denominators.copied(),
+            self.boxes,
+            self.origins.as_ref(),
+            Vec::new(),
+        )?;
+        let pool = &slot.pool;
+        let call = Call {
+            planned: &planned,
+            heads: self.heads.as_ref().map(|_, v| v.as_slice()),
+            targets: self.targets,
+            grads: self
+                .grads
+                .as_ref()
+                .map(|g| g.as_ref().map(|_, v| v.as_slice())),
+            read_grads: None,
+        };
+        encode_recorded(core, encoder, pool, &call, generation)?;
+        let work = WorkBuffers::from_pool(pool, &planned.plan, false, false, false)?;
+        pending.slot = slot_index;
+        pending.generation = generation;
+        pending.readback = Some(work.readback.clone());
+        pending.image_sums = Some(work.image_sums.clone());
+        slot.busy = Some(Busy {
+            generation,
+            mapping: None,
+        });
+        Ok(pending)
+    }
+
     /// Runs the call; `locate` names the first bad value when the on-device
     /// checks flag one (after the pool is released: it runs its own copies).
     fn run(
@@ -193,15 +327,7 @@ impl DeviceCall<'_> {
         locate: impl FnOnce(u32) -> FcosError,
     ) -> Result<Timed<Losses>, FcosError> {
         let (levels, b, pass) = (self.levels, self.batch, self.pass);
-        self.weights.check()?;
-        if let Some(d) = self.denominators {
-            check_denominators(core, d)?;
-        }
-        if pass.writes_gradients() && self.grads.is_none() {
-            return Err(FcosError::InvalidCall(
-                "the backward pass needs gradient buffers".into(),
-            ));
-        }
+        self.precheck(core)?;
         if levels.positions() == 0 {
             return Ok(Timed {
                 value: core.zero_losses(b),

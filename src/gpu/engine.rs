@@ -1,7 +1,7 @@
 //! [`FcosLoss`]: the engine's settings and its public calls, each a few lines over
 //! the host path ([`host`]) or the device path ([`device`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{LossConfig, LossWeights};
@@ -15,6 +15,7 @@ use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipelines;
 use crate::gpu::pool::Pool;
 use crate::gpu::ranges::{RangedGradients, RangedInputs};
+use crate::gpu::ring::{Ring, DEFAULT_RING_SIZE};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::{Kernel, Spec, WORKGROUP_SIZE};
 use crate::gpu::timed::Timed;
@@ -91,6 +92,7 @@ impl FcosLoss {
                 config,
                 pipelines: Pipelines::new(spec),
                 pool: Mutex::new(Pool::default()),
+                ring: Arc::new(Ring::new(DEFAULT_RING_SIZE)),
                 query_set,
                 timeout: DEFAULT_TIMEOUT,
                 target_workgroups,

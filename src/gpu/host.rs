@@ -12,10 +12,14 @@ use crate::gpu::core::Core;
 use crate::gpu::locate::name_bad_input;
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
+use crate::gpu::pending::{decode, encode_recorded, read_off_thread};
 use crate::gpu::pool::{Need, Pool, Slot};
+use crate::gpu::ring::{Busy, Ring};
+use crate::gpu::scope::scoped;
 use crate::gpu::timed::Timed;
 use crate::gpu::upload;
 use crate::gpu::upload::Upload;
+use crate::gpu::work::{readback_bytes, WorkBuffers};
 use crate::input::{Head, Heads, Input};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
@@ -56,6 +60,88 @@ pub(crate) fn run_boxes(
         let targets = Targets::background(preds.batch, levels.positions());
         name_bad_input(core, levels, &preds.with_targets(&targets), flags)
     })
+}
+
+/// Runs `pass` on host slices over a result slot of the engine's ring, and reads
+/// the results back without blocking the caller's executor (`pending.rs`).
+pub(crate) async fn run_async(
+    core: &Core,
+    levels: &Levels,
+    inputs: &Inputs<'_>,
+    pass: Pass,
+    weights: &LossWeights,
+) -> Result<(Losses, Option<Gradients>), FcosError> {
+    let call = HostCall::of_inputs(core, levels, inputs, pass, weights)?;
+    let (b, backward) = (inputs.batch, pass.writes_gradients());
+    if levels.positions() == 0 {
+        let grads = backward.then(|| core.empty_grads(levels, b));
+        return Ok((core.zero_losses(b), grads));
+    }
+    call.check(core)?;
+    core.ctx.health()?;
+    let (slot, generation, readback, grad_readback) = {
+        let (i, generation, mut slot) = core.ring.acquire()?;
+        let (readback, grads) = call.with_call_in(core, &mut slot.pool, |pool, call| {
+            let mut encoder =
+                core.ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("fcos loss (async)"),
+                    });
+            encode_recorded(core, &mut encoder, pool, call, generation)?;
+            if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
+                let packed = grads.as_ref().map(|_, levels| levels[0]);
+                let sizes = grads.as_ref().map(|h, _| core.bytes(h.input(), levels, b));
+                crate::gpu::encode::copy_gradients(&mut encoder, packed, sizes, staging);
+            }
+            scoped(&core.ctx.device, || {
+                core.ctx.queue.submit([encoder.finish()])
+            })?;
+            let work = WorkBuffers::from_pool(pool, &call.planned.plan, false, false, false)?;
+            Ok((work.readback.clone(), call.read_grads.cloned()))
+        })?;
+        slot.busy = Some(Busy {
+            generation,
+            mapping: None,
+        });
+        (i, generation, readback, grads)
+    };
+    // The slot is freed however this ends (an error, or the future dropped).
+    let _release = Release {
+        ring: &core.ring,
+        slot,
+        generation,
+    };
+    let bytes = read_off_thread(core, readback, readback_bytes(b as u32)).await?;
+    let (losses, flags) = decode(&bytes, b as u32, generation, &core.config, false)?;
+    if flags != 0 {
+        return Err(name_bad_input(core, levels, inputs, flags));
+    }
+    let grads = match grad_readback {
+        Some(buf) => {
+            let total: u64 = Head::ALL
+                .iter()
+                .map(|h| core.bytes(h.input(), levels, b))
+                .sum();
+            let bytes = read_off_thread(core, buf, total).await?;
+            Some(split_gradients(core, levels, b, &bytes)?)
+        }
+        None => None,
+    };
+    Ok((losses, grads))
+}
+
+/// Frees a ring slot when dropped.
+struct Release<'r> {
+    ring: &'r Ring,
+    slot: usize,
+    generation: u64,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.ring.release(self.slot, self.generation, None);
+    }
 }
 
 /// Describes `pass` on host slices ([`capture`]) instead of reading its results.
@@ -211,25 +297,43 @@ impl<'a> HostCall<'a> {
         })
     }
 
-    /// Checks the call against the device, reserves and fills the pool, and hands
-    /// `then` the call over the pooled buffers (levels with positions only).
+    /// Checks the call against the device, reserves and fills the engine's pool,
+    /// and hands `then` the call over the pooled buffers (levels with positions
+    /// only).
     fn with_call<R>(
         self,
         core: &Core,
         then: impl FnOnce(&Pool, &Call) -> Result<R, FcosError>,
     ) -> Result<R, FcosError> {
+        self.check(core)?;
+        let mut pool = core.lock_pool()?;
+        self.with_call_in(core, &mut pool, then)
+    }
+
+    /// The checks before anything is reserved: buffer sizes, and the pipelines
+    /// (a pass the device cannot build fails here, before any upload).
+    fn check(&self, core: &Core) -> Result<(), FcosError> {
+        let backward = self.pass.writes_gradients();
+        core.check_buffer_sizes(self.levels, self.batch, backward)?;
+        core.call_pipelines(self.pass, core.checks, backward, self.boxes.is_some())?;
+        Ok(())
+    }
+
+    /// [`with_call`](Self::with_call) over `pool` (checked already).
+    fn with_call_in<R>(
+        self,
+        core: &Core,
+        pool: &mut Pool,
+        then: impl FnOnce(&Pool, &Call) -> Result<R, FcosError>,
+    ) -> Result<R, FcosError> {
         let (levels, b, pass) = (self.levels, self.batch, self.pass);
         let backward = pass.writes_gradients();
-        core.check_buffer_sizes(levels, b, backward)?;
-        // Before any upload: a pass the device cannot build fails here.
-        core.call_pipelines(pass, core.checks, backward, self.boxes.is_some())?;
-        let mut pool = core.lock_pool()?;
         let mut extra = upload::needs(core, &self.uploads);
         if backward {
             extra.extend(gradient_needs(core, levels, b));
         }
         let planned = core.prepare(
-            &mut pool,
+            pool,
             levels,
             b,
             pass,
@@ -299,8 +403,17 @@ fn read_gradients(
         .map(|h| core.bytes(h.input(), levels, b))
         .sum();
     let bytes = core.readback().read(staging, 0..total, None)?;
-    let floats: &[f32] = bytemuck::try_cast_slice(&bytes)
-        .map_err(|e| FcosError::gpu(format!("gradient readback: {e}")))?;
+    split_gradients(core, levels, b, &bytes)
+}
+
+/// The three heads' gradients, one after another in `bytes`, as per-level vectors.
+fn split_gradients(
+    core: &Core,
+    levels: &Levels,
+    b: usize,
+    bytes: &[u8],
+) -> Result<Gradients, FcosError> {
+    let floats: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
     let mut at = 0usize;
     Ok(Heads::from_fn(|h| {
         let ch = h.channels(core.classes());

@@ -29,12 +29,15 @@ mod host;
 pub(crate) mod locate;
 mod params;
 pub(crate) mod pass;
+mod pending;
+mod pipelined;
 pub(crate) mod pipelines;
 pub(crate) mod plan;
 pub(crate) mod pool;
 mod ranges;
 mod readback;
 mod results;
+mod ring;
 mod scope;
 #[cfg(test)]
 mod shader_checks;
@@ -55,6 +58,8 @@ pub use device_inputs::{
     DevicePredictions, DeviceTargets,
 };
 pub use engine::{FcosLoss, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS};
+pub use pending::PendingLosses;
 pub use ranges::{BufferRange, RangedGradients, RangedInputs};
+pub use ring::DEFAULT_RING_SIZE;
 pub use shaders::{shader_variants, ShaderVariant, WORKGROUP_SIZE};
 pub use timed::Timed;

@@ -31,28 +31,53 @@ impl Outcome {
         index: wgpu::SubmissionIndex,
         device_denominators: bool,
     ) -> Result<Self, FcosError> {
-        let out_bytes = result_bytes(batch);
-        let end = out_bytes + TIMESTAMP_BYTES + USED_BYTES;
+        let end = result_bytes(batch) + TIMESTAMP_BYTES + USED_BYTES;
         let bytes = core.readback().read(work.readback, 0..end, Some(index))?;
-        let (results, rest) = bytes.split_at(out_bytes as usize);
-        let (stamps, used) = rest.split_at(TIMESTAMP_BYTES as usize);
+        Ok(Self::decode(core, &bytes, batch, device_denominators))
+    }
+
+    /// Decodes the readback's bytes: the per-image sums, the timestamps, the
+    /// denominators used.
+    pub fn decode(core: &Core, bytes: &[u8], batch: u32, device_denominators: bool) -> Self {
+        let out_bytes = result_bytes(batch) as usize;
+        let (results, rest) = bytes.split_at(out_bytes);
+        let (stamps, rest) = rest.split_at(TIMESTAMP_BYTES as usize);
+        let used = &rest[..USED_BYTES as usize];
         let images: Vec<ImageSums> = bytemuck::pod_collect_to_vec(results);
         let kernel = core
             .query_set
             .as_ref()
             .and_then(|_| kernel_time(stamps, core.ctx.queue.get_timestamp_period()));
-        let used: Vec<f32> = bytemuck::pod_collect_to_vec(used);
-        let global = device_denominators.then(|| Denominators {
-            num_pos: used[0],
-            ctr: used[1],
-        });
-        Ok(Outcome {
-            losses: Losses::from_sums(sums_of(&images), &core.config, global),
+        let (losses, flags) = losses_of(&images, used, &core.config, device_denominators);
+        Outcome {
+            losses,
             kernel,
-            flags: images.iter().fold(0, |f, x| f | x.flags),
-        })
+            flags,
+        }
     }
 }
+
+/// The losses of per-image sums under `config` (with `device_denominators`, the
+/// normalisation's denominators read from a device buffer, from `used`), and the
+/// OR of the images' check flags.
+pub(crate) fn losses_of(
+    images: &[ImageSums],
+    used: &[u8],
+    config: &crate::config::LossConfig,
+    device_denominators: bool,
+) -> (Losses, u32) {
+    let used: Vec<f32> = bytemuck::pod_collect_to_vec(used);
+    let global = device_denominators.then(|| Denominators {
+        num_pos: used[0],
+        ctr: used[1],
+    });
+    (
+        Losses::from_sums(sums_of(images), config, global),
+        images.iter().fold(0, |f, x| f | x.flags),
+    )
+}
+
+impl Outcome {}
 
 /// The per-image sums, widened to `f64`.
 fn sums_of(images: &[ImageSums]) -> Sums {

@@ -15,6 +15,21 @@ pub(crate) const TIMESTAMP_BYTES: u64 = 16;
 /// the timestamps in the readback.
 pub(crate) const USED_BYTES: u64 = 16;
 
+/// Bytes of a recorded call's stamp (its generation, `u64`, then padding), after
+/// the denominators in the readback: copied there by the call's own commands, so
+/// it shows whether they ran.
+pub(crate) const STAMP_BYTES: u64 = 16;
+
+/// Where the stamp lies in the readback.
+pub(crate) fn stamp_offset(b: u32) -> u64 {
+    result_bytes(b) + TIMESTAMP_BYTES + USED_BYTES
+}
+
+/// Bytes of the readback: results, timestamps, denominators used, stamp.
+pub(crate) fn readback_bytes(b: u32) -> u64 {
+    result_bytes(b) + TIMESTAMP_BYTES + USED_BYTES + STAMP_BYTES
+}
+
 /// The buffers of the normalisation pass (norm.wgsl) besides the counts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NormBuffers<'p> {
@@ -100,6 +115,8 @@ pub(crate) struct WorkBuffers<'p> {
     /// Totals in slot 0 (where the call normalises), each image's positives and
     /// centerness sum after (count.wgsl, every call).
     pub counts: &'p wgpu::Buffer,
+    /// A recorded call's generation, copied into the readback by its commands.
+    pub stamp: &'p wgpu::Buffer,
     /// The normalisation's buffers (calls that normalise on the device).
     pub norm: Option<NormBuffers<'p>>,
     /// Resolved timestamps (devices with timestamp queries).
@@ -166,7 +183,7 @@ impl<'p> WorkBuffers<'p> {
             },
             Need {
                 slot: Slot::Readback,
-                size: out_bytes + TIMESTAMP_BYTES + USED_BYTES,
+                size: readback_bytes(plan.batch),
                 usage: U::MAP_READ | U::COPY_DST,
             },
             Need {
@@ -175,6 +192,11 @@ impl<'p> WorkBuffers<'p> {
                 usage: U::UNIFORM | U::COPY_DST,
             },
             counts_need(plan.batch),
+            Need {
+                slot: Slot::Stamp,
+                size: STAMP_BYTES,
+                usage: U::COPY_SRC | U::COPY_DST,
+            },
         ];
         if norm {
             needs.push(norm_need());
@@ -213,6 +235,7 @@ impl<'p> WorkBuffers<'p> {
             readback: pool.get(Slot::Readback)?,
             params: pool.get(Slot::Params)?,
             counts: pool.get(Slot::Counts)?,
+            stamp: pool.get(Slot::Stamp)?,
             norm,
             timestamps: timestamps.then(|| pool.get(Slot::Timestamps)).transpose()?,
             boxes: boxes.then(|| BoxWork::from_pool(pool)).transpose()?,

@@ -177,6 +177,11 @@ pub fn bits(l: &Losses) -> Vec<u64> {
         .collect()
 }
 
+/// The bits of every value of a head's levels, in order.
+pub fn bits_of(levels: &[Vec<f32>]) -> Vec<u32> {
+    levels.iter().flatten().map(|x| x.to_bits()).collect()
+}
+
 /// A buffer's contents as `f32`, copied back through a staging buffer (the buffer
 /// needs `COPY_SRC`, as every [`fcos_loss::DeviceBatch`] buffer has).
 pub fn read_buffer(ctx: &GpuContext, buf: &wgpu::Buffer) -> Vec<f32> {
