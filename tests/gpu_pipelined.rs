@@ -251,6 +251,21 @@ fn the_ring_and_unsubmitted_calls_give_errors_not_hangs() {
         assert_eq!(common::bits(&got), common::bits(&want));
     }
     drop((c, e2));
+    // A gradient buffer that is an input buffer: an error before anything is
+    // recorded (wgpu would reject the dispatch in the caller's encoder).
+    let grads = bufs.gradient_buffers(&engine.context().device).unwrap();
+    let mut clash = grads.as_ref();
+    clash[Head::CntLogits] = bufs.buffer(Input::CntLogits);
+    let mut enc = encoder(&engine);
+    let e = engine
+        .record_device(&mut enc, &levels, &inputs, Some(&clash), &weights)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("grad cnt_logits buffer is the cnt_logits buffer"),
+        "{e}"
+    );
+    drop(enc);
     assert!(engine.set_ring_size(0).is_err());
     engine.set_ring_size(3).unwrap();
     assert_eq!(engine.ring_size(), 3);

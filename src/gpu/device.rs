@@ -82,6 +82,15 @@ fn packed_call<'a>(
         .collect::<Vec<_>>();
     check_buffers(core, levels, b, named, grads)?;
     let buffers = inputs.buffers();
+    if let Some(g) = grads {
+        for (h, grad) in g.iter() {
+            if let Some((input, _)) = buffers.iter().find(|(_, buf)| *buf == grad) {
+                return Err(FcosError::InvalidCall(format!(
+                    "the grad {h} buffer is the {input} buffer: wgpu cannot bind one buffer read-only and read-write in one dispatch, so give the gradients buffers of their own"
+                )));
+            }
+        }
+    }
     Ok(DeviceCall {
         levels,
         batch: b,
