@@ -228,18 +228,23 @@ impl FcosLoss {
         self.core.query_set.is_some()
     }
 
-    /// Buffers the engine has created so far (they are reused across calls).
+    /// Buffers the engine has created so far (they are reused across calls), in
+    /// its pool and its result slots.
     pub fn buffers_created(&self) -> u64 {
-        self.core.pool.lock().map(|p| p.created).unwrap_or(0)
+        let pool = self.core.pool.lock().map(|p| p.created).unwrap_or(0);
+        pool + self.core.ring.buffers_created()
     }
 
     /// Loss of one batch from host slices: uploads the inputs, runs the kernels,
-    /// reads back the per-image losses.
+    /// reads back the per-image losses. A thin wrapper:
+    /// `pollster::block_on(self.compute_async(levels, inputs))`.
     pub fn compute(&self, levels: &Levels, inputs: &Inputs) -> Result<Losses, FcosError> {
-        Ok(self.compute_timed(levels, inputs)?.value)
+        pollster::block_on(self.compute_async(levels, inputs))
     }
 
-    /// [`compute`](Self::compute) with its kernel and call times.
+    /// [`compute`](Self::compute) with its kernel and call times: its own
+    /// submission, with timestamp queries around the pass where the device has them,
+    /// over the engine's pool (the same results, bit for bit).
     pub fn compute_timed(
         &self,
         levels: &Levels,
@@ -350,13 +355,14 @@ impl FcosLoss {
     /// Losses and gradients from host slices: the gradients of
     /// `L = w.cls·cls_loss + w.cnt·cnt_loss + w.reg·reg_loss` (batch means) with
     /// respect to every input logit and box, per level in the input layouts.
+    /// A thin wrapper: `pollster::block_on(self.forward_backward_async(..))`.
     pub fn forward_backward(
         &self,
         levels: &Levels,
         inputs: &Inputs,
         weights: &LossWeights,
     ) -> Result<(Losses, Gradients), FcosError> {
-        Ok(self.forward_backward_timed(levels, inputs, weights)?.value)
+        pollster::block_on(self.forward_backward_async(levels, inputs, weights))
     }
 
     /// [`forward_backward`](Self::forward_backward) with its kernel and call times.

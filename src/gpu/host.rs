@@ -14,7 +14,7 @@ use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
 use crate::gpu::pending::{decode, encode_recorded, read_off_thread};
 use crate::gpu::pool::{Need, Pool, Slot};
-use crate::gpu::ring::{Busy, Ring};
+use crate::gpu::ring::Ring;
 use crate::gpu::scope::scoped;
 use crate::gpu::timed::Timed;
 use crate::gpu::upload;
@@ -79,9 +79,17 @@ pub(crate) async fn run_async(
     }
     call.check(core)?;
     core.ctx.health()?;
-    let (slot, generation, readback, grad_readback) = {
-        let (i, generation, mut slot) = core.ring.acquire()?;
-        let (readback, grads) = call.with_call_in(core, &mut slot.pool, |pool, call| {
+    // A free slot, waited for when every slot is in use.
+    let (slot, generation) = core.ring.reserve().await;
+    // The slot is freed however this ends (an error, or the future dropped).
+    let _release = Release {
+        ring: &core.ring,
+        slot,
+        generation,
+    };
+    let (readback, grad_readback) = {
+        let mut guard = core.ring.lock(slot);
+        call.with_call_in(core, &mut guard.pool, |pool, call| {
             let mut encoder =
                 core.ctx
                     .device
@@ -99,18 +107,7 @@ pub(crate) async fn run_async(
             })?;
             let work = WorkBuffers::from_pool(pool, &call.planned.plan, false, false, false)?;
             Ok((work.readback.clone(), call.read_grads.cloned()))
-        })?;
-        slot.busy = Some(Busy {
-            generation,
-            mapping: None,
-        });
-        (i, generation, readback, grads)
-    };
-    // The slot is freed however this ends (an error, or the future dropped).
-    let _release = Release {
-        ring: &core.ring,
-        slot,
-        generation,
+        })?
     };
     let bytes = read_off_thread(core, readback, readback_bytes(b as u32)).await?;
     let (losses, flags) = decode(&bytes, b as u32, generation, &core.config, false)?;

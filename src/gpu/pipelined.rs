@@ -79,7 +79,9 @@ impl FcosLoss {
 
     /// [`compute`](Self::compute) without blocking the executor: uploads, submits,
     /// and awaits the read-back (on a thread of its own), over a result slot of
-    /// the ring. Same results, bit for bit; no kernel time.
+    /// the ring; when every slot is in use it waits (without blocking) for one to
+    /// be freed. Same results as [`compute_timed`](Self::compute_timed), bit for
+    /// bit; no kernel time. [`compute`](Self::compute) is this, blocked on.
     pub async fn compute_async(
         &self,
         levels: &Levels,

@@ -4,8 +4,11 @@
 //! overwriting another's results. A slot is busy from the recording of a call
 //! until its results are read (or its handle is dropped).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use crate::error::FcosError;
 use crate::gpu::pool::Pool;
@@ -34,11 +37,12 @@ pub(crate) struct RingSlot {
     pub busy: Option<Busy>,
 }
 
-/// The slots, and the generation counter.
+/// The slots, the generation counter, and the tasks waiting for a free slot.
 #[derive(Debug)]
 pub(crate) struct Ring {
     slots: Vec<Mutex<RingSlot>>,
     generation: AtomicU64,
+    waiters: Mutex<Vec<Waker>>,
 }
 
 impl Ring {
@@ -47,6 +51,7 @@ impl Ring {
         Ring {
             slots: (0..n).map(|_| Mutex::new(RingSlot::default())).collect(),
             generation: AtomicU64::new(1),
+            waiters: Mutex::new(Vec::new()),
         }
     }
 
@@ -82,6 +87,26 @@ impl Ring {
         )))
     }
 
+    /// Buffers the slots' pools have created.
+    pub fn buffers_created(&self) -> u64 {
+        (0..self.len()).map(|i| self.lock(i).pool.created).sum()
+    }
+
+    /// Reserves a free slot for a call of a new generation, if one is free.
+    pub fn try_reserve(&self) -> Option<(usize, u64)> {
+        let (i, generation, mut slot) = self.acquire().ok()?;
+        slot.busy = Some(Busy {
+            generation,
+            mapping: None,
+        });
+        Some((i, generation))
+    }
+
+    /// Reserves a slot, waiting (without blocking the executor) until one is free.
+    pub fn reserve(&self) -> Reserve<'_> {
+        Reserve { ring: self }
+    }
+
     /// Frees slot `i` if it still holds the call of `generation`; cancels a
     /// mapping in progress.
     pub fn release(&self, i: usize, generation: u64, readback: Option<&wgpu::Buffer>) {
@@ -97,6 +122,32 @@ impl Ring {
                 }
             }
             slot.busy = None;
+            drop(slot);
+            let waiters =
+                std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()));
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+/// The future of [`Ring::reserve`].
+pub(crate) struct Reserve<'r> {
+    ring: &'r Ring,
+}
+
+impl Future for Reserve<'_> {
+    type Output = (usize, u64);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(usize, u64)> {
+        // Registered before trying, so a slot freed in between still wakes us.
+        self.ring
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cx.waker().clone());
+        match self.ring.try_reserve() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
         }
     }
 }
