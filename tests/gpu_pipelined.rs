@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use fcos_loss::{Batch, DeviceBatch, FcosError, FcosLoss, Head, Input, LossConfig, LossWeights};
@@ -269,6 +270,111 @@ fn the_ring_and_unsubmitted_calls_give_errors_not_hangs() {
     assert!(engine.set_ring_size(0).is_err());
     engine.set_ring_size(3).unwrap();
     assert_eq!(engine.ring_size(), 3);
+}
+
+#[test]
+fn a_dropped_handle_never_lets_a_later_call_change_its_commands() {
+    let case = common::golden("odd_b3_c7_100x150").batch;
+    let levels = case.levels.clone();
+    let mut engine = common::app_engine(LossConfig::new(7));
+    engine.set_ring_size(1).unwrap();
+    let device = engine.context().device.clone();
+    let ctx = engine.context().clone();
+    let (a, b) = (step_batch(&case, 0), step_batch(&case, 5));
+    let (bufs_a, bufs_b) = (
+        DeviceBatch::upload(&device, &a).unwrap(),
+        DeviceBatch::upload(&device, &b).unwrap(),
+    );
+    let (inputs_a, inputs_b) = (bufs_a.inputs(), bufs_b.inputs());
+    let w = LossWeights {
+        cls: 2.0,
+        reg: 0.5,
+        ..Default::default()
+    };
+    let plain = LossWeights::default();
+    let grads = bufs_a.gradient_buffers(&device).unwrap();
+    let grad_refs = grads.as_ref();
+    // Call p (backward, its own weights) is dropped unread; q reuses its slot in
+    // the same encoder. p's commands must still run with p's params.
+    let mut enc = encoder(&engine);
+    let p = engine
+        .record_device(&mut enc, &levels, &inputs_a, Some(&grad_refs), &w)
+        .unwrap();
+    drop(p);
+    let q = engine
+        .record_device(&mut enc, &levels, &inputs_b, None, &plain)
+        .unwrap();
+    submit(&engine, enc);
+    let got_q = pollster::block_on(engine.read_losses(&q)).unwrap();
+    drop(q);
+    let got_g = common::read_gradients(&ctx, &levels, 3, 7, &grad_refs);
+    let want_q = engine.compute_device(&levels, &inputs_b).unwrap();
+    assert_eq!(common::bits(&got_q), common::bits(&want_q));
+    let fresh = bufs_a.gradient_buffers(&device).unwrap();
+    engine
+        .forward_backward_device(&levels, &inputs_a, &fresh.as_ref(), &w)
+        .unwrap();
+    let want_g = common::read_gradients(&ctx, &levels, 3, 7, &fresh.as_ref());
+    for h in Head::ALL {
+        assert_eq!(
+            common::bits_of(&got_g[h]),
+            common::bits_of(&want_g[h]),
+            "{h}"
+        );
+    }
+    // p recorded into E1 and dropped, q into E2 over the same slot; only E1 runs:
+    // q's read sees that its own commands have not run.
+    let mut e1 = encoder(&engine);
+    let p = engine
+        .record_device(&mut e1, &levels, &inputs_a, None, &plain)
+        .unwrap();
+    drop(p);
+    let mut e2 = encoder(&engine);
+    let q = engine
+        .record_device(&mut e2, &levels, &inputs_b, None, &plain)
+        .unwrap();
+    submit(&engine, e1);
+    let e = pollster::block_on(engine.read_losses(&q)).unwrap_err();
+    assert!(e.to_string().contains("have not run"), "{e}");
+    submit(&engine, e2);
+    let got = pollster::block_on(engine.read_losses(&q)).unwrap();
+    assert_eq!(common::bits(&got), common::bits(&want_q));
+    drop(q);
+    // With the one slot held by an unread recorded call, a blocking call is an
+    // error at once, not a wait that could never end.
+    let mut enc = encoder(&engine);
+    let p = engine
+        .record_device(&mut enc, &levels, &inputs_a, None, &plain)
+        .unwrap();
+    let e = engine.compute(&levels, &a.inputs()).unwrap_err();
+    assert!(e.to_string().contains("result slots"), "{e}");
+    submit(&engine, enc);
+    pollster::block_on(engine.read_losses(&p)).unwrap();
+}
+
+#[test]
+fn an_async_call_dropped_while_reading_keeps_its_slot_until_the_read_ends() {
+    let case = common::golden("voc_b2_c20_512x512").batch;
+    let mut engine = common::engine(LossConfig::new(20));
+    engine.set_ring_size(1).unwrap();
+    let want = engine
+        .compute_timed(&case.levels, &case.inputs())
+        .unwrap()
+        .value;
+    for _ in 0..10 {
+        {
+            // Polled once: uploaded, submitted, its read-back thread started.
+            let inputs = case.inputs();
+            let fut = engine.compute_async(&case.levels, &inputs);
+            let mut fut = std::pin::pin!(fut);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+        // The only slot is freed by that thread once it unmaps: this call waits
+        // for it and reuses the slot's buffers.
+        let got = engine.compute(&case.levels, &case.inputs()).unwrap();
+        assert_eq!(common::bits(&got), common::bits(&want));
+    }
 }
 
 #[test]

@@ -89,6 +89,11 @@ fn packed_call<'a>(
                     "the grad {h} buffer is the {input} buffer: wgpu cannot bind one buffer read-only and read-write in one dispatch, so give the gradients buffers of their own"
                 )));
             }
+            if let Some((other, _)) = g.iter().find(|(o, buf)| *o != h && *buf == grad) {
+                return Err(FcosError::InvalidCall(format!(
+                    "the grad {h} and grad {other} buffers are one buffer: each head's gradients start at its byte 0, so they would overlap"
+                )));
+            }
         }
     }
     Ok(DeviceCall {
@@ -320,10 +325,7 @@ impl<'a> DeviceCall<'a> {
         pending.generation = generation;
         pending.readback = Some(work.readback.clone());
         pending.image_sums = Some(work.image_sums.clone());
-        slot.busy = Some(Busy {
-            generation,
-            mapping: None,
-        });
+        slot.busy = Some(Busy::new(generation, true));
         Ok(pending)
     }
 

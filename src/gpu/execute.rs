@@ -177,8 +177,25 @@ impl Core {
     }
 
     /// Everything before encoding: `call`'s pipelines, work buffers and bind
-    /// groups, with its params and the host's denominators written.
+    /// groups, with its params and the host's denominators written (through the
+    /// queue: before the next submission's commands).
     pub fn stage<'p>(&self, pool: &'p Pool, call: &Call) -> Result<Staged<'p>, FcosError> {
+        let staged = self.bind_call(pool, call)?;
+        let planned = call.planned;
+        scope::scoped(&self.ctx.device, || {
+            let work = &staged.work;
+            self.ctx
+                .queue
+                .write_buffer(work.params, 0, &planned.params.bytes);
+            if let Some(norm) = &work.norm {
+                self.write_denominators(planned.denominators, norm);
+            }
+        })?;
+        Ok(staged)
+    }
+
+    /// `call`'s pipelines, work buffers and bind groups; nothing written.
+    pub fn bind_call<'p>(&self, pool: &'p Pool, call: &Call) -> Result<Staged<'p>, FcosError> {
         let planned = call.planned;
         let plan = &planned.plan;
         let normalizes = planned.normalizes();
@@ -186,15 +203,8 @@ impl Core {
         let pipelines = self.call_pipelines(planned.pass, planned.checks, normalizes, boxes)?;
         let work = WorkBuffers::from_pool(pool, plan, normalizes, self.query_set.is_some(), boxes)?;
         let device = &self.ctx.device;
-        let groups = scope::scoped(device, || -> Result<_, FcosError> {
-            let groups = bind::bind_groups(device, &pipelines, call, &work)?;
-            self.ctx
-                .queue
-                .write_buffer(work.params, 0, &planned.params.bytes);
-            if let Some(norm) = &work.norm {
-                self.write_denominators(planned.denominators, norm);
-            }
-            Ok(groups)
+        let groups = scope::scoped(device, || {
+            bind::bind_groups(device, &pipelines, call, &work)
         })??;
         Ok(Staged {
             pipelines,

@@ -80,7 +80,7 @@ pub(crate) async fn run_async(
     call.check(core)?;
     core.ctx.health()?;
     // A free slot, waited for when every slot is in use.
-    let (slot, generation) = core.ring.reserve().await;
+    let (slot, generation) = core.ring.reserve().await?;
     // The slot is freed however this ends (an error, or the future dropped).
     let _release = Release {
         ring: &core.ring,
@@ -109,7 +109,8 @@ pub(crate) async fn run_async(
             Ok((work.readback.clone(), call.read_grads.cloned()))
         })?
     };
-    let bytes = read_off_thread(core, readback, readback_bytes(b as u32)).await?;
+    let bytes =
+        read_off_thread(core, readback, readback_bytes(b as u32), (slot, generation)).await?;
     let (losses, flags) = decode(&bytes, b as u32, generation, &core.config, false)?;
     if flags != 0 {
         return Err(name_bad_input(core, levels, inputs, flags));
@@ -120,7 +121,7 @@ pub(crate) async fn run_async(
                 .iter()
                 .map(|h| core.bytes(h.input(), levels, b))
                 .sum();
-            let bytes = read_off_thread(core, buf, total).await?;
+            let bytes = read_off_thread(core, buf, total, (slot, generation)).await?;
             Some(split_gradients(core, levels, b, &bytes)?)
         }
         None => None,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::LossConfig;
 use crate::error::FcosError;
-use crate::gpu::call::Call;
+use crate::gpu::call::{Call, DenominatorSource};
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::DeviceInputs;
 use crate::gpu::encode;
@@ -29,8 +29,11 @@ use crate::layout::Levels;
 use crate::losses::Losses;
 
 /// Records `call` (over `pool`'s work buffers) into `encoder` without timestamps,
-/// then the copy of its results into the readback and of `generation` (staged into
-/// the stamp buffer now, so written before the commands run) after them.
+/// then the copy of its results into the readback and of `generation` (the stamp)
+/// after them. The call's params and the host's denominators are copied in by the
+/// encoder too, from a buffer of this call's own, so that they follow the
+/// encoder's order: a later call recorded over the same slot (after this one's
+/// handle was dropped) cannot overwrite them before this call runs.
 pub(crate) fn encode_recorded(
     core: &Core,
     encoder: &mut wgpu::CommandEncoder,
@@ -40,12 +43,34 @@ pub(crate) fn encode_recorded(
 ) -> Result<(), FcosError> {
     let planned = call.planned;
     let plan = &planned.plan;
-    let staged = core.stage(pool, call)?;
+    let staged = core.bind_call(pool, call)?;
     let work = &staged.work;
+    let params = &planned.params.bytes;
+    let dens_at = params.len() as u64;
+    let stamp_at = dens_at + 16;
+    let mut init = params.clone();
+    let dens = match planned.denominators {
+        DenominatorSource::Host(d) => [d[0], d[1], 0.0, 0.0],
+        DenominatorSource::Device(_) => [0.0; 4],
+    };
+    init.extend_from_slice(bytemuck::cast_slice(&dens));
+    init.extend_from_slice(&generation.to_le_bytes());
+    init.extend_from_slice(&[0u8; 8]);
     scoped(&core.ctx.device, || {
-        core.ctx
-            .queue
-            .write_buffer(work.stamp, 0, &generation.to_le_bytes());
+        let src = core.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("fcos recorded call's params"),
+            size: init.len() as u64,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        if let Ok(mut view) = src.get_mapped_range_mut(..) {
+            view.copy_from_slice(&init);
+        }
+        src.unmap();
+        encoder.copy_buffer_to_buffer(&src, 0, work.params, 0, dens_at);
+        if let (Some(norm), DenominatorSource::Host(_)) = (&work.norm, planned.denominators) {
+            encoder.copy_buffer_to_buffer(&src, dens_at, norm.denominators, 0, 16);
+        }
         encode::passes(
             encoder,
             &staged.pipelines,
@@ -56,8 +81,8 @@ pub(crate) fn encode_recorded(
         );
         encode::results(encoder, work, plan.batch, None);
         encoder.copy_buffer_to_buffer(
-            work.stamp,
-            0,
+            &src,
+            stamp_at,
             work.readback,
             stamp_offset(plan.batch),
             STAMP_BYTES,
@@ -133,6 +158,11 @@ fn check_held(p: &PendingLosses, mapping_ok: bool) -> Result<(), FcosError> {
     let slot = p.ring.lock(p.slot);
     match &slot.busy {
         Some(b) if b.generation == p.generation => {
+            if b.reading {
+                return Err(FcosError::InvalidCall(
+                    "a read of this call is already under way".into(),
+                ));
+            }
             if b.mapping.is_some() && !mapping_ok {
                 return Err(FcosError::InvalidCall(
                     "a non-blocking read of this call is under way: finish it with try_read_losses"
@@ -158,28 +188,47 @@ pub(crate) async fn read(core: &Core, p: &PendingLosses<'_>) -> Result<Losses, F
             .ok_or_else(|| FcosError::gpu("a call without results"));
     };
     check_held(p, false)?;
-    let bytes = read_off_thread(core, readback.clone(), readback_bytes(p.batch)).await?;
+    let bytes = read_off_thread(
+        core,
+        readback.clone(),
+        readback_bytes(p.batch),
+        (p.slot, p.generation),
+    )
+    .await?;
     finish(core, p, &bytes)
 }
 
-/// Maps `0..end` of `buf` once the GPU is done with all submitted work, on a
-/// thread of its own (the engine's timeout holds), and returns its bytes.
+/// Maps `0..end` of `buf` (a buffer of ring slot `slot`'s call of `generation`)
+/// once the GPU is done with all submitted work, on a thread of its own (the
+/// engine's timeout holds), and returns its bytes. The slot stays held while the
+/// thread has the buffer, even if this future is dropped.
 pub(crate) async fn read_off_thread(
     core: &Core,
     buf: wgpu::Buffer,
     end: u64,
+    (slot, generation): (usize, u64),
 ) -> Result<Vec<u8>, FcosError> {
     let ctx = core.ctx.clone();
     let timeout = core.timeout;
+    let ring = core.ring.clone();
+    ring.start_reading(slot, generation)?;
     let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
-    std::thread::Builder::new()
+    let thread_ring = ring.clone();
+    let spawned = std::thread::Builder::new()
         .name("fcos-loss read-back".into())
         .spawn(move || {
             let r = Readback { ctx: &ctx, timeout }.read(&buf, 0..end, None);
+            // Unmapped by now (or never mapped): the slot may be freed.
+            thread_ring.done_reading(slot, generation);
             // A failed send only means the reader gave up waiting.
             let _ = tx.send(r);
-        })
-        .map_err(|e| FcosError::gpu(format!("starting the read-back thread failed: {e}")))?;
+        });
+    if let Err(e) = spawned {
+        ring.done_reading(slot, generation);
+        return Err(FcosError::gpu(format!(
+            "starting the read-back thread failed: {e}"
+        )));
+    }
     rx.receive()
         .await
         .ok_or_else(|| FcosError::gpu("the read-back thread ended without a result"))?
@@ -194,9 +243,13 @@ pub(crate) fn try_read(core: &Core, p: &PendingLosses<'_>) -> Result<Option<Loss
     let end = readback_bytes(p.batch);
     let done = {
         let mut slot = p.ring.lock(p.slot);
-        let busy = slot.busy.as_mut().ok_or_else(|| {
-            FcosError::InvalidCall("this call's results were already read".into())
-        })?;
+        let busy = slot
+            .busy
+            .as_mut()
+            .filter(|b| b.generation == p.generation)
+            .ok_or_else(|| {
+                FcosError::InvalidCall("this call's results were already read".into())
+            })?;
         busy.mapping
             .get_or_insert_with(|| {
                 let done = Arc::new(Mutex::new(None));

@@ -53,8 +53,6 @@ pub(crate) enum Slot {
     Timestamps,
     /// Mappable copy of the counting phase's counts.
     CountsReadback,
-    /// A recorded call's generation, copied into the readback by its commands.
-    Stamp,
 }
 
 impl Slot {

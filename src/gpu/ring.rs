@@ -28,6 +28,27 @@ pub(crate) struct Busy {
     /// A non-blocking read's mapping of the readback, once requested: the
     /// callback's result lands here.
     pub mapping: Option<MapResult>,
+    /// A recorded call (freed only by its read or its handle's drop), not an
+    /// `async` host call (which frees its slot itself).
+    pub recorded: bool,
+    /// A read-back thread has the readback (or the gradients' copy) mapped or
+    /// mapping: the slot is freed only once it is done.
+    pub reading: bool,
+    /// Released while `reading`: the read-back thread frees the slot when done.
+    pub released: bool,
+}
+
+impl Busy {
+    /// A call of `generation`, nothing read yet.
+    pub fn new(generation: u64, recorded: bool) -> Self {
+        Busy {
+            generation,
+            mapping: None,
+            recorded,
+            reading: false,
+            released: false,
+        }
+    }
 }
 
 /// One slot.
@@ -92,41 +113,101 @@ impl Ring {
         (0..self.len()).map(|i| self.lock(i).pool.created).sum()
     }
 
-    /// Reserves a free slot for a call of a new generation, if one is free.
+    /// Reserves a free slot for an `async` host call of a new generation, if one
+    /// is free.
     pub fn try_reserve(&self) -> Option<(usize, u64)> {
         let (i, generation, mut slot) = self.acquire().ok()?;
-        slot.busy = Some(Busy {
-            generation,
-            mapping: None,
-        });
+        slot.busy = Some(Busy::new(generation, false));
         Some((i, generation))
     }
 
-    /// Reserves a slot, waiting (without blocking the executor) until one is free.
+    /// Reserves a slot for an `async` host call, waiting (without blocking the
+    /// executor) while a slot is held by a call that frees it by itself; an error
+    /// when every slot holds a recorded call nobody is reading (waiting could
+    /// never end).
     pub fn reserve(&self) -> Reserve<'_> {
         Reserve { ring: self }
     }
 
-    /// Frees slot `i` if it still holds the call of `generation`; cancels a
-    /// mapping in progress.
-    pub fn release(&self, i: usize, generation: u64, readback: Option<&wgpu::Buffer>) {
+    /// Whether some slot will be freed without the caller's help: an `async` host
+    /// call, or a read under way.
+    fn frees_itself(&self) -> bool {
+        (0..self.len()).any(|i| {
+            self.lock(i)
+                .busy
+                .as_ref()
+                .is_some_and(|b| !b.recorded || b.reading)
+        })
+    }
+
+    /// Marks slot `i`'s call of `generation` as being read by a read-back thread.
+    pub fn start_reading(&self, i: usize, generation: u64) -> Result<(), FcosError> {
         let mut slot = self.lock(i);
-        if slot
-            .busy
-            .as_ref()
-            .is_some_and(|b| b.generation == generation)
-        {
-            if let (Some(busy), Some(buf)) = (&slot.busy, readback) {
-                if busy.mapping.is_some() {
-                    buf.unmap();
+        match slot.busy.as_mut() {
+            Some(b) if b.generation == generation => {
+                if b.reading || b.mapping.is_some() {
+                    return Err(FcosError::InvalidCall(
+                        "a read of this call is already under way".into(),
+                    ));
                 }
+                b.reading = true;
+                Ok(())
             }
+            _ => Err(FcosError::InvalidCall(
+                "this call's results were already read".into(),
+            )),
+        }
+    }
+
+    /// The read-back thread is done with slot `i` (its buffers are unmapped): the
+    /// slot is freed if it was released meanwhile.
+    pub fn done_reading(&self, i: usize, generation: u64) {
+        let mut slot = self.lock(i);
+        let free = match slot.busy.as_mut() {
+            Some(b) if b.generation == generation => {
+                b.reading = false;
+                b.released
+            }
+            _ => false,
+        };
+        if free {
             slot.busy = None;
             drop(slot);
-            let waiters =
-                std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()));
-            waiters.into_iter().for_each(Waker::wake);
+            self.wake();
         }
+    }
+
+    fn wake(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()));
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
+    /// Frees slot `i` if it still holds the call of `generation`: at once, or,
+    /// while a read-back thread has its buffers, when that thread is done. A
+    /// non-blocking read's mapping in progress is cancelled.
+    pub fn release(&self, i: usize, generation: u64, readback: Option<&wgpu::Buffer>) {
+        let mut slot = self.lock(i);
+        let Some(busy) = slot.busy.as_mut().filter(|b| b.generation == generation) else {
+            return;
+        };
+        if busy.reading {
+            busy.released = true;
+            return;
+        }
+        if let (Some(done), Some(buf)) = (&busy.mapping, readback) {
+            // A mapping that failed left the buffer unmapped: unmapping it again
+            // would itself be an error.
+            let failed = matches!(
+                *done.lock().unwrap_or_else(|e| e.into_inner()),
+                Some(Err(_))
+            );
+            if !failed {
+                buf.unmap();
+            }
+        }
+        slot.busy = None;
+        drop(slot);
+        self.wake();
     }
 }
 
@@ -136,18 +217,24 @@ pub(crate) struct Reserve<'r> {
 }
 
 impl Future for Reserve<'_> {
-    type Output = (usize, u64);
+    type Output = Result<(usize, u64), FcosError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(usize, u64)> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Registered before trying, so a slot freed in between still wakes us.
         self.ring
             .waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(cx.waker().clone());
-        match self.ring.try_reserve() {
-            Some(r) => Poll::Ready(r),
-            None => Poll::Pending,
+        if let Some(r) = self.ring.try_reserve() {
+            return Poll::Ready(Ok(r));
         }
+        if self.ring.frees_itself() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(FcosError::InvalidCall(format!(
+            "all {} result slots hold recorded calls not yet read: read one (or drop its PendingLosses) first, or raise FcosLoss::set_ring_size",
+            self.ring.len()
+        ))))
     }
 }

@@ -115,8 +115,6 @@ pub(crate) struct WorkBuffers<'p> {
     /// Totals in slot 0 (where the call normalises), each image's positives and
     /// centerness sum after (count.wgsl, every call).
     pub counts: &'p wgpu::Buffer,
-    /// A recorded call's generation, copied into the readback by its commands.
-    pub stamp: &'p wgpu::Buffer,
     /// The normalisation's buffers (calls that normalise on the device).
     pub norm: Option<NormBuffers<'p>>,
     /// Resolved timestamps (devices with timestamp queries).
@@ -192,11 +190,6 @@ impl<'p> WorkBuffers<'p> {
                 usage: U::UNIFORM | U::COPY_DST,
             },
             counts_need(plan.batch),
-            Need {
-                slot: Slot::Stamp,
-                size: STAMP_BYTES,
-                usage: U::COPY_SRC | U::COPY_DST,
-            },
         ];
         if norm {
             needs.push(norm_need());
@@ -235,7 +228,6 @@ impl<'p> WorkBuffers<'p> {
             readback: pool.get(Slot::Readback)?,
             params: pool.get(Slot::Params)?,
             counts: pool.get(Slot::Counts)?,
-            stamp: pool.get(Slot::Stamp)?,
             norm,
             timestamps: timestamps.then(|| pool.get(Slot::Timestamps)).transpose()?,
             boxes: boxes.then(|| BoxWork::from_pool(pool)).transpose()?,
