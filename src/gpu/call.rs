@@ -84,6 +84,19 @@ impl Planned<'_> {
 /// packed head); where in it each level starts is the plan's.
 pub(crate) type LevelBuffers<'a> = &'a [&'a wgpu::Buffer];
 
+/// Each level of each head in that head's one buffer (a packed head).
+pub(crate) fn packed_levels<'a>(
+    levels: &Levels,
+    heads: Heads<&'a wgpu::Buffer>,
+) -> Heads<Vec<&'a wgpu::Buffer>> {
+    heads.map(|_, buf| vec![buf; levels.len()])
+}
+
+/// The [`LevelBuffers`] of each head of `heads`.
+pub(crate) fn level_slices<'a>(heads: &'a Heads<Vec<&'a wgpu::Buffer>>) -> Heads<LevelBuffers<'a>> {
+    heads.as_ref().map(|_, v| v.as_slice())
+}
+
 /// One call: what runs over which buffers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Call<'a> {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::assign::{GT_BOXES, GT_CLASSES};
 use crate::config::{LossWeights, Normalization};
 use crate::error::FcosError;
-use crate::gpu::call::{Call, GtBuffers, TargetSource};
+use crate::gpu::call::{level_slices, packed_levels, Call, GtBuffers, Planned, TargetSource};
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::{
     ClassDtype, DeviceDenominators, DeviceGradients, DeviceGroundTruth, DeviceInputs,
@@ -20,7 +20,6 @@ use crate::gpu::plan::Origins;
 use crate::gpu::ranges::{self, BufferRange, RangedGradients, RangedInputs};
 use crate::gpu::ring::Busy;
 use crate::gpu::timed::Timed;
-use crate::gpu::work::WorkBuffers;
 use crate::input::{Head, Heads};
 use crate::layout::Levels;
 use crate::losses::Losses;
@@ -99,10 +98,10 @@ fn packed_call<'a>(
     Ok(DeviceCall {
         levels,
         batch: b,
-        heads: packed(levels, buffers.heads),
+        heads: packed_levels(levels, buffers.heads),
         targets: TargetSource::dense(&buffers),
         boxes: None,
-        grads: grads.map(|g| packed(levels, *g)),
+        grads: grads.map(|g| packed_levels(levels, *g)),
         origins: None,
         denominators,
         pass,
@@ -144,7 +143,7 @@ pub(crate) fn run_boxes(
     let call = DeviceCall {
         levels,
         batch: b,
-        heads: packed(levels, Heads::from_fn(|h| preds.buffer(h))),
+        heads: packed_levels(levels, Heads::from_fn(|h| preds.buffer(h))),
         targets: TargetSource::Boxes(GtBuffers {
             boxes: gt.boxes,
             classes: gt.classes,
@@ -154,7 +153,7 @@ pub(crate) fn run_boxes(
             boxes_per_image: m as u32,
             class_f32: gt.class_dtype == ClassDtype::F32,
         }),
-        grads: grads.map(|g| packed(levels, *g)),
+        grads: grads.map(|g| packed_levels(levels, *g)),
         origins: None,
         denominators,
         pass,
@@ -231,11 +230,6 @@ fn ranged_call<'a>(
     })
 }
 
-/// Each level of each head in `heads`' one buffer.
-fn packed<'a>(levels: &Levels, heads: Heads<&'a wgpu::Buffer>) -> Heads<Vec<&'a wgpu::Buffer>> {
-    heads.map(|_, buf| vec![buf; levels.len()])
-}
-
 /// A device-path call: the caller's buffers and what runs over them.
 struct DeviceCall<'a> {
     levels: &'a Levels,
@@ -254,6 +248,17 @@ struct DeviceCall<'a> {
 }
 
 impl<'a> DeviceCall<'a> {
+    /// The call over the caller's buffers, as `planned`.
+    fn call<'p>(&'p self, planned: &'p Planned<'p>) -> Call<'p> {
+        Call {
+            planned,
+            heads: level_slices(&self.heads),
+            targets: self.targets,
+            grads: self.grads.as_ref().map(level_slices),
+            read_grads: None,
+        }
+    }
+
     /// The checks every device call makes before planning.
     fn precheck(&self, core: &Core) -> Result<(), FcosError> {
         self.weights.check()?;
@@ -308,23 +313,12 @@ impl<'a> DeviceCall<'a> {
             self.origins.as_ref(),
             Vec::new(),
         )?;
-        let pool = &slot.pool;
-        let call = Call {
-            planned: &planned,
-            heads: self.heads.as_ref().map(|_, v| v.as_slice()),
-            targets: self.targets,
-            grads: self
-                .grads
-                .as_ref()
-                .map(|g| g.as_ref().map(|_, v| v.as_slice())),
-            read_grads: None,
-        };
-        encode_recorded(core, encoder, pool, &call, generation)?;
-        let work = WorkBuffers::from_pool(pool, &planned.plan, false, false, false)?;
+        let recorded =
+            encode_recorded(core, encoder, &slot.pool, &self.call(&planned), generation)?;
         pending.slot = slot_index;
         pending.generation = generation;
-        pending.readback = Some(work.readback.clone());
-        pending.image_sums = Some(work.image_sums.clone());
+        pending.readback = Some(recorded.readback);
+        pending.image_sums = Some(recorded.image_sums);
         slot.busy = Some(Busy::new(generation, true));
         Ok(pending)
     }
@@ -359,17 +353,7 @@ impl<'a> DeviceCall<'a> {
             self.origins.as_ref(),
             Vec::new(),
         )?;
-        let call = Call {
-            planned: &planned,
-            heads: self.heads.as_ref().map(|_, v| v.as_slice()),
-            targets: self.targets,
-            grads: self
-                .grads
-                .as_ref()
-                .map(|g| g.as_ref().map(|_, v| v.as_slice())),
-            read_grads: None,
-        };
-        let outcome = core.execute(&pool, &call)?;
+        let outcome = core.execute(&pool, &self.call(&planned))?;
         if outcome.flags != 0 {
             drop(pool);
             return Err(locate(outcome.flags));

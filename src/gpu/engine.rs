@@ -305,11 +305,7 @@ impl FcosLoss {
         backward: bool,
         weights: &LossWeights,
     ) -> Result<CallCapture, FcosError> {
-        let pass = if backward {
-            Pass::Backward
-        } else {
-            Pass::Forward
-        };
+        let pass = Pass::losses(backward);
         host::capture(&self.core, levels, inputs, pass, weights)
     }
 

@@ -162,18 +162,26 @@ impl Core {
                 plan.batch,
                 self.query_set.as_ref(),
             );
-            if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
-                // The host path's gradients: each head packed in one pooled buffer.
-                let packed = grads.as_ref().map(|_, levels| levels[0]);
-                let sizes = grads
-                    .as_ref()
-                    .map(|h, _| self.bytes(h.input(), planned.levels, plan.batch as usize));
-                encode::copy_gradients(&mut encoder, packed, sizes, staging);
-            }
+            self.copy_gradients_out(&mut encoder, call);
             self.ctx.queue.submit([encoder.finish()])
         })?;
         let from_device = matches!(planned.denominators, DenominatorSource::Device(_));
         Outcome::read(self, &staged.work, plan.batch, index, from_device)
+    }
+
+    /// Where the call asks for it (the host path), the copy of its gradients into
+    /// the mappable staging buffer: each head packed in one pooled buffer, one
+    /// head after another.
+    pub fn copy_gradients_out(&self, encoder: &mut wgpu::CommandEncoder, call: &Call) {
+        if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
+            let planned = call.planned;
+            let packed = grads.as_ref().map(|_, levels| levels[0]);
+            let b = planned.plan.batch as usize;
+            let sizes = grads
+                .as_ref()
+                .map(|h, _| self.bytes(h.input(), planned.levels, b));
+            encode::copy_gradients(encoder, packed, sizes, staging);
+        }
     }
 
     /// Everything before encoding: `call`'s pipelines, work buffers and bind

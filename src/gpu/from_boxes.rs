@@ -54,11 +54,7 @@ impl FcosLoss {
         backward: bool,
         weights: &LossWeights,
     ) -> Result<CallCapture, FcosError> {
-        let pass = if backward {
-            Pass::Backward
-        } else {
-            Pass::Forward
-        };
+        let pass = Pass::losses(backward);
         host::capture_boxes(&self.core, levels, preds, gt, pass, weights)
     }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::assign::{GroundTruth, Predictions, Targets};
 use crate::config::LossWeights;
 use crate::error::FcosError;
-use crate::gpu::call::{Call, TargetSource};
+use crate::gpu::call::{level_slices, packed_levels, Call, TargetSource};
 use crate::gpu::capture::CallCapture;
 use crate::gpu::core::Core;
 use crate::gpu::locate::name_bad_input;
@@ -19,7 +19,7 @@ use crate::gpu::scope::scoped;
 use crate::gpu::timed::Timed;
 use crate::gpu::upload;
 use crate::gpu::upload::Upload;
-use crate::gpu::work::{readback_bytes, WorkBuffers};
+use crate::gpu::work::readback_bytes;
 use crate::input::{Head, Heads, Input};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
@@ -96,17 +96,12 @@ pub(crate) async fn run_async(
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                         label: Some("fcos loss (async)"),
                     });
-            encode_recorded(core, &mut encoder, pool, call, generation)?;
-            if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
-                let packed = grads.as_ref().map(|_, levels| levels[0]);
-                let sizes = grads.as_ref().map(|h, _| core.bytes(h.input(), levels, b));
-                crate::gpu::encode::copy_gradients(&mut encoder, packed, sizes, staging);
-            }
+            let recorded = encode_recorded(core, &mut encoder, pool, call, generation)?;
+            core.copy_gradients_out(&mut encoder, call);
             scoped(&core.ctx.device, || {
                 core.ctx.queue.submit([encoder.finish()])
             })?;
-            let work = WorkBuffers::from_pool(pool, &call.planned.plan, false, false, false)?;
-            Ok((work.readback.clone(), call.read_grads.cloned()))
+            Ok((recorded.readback, call.read_grads.cloned()))
         })?
     };
     let bytes =
@@ -117,10 +112,7 @@ pub(crate) async fn run_async(
     }
     let grads = match grad_readback {
         Some(buf) => {
-            let total: u64 = Head::ALL
-                .iter()
-                .map(|h| core.bytes(h.input(), levels, b))
-                .sum();
+            let total = gradient_bytes(core, levels, b);
             let bytes = read_off_thread(core, buf, total, (slot, generation)).await?;
             Some(split_gradients(core, levels, b, &bytes)?)
         }
@@ -352,16 +344,19 @@ impl<'a> HostCall<'a> {
             },
         };
         // Each head and gradient packed in its pooled buffer.
-        let per_level = |buf| vec![buf; levels.len()];
-        let heads = Heads::try_from_fn(|h| pool.get(Slot::Input(h.input())).map(per_level))?;
+        let heads = packed_levels(
+            levels,
+            Heads::try_from_fn(|h| pool.get(Slot::Input(h.input())))?,
+        );
         let grads = backward
-            .then(|| Heads::try_from_fn(|h| pool.get(Slot::Grad(h)).map(per_level)))
-            .transpose()?;
+            .then(|| Heads::try_from_fn(|h| pool.get(Slot::Grad(h))))
+            .transpose()?
+            .map(|g| packed_levels(levels, g));
         let call = Call {
             planned: &planned,
-            heads: heads.as_ref().map(|_, v| v.as_slice()),
+            heads: level_slices(&heads),
             targets,
-            grads: grads.as_ref().map(|g| g.as_ref().map(|_, v| v.as_slice())),
+            grads: grads.as_ref().map(level_slices),
             read_grads: backward.then(|| pool.get(Slot::GradReadback)).transpose()?,
         };
         then(pool, &call)
@@ -396,12 +391,17 @@ fn read_gradients(
     b: usize,
 ) -> Result<Gradients, FcosError> {
     let staging = pool.get(Slot::GradReadback)?;
-    let total: u64 = Head::ALL
-        .iter()
-        .map(|h| core.bytes(h.input(), levels, b))
-        .sum();
+    let total = gradient_bytes(core, levels, b);
     let bytes = core.readback().read(staging, 0..total, None)?;
     split_gradients(core, levels, b, &bytes)
+}
+
+/// Bytes of the three heads' gradients of `b` images, one after another.
+fn gradient_bytes(core: &Core, levels: &Levels, b: usize) -> u64 {
+    Head::ALL
+        .iter()
+        .map(|h| core.bytes(h.input(), levels, b))
+        .sum()
 }
 
 /// The three heads' gradients, one after another in `bytes`, as per-level vectors.

@@ -18,6 +18,15 @@ pub(crate) enum Pass {
 }
 
 impl Pass {
+    /// The loss pass: with `backward`, losses and gradients.
+    pub fn losses(backward: bool) -> Self {
+        if backward {
+            Pass::Backward
+        } else {
+            Pass::Forward
+        }
+    }
+
     /// Whether the pass writes gradients (and counts positives first).
     pub fn writes_gradients(self) -> bool {
         match self {

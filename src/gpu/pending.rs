@@ -17,16 +17,23 @@ use crate::gpu::call::{Call, DenominatorSource};
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::DeviceInputs;
 use crate::gpu::encode;
-use crate::gpu::params::ImageSums;
 use crate::gpu::pool::Pool;
 use crate::gpu::ranges::{BufferRange, RangedInputs};
 use crate::gpu::readback::Readback;
-use crate::gpu::results::losses_of;
+use crate::gpu::results::{losses_of, ReadbackParts};
 use crate::gpu::ring::Ring;
 use crate::gpu::scope::scoped;
-use crate::gpu::work::{readback_bytes, result_bytes, stamp_offset, STAMP_BYTES, TIMESTAMP_BYTES};
+use crate::gpu::work::{readback_bytes, result_bytes, stamp_offset, STAMP_BYTES};
 use crate::layout::Levels;
 use crate::losses::Losses;
+
+/// The buffers a recorded call leaves its results in.
+pub(crate) struct Recorded {
+    /// The mappable readback (sums, timestamps, denominators used, stamp).
+    pub readback: wgpu::Buffer,
+    /// The per-image sums on the device.
+    pub image_sums: wgpu::Buffer,
+}
 
 /// Records `call` (over `pool`'s work buffers) into `encoder` without timestamps,
 /// then the copy of its results into the readback and of `generation` (the stamp)
@@ -40,7 +47,7 @@ pub(crate) fn encode_recorded(
     pool: &Pool,
     call: &Call,
     generation: u64,
-) -> Result<(), FcosError> {
+) -> Result<Recorded, FcosError> {
     let planned = call.planned;
     let plan = &planned.plan;
     let staged = core.bind_call(pool, call)?;
@@ -87,6 +94,10 @@ pub(crate) fn encode_recorded(
             stamp_offset(plan.batch),
             STAMP_BYTES,
         );
+    })?;
+    Ok(Recorded {
+        readback: work.readback.clone(),
+        image_sums: work.image_sums.clone(),
     })
 }
 
@@ -319,13 +330,9 @@ pub(crate) fn decode(
     config: &LossConfig,
     device_denominators: bool,
 ) -> Result<(Losses, u32), FcosError> {
-    let out = result_bytes(batch) as usize;
-    let used_at = out + TIMESTAMP_BYTES as usize;
-    let stamp_at = stamp_offset(batch) as usize;
-    let stamp = bytes
-        .get(stamp_at..stamp_at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
+    let parts = ReadbackParts::of(bytes, batch);
+    let stamp = parts
+        .stamp
         .ok_or_else(|| FcosError::gpu("a short readback"))?;
     if stamp != generation {
         return Err(FcosError::InvalidCall(
@@ -333,9 +340,12 @@ pub(crate) fn decode(
                 .into(),
         ));
     }
-    let images: Vec<ImageSums> = bytemuck::pod_collect_to_vec(&bytes[..out]);
-    let used = &bytes[used_at..stamp_at];
-    Ok(losses_of(&images, used, config, device_denominators))
+    Ok(losses_of(
+        &parts.images,
+        parts.used,
+        config,
+        device_denominators,
+    ))
 }
 
 /// The error naming the first bad value of `p`'s inputs.

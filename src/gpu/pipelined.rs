@@ -37,7 +37,7 @@ impl FcosLoss {
         grads: Option<&'a DeviceGradients<'a>>,
         weights: &'a LossWeights,
     ) -> Result<PendingLosses<'a>, FcosError> {
-        let pass = pass_of(grads.is_some());
+        let pass = Pass::losses(grads.is_some());
         device::record(&self.core, encoder, levels, inputs, grads, pass, weights)
     }
 
@@ -51,7 +51,7 @@ impl FcosLoss {
         grads: Option<&RangedGradients<'a>>,
         weights: &'a LossWeights,
     ) -> Result<PendingLosses<'a>, FcosError> {
-        let pass = pass_of(grads.is_some());
+        let pass = Pass::losses(grads.is_some());
         device::record_ranges(&self.core, encoder, levels, inputs, grads, pass, weights)
     }
 
@@ -129,13 +129,5 @@ impl FcosLoss {
     /// Result slots of the ring.
     pub fn ring_size(&self) -> usize {
         self.core.ring.len()
-    }
-}
-
-fn pass_of(backward: bool) -> Pass {
-    if backward {
-        Pass::Backward
-    } else {
-        Pass::Forward
     }
 }

@@ -7,7 +7,7 @@ use crate::config::Denominators;
 use crate::error::FcosError;
 use crate::gpu::core::Core;
 use crate::gpu::params::ImageSums;
-use crate::gpu::work::{result_bytes, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
+use crate::gpu::work::{result_bytes, stamp_offset, WorkBuffers, TIMESTAMP_BYTES, USED_BYTES};
 use crate::losses::{Losses, Sums};
 
 /// What a call brings back.
@@ -31,7 +31,7 @@ impl Outcome {
         index: wgpu::SubmissionIndex,
         device_denominators: bool,
     ) -> Result<Self, FcosError> {
-        let end = result_bytes(batch) + TIMESTAMP_BYTES + USED_BYTES;
+        let end = stamp_offset(batch);
         let bytes = core.readback().read(work.readback, 0..end, Some(index))?;
         Ok(Self::decode(core, &bytes, batch, device_denominators))
     }
@@ -39,16 +39,13 @@ impl Outcome {
     /// Decodes the readback's bytes: the per-image sums, the timestamps, the
     /// denominators used.
     pub fn decode(core: &Core, bytes: &[u8], batch: u32, device_denominators: bool) -> Self {
-        let out_bytes = result_bytes(batch) as usize;
-        let (results, rest) = bytes.split_at(out_bytes);
-        let (stamps, rest) = rest.split_at(TIMESTAMP_BYTES as usize);
-        let used = &rest[..USED_BYTES as usize];
-        let images: Vec<ImageSums> = bytemuck::pod_collect_to_vec(results);
+        let parts = ReadbackParts::of(bytes, batch);
         let kernel = core
             .query_set
             .as_ref()
-            .and_then(|_| kernel_time(stamps, core.ctx.queue.get_timestamp_period()));
-        let (losses, flags) = losses_of(&images, used, &core.config, device_denominators);
+            .and_then(|_| kernel_time(parts.stamps, core.ctx.queue.get_timestamp_period()));
+        let (losses, flags) =
+            losses_of(&parts.images, parts.used, &core.config, device_denominators);
         Outcome {
             losses,
             kernel,
@@ -77,7 +74,33 @@ pub(crate) fn losses_of(
     )
 }
 
-impl Outcome {}
+/// The readback of a call, split as `encode::results` lays it out: the per-image
+/// sums, the two timestamps, the denominators used, and (recorded calls) the stamp.
+pub(crate) struct ReadbackParts<'b> {
+    pub images: Vec<ImageSums>,
+    pub stamps: &'b [u8],
+    pub used: &'b [u8],
+    /// The recorded call's generation, where `bytes` reach that far.
+    pub stamp: Option<u64>,
+}
+
+impl<'b> ReadbackParts<'b> {
+    /// `bytes` (at least up to the stamp) of a call of `batch` images.
+    pub fn of(bytes: &'b [u8], batch: u32) -> Self {
+        let out = result_bytes(batch) as usize;
+        let used_at = out + TIMESTAMP_BYTES as usize;
+        let stamp_at = used_at + USED_BYTES as usize;
+        ReadbackParts {
+            images: bytemuck::pod_collect_to_vec(&bytes[..out]),
+            stamps: &bytes[out..used_at],
+            used: &bytes[used_at..stamp_at],
+            stamp: bytes
+                .get(stamp_at..stamp_at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes),
+        }
+    }
+}
 
 /// The per-image sums, widened to `f64`.
 fn sums_of(images: &[ImageSums]) -> Sums {
