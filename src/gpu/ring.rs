@@ -95,17 +95,26 @@ impl Ring {
     /// A free slot, locked, with a new generation; an error when every slot holds
     /// a call not yet read.
     pub fn acquire(&self) -> Result<(usize, u64, MutexGuard<'_, RingSlot>), FcosError> {
-        for i in 0..self.len() {
+        self.free_slot().ok_or_else(|| self.full())
+    }
+
+    /// A free slot, locked, with a new generation.
+    fn free_slot(&self) -> Option<(usize, u64, MutexGuard<'_, RingSlot>)> {
+        (0..self.len()).find_map(|i| {
             let slot = self.lock(i);
-            if slot.busy.is_none() {
+            slot.busy.is_none().then(|| {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-                return Ok((i, generation, slot));
-            }
-        }
-        Err(FcosError::InvalidCall(format!(
+                (i, generation, slot)
+            })
+        })
+    }
+
+    /// The error of a ring whose every slot holds a recorded call not yet read.
+    fn full(&self) -> FcosError {
+        FcosError::InvalidCall(format!(
             "all {} result slots hold recorded calls not yet read: read one (or drop its PendingLosses) first, or raise FcosLoss::set_ring_size",
             self.len()
-        )))
+        ))
     }
 
     /// Buffers the slots' pools have created.
@@ -116,7 +125,7 @@ impl Ring {
     /// Reserves a free slot for an `async` host call of a new generation, if one
     /// is free.
     pub fn try_reserve(&self) -> Option<(usize, u64)> {
-        let (i, generation, mut slot) = self.acquire().ok()?;
+        let (i, generation, mut slot) = self.free_slot()?;
         slot.busy = Some(Busy::new(generation, false));
         Some((i, generation))
     }
@@ -232,9 +241,6 @@ impl Future for Reserve<'_> {
         if self.ring.frees_itself() {
             return Poll::Pending;
         }
-        Poll::Ready(Err(FcosError::InvalidCall(format!(
-            "all {} result slots hold recorded calls not yet read: read one (or drop its PendingLosses) first, or raise FcosLoss::set_ring_size",
-            self.ring.len()
-        ))))
+        Poll::Ready(Err(self.ring.full()))
     }
 }
