@@ -10,11 +10,12 @@
 //     bindings one variant has and another lacks (BACKWARD: the positive counts
 //     and gradient buffers; BOXES: the tiles' box lists in place of the target
 //     tensors; TARGETS: the target pass's outputs; and every statement that
-//     touches them), or builtins and operations that need a device feature
-//     (SUBGROUPS, reduce.wgsl only).
+//     touches them; HALF: the heads as u32 words of two 2-byte elements), or
+//     builtins and operations that need a device feature (SUBGROUPS,
+//     reduce.wgsl only).
 //   - `override` constants for scalars fixed when a pipeline is made: WG,
 //     GAMMA_IS_TWO (below), CHECKS (reduce.wgsl, fused.wgsl), READ_ALL
-//     (roofline.wgsl). The compiler folds them, so a variant pays nothing for
+//     (roofline.wgsl), HEADS_BF16 (segment.wgsl, half heads only). The compiler folds them, so a variant pays nothing for
 //     the code it does not run.
 //   - the `Params` uniform for values that change per call (shapes, offsets,
 //     gamma, alpha, weights, the box loss).
@@ -81,6 +82,17 @@ struct Params {
     // The first of the 1 + B scale slots in the partials buffer (norm.wgsl): the
     // denominators used, then each image's gradient factors.
     scale_base: u32,
+    // Element offsets of (this level, image0) from the start of each gradient
+    // binding (f32; they differ from the heads' where the heads are halves).
+    grad_cls_base: u32,
+    grad_cnt_base: u32,
+    grad_reg_base: u32,
+    // Gradients in the heads' half dtype (pack_half.wgsl): one run of one head,
+    // from f32 element pack_src_base to 2-byte element pack_dst_base, pack_count
+    // elements.
+    pack_src_base: u32,
+    pack_dst_base: u32,
+    pack_count: u32,
 }
 
 // One workgroup's partial: {cls, cnt, reg, centerness-weighted reg} sums and the
@@ -125,6 +137,27 @@ const EXPONENT_BITS: u32 = 0x7f800000u;
 // are finite, so no float operation can be trusted to tell).
 fn not_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & EXPONENT_BITS) == EXPONENT_BITS;
+}
+
+// An f16 (the low 16 bits of `h`) widened to f32 exactly (docs/contract.md §9),
+// by integer operations alone, so that every device agrees bit for bit and none
+// flushes a subnormal: a normal half rebiases its exponent, a subnormal is
+// m · 2^-24 (exact in f32), and NaN or ±Inf keeps its all-ones exponent, so that
+// the checks flag it as they flag an f32 one.
+fn widen_f16(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    let normal = sign | ((e + 112u) << 23u) | (m << 13u);
+    let special = sign | EXPONENT_BITS | (m << 13u);
+    // 2^-24 is 0x33800000.
+    let sub = sign | bitcast<u32>(f32(m) * bitcast<f32>(0x33800000u));
+    return bitcast<f32>(select(select(normal, special, e == 31u), sub, e == 0u));
+}
+
+// A bf16 (the low 16 bits of `h`) widened to f32: the upper half of its bits.
+fn widen_bf16(h: u32) -> f32 {
+    return bitcast<f32>(h << 16u);
 }
 
 fn any_not_finite(v: vec4<f32>) -> bool {

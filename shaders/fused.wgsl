@@ -157,32 +157,37 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         let gamma = params.gamma;
         let cs = ClassScale(tcls, gamma, (1.0 - alpha) * coef);
         let idx0 = idx;
+#ifdef BACKWARD
+        // From a logit's element to its gradient's.
+        let gshift = grad_shift(params.cls_base, params.grad_cls_base);
+#endif
         var c = c0;
         // Four classes per step: SIMD-over-lanes adapters run the four exp/log chains
         // side by side. The last 1..3 classes take a masked step after the loop.
         for (; c + 4u <= c1; c += 4u) {
-            let z = vec4<f32>(cls_logits[idx], cls_logits[idx + hw], cls_logits[idx + 2u * hw], cls_logits[idx + 3u * hw]);
+            let z = vec4<f32>(cls_at(idx), cls_at(idx + hw), cls_at(idx + 2u * hw), cls_at(idx + 3u * hw));
             if (CHECKS) {
                 exp_max = max(exp_max, exponent_max(z));
             }
             let out = cls_step(z, c, 4u, cs);
             cls_sum += out.loss;
 #ifdef BACKWARD
-            grad_cls[idx] = out.grad.x;
-            grad_cls[idx + hw] = out.grad.y;
-            grad_cls[idx + 2u * hw] = out.grad.z;
-            grad_cls[idx + 3u * hw] = out.grad.w;
+            let gi = idx + gshift;
+            grad_cls[gi] = out.grad.x;
+            grad_cls[gi + hw] = out.grad.y;
+            grad_cls[gi + 2u * hw] = out.grad.z;
+            grad_cls[gi + 3u * hw] = out.grad.w;
 #endif
             idx += 4u * hw;
         }
         let n = c1 - c;
         if (n > 0u) {
-            var z = vec4<f32>(cls_logits[idx], 0.0, 0.0, 0.0);
+            var z = vec4<f32>(cls_at(idx), 0.0, 0.0, 0.0);
             if (n > 1u) {
-                z.y = cls_logits[idx + hw];
+                z.y = cls_at(idx + hw);
             }
             if (n > 2u) {
-                z.z = cls_logits[idx + 2u * hw];
+                z.z = cls_at(idx + 2u * hw);
             }
             if (CHECKS) {
                 exp_max = max(exp_max, exponent_max(z));
@@ -190,12 +195,13 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
             let out = cls_step(z, c, n, cs);
             cls_sum += out.loss;
 #ifdef BACKWARD
-            grad_cls[idx] = out.grad.x;
+            let gi = idx + gshift;
+            grad_cls[gi] = out.grad.x;
             if (n > 1u) {
-                grad_cls[idx + hw] = out.grad.y;
+                grad_cls[gi + hw] = out.grad.y;
             }
             if (n > 2u) {
-                grad_cls[idx + 2u * hw] = out.grad.z;
+                grad_cls[gi + 2u * hw] = out.grad.z;
             }
 #endif
         }
@@ -206,11 +212,11 @@ fn fused(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         if (tcls >= f32(c0 + 1u) && tcls <= f32(c1) && tcls == floor(tcls)) {
             let ip = idx0 + (u32(tcls) - 1u - c0) * hw;
             // Only the x lane is used: a SIMD-over-lanes compiler drops the others.
-            let ft = focal_terms(vec4<f32>(-cls_logits[ip], 0.0, 0.0, 0.0));
+            let ft = focal_terms(vec4<f32>(-cls_at(ip), 0.0, 0.0, 0.0));
             let core = focal_core(ft, gamma);
             pos_core = core.x;
 #ifdef BACKWARD
-            grad_cls[ip] = -alpha * coef * focal_grad_core(ft, core, gamma).x;
+            grad_cls[ip + gshift] = -alpha * coef * focal_grad_core(ft, core, gamma).x;
 #endif
         }
         cls_sum = (1.0 - alpha) * cls_sum + alpha * pos_core;

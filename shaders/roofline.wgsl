@@ -34,11 +34,14 @@ fn roofline(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         let c1 = min(c0 + params.classes_per_chunk, params.classes);
         var idx = params.cls_base + (at.bl * params.classes + c0) * hw + at.pix;
         var cls_sum = tcls;
+#ifdef BACKWARD
+        let gshift = grad_shift(params.cls_base, params.grad_cls_base);
+#endif
         for (var c = c0; c < c1; c++) {
-            let z = cls_logits[idx];
+            let z = cls_at(idx);
             cls_sum += z;
 #ifdef BACKWARD
-            grad_cls[idx] = coef * z;
+            grad_cls[idx + gshift] = coef * z;
 #endif
             idx += hw;
         }

@@ -9,12 +9,58 @@
 //   #ifdef BOXES      the tiles' lists of boxes (cull.wgsl) in place of the
 //                     three target tensors (binding 6 unused); the targets come
 //                     from assign.wgsl.
+//   #ifdef HALF       the three heads hold 2-byte elements (f16, or bf16 with
+//                     the override HEADS_BF16), read as u32 words and widened
+//                     exactly (docs/contract.md §9); the sums and gradients stay
+//                     f32. Every read of a head goes through cls_at, cnt_at and
+//                     reg_at.
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Each binding starts at or before (this level, image0); params.*_base say where.
+#ifdef HALF
+// Element i of a binding is the low half of word i / 2 when i is even, the high
+// half when it is odd (little-endian, as the host lays 2-byte elements out).
+override HEADS_BF16: bool = false;
+@group(0) @binding(1) var<storage, read> cls_logits: array<u32>;
+@group(0) @binding(2) var<storage, read> cnt_logits: array<u32>;
+@group(0) @binding(3) var<storage, read> reg_preds: array<u32>;
+
+fn half_at(word: u32, i: u32) -> f32 {
+    let h = (word >> ((i & 1u) << 4u)) & 0xffffu;
+    if (HEADS_BF16) {
+        return widen_bf16(h);
+    }
+    return widen_f16(h);
+}
+
+fn cls_at(i: u32) -> f32 {
+    return half_at(cls_logits[i >> 1u], i);
+}
+
+fn cnt_at(i: u32) -> f32 {
+    return half_at(cnt_logits[i >> 1u], i);
+}
+
+fn reg_at(i: u32) -> f32 {
+    return half_at(reg_preds[i >> 1u], i);
+}
+#else
 @group(0) @binding(1) var<storage, read> cls_logits: array<f32>;
 @group(0) @binding(2) var<storage, read> cnt_logits: array<f32>;
 @group(0) @binding(3) var<storage, read> reg_preds: array<f32>;
+
+fn cls_at(i: u32) -> f32 {
+    return cls_logits[i];
+}
+
+fn cnt_at(i: u32) -> f32 {
+    return cnt_logits[i];
+}
+
+fn reg_at(i: u32) -> f32 {
+    return reg_preds[i];
+}
+#endif
 #ifdef BOXES
 // Each tile's boxes and their number, then each image's check flags (cull.wgsl).
 @group(0) @binding(4) var<storage, read> box_lists: array<vec4<f32>>;
@@ -27,10 +73,16 @@
 // [B][partials_per_image] partial sums (w is the positive count) and check flags.
 @group(0) @binding(7) var<storage, read_write> partials: array<Partial>;
 #ifdef BACKWARD
-// Gradients, bound exactly like the matching inputs.
+// Gradients (f32), in the layouts of the matching inputs; element i of a head's
+// binding has its gradient at i + grad_shift(...) of the gradient's binding.
 @group(0) @binding(9) var<storage, read_write> grad_cls: array<f32>;
 @group(0) @binding(10) var<storage, read_write> grad_cnt: array<f32>;
 @group(0) @binding(11) var<storage, read_write> grad_reg: array<f32>;
+
+// From a head's element index to its gradient's (u32 arithmetic wraps).
+fn grad_shift(head_base: u32, grad_base: u32) -> u32 {
+    return grad_base - head_base;
+}
 #endif
 
 // An invocation's place in the segment: its class chunk (workgroup y), its image
@@ -96,8 +148,8 @@ struct PositionBoxes {
 fn read_boxes(at: PositionRefs, tgt: vec4<f32>) -> PositionBoxes {
     let hw = params.level_size;
     let r = at.r;
-    let pred = vec4<f32>(reg_preds[r], reg_preds[r + hw], reg_preds[r + 2u * hw], reg_preds[r + 3u * hw]);
-    return PositionBoxes(cnt_logits[at.ci], pred, tgt);
+    let pred = vec4<f32>(reg_at(r), reg_at(r + hw), reg_at(r + 2u * hw), reg_at(r + 3u * hw));
+    return PositionBoxes(cnt_at(at.ci), pred, tgt);
 }
 
 // What class chunk 0 reads of a position besides its class logits.
@@ -142,10 +194,11 @@ fn read_position(t: u32, bl: u32, pix: u32, read_all: bool) -> Position {
 // Stores one position's centerness and box gradients.
 fn store_box_grads(at: PositionRefs, g_cnt: f32, g_reg: vec4<f32>) {
     let hw = params.level_size;
-    grad_cnt[at.ci] = g_cnt;
-    grad_reg[at.r] = g_reg.x;
-    grad_reg[at.r + hw] = g_reg.y;
-    grad_reg[at.r + 2u * hw] = g_reg.z;
-    grad_reg[at.r + 3u * hw] = g_reg.w;
+    grad_cnt[at.ci + grad_shift(params.cnt_base, params.grad_cnt_base)] = g_cnt;
+    let r = at.r + grad_shift(params.reg_base, params.grad_reg_base);
+    grad_reg[r] = g_reg.x;
+    grad_reg[r + hw] = g_reg.y;
+    grad_reg[r + 2u * hw] = g_reg.z;
+    grad_reg[r + 3u * hw] = g_reg.w;
 }
 #endif

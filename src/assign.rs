@@ -4,7 +4,7 @@
 //! ([`Targets`]).
 
 use crate::error::FcosError;
-use crate::input::Head;
+use crate::input::{Element, Head};
 use crate::inputs::{check_heads, Inputs};
 use crate::layout::Levels;
 
@@ -264,22 +264,23 @@ pub(crate) fn class_problem(v: f64, classes: u32) -> Option<String> {
     }
 }
 
-/// The network outputs of a call from boxes: [`Inputs`] without the targets.
+/// The network outputs of a call from boxes: [`Inputs`] without the targets,
+/// `f32` by default or half precision (`T` as in [`Inputs`]).
 #[derive(Debug, Clone)]
-pub struct Predictions<'a> {
+pub struct Predictions<'a, T: Element = f32> {
     /// Images `B`.
     pub batch: usize,
     /// `[B, C, H_l, W_l]` per level.
-    pub cls_logits: Vec<&'a [f32]>,
+    pub cls_logits: Vec<&'a [T]>,
     /// `[B, 1, H_l, W_l]` per level.
-    pub cnt_logits: Vec<&'a [f32]>,
+    pub cnt_logits: Vec<&'a [T]>,
     /// `[B, 4, H_l, W_l]` per level.
-    pub reg_preds: Vec<&'a [f32]>,
+    pub reg_preds: Vec<&'a [T]>,
 }
 
-impl<'a> Predictions<'a> {
+impl<'a, T: Element> Predictions<'a, T> {
     /// The predictions of `inputs` (its targets left out).
-    pub fn of(inputs: &Inputs<'a>) -> Self {
+    pub fn of(inputs: &Inputs<'a, T>) -> Self {
         Predictions {
             batch: inputs.batch,
             cls_logits: inputs.cls_logits.clone(),
@@ -289,7 +290,7 @@ impl<'a> Predictions<'a> {
     }
 
     /// One head's levels.
-    pub fn head(&self, head: Head) -> &[&'a [f32]] {
+    pub fn head(&self, head: Head) -> &[&'a [T]] {
         match head {
             Head::ClsLogits => &self.cls_logits,
             Head::CntLogits => &self.cnt_logits,
@@ -303,7 +304,7 @@ impl<'a> Predictions<'a> {
     }
 
     /// [`Inputs`] over these predictions and `targets`.
-    pub fn with_targets<'t>(&self, targets: &'t Targets) -> Inputs<'t>
+    pub fn with_targets<'t>(&self, targets: &'t Targets) -> Inputs<'t, T>
     where
         'a: 't,
     {

@@ -33,20 +33,124 @@ pub enum TensorLayout {
     Flattened,
 }
 
-/// The element type of a tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The element type of a tensor. The network outputs may be any of these
+/// (docs/contract.md §9); targets, boxes and gradients are `f32` unless a call
+/// asks otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Dtype {
     /// 32-bit IEEE float.
+    #[default]
     F32,
+    /// IEEE half precision (binary16), widened to `f32` exactly on the device.
+    F16,
+    /// bfloat16, the upper half of an `f32`.
+    Bf16,
 }
 
 impl Dtype {
+    /// Every element type, in this order: `f32`, `f16`, `bf16`.
+    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
         }
+    }
+
+    /// `f32`, `f16` or `bf16` (the CLI's and the bench's spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether elements are 2 bytes (read as halves of `u32` words on the device).
+    pub fn is_half(self) -> bool {
+        self.size() == 2
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Dtype::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| format!("unknown dtype `{s}` (f32, f16 or bf16)"))
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// An element type host slices of network outputs may have: `f32`, [`half::f16`]
+/// or [`half::bf16`]. Half slices are uploaded as they are (2 bytes an element)
+/// and widened on the device. Raw `u16` bits become `&[half::f16]` or
+/// `&[half::bf16]` without a copy through `half::slice::HalfBitsSliceExt::reinterpret_cast`.
+pub trait Element: sealed::Sealed + bytemuck::Pod + Send + Sync + std::fmt::Debug {
+    /// The element type.
+    const DTYPE: Dtype;
+    /// The value as `f32`, exactly.
+    fn widen(self) -> f32;
+}
+
+/// `n` elements of `dtype` from little-endian `bytes`, widened to `f32` exactly
+/// (the host's copy of device data, for the checks that name a bad value).
+pub(crate) fn widen_bytes(bytes: &[u8], dtype: Dtype, n: usize) -> Vec<f32> {
+    let two = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .take(n)
+            .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .take(n)
+            .map(|b| half::f16::from_bits(two(b)).to_f32())
+            .collect(),
+        Dtype::Bf16 => bytes
+            .chunks_exact(2)
+            .take(n)
+            .map(|b| half::bf16::from_bits(two(b)).to_f32())
+            .collect(),
+    }
+}
+
+impl Element for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Element for half::f16 {
+    const DTYPE: Dtype = Dtype::F16;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl Element for half::bf16 {
+    const DTYPE: Dtype = Dtype::Bf16;
+    fn widen(self) -> f32 {
+        self.to_f32()
     }
 }
 
@@ -90,9 +194,13 @@ impl Input {
         }
     }
 
-    /// The element type the engine reads.
-    pub fn dtype(self) -> Dtype {
-        Dtype::F32
+    /// The element type the engine reads when the heads are `heads`: theirs for
+    /// a head, `f32` for a target.
+    pub fn dtype(self, heads: Dtype) -> Dtype {
+        match self.head() {
+            Some(_) => heads,
+            None => Dtype::F32,
+        }
     }
 
     /// The head this input is, if it is a network output.
@@ -133,9 +241,10 @@ impl Input {
         levels.packed_len(batch, self.channels(classes))
     }
 
-    /// Bytes of the whole tensor (see [`elements`](Self::elements)).
-    pub fn bytes(self, levels: &Levels, batch: usize, classes: usize) -> u64 {
-        (self.elements(levels, batch, classes) * self.dtype().size()) as u64
+    /// Bytes of the whole tensor (see [`elements`](Self::elements)) when the
+    /// heads are `heads`.
+    pub fn bytes(self, levels: &Levels, batch: usize, classes: usize, heads: Dtype) -> u64 {
+        (self.elements(levels, batch, classes) * self.dtype(heads).size()) as u64
     }
 }
 

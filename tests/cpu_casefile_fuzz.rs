@@ -136,6 +136,7 @@ fn synthetic_file(shapes: &[(u32, u32)], b: usize, c: usize, expected: bool, see
         targets_given: true,
         boxes: None,
         expected,
+        half: None,
     };
     let path = std::env::temp_dir().join(format!(
         "fcos_loss_fuzz_{}_{seed}.safetensors",

@@ -136,6 +136,7 @@ fn ranged_calls_record_and_the_results_are_readable_on_the_gpu() {
         .collect();
     let ranges = |k: usize| heads[k].iter().map(|b| b.into()).collect::<Vec<_>>();
     let inputs = fcos_loss::RangedInputs {
+        dtype: fcos_loss::Dtype::F32,
         batch: case.batch,
         cls_logits: ranges(0),
         cnt_logits: ranges(1),

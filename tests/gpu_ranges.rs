@@ -85,6 +85,7 @@ fn ranged<'a>(batch: &Batch, bufs: &'a [wgpu::Buffer], placed: &Placed) -> Range
     let mut head = || (0..levels).map(|_| next()).collect::<Vec<_>>();
     let (cls_logits, cnt_logits, reg_preds) = (head(), head(), head());
     RangedInputs {
+        dtype: fcos_loss::Dtype::F32,
         batch: batch.batch,
         cls_logits,
         cnt_logits,

@@ -417,6 +417,8 @@ impl Samples {
             cpu_over_call: cpu_ms.map(|c| c / call_ms),
             max_rel_diff,
             bytes,
+            dtype: work.spec().dtype.name().to_string(),
+            input_bytes: bytes,
             gb_per_s: per_s(bytes as f64),
             gelem_per_s: per_s(work.elements() as f64),
             norms: None,

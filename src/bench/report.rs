@@ -76,8 +76,14 @@ pub struct BenchReport {
     /// reference ([`Losses::max_rel_diff`](crate::Losses::max_rel_diff) with the tolerances of docs/contract.md §3); `None` when
     /// the reference was skipped.
     pub max_rel_diff: Option<f64>,
-    /// Bytes the forward pass reads per call (every input once).
+    /// Bytes the forward pass reads per call (every input once, the heads at
+    /// their element type's size).
     pub bytes: u64,
+    /// The heads' element type: `f32`, `f16` or `bf16`.
+    pub dtype: String,
+    /// The same bytes as `bytes`, under the name the JSON reports of every dtype
+    /// share.
+    pub input_bytes: u64,
     /// `bytes / kernel_ms`, in GB/s (10⁹ bytes).
     pub gb_per_s: f64,
     /// Class-logit elements `B·C·P` per second of kernel time, in 10⁹.
@@ -263,6 +269,8 @@ mod tests {
             cpu_over_call: Some(500.0 / 60.0),
             max_rel_diff: Some(1e-6),
             bytes: 1000,
+            dtype: "f32".into(),
+            input_bytes: 1000,
             gb_per_s: 1.0,
             gelem_per_s: 0.2,
             norms: None,

@@ -20,6 +20,14 @@ pub struct BenchSpec {
     pub reps: usize,
     /// Seed of the synthetic batch.
     pub seed: u64,
+    /// The heads' element type (`f16` / `bf16`: the synthetic heads rounded to
+    /// it, uploaded as 2-byte elements). Serialized as its name.
+    #[serde(serialize_with = "dtype_name")]
+    pub dtype: crate::Dtype,
+}
+
+fn dtype_name<S: serde::Serializer>(d: &crate::Dtype, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.name())
 }
 
 impl BenchSpec {
@@ -31,6 +39,7 @@ impl BenchSpec {
             image,
             reps: 10,
             seed: 0,
+            dtype: crate::Dtype::F32,
         }
     }
 

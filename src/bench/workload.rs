@@ -5,10 +5,11 @@ use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use super::spec::{BenchSpec, STRIDES};
+use crate::input::Element;
 use crate::synthetic::{self, SyntheticSpec};
 use crate::{
-    Batch, DeviceBatch, DeviceGradients, DeviceInputs, FcosError, FcosLoss, Heads, Levels,
-    LossConfig, LossWeights, Losses, Timed,
+    Batch, DeviceBatch, DeviceGradients, DeviceInputs, Dtype, FcosError, FcosLoss, Heads, Inputs,
+    Levels, LossConfig, LossWeights, Losses, Timed,
 };
 
 /// An engine borrowed from the caller, or one made on its device for another `C`.
@@ -61,6 +62,8 @@ pub struct Workload<'e> {
     spec: BenchSpec,
     batch: Batch,
     inputs: DeviceBatch,
+    /// The heads' bits where they are half precision (`batch` holds them widened).
+    half: Option<HalfBatch>,
     grads: Option<Heads<wgpu::Buffer>>,
     weights: LossWeights,
 }
@@ -83,9 +86,10 @@ impl<'e> Workload<'e> {
             seed: spec.seed,
             ..SyntheticSpec::new(spec.batch, spec.classes as usize)
         };
-        let batch = synthetic::generate(&levels, &STRIDES, &synth)?;
+        let mut batch = synthetic::generate(&levels, &STRIDES, &synth)?;
+        let half = HalfBatch::round(&mut batch, spec.dtype);
         let device = &engine.context().device;
-        let inputs = DeviceBatch::upload(device, &batch)?;
+        let inputs = DeviceBatch::upload_as(device, &batch, spec.dtype)?;
         let grads = match inputs.gradient_buffers(device) {
             Ok(g) => Some(g),
             // A buffer over the device's limits leaves the backward pass out; any
@@ -98,6 +102,7 @@ impl<'e> Workload<'e> {
             spec: spec.clone(),
             batch,
             inputs,
+            half,
             grads,
             weights: LossWeights::default(),
         })
@@ -113,9 +118,14 @@ impl<'e> Workload<'e> {
         &self.spec
     }
 
-    /// Bytes the forward pass reads per call (every input once).
+    /// Bytes the forward pass reads per call (every input once, the heads at
+    /// their element type's size).
     pub fn input_bytes(&self) -> u64 {
-        self.batch.input_bytes() as u64
+        let b = &self.batch;
+        crate::Input::ALL
+            .iter()
+            .map(|&i| i.bytes(&b.levels, b.batch, b.classes, self.spec.dtype))
+            .sum()
     }
 
     /// The pyramid levels.
@@ -151,8 +161,16 @@ impl<'e> Workload<'e> {
 
     /// The loss from host slices (upload, kernels, readback), with its times.
     pub fn forward_host(&self) -> Result<Timed<Losses>, FcosError> {
-        self.engine
-            .compute_timed(self.levels(), &self.batch.inputs())
+        let levels = self.levels();
+        match &self.half {
+            Some(h) if h.dtype == Dtype::F16 => self
+                .engine
+                .compute_timed(levels, &h.inputs::<half::f16>(&self.batch)),
+            Some(h) => self
+                .engine
+                .compute_timed(levels, &h.inputs::<half::bf16>(&self.batch)),
+            None => self.engine.compute_timed(levels, &self.batch.inputs()),
+        }
     }
 
     /// The roofline kernel on the device buffers, with its times.
@@ -207,5 +225,63 @@ impl<'e> Workload<'e> {
         let losses =
             crate::reference::losses(self.engine.config(), self.levels(), &self.batch.inputs())?;
         Ok((losses, start.elapsed()))
+    }
+}
+
+/// A workload's heads in half precision: their bits, level by level.
+#[derive(Debug)]
+struct HalfBatch {
+    dtype: Dtype,
+    bits: Heads<Vec<Vec<u16>>>,
+}
+
+impl HalfBatch {
+    /// Rounds `batch`'s heads to `dtype` (nearest even) in place, widened back,
+    /// and keeps their bits; `None` for `f32`.
+    fn round(batch: &mut Batch, dtype: Dtype) -> Option<Self> {
+        let to_bits = |x: f32| match dtype {
+            Dtype::F16 => half::f16::from_f32(x).to_bits(),
+            _ => half::bf16::from_f32(x).to_bits(),
+        };
+        let widen = |b: u16| match dtype {
+            Dtype::F16 => half::f16::from_bits(b).to_f32(),
+            _ => half::bf16::from_bits(b).to_f32(),
+        };
+        if !dtype.is_half() {
+            return None;
+        }
+        let mut bits: Heads<Vec<Vec<u16>>> = Heads::default();
+        for (head, values) in [
+            (crate::Head::ClsLogits, &mut batch.cls_logits),
+            (crate::Head::CntLogits, &mut batch.cnt_logits),
+            (crate::Head::RegPreds, &mut batch.reg_preds),
+        ] {
+            for level in values.iter_mut() {
+                let b: Vec<u16> = level.iter().map(|&x| to_bits(x)).collect();
+                level.iter_mut().zip(&b).for_each(|(x, &h)| *x = widen(h));
+                bits[head].push(b);
+            }
+        }
+        Some(HalfBatch { dtype, bits })
+    }
+
+    /// Host inputs of these heads (as `T`, the dtype's type) over `batch`'s targets.
+    fn inputs<'a, T: Element>(&'a self, batch: &'a Batch) -> Inputs<'a, T> {
+        let view = |h: crate::Head| -> Vec<&'a [T]> {
+            self.bits[h]
+                .iter()
+                .map(|v| bytemuck::cast_slice::<u16, T>(v))
+                .collect()
+        };
+        let f = batch.inputs();
+        Inputs {
+            batch: batch.batch,
+            cls_logits: view(crate::Head::ClsLogits),
+            cnt_logits: view(crate::Head::CntLogits),
+            reg_preds: view(crate::Head::RegPreds),
+            cls_targets: f.cls_targets,
+            cnt_targets: f.cnt_targets,
+            reg_targets: f.reg_targets,
+        }
     }
 }

@@ -41,6 +41,52 @@ pub struct Case {
     /// `expected.*` values, present when the file has `expected.cls_loss`,
     /// `expected.cnt_loss` and `expected.reg_loss`.
     pub expected: Option<Expected>,
+    /// The heads as the file stores them, when every head level is `F16`, or
+    /// every one `BF16` (docs/contract.md §9): the bits, for a call that uploads
+    /// them as 2-byte elements. `batch` holds the same values widened to `f32`.
+    pub half: Option<HalfHeads>,
+}
+
+/// A case's heads in half precision: one `u16` bit pattern per element, per
+/// level, in the layouts of `Batch`'s heads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HalfHeads {
+    /// `Dtype::F16` or `Dtype::Bf16`.
+    pub dtype: crate::Dtype,
+    /// The bits of each head, one vector per level.
+    pub bits: crate::Heads<Vec<Vec<u16>>>,
+}
+
+impl HalfHeads {
+    /// [`Inputs`](crate::Inputs) of `half::f16` over these bits and `batch`'s
+    /// targets (`None` unless the dtype is `F16`).
+    pub fn f16_inputs<'a>(&'a self, batch: &'a Batch) -> Option<crate::Inputs<'a, half::f16>> {
+        (self.dtype == crate::Dtype::F16).then(|| self.inputs(batch))
+    }
+
+    /// [`Inputs`](crate::Inputs) of `half::bf16` (`None` unless the dtype is `Bf16`).
+    pub fn bf16_inputs<'a>(&'a self, batch: &'a Batch) -> Option<crate::Inputs<'a, half::bf16>> {
+        (self.dtype == crate::Dtype::Bf16).then(|| self.inputs(batch))
+    }
+
+    fn inputs<'a, T: crate::Element>(&'a self, batch: &'a Batch) -> crate::Inputs<'a, T> {
+        let view = |h: crate::Head| -> Vec<&'a [T]> {
+            self.bits[h]
+                .iter()
+                .map(|v| bytemuck::cast_slice::<u16, T>(v))
+                .collect()
+        };
+        let f = batch.inputs();
+        crate::Inputs {
+            batch: batch.batch,
+            cls_logits: view(crate::Head::ClsLogits),
+            cnt_logits: view(crate::Head::CntLogits),
+            reg_preds: view(crate::Head::RegPreds),
+            cls_targets: f.cls_targets,
+            cnt_targets: f.cnt_targets,
+            reg_targets: f.reg_targets,
+        }
+    }
 }
 
 /// The ground truth of a case file: `gt_boxes [B, M, 4]` and `gt_classes [B, M]`

@@ -5,12 +5,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use safetensors::tensor::{SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use super::decode::{decode, decode_f32};
 use super::format::{fmt_shape, one_line, shape_rank};
 use super::{
-    Case, CaseBoxes, Expected, ExpectedObjective, ExpectedSums, GRAD, GRAD_GIOU_REG,
+    Case, CaseBoxes, Expected, ExpectedObjective, ExpectedSums, HalfHeads, GRAD, GRAD_GIOU_REG,
     GRAD_GLOBAL_CTR, LOSSES, OBJECTIVE, REG_LOSS_GIOU, SUMS,
 };
 use crate::{Batch, FcosError, Gradients, Head, Input, Levels, Targets};
@@ -181,7 +181,33 @@ impl<'a> Reader<'a> {
             targets_given,
             boxes,
             expected,
+            half: self.half_heads(shapes.len()),
         })
+    }
+
+    /// The heads' bits when every head level is `F16`, or every one `BF16`
+    /// (their shapes were checked already).
+    fn half_heads(&self, num_levels: usize) -> Option<HalfHeads> {
+        let view = |h: Head, l: usize| self.st.tensor(&format!("{h}.{l}")).ok();
+        let dtype = match view(Head::ClsLogits, 0)?.dtype() {
+            Dtype::F16 => crate::Dtype::F16,
+            Dtype::BF16 => crate::Dtype::Bf16,
+            _ => return None,
+        };
+        let first = view(Head::ClsLogits, 0)?.dtype();
+        let bits = crate::Heads::try_from_fn(|h| {
+            (0..num_levels)
+                .map(|l| {
+                    let v = view(h, l).filter(|v| v.dtype() == first).ok_or(())?;
+                    Ok(v.data()
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                        .collect())
+                })
+                .collect::<Result<Vec<Vec<u16>>, ()>>()
+        })
+        .ok()?;
+        Some(HalfHeads { dtype, bits })
     }
 
     /// `gt_boxes [B, M, 4]` and `gt_classes [B, M]` when the file has either

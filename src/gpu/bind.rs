@@ -54,6 +54,8 @@ pub(crate) struct BindGroups {
     pub fused: Vec<Group>,
     /// The finalize pass.
     pub finalize: Group,
+    /// Gradients in the heads' half dtype: one per pack dispatch of the plan.
+    pub pack: Vec<Group>,
 }
 
 pub(crate) fn whole(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
@@ -257,12 +259,39 @@ pub(crate) fn bind_groups(
         }
         _ => Vec::new(),
     };
+    let pack = match (&pipelines.pack, call.grads, call.half_grads) {
+        (Some(pipe), Some(grads), Some(out)) => plan
+            .packs
+            .iter()
+            .enumerate()
+            .map(|(r, run)| {
+                let level = plan.segments[run.segment].level;
+                group(
+                    device,
+                    "fcos pack half gradients",
+                    &pipe.layout,
+                    &[
+                        params.entry(work.params, params.pack_run(r)),
+                        ranged(1, grads[run.head][level], run.src),
+                        ranged(2, out[run.head][level], run.dst),
+                    ],
+                )
+            })
+            .collect(),
+        (None, _, _) => Vec::new(),
+        _ => {
+            return Err(FcosError::gpu(
+                "internal: half gradients without their buffers",
+            ))
+        }
+    };
     Ok(BindGroups {
         cull,
         count,
         normalize,
         fused,
         finalize,
+        pack,
     })
 }
 

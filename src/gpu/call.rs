@@ -103,8 +103,12 @@ pub(crate) struct Call<'a> {
     pub planned: &'a Planned<'a>,
     pub heads: Heads<LevelBuffers<'a>>,
     pub targets: TargetSource<'a>,
-    /// Where the gradients go (passes that write them).
+    /// Where the gradients go (passes that write them): the `f32` ones the fused
+    /// pass writes.
     pub grads: Option<Heads<LevelBuffers<'a>>>,
+    /// Gradients in the heads' half dtype: where the pack writes them, from
+    /// `grads` (the plan's `packs`).
+    pub half_grads: Option<Heads<LevelBuffers<'a>>>,
     /// Copy the gradients into the pool's readback buffer (host path).
     pub read_grads: Option<&'a wgpu::Buffer>,
 }
@@ -125,4 +129,6 @@ pub(crate) struct CallPipelines {
     pub normalize: Option<Arc<Pipeline>>,
     pub fused: Arc<Pipeline>,
     pub finalize: Arc<Pipeline>,
+    /// Gradients in the heads' half dtype: the pack after the fused pass.
+    pub pack: Option<Arc<Pipeline>>,
 }

@@ -147,7 +147,7 @@ pub(crate) fn capture(
     };
     let image_sums = range(sums_at, result_bytes(planned.plan.batch));
     let gradients = grads_at
-        .map(|at| Heads::from_fn(|h: Head| range(at[h], core.bytes(h.input(), levels, batch))));
+        .map(|at| Heads::from_fn(|h: Head| range(at[h], core.grad_bytes(h, levels, batch))));
     let pipelines = trace
         .pipelines
         .iter()

@@ -9,13 +9,14 @@ use crate::config::{LossConfig, LossWeights};
 use crate::error::FcosError;
 use crate::gpu::context::GpuContext;
 use crate::gpu::params::BoxSpec;
+use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipelines;
 use crate::gpu::plan::{Origins, Plan, PlanLimits};
 use crate::gpu::pool::Pool;
 use crate::gpu::readback::Readback;
 use crate::gpu::ring::Ring;
 use crate::gpu::uniforms::ParamSlots;
-use crate::input::{Head, Input};
+use crate::input::{Dtype, Head, Input};
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses, Sums};
 
@@ -33,6 +34,8 @@ pub(crate) struct Core {
     pub timeout: Duration,
     pub target_workgroups: u32,
     pub checks: bool,
+    /// Backward passes over half heads write half gradients.
+    pub half_grads: bool,
 }
 
 impl Core {
@@ -41,9 +44,37 @@ impl Core {
         self.config.num_classes as usize
     }
 
-    /// Bytes of `input` for `b` images at `levels`.
-    pub fn bytes(&self, input: Input, levels: &Levels, b: usize) -> u64 {
-        input.bytes(levels, b, self.classes())
+    /// Bytes of `input` for `b` images at `levels`, the heads of `heads`.
+    pub fn bytes(&self, input: Input, levels: &Levels, b: usize, heads: Dtype) -> u64 {
+        input.bytes(levels, b, self.classes(), heads)
+    }
+
+    /// Whether `pass` over heads of `heads` writes its gradients in their half
+    /// dtype (through `f32` ones and the pack).
+    pub fn packs_half(&self, heads: Dtype, pass: Pass) -> bool {
+        self.half_grads && heads.is_half() && pass.writes_gradients()
+    }
+
+    /// The element type `pass` writes its gradients in over heads of `heads`.
+    pub fn grad_dtype(&self, heads: Dtype, pass: Pass) -> Dtype {
+        if self.packs_half(heads, pass) {
+            heads
+        } else {
+            Dtype::F32
+        }
+    }
+
+    /// Bytes of `head`'s gradient in `dtype` for `b` images at `levels`, rounded
+    /// up to a whole 4-byte word.
+    pub fn grad_bytes_as(&self, head: Head, levels: &Levels, b: usize, dtype: Dtype) -> u64 {
+        head.input()
+            .bytes(levels, b, self.classes(), dtype)
+            .next_multiple_of(4)
+    }
+
+    /// Bytes of `head`'s `f32` gradient for `b` images at `levels`.
+    pub fn grad_bytes(&self, head: Head, levels: &Levels, b: usize) -> u64 {
+        head.input().bytes(levels, b, self.classes(), Dtype::F32)
     }
 
     /// Mapping with this engine's timeout.
@@ -62,13 +93,13 @@ impl Core {
         Ok(self.pool.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// The dispatches of a call of `b` images.
+    /// The dispatches of a call of `b` images (`f32` heads, packed).
     pub fn plan(&self, levels: &Levels, b: usize) -> Result<Plan, FcosError> {
         self.plan_at(levels, b, None)
     }
 
-    /// [`plan`](Self::plan) for inputs and gradients at `origins` (packed when
-    /// `None`).
+    /// [`plan`](Self::plan) for inputs and gradients at `origins` (packed `f32`
+    /// when `None`).
     pub fn plan_at(
         &self,
         levels: &Levels,
@@ -83,7 +114,7 @@ impl Core {
         let origins = match origins {
             Some(o) => o,
             None => {
-                packed = Origins::packed(levels, b, c);
+                packed = Origins::packed(levels, b, c, Dtype::F32);
                 &packed
             }
         };
@@ -96,6 +127,19 @@ impl Core {
             PlanLimits::of(&self.ctx.limits),
             origins,
         )
+    }
+
+    /// Every tensor of a call of `b` images packed in its own buffer, the heads of
+    /// `heads`.
+    pub fn packed_origins(
+        &self,
+        levels: &Levels,
+        b: usize,
+        heads: Dtype,
+    ) -> Result<Origins, FcosError> {
+        let b = u32::try_from(b)
+            .map_err(|_| FcosError::Limit(format!("B = {b} images is too many")))?;
+        Ok(Origins::packed(levels, b, self.config.num_classes, heads))
     }
 
     /// The plan of a call of `b` images and its packed `Params` (with the ground
@@ -141,18 +185,22 @@ impl Core {
         &self,
         levels: &Levels,
         b: usize,
+        heads: Dtype,
         backward: bool,
     ) -> Result<(), FcosError> {
         let max = self.ctx.limits.max_buffer_size;
         for input in Input::ALL {
-            let n = self.bytes(input, levels, b);
+            let n = self.bytes(input, levels, b, heads);
             if n > max || n > u32::MAX as u64 * 4 {
                 return Err(FcosError::Limit(format!(
                     "{input} needs a {n}-byte buffer; the adapter allows max_buffer_size = {max}"
                 )));
             }
         }
-        let staged: u64 = Input::ALL.iter().map(|&i| self.bytes(i, levels, b)).sum();
+        let staged: u64 = Input::ALL
+            .iter()
+            .map(|&i| self.bytes(i, levels, b, heads).next_multiple_of(4))
+            .sum();
         if !self.ctx.zero_copy_upload() && staged > max {
             return Err(FcosError::Limit(format!(
                 "the host path stages all six inputs in one {staged}-byte buffer; the adapter allows max_buffer_size = {max} (pass device buffers instead, or a smaller batch)"
@@ -160,7 +208,7 @@ impl Core {
         }
         let grads: u64 = Head::ALL
             .iter()
-            .map(|h| self.bytes(h.input(), levels, b))
+            .map(|&h| self.grad_bytes(h, levels, b))
             .sum();
         if backward && grads > max {
             return Err(FcosError::Limit(format!(

@@ -14,7 +14,7 @@ use crate::gpu::pool::{Need, Slot};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::Kernel;
 use crate::gpu::work::{count_bytes, counts_need, norm_need, scale_slots_need, NormBuffers};
-use crate::input::Input;
+use crate::input::{Dtype, Input};
 use crate::layout::Levels;
 
 /// Where the counting phase writes its counts: `(buffer, byte offset)`.
@@ -106,7 +106,7 @@ fn check_buffers(
     cnt_targets: &wgpu::Buffer,
     out: CountsOut,
 ) -> Result<(), FcosError> {
-    let need = core.bytes(Input::CntTargets, levels, batch);
+    let need = core.bytes(Input::CntTargets, levels, batch, Dtype::F32);
     if cnt_targets.size() < need {
         return Err(FcosError::shape(
             "cnt_targets buffer",

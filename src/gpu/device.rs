@@ -17,10 +17,11 @@ use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
 use crate::gpu::pending::{encode_recorded, Located, PendingLosses};
 use crate::gpu::plan::Origins;
+use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::ranges::{self, BufferRange, RangedGradients, RangedInputs};
 use crate::gpu::ring::Busy;
 use crate::gpu::timed::Timed;
-use crate::input::{Head, Heads};
+use crate::input::{Dtype, Head, Heads};
 use crate::layout::Levels;
 use crate::losses::Losses;
 
@@ -75,11 +76,13 @@ fn packed_call<'a>(
             (
                 format!("{input} buffer"),
                 *buf,
-                core.bytes(input, levels, b),
+                core.bytes(input, levels, b, inputs.dtype)
+                    .next_multiple_of(4),
             )
         })
         .collect::<Vec<_>>();
-    check_buffers(core, levels, b, named, grads)?;
+    let grad_dtype = core.grad_dtype(inputs.dtype, pass);
+    check_buffers(core, levels, b, named, grads, grad_dtype)?;
     let buffers = inputs.buffers();
     if let Some(g) = grads {
         for (h, grad) in g.iter() {
@@ -102,11 +105,28 @@ fn packed_call<'a>(
         targets: TargetSource::dense(&buffers),
         boxes: None,
         grads: grads.map(|g| packed_levels(levels, *g)),
-        origins: None,
+        origins: Some(packed_device_origins(core, levels, b, inputs.dtype, pass)?),
+        dtype: inputs.dtype,
         denominators,
         pass,
         weights,
     })
+}
+
+/// Every tensor packed from byte 0 of its buffer; for half gradients, the
+/// caller's buffers take them packed in the heads' dtype.
+fn packed_device_origins(
+    core: &Core,
+    levels: &Levels,
+    b: usize,
+    heads: Dtype,
+    pass: Pass,
+) -> Result<Origins, FcosError> {
+    let mut origins = core.packed_origins(levels, b, heads)?;
+    if core.packs_half(heads, pass) {
+        origins.half_grads = Some(origins.grads.clone());
+    }
+    Ok(origins)
 }
 
 /// Runs `pass` from ground-truth boxes on device buffers.
@@ -134,12 +154,14 @@ pub(crate) fn run_boxes(
             (
                 format!("{input} buffer"),
                 preds.buffer(h),
-                core.bytes(input, levels, b),
+                core.bytes(input, levels, b, preds.dtype)
+                    .next_multiple_of(4),
             )
         })
         .collect();
     named.extend(gt_needs(gt, b));
-    check_buffers(core, levels, b, named, grads)?;
+    let grad_dtype = core.grad_dtype(preds.dtype, pass);
+    check_buffers(core, levels, b, named, grads, grad_dtype)?;
     let call = DeviceCall {
         levels,
         batch: b,
@@ -154,7 +176,8 @@ pub(crate) fn run_boxes(
             class_f32: gt.class_dtype == ClassDtype::F32,
         }),
         grads: grads.map(|g| packed_levels(levels, *g)),
-        origins: None,
+        origins: Some(packed_device_origins(core, levels, b, preds.dtype, pass)?),
+        dtype: preds.dtype,
         denominators,
         pass,
         weights,
@@ -207,8 +230,16 @@ fn ranged_call<'a>(
     let b = inputs.batch;
     core.check_batch(levels, b)?;
     let align = core.ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
-    ranges::check(levels, core.classes(), align, inputs, grads)?;
-    let origins = ranges::origins(inputs, grads, levels, b as u32, core.config.num_classes);
+    let grad_dtype = core.grad_dtype(inputs.dtype, pass);
+    ranges::check(levels, core.classes(), align, inputs, grads, grad_dtype)?;
+    let c = core.config.num_classes;
+    let mut origins = ranges::origins(inputs, grads, levels, b as u32, c);
+    if let (true, Some(g)) = (grad_dtype.is_half(), grads) {
+        // The caller's ranges take the half gradients; the f32 ones go packed
+        // into the pool.
+        let out = Heads::from_fn(|h| g[h].iter().map(|r| r.offset / 2).collect());
+        origins = origins.with_half_grads(levels, b as u32, c, out);
+    }
     fn buffers<'a>(r: &[BufferRange<'a>]) -> Vec<&'a wgpu::Buffer> {
         r.iter().map(|r| r.buffer).collect()
     }
@@ -224,6 +255,7 @@ fn ranged_call<'a>(
         boxes: None,
         grads: grads.map(|g| g.as_ref().map(|_, r| buffers(r))),
         origins: Some(origins),
+        dtype: inputs.dtype,
         denominators: None,
         pass,
         weights,
@@ -242,21 +274,70 @@ struct DeviceCall<'a> {
     grads: Option<Heads<Vec<&'a wgpu::Buffer>>>,
     /// Where each tensor starts in its buffer (packed when `None`).
     origins: Option<Origins>,
+    /// The heads' element type.
+    dtype: Dtype,
     denominators: Option<&'a DeviceDenominators<'a>>,
     pass: Pass,
     weights: &'a LossWeights,
 }
 
 impl<'a> DeviceCall<'a> {
-    /// The call over the caller's buffers, as `planned`.
-    fn call<'p>(&'p self, planned: &'p Planned<'p>) -> Call<'p> {
-        Call {
-            planned,
-            heads: level_slices(&self.heads),
-            targets: self.targets,
-            grads: self.grads.as_ref().map(level_slices),
-            read_grads: None,
+    /// The call over the caller's buffers, as `planned`; for half gradients the
+    /// fused pass writes the `f32` ones into `scratch` (pooled, packed) and the
+    /// pack writes the caller's.
+    fn call<'p>(
+        &'p self,
+        planned: &'p Planned<'p>,
+        scratch: Option<&'p Heads<Vec<&'p wgpu::Buffer>>>,
+    ) -> Call<'p> {
+        let caller = self.grads.as_ref().map(level_slices);
+        match scratch {
+            Some(s) => Call {
+                planned,
+                heads: level_slices(&self.heads),
+                targets: self.targets,
+                grads: Some(level_slices(s)),
+                half_grads: caller,
+                read_grads: None,
+            },
+            None => Call {
+                planned,
+                heads: level_slices(&self.heads),
+                targets: self.targets,
+                grads: caller,
+                half_grads: None,
+                read_grads: None,
+            },
         }
+    }
+
+    /// The pooled `f32` gradients a call with half gradients needs.
+    fn scratch_needs(&self, core: &Core) -> Vec<Need> {
+        if !core.packs_half(self.dtype, self.pass) {
+            return Vec::new();
+        }
+        Head::ALL
+            .iter()
+            .map(|&h| Need {
+                slot: Slot::Grad(h),
+                size: core.grad_bytes(h, self.levels, self.batch),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+            .collect()
+    }
+
+    /// The pooled `f32` gradients of `pool` (reserved by
+    /// [`scratch_needs`](Self::scratch_needs)), each head packed.
+    fn scratch<'p>(
+        &self,
+        core: &Core,
+        pool: &'p Pool,
+    ) -> Result<Option<Heads<Vec<&'p wgpu::Buffer>>>, FcosError> {
+        if !core.packs_half(self.dtype, self.pass) {
+            return Ok(None);
+        }
+        let bufs = Heads::try_from_fn(|h| pool.get(Slot::Grad(h)))?;
+        Ok(Some(packed_levels(self.levels, bufs)))
     }
 
     /// The checks every device call makes before planning.
@@ -311,10 +392,11 @@ impl<'a> DeviceCall<'a> {
             self.denominators.copied(),
             self.boxes,
             self.origins.as_ref(),
-            Vec::new(),
+            self.scratch_needs(core),
         )?;
-        let recorded =
-            encode_recorded(core, encoder, &slot.pool, &self.call(&planned), generation)?;
+        let scratch = self.scratch(core, &slot.pool)?;
+        let call = self.call(&planned, scratch.as_ref());
+        let recorded = encode_recorded(core, encoder, &slot.pool, &call, generation)?;
         pending.slot = slot_index;
         pending.generation = generation;
         pending.readback = Some(recorded.readback);
@@ -351,9 +433,10 @@ impl<'a> DeviceCall<'a> {
             dens,
             self.boxes,
             self.origins.as_ref(),
-            Vec::new(),
+            self.scratch_needs(core),
         )?;
-        let outcome = core.execute(&pool, &self.call(&planned))?;
+        let scratch = self.scratch(core, &pool)?;
+        let outcome = core.execute(&pool, &self.call(&planned, scratch.as_ref()))?;
         if outcome.flags != 0 {
             drop(pool);
             return Err(locate(outcome.flags));
@@ -428,13 +511,14 @@ pub(crate) fn check_buffers(
     b: usize,
     named: Vec<(String, &wgpu::Buffer, u64)>,
     grads: Option<&DeviceGradients>,
+    grad_dtype: Dtype,
 ) -> Result<(), FcosError> {
     let grad_named = grads.into_iter().flat_map(|g| {
         Head::ALL.map(|h| {
             (
                 format!("grad {h} buffer"),
                 g[h],
-                core.bytes(h.input(), levels, b),
+                core.grad_bytes_as(h, levels, b, grad_dtype),
             )
         })
     });
@@ -442,7 +526,7 @@ pub(crate) fn check_buffers(
         if buf.size() < need {
             return Err(FcosError::shape(
                 name,
-                format!("at least {need} bytes ({} f32)", need / 4),
+                format!("at least {need} bytes"),
                 format!("{} bytes", buf.size()),
             ));
         }

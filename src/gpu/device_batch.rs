@@ -5,7 +5,7 @@ use crate::batch::Batch;
 use crate::error::FcosError;
 use crate::gpu::device_inputs::DeviceInputs;
 use crate::gpu::scope::scoped;
-use crate::input::{ByInput, Head, Heads, Input};
+use crate::input::{ByInput, Dtype, Head, Heads, Input};
 use crate::layout::Levels;
 
 /// A batch in device buffers, each input packed as [`DeviceInputs`] describes
@@ -15,6 +15,8 @@ pub struct DeviceBatch {
     levels: Levels,
     batch: usize,
     classes: usize,
+    /// The heads' element type.
+    dtype: Dtype,
     buffers: ByInput<wgpu::Buffer>,
 }
 
@@ -23,15 +25,39 @@ impl DeviceBatch {
     /// tensor over the device's `max_buffer_size` is a [`FcosError::Limit`] naming
     /// it; wgpu's errors come back as [`FcosError::Gpu`].
     pub fn upload(device: &wgpu::Device, batch: &Batch) -> Result<Self, FcosError> {
+        Self::upload_as(device, batch, Dtype::F32)
+    }
+
+    /// [`upload`](Self::upload) with the heads rounded to `dtype` (nearest even)
+    /// and stored as 2-byte elements where it is `f16` or `bf16` (targets stay
+    /// `f32`). `batch`'s heads should already hold values of that type (widened)
+    /// for a CPU reference on the same values.
+    pub fn upload_as(
+        device: &wgpu::Device,
+        batch: &Batch,
+        dtype: Dtype,
+    ) -> Result<Self, FcosError> {
         use wgpu::util::DeviceExt;
         let max = device.limits().max_buffer_size;
         let buffers = ByInput::try_from_fn(|input| {
             let data = batch.packed(input);
-            check_size(input.name(), 4 * data.len() as u64, max)?;
+            let mut bytes: Vec<u8> = match input.dtype(dtype) {
+                Dtype::F16 => data
+                    .iter()
+                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .collect(),
+                Dtype::Bf16 => data
+                    .iter()
+                    .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                    .collect(),
+                Dtype::F32 => bytemuck::cast_slice(&data).to_vec(),
+            };
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+            check_size(input.name(), bytes.len() as u64, max)?;
             scoped(device, || {
                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(input.name()),
-                    contents: bytemuck::cast_slice(&data),
+                    contents: &bytes,
                     usage: wgpu::BufferUsages::STORAGE
                         | wgpu::BufferUsages::COPY_SRC
                         | wgpu::BufferUsages::COPY_DST,
@@ -42,6 +68,7 @@ impl DeviceBatch {
             levels: batch.levels.clone(),
             batch: batch.batch,
             classes: batch.classes,
+            dtype,
             buffers,
         })
     }
@@ -49,6 +76,7 @@ impl DeviceBatch {
     /// The buffers as [`DeviceInputs`].
     pub fn inputs(&self) -> DeviceInputs<'_> {
         DeviceInputs {
+            dtype: self.dtype,
             batch: self.batch,
             cls_logits: &self.buffers[Input::ClsLogits],
             cnt_logits: &self.buffers[Input::CntLogits],
@@ -78,7 +106,9 @@ impl DeviceBatch {
     ) -> Result<Heads<wgpu::Buffer>, FcosError> {
         let max = device.limits().max_buffer_size;
         Heads::try_from_fn(|h: Head| {
-            let bytes = h.input().bytes(&self.levels, self.batch, self.classes);
+            let bytes = h
+                .input()
+                .bytes(&self.levels, self.batch, self.classes, Dtype::F32);
             let name = format!("grad {h}");
             check_size(&name, bytes, max)?;
             scoped(device, || {

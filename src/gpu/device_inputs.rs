@@ -1,6 +1,6 @@
 //! Inputs and gradient outputs that already live on the device.
 
-use crate::input::{ByInput, Head, Heads, Input};
+use crate::input::{ByInput, Dtype, Head, Heads, Input};
 
 /// Inputs already on the device, for apps that produce them there.
 ///
@@ -11,10 +11,17 @@ use crate::input::{ByInput, Head, Heads, Input};
 /// Targets are as in docs/contract.md §1: `cls_targets`, `cnt_targets` `[B, P]`,
 /// `reg_targets` `[B, P, 4]`, `f32`. Every buffer needs `BufferUsages::STORAGE` and
 /// must come from the engine's device.
+///
+/// The heads' elements are `dtype`: `f32` (4 bytes), or `f16` / `bf16` (2 bytes,
+/// element offsets as above, so level `l` of `cls_logits` starts at byte
+/// `2·B·C·off_l`), widened exactly on the device (docs/contract.md §9). A half
+/// head's buffer holds its bytes rounded up to a whole 4-byte word.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceInputs<'a> {
     /// Images `B`.
     pub batch: usize,
+    /// The element type of the three heads (targets are `f32`).
+    pub dtype: Dtype,
     /// `Σ_l B·C·H_l·W_l` floats.
     pub cls_logits: &'a wgpu::Buffer,
     /// `B·P` floats.
@@ -48,11 +55,14 @@ impl<'a> DeviceInputs<'a> {
 }
 
 /// Network outputs on the device for a call from boxes: the three heads of
-/// [`DeviceInputs`], laid out the same way (levels packed, NCHW), without targets.
+/// [`DeviceInputs`], laid out the same way (levels packed, NCHW, elements of
+/// `dtype`), without targets.
 #[derive(Debug, Clone, Copy)]
 pub struct DevicePredictions<'a> {
     /// Images `B`.
     pub batch: usize,
+    /// The element type of the three heads.
+    pub dtype: Dtype,
     /// `Σ_l B·C·H_l·W_l` floats.
     pub cls_logits: &'a wgpu::Buffer,
     /// `B·P` floats.
@@ -66,6 +76,7 @@ impl<'a> DevicePredictions<'a> {
     pub fn of(inputs: &DeviceInputs<'a>) -> Self {
         DevicePredictions {
             batch: inputs.batch,
+            dtype: inputs.dtype,
             cls_logits: inputs.cls_logits,
             cnt_logits: inputs.cnt_logits,
             reg_preds: inputs.reg_preds,

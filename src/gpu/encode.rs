@@ -102,6 +102,14 @@ pub(crate) fn dispatches(
         rec.set_group(group);
         rec.dispatch(seg.tiles, plan.chunks, seg.images);
     }
+    if let Some(pipe) = &pipelines.pack {
+        // The gradients in the heads' half dtype, from the f32 ones just written.
+        rec.set_pipeline(pipe);
+        for (run, group) in plan.packs.iter().zip(&groups.pack) {
+            rec.set_group(group);
+            rec.dispatch(run.groups.0, run.groups.1, 1);
+        }
+    }
     if let CountGroups::Boxes { tiles: None, sum } = &groups.count {
         // The fused pass from boxes counted: its tiles' counts, summed.
         if let Some(sum_pipe) = &pipelines.sum_counts {

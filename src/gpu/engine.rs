@@ -20,6 +20,7 @@ use crate::gpu::scope::scoped;
 use crate::gpu::shaders::{Kernel, Spec, WORKGROUP_SIZE};
 use crate::gpu::timed::Timed;
 use crate::gpu::{counting, device, host};
+use crate::input::Element;
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses};
@@ -68,6 +69,7 @@ impl FcosLoss {
             backward: false,
             checks: true,
             boxes: false,
+            heads: crate::input::Dtype::F32,
         };
         let need = forward.storage_buffers();
         if ctx.limits.max_storage_buffers_per_shader_stage < need {
@@ -97,6 +99,7 @@ impl FcosLoss {
                 timeout: DEFAULT_TIMEOUT,
                 target_workgroups,
                 checks: true,
+                half_grads: false,
             },
         })
     }
@@ -208,6 +211,21 @@ impl FcosLoss {
         self.core.checks = enabled;
     }
 
+    /// Half gradients (off by default): where the heads are `f16` or `bf16`,
+    /// backward passes write the gradients in that dtype, rounded to nearest even
+    /// (docs/contract.md §9), after computing them in `f32`. Device gradient
+    /// buffers and ranges then hold 2-byte elements (in the heads' layout, each
+    /// rounded up to a whole 4-byte word); host calls read the halves back and
+    /// return them widened to `f32` (exactly). Calls on `f32` heads are unchanged.
+    pub fn set_half_gradients(&mut self, enabled: bool) {
+        self.core.half_grads = enabled;
+    }
+
+    /// Whether half gradients are on ([`set_half_gradients`](Self::set_half_gradients)).
+    pub fn half_gradients(&self) -> bool {
+        self.core.half_grads
+    }
+
     /// Whether input value checks are on.
     pub fn checks(&self) -> bool {
         self.core.checks
@@ -238,17 +256,21 @@ impl FcosLoss {
     /// Loss of one batch from host slices: uploads the inputs, runs the kernels,
     /// reads back the per-image losses. A thin wrapper:
     /// `pollster::block_on(self.compute_async(levels, inputs))`.
-    pub fn compute(&self, levels: &Levels, inputs: &Inputs) -> Result<Losses, FcosError> {
+    pub fn compute<T: Element>(
+        &self,
+        levels: &Levels,
+        inputs: &Inputs<T>,
+    ) -> Result<Losses, FcosError> {
         pollster::block_on(self.compute_async(levels, inputs))
     }
 
     /// [`compute`](Self::compute) with its kernel and call times: its own
     /// submission, with timestamp queries around the pass where the device has them,
     /// over the engine's pool (the same results, bit for bit).
-    pub fn compute_timed(
+    pub fn compute_timed<T: Element>(
         &self,
         levels: &Levels,
-        inputs: &Inputs,
+        inputs: &Inputs<T>,
     ) -> Result<Timed<Losses>, FcosError> {
         let t = host::run(
             &self.core,
@@ -298,10 +320,10 @@ impl FcosLoss {
     /// variants (subgroups, workgroup size) and the plan (the context's limits and
     /// alignments); a value the checks flag is not an error here, it shows in the
     /// captured flags.
-    pub fn capture(
+    pub fn capture<T: Element>(
         &self,
         levels: &Levels,
-        inputs: &Inputs,
+        inputs: &Inputs<T>,
         backward: bool,
         weights: &LossWeights,
     ) -> Result<CallCapture, FcosError> {
@@ -352,20 +374,20 @@ impl FcosLoss {
     /// `L = w.cls·cls_loss + w.cnt·cnt_loss + w.reg·reg_loss` (batch means) with
     /// respect to every input logit and box, per level in the input layouts.
     /// A thin wrapper: `pollster::block_on(self.forward_backward_async(..))`.
-    pub fn forward_backward(
+    pub fn forward_backward<T: Element>(
         &self,
         levels: &Levels,
-        inputs: &Inputs,
+        inputs: &Inputs<T>,
         weights: &LossWeights,
     ) -> Result<(Losses, Gradients), FcosError> {
         pollster::block_on(self.forward_backward_async(levels, inputs, weights))
     }
 
     /// [`forward_backward`](Self::forward_backward) with its kernel and call times.
-    pub fn forward_backward_timed(
+    pub fn forward_backward_timed<T: Element>(
         &self,
         levels: &Levels,
-        inputs: &Inputs,
+        inputs: &Inputs<T>,
         weights: &LossWeights,
     ) -> Result<Timed<(Losses, Gradients)>, FcosError> {
         host::with_gradients(host::run(
@@ -476,7 +498,8 @@ impl FcosLoss {
         backward: bool,
     ) -> Result<(), FcosError> {
         self.core.check_batch(levels, batch)?;
-        self.core.check_buffer_sizes(levels, batch, backward)?;
+        self.core
+            .check_buffer_sizes(levels, batch, crate::input::Dtype::F32, backward)?;
         if levels.positions() > 0 {
             self.core.plan(levels, batch)?;
         }

@@ -16,6 +16,7 @@ use crate::gpu::results::Outcome;
 use crate::gpu::shaders::Kernel;
 use crate::gpu::work::{box_needs, list_bytes, NormBuffers, WorkBuffers};
 use crate::gpu::{bind, encode, scope};
+use crate::input::Dtype;
 use crate::layout::Levels;
 
 impl Core {
@@ -75,13 +76,16 @@ impl Core {
 
     /// The pipelines of `pass`, built on first use; with `normalizes` the
     /// normalisation pipeline too; with `boxes` the variants that assign the
-    /// targets from boxes.
+    /// targets from boxes; the fused pass's variant reads heads of `heads`;
+    /// with `pack`, the gradients are written in the heads' half dtype.
     pub fn call_pipelines(
         &self,
         pass: Pass,
         checks: bool,
         normalizes: bool,
         boxes: bool,
+        heads: Dtype,
+        pack: bool,
     ) -> Result<CallPipelines, FcosError> {
         let get = |kernel| self.pipelines.get(&self.ctx.device, kernel);
         let count = match (boxes, normalizes) {
@@ -94,8 +98,15 @@ impl Core {
             count: count.map(get).transpose()?,
             sum_counts: boxes.then(|| get(Kernel::SumCounts)).transpose()?,
             normalize: normalizes.then(|| get(Kernel::Normalize)).transpose()?,
-            fused: get(pass.kernel(checks, boxes))?,
+            fused: get(pass.kernel(checks, boxes, heads))?,
             finalize: get(Kernel::Finalize)?,
+            pack: pack
+                .then(|| {
+                    get(Kernel::PackHalf {
+                        bf16: heads == Dtype::Bf16,
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -175,11 +186,17 @@ impl Core {
     pub fn copy_gradients_out(&self, encoder: &mut wgpu::CommandEncoder, call: &Call) {
         if let (Some(grads), Some(staging)) = (call.grads, call.read_grads) {
             let planned = call.planned;
-            let packed = grads.as_ref().map(|_, levels| levels[0]);
             let b = planned.plan.batch as usize;
-            let sizes = grads
-                .as_ref()
-                .map(|h, _| self.bytes(h.input(), planned.levels, b));
+            // The half gradients where the call writes them, else the f32 ones.
+            let (grads, dtype) = match call.half_grads {
+                Some(half) => (half, planned.plan.heads),
+                None => (grads, Dtype::F32),
+            };
+            let packed = grads.as_ref().map(|_, levels| levels[0]);
+            let sizes = grads.as_ref().map(|h, _| {
+                self.bytes(h.input(), planned.levels, b, dtype)
+                    .next_multiple_of(4)
+            });
             encode::copy_gradients(encoder, packed, sizes, staging);
         }
     }
@@ -208,7 +225,14 @@ impl Core {
         let plan = &planned.plan;
         let normalizes = planned.normalizes();
         let boxes = planned.boxes.is_some();
-        let pipelines = self.call_pipelines(planned.pass, planned.checks, normalizes, boxes)?;
+        let pipelines = self.call_pipelines(
+            planned.pass,
+            planned.checks,
+            normalizes,
+            boxes,
+            planned.plan.heads,
+            !planned.plan.packs.is_empty(),
+        )?;
         let work = WorkBuffers::from_pool(pool, plan, normalizes, self.query_set.is_some(), boxes)?;
         let device = &self.ctx.device;
         let groups = scope::scoped(device, || {

@@ -22,7 +22,7 @@ use crate::gpu::target_pass::{self, TargetBuffers};
 use crate::gpu::timed::Timed;
 use crate::gpu::upload;
 use crate::gpu::{device, host};
-use crate::input::Input;
+use crate::input::{Dtype, Element, Input};
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses};
 
@@ -32,10 +32,10 @@ impl FcosLoss {
     /// pass (the config's [`Assignment`](crate::Assignment)), never written to
     /// memory. Equal to [`compute`](Self::compute) on the targets
     /// [`assign_targets`](Self::assign_targets) gives.
-    pub fn compute_from_boxes(
+    pub fn compute_from_boxes<T: Element>(
         &self,
         levels: &Levels,
-        preds: &Predictions,
+        preds: &Predictions<T>,
         gt: &GroundTruth,
     ) -> Result<Timed<Losses>, FcosError> {
         let weights = LossWeights::default();
@@ -46,10 +46,10 @@ impl FcosLoss {
     /// [`capture`](Self::capture) for the call
     /// [`compute_from_boxes`](Self::compute_from_boxes) (or, with `backward`,
     /// [`forward_backward_from_boxes`](Self::forward_backward_from_boxes)) makes.
-    pub fn capture_from_boxes(
+    pub fn capture_from_boxes<T: Element>(
         &self,
         levels: &Levels,
-        preds: &Predictions,
+        preds: &Predictions<T>,
         gt: &GroundTruth,
         backward: bool,
         weights: &LossWeights,
@@ -60,10 +60,10 @@ impl FcosLoss {
 
     /// Losses and gradients from host slices and boxes, as
     /// [`forward_backward`](Self::forward_backward) on the assigned targets.
-    pub fn forward_backward_from_boxes(
+    pub fn forward_backward_from_boxes<T: Element>(
         &self,
         levels: &Levels,
-        preds: &Predictions,
+        preds: &Predictions<T>,
         gt: &GroundTruth,
         weights: &LossWeights,
     ) -> Result<Timed<(Losses, Gradients)>, FcosError> {
@@ -149,7 +149,7 @@ impl FcosLoss {
         }
         use wgpu::BufferUsages as U;
         let outputs = [Input::ClsTargets, Input::CntTargets, Input::RegTargets];
-        let sizes = outputs.map(|i| core.bytes(i, levels, b));
+        let sizes = outputs.map(|i| core.bytes(i, levels, b, Dtype::F32));
         let mut extra = upload::needs(core, &uploads);
         extra.extend(outputs.iter().zip(sizes).map(|(&i, size)| Need {
             slot: Slot::Assigned(i),
@@ -230,10 +230,10 @@ impl FcosLoss {
             (Input::CntTargets, out.cnt_targets),
             (Input::RegTargets, out.reg_targets),
         ] {
-            let need = core.bytes(input, levels, batch).max(4);
+            let need = core.bytes(input, levels, batch, Dtype::F32).max(4);
             named.push((format!("{input} buffer"), buf, need));
         }
-        device::check_buffers(core, levels, batch, named, None)?;
+        device::check_buffers(core, levels, batch, named, None, Dtype::F32)?;
         if levels.positions() == 0 {
             return Ok(Timed {
                 value: Counts {

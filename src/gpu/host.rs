@@ -20,16 +20,16 @@ use crate::gpu::timed::Timed;
 use crate::gpu::upload;
 use crate::gpu::upload::Upload;
 use crate::gpu::work::readback_bytes;
-use crate::input::{Head, Heads, Input};
+use crate::input::{widen_bytes, Dtype, Element, Head, Heads, Input};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses};
 
 /// Runs `pass` on host slices.
-pub(crate) fn run(
+pub(crate) fn run<T: Element>(
     core: &Core,
     levels: &Levels,
-    inputs: &Inputs,
+    inputs: &Inputs<T>,
     pass: Pass,
     weights: &LossWeights,
 ) -> Result<Timed<(Losses, Option<Gradients>)>, FcosError> {
@@ -45,10 +45,10 @@ pub(crate) fn run(
 
 /// Runs `pass` from ground-truth boxes on host slices: the boxes are checked on
 /// the host (they are small), the predictions inside the fused pass.
-pub(crate) fn run_boxes(
+pub(crate) fn run_boxes<T: Element>(
     core: &Core,
     levels: &Levels,
-    preds: &Predictions,
+    preds: &Predictions<T>,
     gt: &GroundTruth,
     pass: Pass,
     weights: &LossWeights,
@@ -64,10 +64,10 @@ pub(crate) fn run_boxes(
 
 /// Runs `pass` on host slices over a result slot of the engine's ring, and reads
 /// the results back without blocking the caller's executor (`pending.rs`).
-pub(crate) async fn run_async(
+pub(crate) async fn run_async<T: Element>(
     core: &Core,
     levels: &Levels,
-    inputs: &Inputs<'_>,
+    inputs: &Inputs<'_, T>,
     pass: Pass,
     weights: &LossWeights,
 ) -> Result<(Losses, Option<Gradients>), FcosError> {
@@ -112,9 +112,10 @@ pub(crate) async fn run_async(
     }
     let grads = match grad_readback {
         Some(buf) => {
-            let total = gradient_bytes(core, levels, b);
+            let dtype = core.grad_dtype(T::DTYPE, pass);
+            let total = gradient_bytes(core, levels, b, dtype);
             let bytes = read_off_thread(core, buf, total, (slot, generation)).await?;
-            Some(split_gradients(core, levels, b, &bytes)?)
+            Some(split_gradients(core, levels, b, &bytes, dtype)?)
         }
         None => None,
     };
@@ -135,10 +136,10 @@ impl Drop for Release<'_> {
 }
 
 /// Describes `pass` on host slices ([`capture`]) instead of reading its results.
-pub(crate) fn capture(
+pub(crate) fn capture<T: Element>(
     core: &Core,
     levels: &Levels,
-    inputs: &Inputs,
+    inputs: &Inputs<T>,
     pass: Pass,
     weights: &LossWeights,
 ) -> Result<CallCapture, FcosError> {
@@ -147,10 +148,10 @@ pub(crate) fn capture(
 }
 
 /// Describes `pass` from ground-truth boxes on host slices ([`capture`]).
-pub(crate) fn capture_boxes(
+pub(crate) fn capture_boxes<T: Element>(
     core: &Core,
     levels: &Levels,
-    preds: &Predictions,
+    preds: &Predictions<T>,
     gt: &GroundTruth,
     pass: Pass,
     weights: &LossWeights,
@@ -177,6 +178,8 @@ pub(crate) fn with_gradients(
 struct HostCall<'a> {
     levels: &'a Levels,
     batch: usize,
+    /// The heads' element type.
+    dtype: Dtype,
     uploads: Vec<Upload<'a>>,
     boxes: Option<BoxSpec>,
     pass: Pass,
@@ -185,10 +188,10 @@ struct HostCall<'a> {
 
 impl<'a> HostCall<'a> {
     /// A call on host slices, its shapes checked.
-    fn of_inputs(
+    fn of_inputs<T: Element>(
         core: &Core,
         levels: &'a Levels,
-        inputs: &'a Inputs,
+        inputs: &'a Inputs<T>,
         pass: Pass,
         weights: &'a LossWeights,
     ) -> Result<Self, FcosError> {
@@ -197,6 +200,7 @@ impl<'a> HostCall<'a> {
         Ok(HostCall {
             levels,
             batch: inputs.batch,
+            dtype: T::DTYPE,
             uploads: upload::of_inputs(inputs),
             boxes: None,
             pass,
@@ -206,10 +210,10 @@ impl<'a> HostCall<'a> {
 
     /// A call from ground-truth boxes, the shapes and the boxes checked; the
     /// classes' `i32` words go into `classes`.
-    fn of_boxes(
+    fn of_boxes<T: Element>(
         core: &Core,
         levels: &'a Levels,
-        preds: &'a Predictions,
+        preds: &'a Predictions<T>,
         gt: &'a GroundTruth,
         classes: &'a mut Vec<i32>,
         pass: Pass,
@@ -233,6 +237,7 @@ impl<'a> HostCall<'a> {
         Ok(HostCall {
             levels,
             batch: preds.batch,
+            dtype: T::DTYPE,
             uploads,
             boxes: Some(spec),
             pass,
@@ -271,13 +276,14 @@ impl<'a> HostCall<'a> {
                 call: start.elapsed(),
             });
         }
+        let grad_dtype = core.grad_dtype(self.dtype, pass);
         self.with_call(core, |pool, call| {
             let outcome = core.execute(pool, call)?;
             if outcome.flags != 0 {
                 return Err(name_bad(outcome.flags));
             }
             let grads = backward
-                .then(|| read_gradients(core, pool, levels, b))
+                .then(|| read_gradients(core, pool, levels, b, grad_dtype))
                 .transpose()?;
             Ok(Timed {
                 value: (outcome.losses, grads),
@@ -304,8 +310,15 @@ impl<'a> HostCall<'a> {
     /// (a pass the device cannot build fails here, before any upload).
     fn check(&self, core: &Core) -> Result<(), FcosError> {
         let backward = self.pass.writes_gradients();
-        core.check_buffer_sizes(self.levels, self.batch, backward)?;
-        core.call_pipelines(self.pass, core.checks, backward, self.boxes.is_some())?;
+        core.check_buffer_sizes(self.levels, self.batch, self.dtype, backward)?;
+        core.call_pipelines(
+            self.pass,
+            core.checks,
+            backward,
+            self.boxes.is_some(),
+            self.dtype,
+            core.packs_half(self.dtype, self.pass),
+        )?;
         Ok(())
     }
 
@@ -319,8 +332,14 @@ impl<'a> HostCall<'a> {
         let (levels, b, pass) = (self.levels, self.batch, self.pass);
         let backward = pass.writes_gradients();
         let mut extra = upload::needs(core, &self.uploads);
+        let grad_dtype = core.grad_dtype(self.dtype, pass);
         if backward {
-            extra.extend(gradient_needs(core, levels, b));
+            extra.extend(gradient_needs(core, levels, b, grad_dtype));
+        }
+        let mut origins = core.packed_origins(levels, b, self.dtype)?;
+        if grad_dtype.is_half() {
+            // The pooled half gradients are packed like the f32 ones.
+            origins.half_grads = Some(origins.grads.clone());
         }
         let planned = core.prepare(
             pool,
@@ -330,7 +349,7 @@ impl<'a> HostCall<'a> {
             self.weights,
             None,
             self.boxes,
-            None,
+            Some(&origins),
             extra,
         )?;
         let pool = &*pool;
@@ -352,74 +371,93 @@ impl<'a> HostCall<'a> {
             .then(|| Heads::try_from_fn(|h| pool.get(Slot::Grad(h))))
             .transpose()?
             .map(|g| packed_levels(levels, g));
+        let half_grads = grad_dtype
+            .is_half()
+            .then(|| Heads::try_from_fn(|h| pool.get(Slot::HalfGrad(h))))
+            .transpose()?
+            .map(|g| packed_levels(levels, g));
         let call = Call {
             planned: &planned,
             heads: level_slices(&heads),
             targets,
             grads: grads.as_ref().map(level_slices),
+            half_grads: half_grads.as_ref().map(level_slices),
             read_grads: backward.then(|| pool.get(Slot::GradReadback)).transpose()?,
         };
         then(pool, &call)
     }
 }
 
-/// The pooled gradient buffers and their mappable copy.
-fn gradient_needs(core: &Core, levels: &Levels, b: usize) -> Vec<Need> {
+/// The pooled gradient buffers (`f32`, and, for half gradients in `dtype`, the
+/// half ones) and the mappable copy of the ones read back.
+fn gradient_needs(core: &Core, levels: &Levels, b: usize, dtype: Dtype) -> Vec<Need> {
     use wgpu::BufferUsages as U;
     let mut needs: Vec<Need> = Head::ALL
         .iter()
         .map(|&h| Need {
             slot: Slot::Grad(h),
-            size: core.bytes(h.input(), levels, b),
+            size: core.grad_bytes(h, levels, b),
             usage: U::STORAGE | U::COPY_SRC,
         })
         .collect();
+    if dtype.is_half() {
+        needs.extend(Head::ALL.iter().map(|&h| Need {
+            slot: Slot::HalfGrad(h),
+            size: core.grad_bytes_as(h, levels, b, dtype),
+            usage: U::STORAGE | U::COPY_SRC,
+        }));
+    }
     needs.push(Need {
         slot: Slot::GradReadback,
-        size: needs.iter().map(|n| n.size).sum(),
+        size: gradient_bytes(core, levels, b, dtype).max(4),
         usage: U::MAP_READ | U::COPY_DST,
     });
     needs
 }
 
-/// Reads the pooled gradient copy (filled by the call's submission) into
-/// per-level vectors.
+/// Reads the pooled gradient copy (filled by the call's submission, in `dtype`)
+/// into per-level `f32` vectors.
 fn read_gradients(
     core: &Core,
     pool: &Pool,
     levels: &Levels,
     b: usize,
+    dtype: Dtype,
 ) -> Result<Gradients, FcosError> {
     let staging = pool.get(Slot::GradReadback)?;
-    let total = gradient_bytes(core, levels, b);
+    let total = gradient_bytes(core, levels, b, dtype);
     let bytes = core.readback().read(staging, 0..total, None)?;
-    split_gradients(core, levels, b, &bytes)
+    split_gradients(core, levels, b, &bytes, dtype)
 }
 
-/// Bytes of the three heads' gradients of `b` images, one after another.
-fn gradient_bytes(core: &Core, levels: &Levels, b: usize) -> u64 {
+/// Bytes of the three heads' gradients of `b` images in `dtype`, one after
+/// another (each a whole number of words).
+fn gradient_bytes(core: &Core, levels: &Levels, b: usize, dtype: Dtype) -> u64 {
     Head::ALL
         .iter()
-        .map(|h| core.bytes(h.input(), levels, b))
+        .map(|&h| core.grad_bytes_as(h, levels, b, dtype))
         .sum()
 }
 
-/// The three heads' gradients, one after another in `bytes`, as per-level vectors.
+/// The three heads' gradients in `dtype`, one after another in `bytes` (each a
+/// whole number of words), as per-level `f32` vectors (halves widened exactly).
 fn split_gradients(
     core: &Core,
     levels: &Levels,
     b: usize,
     bytes: &[u8],
+    dtype: Dtype,
 ) -> Result<Gradients, FcosError> {
-    let floats: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
     let mut at = 0usize;
     Ok(Heads::from_fn(|h| {
         let ch = h.channels(core.classes());
+        let head = &bytes[at..];
+        at += core.grad_bytes_as(h, levels, b, dtype) as usize;
+        let all = widen_bytes(head, dtype, levels.packed_len(b, ch));
         (0..levels.len())
             .map(|l| {
-                let n = levels.level_len(l, b, ch);
-                at += n;
-                floats[at - n..at].to_vec()
+                let from = levels.packed_offset(l, b, ch);
+                all[from..from + levels.level_len(l, b, ch)].to_vec()
             })
             .collect()
     }))

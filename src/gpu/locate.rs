@@ -12,7 +12,7 @@ use crate::gpu::pipelines::Pipeline;
 use crate::gpu::ranges::{BufferRange, RangedInputs};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::Kernel;
-use crate::input::{ByInput, Head, Heads, Input};
+use crate::input::{widen_bytes, ByInput, Dtype, Element, Head, Heads, Input};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 
@@ -50,11 +50,15 @@ fn read_boxes_and_heads(
     let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
     let b = preds.batch;
     let heads = Heads::try_from_fn(|h| {
-        read_words(
+        read_elements(
             core,
             &copy,
             preds.buffer(h),
-            core.bytes(h.input(), levels, b),
+            0,
+            levels,
+            b,
+            h.input(),
+            preds.dtype,
         )
     })?;
     let split = |head: Head| split_levels(core, levels, b, head, &heads[head]);
@@ -152,15 +156,20 @@ pub(crate) fn locate_bad_ranges(
                 .head(h)
                 .iter()
                 .enumerate()
-                .map(|(l, r)| range(r, 4 * levels.level_len(l, b, ch) as u64))
-                .collect::<Result<Vec<_>, _>>()
+                .map(|(l, r)| {
+                    let n = levels.level_len(l, b, ch);
+                    let bytes = (n * inputs.dtype.size()) as u64;
+                    let words = range(r, bytes.next_multiple_of(4))?;
+                    Ok(widen_bytes(bytemuck::cast_slice(&words), inputs.dtype, n))
+                })
+                .collect::<Result<Vec<_>, FcosError>>()
         })?;
         let targets = [
             (inputs.cls_targets, Input::ClsTargets),
             (inputs.cnt_targets, Input::CntTargets),
             (inputs.reg_targets, Input::RegTargets),
         ]
-        .map(|(r, input)| range(&r, core.bytes(input, levels, b)));
+        .map(|(r, input)| range(&r, core.bytes(input, levels, b, Dtype::F32)));
         let [cls, cnt, reg] = targets;
         Ok((heads, [cls?, cnt?, reg?]))
     };
@@ -205,13 +214,40 @@ fn split_levels<'a>(
 
 /// The error for host inputs the on-device checks flagged: the host validator's
 /// error naming the first bad element (both paths end here).
-pub(crate) fn name_bad_input(
+pub(crate) fn name_bad_input<T: Element>(
     core: &Core,
     levels: &Levels,
-    inputs: &Inputs,
+    inputs: &Inputs<T>,
     flags: u32,
 ) -> FcosError {
-    match crate::validate::check_values(levels, inputs, core.classes()) {
+    // Half heads are widened exactly (an f16 NaN or Inf stays one), so the
+    // validator names the same element with its widened value.
+    let widened;
+    let view = match T::DTYPE {
+        Dtype::F32 => {
+            let f32s = |h: Head| {
+                inputs
+                    .head(h)
+                    .iter()
+                    .map(|s| bytemuck::cast_slice::<T, f32>(s))
+                    .collect()
+            };
+            Inputs {
+                batch: inputs.batch,
+                cls_logits: f32s(Head::ClsLogits),
+                cnt_logits: f32s(Head::CntLogits),
+                reg_preds: f32s(Head::RegPreds),
+                cls_targets: inputs.cls_targets,
+                cnt_targets: inputs.cnt_targets,
+                reg_targets: inputs.reg_targets,
+            }
+        }
+        _ => {
+            widened = inputs.widened();
+            inputs.with_heads(&widened)
+        }
+    };
+    match crate::validate::check_values(levels, &view, core.classes()) {
         Err(e) => e,
         Ok(()) => FcosError::gpu(format!(
             "the on-device checks flagged bad values in {:?}, but the host check of the same data found none",
@@ -228,9 +264,38 @@ fn read_inputs(
 ) -> Result<ByInput<Vec<f32>>, FcosError> {
     let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
     ByInput::try_from_fn(|input| {
-        let bytes = core.bytes(input, levels, inputs.batch);
-        read_words(core, &copy, inputs.buffer(input), bytes)
+        let buf = inputs.buffer(input);
+        read_elements(
+            core,
+            &copy,
+            buf,
+            0,
+            levels,
+            inputs.batch,
+            input,
+            inputs.dtype,
+        )
     })
+}
+
+/// The whole tensor `input` (heads of `heads`) from byte `offset` of `src`,
+/// widened to `f32`.
+#[allow(clippy::too_many_arguments)]
+fn read_elements(
+    core: &Core,
+    copy: &Pipeline,
+    src: &wgpu::Buffer,
+    offset: u64,
+    levels: &Levels,
+    b: usize,
+    input: Input,
+    heads: Dtype,
+) -> Result<Vec<f32>, FcosError> {
+    let dtype = input.dtype(heads);
+    let n = input.elements(levels, b, core.classes());
+    let bytes = core.bytes(input, levels, b, heads).next_multiple_of(4);
+    let words = read_words_at(core, copy, src, offset, bytes)?;
+    Ok(widen_bytes(bytemuck::cast_slice(&words), dtype, n))
 }
 
 /// The first `bytes` of a STORAGE buffer, copied chunk by chunk.

@@ -80,6 +80,19 @@ pub(crate) struct Params {
     /// The first scale slot in the partials buffer (norm.wgsl's output: the
     /// denominators used, then each image's gradient factors).
     pub scale_base: u32,
+    /// Element offset of (level, image0) in the `grad_cls` binding.
+    pub grad_cls_base: u32,
+    /// Element offset in the `grad_cnt` binding.
+    pub grad_cnt_base: u32,
+    /// Element offset in the `grad_reg` binding.
+    pub grad_reg_base: u32,
+    /// Half gradients (`pack_half.wgsl`): the run's first `f32` element in the
+    /// source binding.
+    pub pack_src_base: u32,
+    /// Its first 2-byte element in the destination binding.
+    pub pack_dst_base: u32,
+    /// Its elements.
+    pub pack_count: u32,
 }
 
 /// What the params of a call from boxes carry of its ground truth.

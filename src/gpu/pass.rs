@@ -1,6 +1,7 @@
 //! Which computation a call performs, and the fused-pass kernel that does it.
 
 use crate::gpu::shaders::Kernel;
+use crate::input::Dtype;
 
 /// Which computation a call performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,19 +42,21 @@ impl Pass {
 
     /// The fused-pass kernel of this pass, with or without the input checks (for a
     /// roofline: with or without the checked pass's extra reads), reading targets
-    /// or assigning them from boxes.
-    pub fn kernel(self, checks: bool, boxes: bool) -> Kernel {
+    /// or assigning them from boxes, over heads of `heads`.
+    pub fn kernel(self, checks: bool, boxes: bool, heads: Dtype) -> Kernel {
         let backward = self.writes_gradients();
         match self {
             Pass::Forward | Pass::Backward => Kernel::Fused {
                 backward,
                 checks,
                 boxes,
+                heads,
             },
             #[cfg(feature = "bench")]
             Pass::Roofline | Pass::BackwardRoofline => Kernel::Roofline {
                 backward,
                 read_all: checks,
+                heads,
             },
         }
     }

@@ -13,6 +13,7 @@ use crate::gpu::pass::Pass;
 use crate::gpu::pending::{self, PendingLosses};
 use crate::gpu::ranges::{RangedGradients, RangedInputs};
 use crate::gpu::ring::Ring;
+use crate::input::Element;
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses};
@@ -82,10 +83,10 @@ impl FcosLoss {
     /// the ring; when every slot is in use it waits (without blocking) for one to
     /// be freed. Same results as [`compute_timed`](Self::compute_timed), bit for
     /// bit; no kernel time. [`compute`](Self::compute) is this, blocked on.
-    pub async fn compute_async(
+    pub async fn compute_async<T: Element>(
         &self,
         levels: &Levels,
-        inputs: &Inputs<'_>,
+        inputs: &Inputs<'_, T>,
     ) -> Result<Losses, FcosError> {
         let weights = LossWeights::default();
         let (losses, _) =
@@ -94,10 +95,10 @@ impl FcosLoss {
     }
 
     /// [`forward_backward`](Self::forward_backward) without blocking the executor.
-    pub async fn forward_backward_async(
+    pub async fn forward_backward_async<T: Element>(
         &self,
         levels: &Levels,
-        inputs: &Inputs<'_>,
+        inputs: &Inputs<'_, T>,
         weights: &LossWeights,
     ) -> Result<(Losses, Gradients), FcosError> {
         let (losses, grads) =

@@ -5,7 +5,7 @@
 
 use crate::error::FcosError;
 use crate::gpu::params::{ImageSums, Params, PARTIAL_BYTES};
-use crate::input::{ByInput, Heads, Input, TensorLayout};
+use crate::input::{ByInput, Dtype, Head, Heads, Input, TensorLayout};
 use crate::layout::Levels;
 
 /// The device limits a plan respects.
@@ -46,20 +46,42 @@ pub(crate) struct BindRange {
 }
 
 /// Where each input's elements start in the buffer bound for it, in elements of
-/// its type (`f32`): level `l` of a head at `heads[l]` of its entry, a target
-/// tensor at its entry's only element; the gradients likewise. Packed buffers (one
-/// per tensor, levels one after another) start level `l` of a head at `B·ch·off_l`.
+/// its type (`heads` for the network outputs, `f32` for targets and gradients):
+/// level `l` of a head at `heads[l]` of its entry, a target tensor at its entry's
+/// only element; the gradients likewise. Packed buffers (one per tensor, levels
+/// one after another) start level `l` of a head at `B·ch·off_l`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Origins {
     /// Per input: one origin per level (heads) or one (targets).
     pub inputs: ByInput<Vec<u64>>,
     /// Per head: one origin per level of its gradient.
     pub grads: Heads<Vec<u64>>,
+    /// The element type of the three heads.
+    pub heads: Dtype,
+    /// Gradients in the heads' half dtype: where each level of each head's
+    /// output starts (2-byte elements); `grads` are then the packed `f32` ones the
+    /// fused pass writes first.
+    pub half_grads: Option<Heads<Vec<u64>>>,
 }
 
 impl Origins {
-    /// Every tensor packed from byte 0 of its own buffer (docs/contract.md §1.2).
-    pub fn packed(levels: &Levels, b: u32, c: u32) -> Self {
+    /// Gradients written in the heads' half dtype at `out` (2-byte elements),
+    /// through packed `f32` gradients.
+    pub fn with_half_grads(
+        mut self,
+        levels: &Levels,
+        b: u32,
+        c: u32,
+        out: Heads<Vec<u64>>,
+    ) -> Self {
+        self.grads = Self::packed(levels, b, c, self.heads).grads;
+        self.half_grads = Some(out);
+        self
+    }
+
+    /// Every tensor packed from byte 0 of its own buffer (docs/contract.md §1.2),
+    /// the heads of `heads` elements.
+    pub fn packed(levels: &Levels, b: u32, c: u32, heads: Dtype) -> Self {
         let head = |ch: usize| -> Vec<u64> {
             (0..levels.len())
                 .map(|l| levels.packed_offset(l, b as usize, ch) as u64)
@@ -72,6 +94,8 @@ impl Origins {
                 TensorLayout::Flattened => vec![0],
             }),
             grads: Heads::from_fn(|h| head(h.channels(c))),
+            heads,
+            half_grads: None,
         }
     }
 }
@@ -91,8 +115,25 @@ pub(crate) struct Segment {
     pub slot_base: u32,
     /// The binding of each input.
     pub ranges: ByInput<BindRange>,
-    /// The binding of each head's gradient (the same `base` as its head's).
+    /// The binding of each head's gradient (`f32`).
     pub grad_ranges: Heads<BindRange>,
+}
+
+/// One dispatch of the half gradients' pack (`pack_half.wgsl`): one head's
+/// gradients of one segment, from its `f32` binding to its 2-byte one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PackRun {
+    /// The segment (its level picks the buffers).
+    pub segment: usize,
+    pub head: Head,
+    /// The `f32` gradients' binding (`base` in `f32` elements).
+    pub src: BindRange,
+    /// The output's binding (`base` in 2-byte elements).
+    pub dst: BindRange,
+    /// Elements.
+    pub count: u32,
+    /// Workgroups along x and y (one invocation per output word).
+    pub groups: (u32, u32),
 }
 
 /// One dispatch of the positive count (backward pass): images `image0 ..
@@ -136,21 +177,27 @@ pub(crate) struct Plan {
     pub scale_base: u64,
     /// Threads per workgroup (`WG`) the plan was made for.
     pub workgroup_size: u32,
+    /// The element type of the three heads (the fused pass's variant).
+    pub heads: Dtype,
+    /// Gradients in the heads' half dtype: the pack dispatches, after the fused
+    /// pass (empty otherwise).
+    pub packs: Vec<PackRun>,
 }
 
 fn range(first_elem: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange {
     range_from(first_elem * elem_bytes, elems, elem_bytes, align)
 }
 
-/// The binding of `elems` elements of `elem_bytes` from byte `start` (a multiple of
-/// 4; `base` counts whole elements when `start - offset` is a multiple of
-/// `elem_bytes`, as it is for every origin the engine accepts).
+/// The binding of `elems` elements of `elem_bytes` from byte `start` (`base`
+/// counts whole elements when `start - offset` is a multiple of `elem_bytes`, as
+/// it is for every origin the engine accepts). The size is whole 4-byte words: 2-byte
+/// elements are read as halves of `u32` words, and an odd count ends inside one.
 fn range_from(start: u64, elems: u64, elem_bytes: u64, align: u64) -> BindRange {
     let offset = start / align * align;
     let end = start + elems * elem_bytes;
     BindRange {
         offset,
-        size: (end - offset).max(elem_bytes),
+        size: (end - offset).max(elem_bytes).next_multiple_of(4),
         base: ((start - offset) / elem_bytes) as u32,
     }
 }
@@ -198,6 +245,7 @@ impl Frame<'_> {
         let mut g = self.b.min(self.max_dim);
         for input in Input::ALL {
             let ch = input.channels(self.c as usize) as u64;
+            // 4 bytes an element: the f32 heads and gradients (half heads take less).
             let fit = match input.layout() {
                 TensorLayout::PerLevel => self.room / (4 * ch * hw),
                 // Targets: image stride P, a run of hw positions in each image.
@@ -225,20 +273,29 @@ impl Frame<'_> {
                 TensorLayout::PerLevel => l,
                 TensorLayout::Flattened => 0,
             }];
-            self.range_of(input, l, origin, image0, n)
+            let elem = input.dtype(self.origins.heads).size() as u64;
+            self.range_of(input, l, origin, elem, image0, n)
         })
     }
 
     /// The binding of images `image0 .. image0 + n` of level `l` of `input`, whose
-    /// data starts at element `origin`.
-    fn range_of(&self, input: Input, l: usize, origin: u64, image0: u64, n: u64) -> BindRange {
+    /// data starts at element `origin`, elements of `elem` bytes.
+    fn range_of(
+        &self,
+        input: Input,
+        l: usize,
+        origin: u64,
+        elem: u64,
+        image0: u64,
+        n: u64,
+    ) -> BindRange {
         let hw = self.levels.level_size(l) as u64;
         let off = self.levels.offsets()[l] as u64;
         let align = self.limits.offset_alignment;
         let ch = input.channels(self.c as usize) as u64;
         match input.layout() {
             // Heads: the level's origin, then whole images.
-            TensorLayout::PerLevel => range(origin + image0 * ch * hw, n * ch * hw, 4, align),
+            TensorLayout::PerLevel => range(origin + image0 * ch * hw, n * ch * hw, elem, align),
             // Targets: one element of ch floats per position, from the origin (in floats).
             TensorLayout::Flattened => range_from(
                 4 * origin + 4 * ch * (image0 * self.p + off),
@@ -249,27 +306,9 @@ impl Frame<'_> {
         }
     }
 
-    /// The gradients' bindings of images `image0 .. image0 + n` of level `l`: the
-    /// same `base` as the heads', or an error naming the head.
-    fn grad_ranges(
-        &self,
-        l: usize,
-        image0: u64,
-        n: u64,
-        heads: &ByInput<BindRange>,
-    ) -> Result<Heads<BindRange>, FcosError> {
-        Heads::try_from_fn(|h| {
-            let r = self.range_of(h.input(), l, self.origins.grads[h][l], image0, n);
-            if r.base != heads[h.input()].base {
-                return Err(FcosError::InvalidCall(format!(
-                    "grad {h} level {l} starts {} elements past a {}-byte boundary, {h} level {l} {}: a gradient and its head must lie alike against the storage offset alignment",
-                    r.base,
-                    self.limits.offset_alignment,
-                    heads[h.input()].base
-                )));
-            }
-            Ok(r)
-        })
+    /// The gradients' (`f32`) bindings of images `image0 .. image0 + n` of level `l`.
+    fn grad_ranges(&self, l: usize, image0: u64, n: u64) -> Heads<BindRange> {
+        Heads::from_fn(|h| self.range_of(h.input(), l, self.origins.grads[h][l], 4, image0, n))
     }
 
     /// The segments of level `l` (`tiles` workgroups along x), whose partial slots
@@ -294,12 +333,41 @@ impl Frame<'_> {
                 images: n as u32,
                 tiles: tiles as u32,
                 slot_base: slot as u32,
-                grad_ranges: self.grad_ranges(l, image0, n, &ranges)?,
+                grad_ranges: self.grad_ranges(l, image0, n),
                 ranges,
             });
             image0 += n;
         }
         Ok(out)
+    }
+
+    /// The half gradients' pack dispatches: per segment, per head, from its `f32`
+    /// gradients to the output at `out` (2-byte elements; within the binding
+    /// limit wherever the `f32` binding is, being half its size).
+    fn packs(&self, segments: &[Segment], out: &Heads<Vec<u64>>, wg: u32) -> Vec<PackRun> {
+        let mut runs = Vec::new();
+        for (i, s) in segments.iter().enumerate() {
+            let (image0, n) = (s.image0 as u64, s.images as u64);
+            for h in Head::ALL {
+                let ch = h.channels(self.c as usize) as u64;
+                let hw = self.levels.level_size(s.level) as u64;
+                let count = n * ch * hw;
+                let dst = self.range_of(h.input(), s.level, out[h][s.level], 2, image0, n);
+                let base = dst.base as u64;
+                let words = (base + count).div_ceil(2) - base / 2;
+                let groups = words.div_ceil(wg as u64).max(1);
+                let x = groups.min(self.max_dim);
+                runs.push(PackRun {
+                    segment: i,
+                    head: h,
+                    src: s.grad_ranges[h],
+                    dst,
+                    count: count as u32,
+                    groups: (x as u32, groups.div_ceil(x) as u32),
+                });
+            }
+        }
+        runs
     }
 
     /// The positive count's dispatches: whole images of `cnt_targets`, as many per
@@ -366,7 +434,7 @@ impl Plan {
         target_workgroups: u32,
         limits: PlanLimits,
     ) -> Result<Self, FcosError> {
-        let origins = Origins::packed(levels, batch, classes);
+        let origins = Origins::packed(levels, batch, classes, Dtype::F32);
         Self::with_origins(
             levels,
             batch,
@@ -411,6 +479,10 @@ impl Plan {
         }
         let count_groups = frame.count_groups()?;
         frame.check_finalize()?;
+        let packs = match &origins.half_grads {
+            Some(out) => frame.packs(&segments, out, wg),
+            None => Vec::new(),
+        };
         let b = frame.b;
         // Room for the 1 + B scale slots (aligned) within the partials' binding.
         let align_slots = (limits.offset_alignment / PARTIAL_BYTES).max(1);
@@ -441,6 +513,8 @@ impl Plan {
             segments,
             count_groups,
             workgroup_size: wg,
+            heads: origins.heads,
+            packs,
         })
     }
 
@@ -458,6 +532,9 @@ impl Plan {
             cls_base: s.ranges[Input::ClsLogits].base,
             cnt_base: s.ranges[Input::CntLogits].base,
             reg_base: s.ranges[Input::RegPreds].base,
+            grad_cls_base: s.grad_ranges.cls_logits.base,
+            grad_cnt_base: s.grad_ranges.cnt_logits.base,
+            grad_reg_base: s.grad_ranges.reg_preds.base,
             // cls_targets and cnt_targets share one element offset.
             tgt_base: s.ranges[Input::ClsTargets].base,
             reg_tgt_base: s.ranges[Input::RegTargets].base,

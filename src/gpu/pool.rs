@@ -30,8 +30,11 @@ pub(crate) enum Slot {
     /// another (unused where the inputs are written straight into mappable
     /// storage buffers).
     Upload,
-    /// Host path, backward: one head's gradients, laid out like the input.
+    /// Backward: one head's `f32` gradients, laid out like the input (the host
+    /// path's, and the device path's where they are packed into half ones).
     Grad(Head),
+    /// Host path, backward, half gradients: one head's, in the heads' dtype.
+    HalfGrad(Head),
     /// Host path, backward: mappable copy of the three gradients, one after another.
     GradReadback,
     /// The fused pass's partial sums.
@@ -60,6 +63,7 @@ impl Slot {
         match self {
             Slot::Input(i) => format!("fcos {i}"),
             Slot::Grad(h) => format!("fcos grad {h}"),
+            Slot::HalfGrad(h) => format!("fcos half grad {h}"),
             Slot::Assigned(i) => format!("fcos assigned {i}"),
             other => format!("fcos {other:?}"),
         }

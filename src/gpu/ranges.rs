@@ -3,7 +3,7 @@
 //! a pooled buffer, and a detector's heads are one tensor per pyramid level).
 
 use crate::error::FcosError;
-use crate::input::{ByInput, Head, Heads, Input, TensorLayout};
+use crate::input::{ByInput, Dtype, Head, Heads, Input, TensorLayout};
 use crate::layout::Levels;
 
 /// A byte range of a device buffer that holds one tensor, or one level of a head.
@@ -59,13 +59,17 @@ impl<'a> From<wgpu::BufferBinding<'a>> for BufferRange<'a> {
 /// level's NCHW layout (`cls_logits[l]` `[B, C, H_l, W_l]`, `cnt_logits[l]`
 /// `[B, 1, H_l, W_l]`, `reg_preds[l]` `[B, 4, H_l, W_l]`), and each target tensor
 /// one range in the layouts of docs/contract.md §1 (`cls_targets`, `cnt_targets`
-/// `[B, P]`, `reg_targets` `[B, P, 4]`), all `f32`. Ranges may lie in one buffer
-/// or many, at any offset the device's storage alignment allows, and may be
-/// larger than the tensor (the tensor is their first bytes).
+/// `[B, P]`, `reg_targets` `[B, P, 4]`), targets `f32`, heads of `dtype`
+/// (`f32`, `f16` or `bf16`: a half level's range holds its bytes rounded up to a
+/// whole 4-byte word). Ranges may lie in one buffer or many, at any offset the
+/// device's storage alignment allows, and may be larger than the tensor (the
+/// tensor is their first bytes).
 #[derive(Debug, Clone)]
 pub struct RangedInputs<'a> {
     /// Images `B`.
     pub batch: usize,
+    /// The element type of the three heads.
+    pub dtype: Dtype,
     /// One range per level.
     pub cls_logits: Vec<BufferRange<'a>>,
     /// One range per level.
@@ -122,6 +126,7 @@ pub(crate) fn check(
     align: u64,
     inputs: &RangedInputs,
     grads: Option<&RangedGradients>,
+    grad_dtype: Dtype,
 ) -> Result<(), FcosError> {
     let b = inputs.batch;
     for h in Head::ALL {
@@ -131,7 +136,8 @@ pub(crate) fn check(
         }
     }
     let named_inputs = named_inputs(levels, classes, inputs);
-    let named_grads = grads.map_or_else(Vec::new, |g| named_grads(levels, classes, b, g));
+    let named_grads =
+        grads.map_or_else(Vec::new, |g| named_grads(levels, classes, b, g, grad_dtype));
     for n in named_inputs.iter().chain(&named_grads) {
         check_range(n, align)?;
     }
@@ -184,7 +190,7 @@ fn check_range(n: &Named, align: u64) -> Result<(), FcosError> {
     if r.size < n.need {
         return Err(FcosError::shape(
             n.name.clone(),
-            format!("at least {} bytes ({} f32)", n.need, n.need / 4),
+            format!("at least {} bytes", n.need),
             format!("{} bytes", r.size),
         ));
     }
@@ -209,13 +215,22 @@ fn check_range(n: &Named, align: u64) -> Result<(), FcosError> {
 }
 
 /// Bytes of level `l` of `input` (heads) or of the whole tensor (targets).
-fn tensor_bytes(levels: &Levels, classes: usize, b: usize, input: Input, l: usize) -> u64 {
+/// Bytes of level `l` of `input` (or of a whole target), the heads of `heads`,
+/// rounded up to a whole 4-byte word (the binding's unit).
+fn tensor_bytes(
+    levels: &Levels,
+    classes: usize,
+    b: usize,
+    input: Input,
+    l: usize,
+    heads: Dtype,
+) -> u64 {
     let ch = input.channels(classes);
     let elems = match input.layout() {
         TensorLayout::PerLevel => levels.level_len(l, b, ch),
         TensorLayout::Flattened => b * levels.positions() * ch,
     };
-    4 * elems as u64
+    ((input.dtype(heads).size() * elems) as u64).next_multiple_of(4)
 }
 
 fn named_inputs<'a>(levels: &Levels, classes: usize, inputs: &RangedInputs<'a>) -> Vec<Named<'a>> {
@@ -229,7 +244,7 @@ fn named_inputs<'a>(levels: &Levels, classes: usize, inputs: &RangedInputs<'a>) 
                         out.push(Named {
                             name: format!("{input} level {l} range"),
                             range,
-                            need: tensor_bytes(levels, classes, b, input, l),
+                            need: tensor_bytes(levels, classes, b, input, l, inputs.dtype),
                         });
                     }
                 }
@@ -239,7 +254,7 @@ fn named_inputs<'a>(levels: &Levels, classes: usize, inputs: &RangedInputs<'a>) 
                     out.push(Named {
                         name: format!("{input} range"),
                         range,
-                        need: tensor_bytes(levels, classes, b, input, 0),
+                        need: tensor_bytes(levels, classes, b, input, 0, inputs.dtype),
                     });
                 }
             }
@@ -253,6 +268,7 @@ fn named_grads<'a>(
     classes: usize,
     b: usize,
     grads: &RangedGradients<'a>,
+    dtype: Dtype,
 ) -> Vec<Named<'a>> {
     Head::ALL
         .iter()
@@ -260,7 +276,7 @@ fn named_grads<'a>(
             grads[h].iter().enumerate().map(move |(l, &range)| Named {
                 name: format!("grad {h} level {l} range"),
                 range,
-                need: tensor_bytes(levels, classes, b, h.input(), l),
+                need: tensor_bytes(levels, classes, b, h.input(), l, dtype),
             })
         })
         .collect()
@@ -275,9 +291,10 @@ pub(crate) fn origins(
     b: u32,
     classes: u32,
 ) -> crate::gpu::plan::Origins {
-    let mut o = crate::gpu::plan::Origins::packed(levels, b, classes);
+    let mut o = crate::gpu::plan::Origins::packed(levels, b, classes, inputs.dtype);
+    let elem = inputs.dtype.size() as u64;
     o.inputs = ByInput::from_fn(|input| match input.head() {
-        Some(h) => inputs.head(h).iter().map(|r| r.offset / 4).collect(),
+        Some(h) => inputs.head(h).iter().map(|r| r.offset / elem).collect(),
         None => vec![inputs.range(input, 0).map_or(0, |r| r.offset / 4)],
     });
     o.grads = match grads {

@@ -334,6 +334,12 @@ fn params_matches_the_wgsl_struct() {
         assign_rule,
         class_f32,
         scale_base,
+        grad_cls_base,
+        grad_cnt_base,
+        grad_reg_base,
+        pack_src_base,
+        pack_dst_base,
+        pack_count,
     });
     for (_, s, m) in common_modules() {
         check_layout(&m, &s.name, "Params", size_of::<Params>(), &rust);

@@ -43,17 +43,22 @@ const CULL: File = shader_file!("cull.wgsl");
 const ASSIGN: File = shader_file!("assign.wgsl");
 const COUNT_BOXES: File = shader_file!("count_boxes.wgsl");
 const SUM_COUNTS: File = shader_file!("sum_counts.wgsl");
+const PACK_HALF: File = shader_file!("pack_half.wgsl");
+
+use crate::input::Dtype;
 
 /// A pipeline the engine may build: a kernel in one variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
     /// The fused loss pass; with `backward` it also writes the gradients, with
     /// `checks` it flags bad input values, with `boxes` it assigns each
-    /// position's targets from the ground-truth boxes instead of reading them.
+    /// position's targets from the ground-truth boxes instead of reading them;
+    /// it reads heads of `heads` (halves as `u32` words, widened exactly).
     Fused {
         backward: bool,
         checks: bool,
         boxes: bool,
+        heads: Dtype,
     },
     /// Each tile's list of the boxes that may hold one of its points (every
     /// call from boxes, first).
@@ -67,7 +72,11 @@ pub(crate) enum Kernel {
     /// The fused pass's memory roofline (bench harness): its reads (all of them
     /// with `read_all`, as the checked pass) and, with `backward`, its writes.
     #[cfg(feature = "bench")]
-    Roofline { backward: bool, read_all: bool },
+    Roofline {
+        backward: bool,
+        read_all: bool,
+        heads: Dtype,
+    },
     /// The positives and centerness-target sum per image.
     Count,
     /// The call's totals and each image's gradient factors (docs/contract.md §8).
@@ -76,6 +85,9 @@ pub(crate) enum Kernel {
     Finalize,
     /// The raw word copy that brings flagged inputs to the host.
     CopyWords,
+    /// A run of `f32` gradients rounded into 2-byte elements of the heads'
+    /// dtype (`bf16`, else `f16`), where a call asks for half gradients.
+    PackHalf { bf16: bool },
 }
 
 /// What a binding of a kernel's bind group 0 is, in binding order.
@@ -134,6 +146,7 @@ impl Kernel {
             Kernel::Normalize => (vec![COMMON, SUM2, NORM], "normalize"),
             Kernel::Finalize => (vec![COMMON, FINALIZE], "finalize"),
             Kernel::CopyWords => (vec![COPY_WORDS], "copy_words"),
+            Kernel::PackHalf { .. } => (vec![COMMON, PACK_HALF], "pack_half"),
         }
     }
 
@@ -148,7 +161,8 @@ impl Kernel {
             | Kernel::CopyWords
             | Kernel::AssignBoxes { .. }
             | Kernel::CullBoxes
-            | Kernel::SumCounts => false,
+            | Kernel::SumCounts
+            | Kernel::PackHalf { .. } => false,
         }
     }
 
@@ -171,12 +185,20 @@ impl Kernel {
                 }
             }
             Kernel::SumCounts => "sum-counts".into(),
+            Kernel::PackHalf { bf16 } => {
+                if bf16 {
+                    "pack-bf16".into()
+                } else {
+                    "pack-f16".into()
+                }
+            }
         }];
         match self {
             Kernel::Fused {
                 backward,
                 checks,
                 boxes,
+                ..
             } => {
                 parts.push(if backward { "backward" } else { "forward" }.into());
                 if checks {
@@ -187,13 +209,18 @@ impl Kernel {
                 }
             }
             #[cfg(feature = "bench")]
-            Kernel::Roofline { backward, read_all } => {
+            Kernel::Roofline {
+                backward, read_all, ..
+            } => {
                 parts.push(if backward { "backward" } else { "forward" }.into());
                 if read_all {
                     parts.push("read-all".into());
                 }
             }
             _ => {}
+        }
+        if let Some(heads) = self.heads().filter(|h| h.is_half()) {
+            parts.push(heads.name().into());
         }
         if subgroups {
             parts.push("sg".into());
@@ -209,6 +236,17 @@ impl Kernel {
             });
         }
         parts.join("-")
+    }
+
+    /// The element type of the heads the kernel reads (the fused pass and its
+    /// roofline).
+    fn heads(self) -> Option<Dtype> {
+        match self {
+            Kernel::Fused { heads, .. } => Some(heads),
+            #[cfg(feature = "bench")]
+            Kernel::Roofline { heads, .. } => Some(heads),
+            _ => None,
+        }
     }
 
     /// Whether the kernel reduces a workgroup with `reduce.wgsl`.
@@ -230,6 +268,9 @@ impl Kernel {
             Kernel::AssignBoxes { targets: true } => defines.push("TARGETS"),
             _ => {}
         }
+        if self.heads().is_some_and(Dtype::is_half) {
+            defines.push("HALF");
+        }
         defines
     }
 
@@ -237,20 +278,32 @@ impl Kernel {
     fn constants(self, spec: Spec) -> Vec<(&'static str, f64)> {
         let wg = ("WG", f64::from(spec.workgroup_size));
         let flag = |b: bool| f64::from(u8::from(b));
+        // Half heads: which half format the words hold.
+        let half: Vec<(&'static str, f64)> = match self.heads() {
+            Some(h) if h.is_half() => vec![("HEADS_BF16", flag(h == Dtype::Bf16))],
+            _ => vec![],
+        };
         match self {
-            Kernel::Fused { checks, .. } => vec![
-                wg,
-                ("GAMMA_IS_TWO", flag(spec.gamma_is_two)),
-                ("CHECKS", flag(checks)),
-            ],
+            Kernel::Fused { checks, .. } => [
+                vec![
+                    wg,
+                    ("GAMMA_IS_TWO", flag(spec.gamma_is_two)),
+                    ("CHECKS", flag(checks)),
+                ],
+                half,
+            ]
+            .concat(),
             #[cfg(feature = "bench")]
-            Kernel::Roofline { read_all, .. } => vec![wg, ("READ_ALL", flag(read_all))],
+            Kernel::Roofline { read_all, .. } => {
+                [vec![wg, ("READ_ALL", flag(read_all))], half].concat()
+            }
             Kernel::Count
             | Kernel::Normalize
             | Kernel::Finalize
             | Kernel::AssignBoxes { .. }
             | Kernel::CullBoxes
             | Kernel::SumCounts => vec![wg],
+            Kernel::PackHalf { bf16 } => vec![wg, ("HEADS_BF16", flag(bf16))],
             Kernel::CopyWords => vec![],
         }
     }
@@ -274,6 +327,7 @@ impl Kernel {
             Kernel::Finalize => vec![Uniform, Read, Read, ReadWrite],
             Kernel::Normalize => vec![Uniform, ReadWrite, Read, ReadWrite],
             Kernel::CopyWords => vec![Read, ReadWrite],
+            Kernel::PackHalf { .. } => vec![Uniform, Read, ReadWrite],
         }
     }
 
@@ -352,21 +406,27 @@ impl Kernel {
             Kernel::AssignBoxes { targets: true },
             Kernel::CullBoxes,
             Kernel::SumCounts,
+            Kernel::PackHalf { bf16: false },
+            Kernel::PackHalf { bf16: true },
         ];
-        for backward in [false, true] {
-            for flag in [false, true] {
-                for boxes in [false, true] {
-                    out.push(Kernel::Fused {
+        for heads in Dtype::ALL {
+            for backward in [false, true] {
+                for flag in [false, true] {
+                    for boxes in [false, true] {
+                        out.push(Kernel::Fused {
+                            backward,
+                            checks: flag,
+                            boxes,
+                            heads,
+                        });
+                    }
+                    #[cfg(feature = "bench")]
+                    out.push(Kernel::Roofline {
                         backward,
-                        checks: flag,
-                        boxes,
+                        read_all: flag,
+                        heads,
                     });
                 }
-                #[cfg(feature = "bench")]
-                out.push(Kernel::Roofline {
-                    backward,
-                    read_all: flag,
-                });
             }
         }
         out
@@ -559,7 +619,7 @@ mod tests {
         for kernel in Kernel::all() {
             for s in [spec(true, false), spec(false, true)] {
                 for d in kernel.defines(s) {
-                    let bindings = ["BACKWARD", "SUBGROUPS", "BOXES", "TARGETS"];
+                    let bindings = ["BACKWARD", "SUBGROUPS", "BOXES", "TARGETS", "HALF"];
                     assert!(bindings.contains(&d), "{kernel:?}: {d}");
                 }
             }
@@ -568,6 +628,7 @@ mod tests {
             backward: true,
             checks: true,
             boxes: false,
+            heads: Dtype::F32,
         };
         assert_eq!(fused.defines(spec(true, true)), ["BACKWARD", "SUBGROUPS"]);
         assert_eq!(fused.storage_buffers(), 10);
@@ -578,6 +639,17 @@ mod tests {
             .collect();
         assert_eq!(names, ["WG", "GAMMA_IS_TWO", "CHECKS"]);
         assert_eq!(Kernel::Count.defines(spec(true, true)), Vec::<&str>::new());
+        let half = Kernel::Fused {
+            backward: true,
+            checks: true,
+            boxes: false,
+            heads: Dtype::Bf16,
+        };
+        assert_eq!(half.defines(spec(true, false)), ["BACKWARD", "HALF"]);
+        assert_eq!(
+            half.constants(spec(true, false)).last(),
+            Some(&("HEADS_BF16", 1.0))
+        );
     }
 
     #[test]
@@ -597,11 +669,15 @@ mod tests {
             ASSIGN,
             COUNT_BOXES,
             SUM_COUNTS,
+            PACK_HALF,
         ];
         #[cfg(feature = "bench")]
         files.push(ROOFLINE);
         for f in files {
-            for defines in [&[][..], &["BACKWARD", "SUBGROUPS", "BOXES", "TARGETS"][..]] {
+            for defines in [
+                &[][..],
+                &["BACKWARD", "SUBGROUPS", "BOXES", "TARGETS", "HALF"][..],
+            ] {
                 preprocess(f, defines).unwrap_or_else(|e| panic!("{e}"));
             }
         }

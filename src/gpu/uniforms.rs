@@ -14,6 +14,8 @@ pub(crate) struct ParamSlots {
     stride: u64,
     /// Fused-pass segments (their slots follow slot 0).
     segments: usize,
+    /// Positive-count dispatches (their slots follow the segments').
+    counts: usize,
     /// Every slot's bytes, ready for `Queue::write_buffer`.
     pub bytes: Vec<u8>,
 }
@@ -50,6 +52,12 @@ impl ParamSlots {
                     .iter()
                     .map(|g| plan.count_params(&call, g)),
             )
+            .chain(plan.packs.iter().map(|r| Params {
+                pack_src_base: r.src.base,
+                pack_dst_base: r.dst.base,
+                pack_count: r.count,
+                ..call
+            }))
             .collect();
         let mut bytes = vec![0u8; stride as usize * slots.len()];
         for (chunk, p) in bytes.chunks_mut(stride as usize).zip(&slots) {
@@ -58,6 +66,7 @@ impl ParamSlots {
         ParamSlots {
             stride,
             segments: plan.segments.len(),
+            counts: plan.count_groups.len(),
             bytes,
         }
     }
@@ -75,6 +84,11 @@ impl ParamSlots {
     /// Byte offset of positive-count dispatch `g`'s slot.
     pub fn count(&self, g: usize) -> u64 {
         (1 + self.segments as u64 + g as u64) * self.stride
+    }
+
+    /// Byte offset of half-gradient pack dispatch `r`'s slot.
+    pub fn pack_run(&self, r: usize) -> u64 {
+        (1 + (self.segments + self.counts + r) as u64) * self.stride
     }
 
     /// Bytes of the buffer that holds them.

@@ -14,7 +14,7 @@ use crate::gpu::core::Core;
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pool::{Need, Pool, Slot};
 use crate::gpu::scope::scoped;
-use crate::input::Input;
+use crate::input::{Element, Input};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 
@@ -26,22 +26,26 @@ pub(crate) struct Upload<'a> {
 }
 
 impl Upload<'_> {
+    /// Its bytes rounded up to a whole 4-byte word (copies and bindings move
+    /// words; a half head of an odd element count ends inside one, whose other
+    /// half the shaders never read).
     fn bytes(&self) -> u64 {
-        self.parts.iter().map(|p| p.len() as u64).sum()
+        self.parts
+            .iter()
+            .map(|p| p.len() as u64)
+            .sum::<u64>()
+            .next_multiple_of(4)
     }
 }
 
-/// The six inputs of a call from targets, as uploads.
-pub(crate) fn of_inputs<'a>(inputs: &Inputs<'a>) -> Vec<Upload<'a>> {
+/// The six inputs of a call from targets, as uploads (the heads as they are, 2
+/// or 4 bytes an element).
+pub(crate) fn of_inputs<'a, T: Element>(inputs: &Inputs<'a, T>) -> Vec<Upload<'a>> {
     Input::ALL
         .iter()
         .map(|&input| Upload {
             slot: Slot::Input(input),
-            parts: inputs
-                .parts(input)
-                .iter()
-                .map(|p| bytemuck::cast_slice(p))
-                .collect(),
+            parts: inputs.byte_parts(input),
         })
         .collect()
 }

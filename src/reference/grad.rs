@@ -19,7 +19,7 @@
 use super::{sigmoid, softplus};
 use crate::config::{LossConfig, LossWeights, RegLoss};
 use crate::error::FcosError;
-use crate::input::Heads;
+use crate::input::{Element, Heads};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 use crate::losses::{Gradients, Losses, Sums};
@@ -31,12 +31,12 @@ use crate::losses::{Gradients, Losses, Sums};
 pub type F64Heads = Heads<Vec<Vec<f64>>>;
 
 /// The heads of `inputs`, widened exactly to `f64`.
-pub fn widen(inputs: &Inputs) -> F64Heads {
+pub fn widen<T: Element>(inputs: &Inputs<T>) -> F64Heads {
     Heads::from_fn(|h| {
         inputs
             .head(h)
             .iter()
-            .map(|v| v.iter().map(|&x| x as f64).collect())
+            .map(|v| v.iter().map(|&x| x.widen() as f64).collect())
             .collect()
     })
 }
@@ -52,7 +52,7 @@ pub fn narrow(g: &F64Heads) -> Gradients {
 }
 
 /// Checks that every level of `heads` has the length of the same head of `inputs`.
-fn check_against(heads: &F64Heads, inputs: &Inputs) -> Result<(), FcosError> {
+fn check_against<T: Element>(heads: &F64Heads, inputs: &Inputs<T>) -> Result<(), FcosError> {
     for (h, mine) in heads.iter() {
         let theirs = inputs.head(h);
         if mine.len() != theirs.len() {
@@ -228,10 +228,10 @@ pub fn objective(losses: &Losses, weights: &LossWeights) -> f64 {
 /// [`super::losses`] evaluated at `f64` heads (`inputs` gives the shapes and the
 /// targets; its heads are ignored). The same accumulation, so at `widen(inputs)`
 /// it returns exactly what [`super::losses`] does.
-pub fn losses_f64(
+pub fn losses_f64<T: Element>(
     config: &LossConfig,
     levels: &Levels,
-    inputs: &Inputs,
+    inputs: &Inputs<T>,
     heads: &F64Heads,
 ) -> Result<Losses, FcosError> {
     config.validate()?;
@@ -243,10 +243,10 @@ pub fn losses_f64(
 
 /// The gradients of the weighted objective at `f64` heads (shapes and targets from
 /// `inputs`). Assumes the shapes were checked.
-fn grads_at(
+fn grads_at<T: Element>(
     config: &LossConfig,
     levels: &Levels,
-    inputs: &Inputs,
+    inputs: &Inputs<T>,
     heads: &F64Heads,
     weights: &LossWeights,
     sums: &Sums,
@@ -302,10 +302,10 @@ fn grads_at(
 /// derivative ([`focal_grad`], [`bce_grad`], [`box_loss_grad`]); centerness and box
 /// gradients are zero off the positives (`cnt_target <= -1`), class gradients cover
 /// every position. Errors: the config, shape and weight checks.
-pub fn gradients(
+pub fn gradients<T: Element>(
     config: &LossConfig,
     levels: &Levels,
-    inputs: &Inputs,
+    inputs: &Inputs<T>,
     weights: &LossWeights,
 ) -> Result<(Losses, F64Heads), FcosError> {
     weights.check()?;
@@ -317,10 +317,10 @@ pub fn gradients(
 
 /// [`gradients`] at `f64` heads: the forward pass is [`losses_f64`] and the
 /// gradients are taken at `heads` (shapes and targets from `inputs`).
-pub fn gradients_f64(
+pub fn gradients_f64<T: Element>(
     config: &LossConfig,
     levels: &Levels,
-    inputs: &Inputs,
+    inputs: &Inputs<T>,
     heads: &F64Heads,
     weights: &LossWeights,
 ) -> Result<(Losses, F64Heads), FcosError> {

@@ -9,7 +9,7 @@ pub use assign::assign_targets;
 
 use crate::config::{Denominators, LossConfig, LossWeights, Normalization, RegLoss};
 use crate::error::FcosError;
-use crate::input::Head;
+use crate::input::{Element, Head};
 use crate::inputs::Inputs;
 use crate::layout::Levels;
 use crate::losses::{Losses, Sums, CTR_FLOOR};
@@ -94,10 +94,10 @@ pub fn box_loss(p: [f64; 4], t: [f64; 4], mode: RegLoss) -> f64 {
 /// The raw per-image sums of docs/contract.md §8, every term and sum in `f64`,
 /// reading the heads through `head(h, l, i)` (element `i` of level `l` of head
 /// `h`); the targets come from `inputs`. Assumes the shapes were checked.
-pub(crate) fn sums_with(
+pub(crate) fn sums_with<T: Element>(
     config: &LossConfig,
     levels: &Levels,
-    inputs: &Inputs,
+    inputs: &Inputs<T>,
     head: impl Fn(Head, usize, usize) -> f64,
 ) -> Sums {
     let c_n = config.num_classes as usize;
@@ -137,11 +137,15 @@ pub(crate) fn sums_with(
 
 /// Computes the loss of one batch on the CPU (docs/contract.md §2, normalised as
 /// §8 and the config say), checking shapes first.
-pub fn losses(config: &LossConfig, levels: &Levels, inputs: &Inputs) -> Result<Losses, FcosError> {
+pub fn losses<T: Element>(
+    config: &LossConfig,
+    levels: &Levels,
+    inputs: &Inputs<T>,
+) -> Result<Losses, FcosError> {
     config.validate()?;
     inputs.check_shapes(levels, config.num_classes as usize)?;
     let sums = sums_with(config, levels, inputs, |h, l, i| {
-        inputs.head(h)[l][i] as f64
+        inputs.head(h)[l][i].widen() as f64
     });
     Ok(Losses::from_sums(sums, config, None))
 }

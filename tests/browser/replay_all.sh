@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Captures the crate's calls on the golden cases (forward and backward, IoU and
-# GIoU, with and without subgroups, from targets and from boxes) and replays them
+# GIoU, with and without subgroups, from targets and from boxes, f16 and bf16
+# heads) and replays them
 # in headless Chromium's WebGPU (replay.mjs), which compares each with the case's
 # expected values. Then checks that the harness fails a capture whose inputs were
 # altered, so that a pass means something.
@@ -38,6 +39,12 @@ done
 for case in boxes_odd_b3_c7_100x150_m9 boxes_voc_b2_c20_512x512_m12; do
     capture "$case-forward-iou-sg" "tests/data/$case.safetensors" --from-boxes
     capture "$case-backward-giou-tree" "tests/data/$case.safetensors" --from-boxes --backward --reg giou --no-subgroups
+done
+# Half heads (f16, bf16), read as 2-byte elements and widened in the shader.
+for dtype in f16 bf16; do
+    case=half_${dtype}_voc_b2_c20_512x512
+    capture "$case-forward-giou-sg" "tests/data/$case.safetensors" --reg giou
+    capture "$case-backward-iou-tree" "tests/data/$case.safetensors" --backward --no-subgroups
 done
 echo "captured $n calls into $out"
 node tests/browser/replay.mjs "$out"

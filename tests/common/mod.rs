@@ -211,6 +211,7 @@ pub fn device_inputs<'a>(
     mut buffer: impl FnMut(Input) -> &'a wgpu::Buffer,
 ) -> DeviceInputs<'a> {
     DeviceInputs {
+        dtype: fcos_loss::Dtype::F32,
         batch,
         cls_logits: buffer(Input::ClsLogits),
         cnt_logits: buffer(Input::CntLogits),

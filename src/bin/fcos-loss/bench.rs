@@ -26,6 +26,10 @@ pub struct BenchArgs {
     /// Timed repetitions (medians and minima are reported).
     #[arg(long, default_value_t = 10)]
     reps: usize,
+    /// The heads' element type: f32, or f16 / bf16 (the synthetic heads rounded to
+    /// it and read as 2-byte elements; the roofline reads the same bytes).
+    #[arg(long, default_value = "f32")]
+    dtype: fcos_loss::Dtype,
     /// Timed runs of the CPU reference (0 skips it).
     #[arg(long, default_value_t = 3)]
     cpu_reps: usize,
@@ -96,6 +100,7 @@ pub fn run(a: &BenchArgs) -> Result<(), Failure> {
 /// The preset with the overrides of the command line.
 fn spec(a: &BenchArgs) -> Result<BenchSpec, FcosError> {
     let mut spec = BenchSpec::preset(&a.preset)?.with_reps(a.reps);
+    spec.dtype = a.dtype;
     if let Some(b) = a.batch {
         spec = spec.with_batch(b);
     }

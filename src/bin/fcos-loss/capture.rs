@@ -12,11 +12,11 @@ use serde_json::{json, Map, Value};
 use fcos_loss::casefile::{self, Case, CaseBoxes, Expected};
 use fcos_loss::{
     check_values, reference, CallCapture, CapturedCommand, CapturedRange, FcosError, FcosLoss,
-    GpuContext, Gradients, Head, LossConfig, LossWeights, Predictions, RegLoss, ABS_TOL, REL_TOL,
+    GpuContext, Gradients, Head, LossConfig, LossWeights, RegLoss, ABS_TOL, REL_TOL,
     WORKGROUP_SIZE,
 };
 
-use crate::common::{case_for, parse_reg, Failure, GRAD_TOL};
+use crate::common::{case_for, gpu_capture, parse_reg, Failure, GRAD_TOL};
 
 #[derive(clap::Args, Debug)]
 pub struct CaptureArgs {
@@ -59,16 +59,8 @@ pub fn run(a: &CaptureArgs) -> Result<(), Failure> {
     let weights = LossWeights::for_config(&config);
     let num_pos = reference::losses(&config, levels, &inputs)?.num_pos;
     let engine = engine(config, a)?;
-    let capture = match &boxes {
-        Some(bx) => engine.capture_from_boxes(
-            levels,
-            &Predictions::of(&inputs),
-            &bx.ground_truth(batch.batch),
-            a.backward,
-            &weights,
-        )?,
-        None => engine.capture(levels, &inputs, a.backward, &weights)?,
-    };
+    // Half heads are uploaded as the file stores them.
+    let capture = gpu_capture(&engine, &case, boxes.as_ref(), a.backward, &weights)?;
     let want = Want::of(expected, a.reg, a.backward, num_pos)?;
     write(a, &case, boxes.as_ref(), &engine, &capture, &want)?;
     println!(

@@ -6,13 +6,12 @@ use serde_json::json;
 
 use fcos_loss::casefile::{self, Case, CaseBoxes, Expected, ExpectedObjective};
 use fcos_loss::{
-    check_values, reference, FcosLoss, LossConfig, Losses, Predictions, RegLoss, Sums, ABS_TOL,
-    REL_TOL,
+    check_values, reference, FcosLoss, LossConfig, Losses, RegLoss, Sums, ABS_TOL, REL_TOL,
 };
 
 use crate::common::{
-    case_for, denominators, expected_sums, loss_diff, losses_json_for, losses_within, verdict,
-    CaseArgs, Failure, NormArg,
+    case_for, denominators, expected_sums, gpu_call, heads_dtype, loss_diff, losses_json_for,
+    losses_within, verdict, CaseArgs, Failure, NormArg,
 };
 
 /// `check`'s arguments: the case file, the box loss, the normalisation and the
@@ -22,6 +21,8 @@ pub type CheckArgs = CaseArgs;
 /// The three results of a case and their largest relative differences.
 struct Comparison {
     adapter: String,
+    /// The element type the heads were uploaded in.
+    heads: fcos_loss::Dtype,
     gpu: Losses,
     cpu: Losses,
     /// The file's `expected.*` losses for this `--reg` and `--norm`, when it has them.
@@ -60,14 +61,9 @@ fn compare(
     check_values(levels, &inputs, batch.classes)?;
     let config = norm.config(case, reg)?;
     let engine = FcosLoss::new(config.clone())?;
-    let gpu = match boxes {
-        Some(bx) => {
-            let preds = Predictions::of(&inputs);
-            let gt = bx.ground_truth(batch.batch);
-            engine.compute_from_boxes(levels, &preds, &gt)?.value
-        }
-        None => engine.compute(levels, &inputs)?,
-    };
+    // Half heads are uploaded as the file stores them; the CPU reference reads
+    // the same values widened.
+    let (gpu, _) = gpu_call(&engine, case, boxes, None)?;
     let cpu = reference::losses(&config, levels, &inputs)?;
     let expected = case.expected.as_ref().and_then(|e| match norm {
         NormArg::PerImage => expected_losses(e, reg, &cpu, config.add_centerness),
@@ -88,6 +84,7 @@ fn compare(
         && cpu_exp.is_none_or(losses_within);
     Ok(Comparison {
         adapter: engine.adapter_name(),
+        heads: heads_dtype(case),
         gpu,
         cpu,
         expected,
@@ -171,6 +168,7 @@ fn print_json(a: &CheckArgs, case: &Case, c: &Comparison) {
     let norm = a.norm;
     let mut out = json!({
         "adapter": c.adapter,
+        "heads_dtype": c.heads.name(),
         "file": a.file.display().to_string(),
         "reg": a.reg.name(),
         "from_boxes": a.from_boxes,
@@ -198,7 +196,7 @@ fn print_json(a: &CheckArgs, case: &Case, c: &Comparison) {
 
 fn print_table(a: &CheckArgs, case: &Case, c: &Comparison) {
     let (batch, levels) = (&case.batch, &case.batch.levels);
-    println!("adapter: {}", c.adapter);
+    println!("adapter: {} (heads {})", c.adapter, c.heads);
     println!(
         "file: {} (B = {}, C = {}, L = {}, P = {}, reg = {})",
         a.file.display(),
@@ -242,7 +240,7 @@ fn print_table(a: &CheckArgs, case: &Case, c: &Comparison) {
 fn print_norm_table(a: &CheckArgs, case: &Case, c: &Comparison) {
     let (batch, levels) = (&case.batch, &case.batch.levels);
     let norm = a.norm;
-    println!("adapter: {}", c.adapter);
+    println!("adapter: {} (heads {})", c.adapter, c.heads);
     println!(
         "file: {} (B = {}, C = {}, L = {}, P = {}, reg = {}, norm = {})",
         a.file.display(),

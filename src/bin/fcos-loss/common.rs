@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use fcos_loss::casefile::{Case, CaseBoxes, ExpectedSums};
 use fcos_loss::{
-    reference, Counts, Denominators, FcosError, LossConfig, Losses, Normalization, RegLoss, Sums,
-    ABS_TOL, REL_TOL,
+    reference, Batch, Counts, Denominators, Dtype, Element, FcosError, FcosLoss, Gradients, Inputs,
+    LossConfig, LossWeights, Losses, Normalization, Predictions, RegLoss, Sums, ABS_TOL, REL_TOL,
 };
 
 /// The prefix of every error line the CLI prints on stderr. Drivers print their
@@ -313,5 +313,97 @@ pub fn median_ms(mut v: Vec<f64>) -> f64 {
         v[n / 2]
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// The case's GPU call with its heads as the file stores them: a file of `F16`
+/// or `BF16` heads is uploaded as 2-byte elements (docs/contract.md §9), any other
+/// as `f32`. From `boxes` where given; with `weights`, forward and backward.
+pub fn gpu_call(
+    engine: &FcosLoss,
+    case: &Case,
+    boxes: Option<&CaseBoxes>,
+    weights: Option<&LossWeights>,
+) -> Result<(Losses, Option<Gradients>), FcosError> {
+    let batch = &case.batch;
+    let half = case.half.as_ref();
+    if let Some(inputs) = half.and_then(|h| h.f16_inputs(batch)) {
+        return call_with(engine, batch, &inputs, boxes, weights);
+    }
+    if let Some(inputs) = half.and_then(|h| h.bf16_inputs(batch)) {
+        return call_with(engine, batch, &inputs, boxes, weights);
+    }
+    call_with(engine, batch, &batch.inputs(), boxes, weights)
+}
+
+/// The heads' element type [`gpu_call`] uploads.
+pub fn heads_dtype(case: &Case) -> Dtype {
+    case.half.as_ref().map_or(Dtype::F32, |h| h.dtype)
+}
+
+fn call_with<T: Element>(
+    engine: &FcosLoss,
+    batch: &Batch,
+    inputs: &Inputs<T>,
+    boxes: Option<&CaseBoxes>,
+    weights: Option<&LossWeights>,
+) -> Result<(Losses, Option<Gradients>), FcosError> {
+    let levels = &batch.levels;
+    let gt = boxes.map(|bx| bx.ground_truth(batch.batch));
+    let preds = Predictions::of(inputs);
+    Ok(match (gt, weights) {
+        (Some(gt), Some(w)) => {
+            let (l, g) = engine
+                .forward_backward_from_boxes(levels, &preds, &gt, w)?
+                .value;
+            (l, Some(g))
+        }
+        (Some(gt), None) => (engine.compute_from_boxes(levels, &preds, &gt)?.value, None),
+        (None, Some(w)) => {
+            let (l, g) = engine.forward_backward(levels, inputs, w)?;
+            (l, Some(g))
+        }
+        (None, None) => (engine.compute(levels, inputs)?, None),
+    })
+}
+
+/// [`FcosLoss::capture`] (or, from `boxes`, `capture_from_boxes`) of the case's
+/// call, its heads uploaded as the file stores them (as [`gpu_call`]).
+pub fn gpu_capture(
+    engine: &FcosLoss,
+    case: &Case,
+    boxes: Option<&CaseBoxes>,
+    backward: bool,
+    weights: &LossWeights,
+) -> Result<fcos_loss::CallCapture, FcosError> {
+    let batch = &case.batch;
+    let half = case.half.as_ref();
+    if let Some(inputs) = half.and_then(|h| h.f16_inputs(batch)) {
+        return capture_with(engine, batch, &inputs, boxes, backward, weights);
+    }
+    if let Some(inputs) = half.and_then(|h| h.bf16_inputs(batch)) {
+        return capture_with(engine, batch, &inputs, boxes, backward, weights);
+    }
+    capture_with(engine, batch, &batch.inputs(), boxes, backward, weights)
+}
+
+fn capture_with<T: Element>(
+    engine: &FcosLoss,
+    batch: &Batch,
+    inputs: &Inputs<T>,
+    boxes: Option<&CaseBoxes>,
+    backward: bool,
+    weights: &LossWeights,
+) -> Result<fcos_loss::CallCapture, FcosError> {
+    let levels = &batch.levels;
+    match boxes {
+        Some(bx) => engine.capture_from_boxes(
+            levels,
+            &Predictions::of(inputs),
+            &bx.ground_truth(batch.batch),
+            backward,
+            weights,
+        ),
+        None => engine.capture(levels, inputs, backward, weights),
     }
 }

@@ -9,12 +9,12 @@ use serde_json::{json, Map, Value};
 use fcos_loss::casefile::{self, Case, CaseBoxes, Expected};
 use fcos_loss::{
     check_values, max_head_error, reference, FcosLoss, Gradients, Head, Heads, LossConfig,
-    LossWeights, Losses, Predictions, RegLoss,
+    LossWeights, Losses, RegLoss,
 };
 
 use crate::common::{
-    case_for, denominators, grads_within, loss_diff, losses_json, losses_json_for, losses_within,
-    verdict, CaseArgs, Failure, NormArg, GRAD_TOL,
+    case_for, denominators, gpu_call, grads_within, heads_dtype, loss_diff, losses_json,
+    losses_json_for, losses_within, verdict, CaseArgs, Failure, NormArg, GRAD_TOL,
 };
 
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,8 @@ pub struct GradArgs {
 /// The GPU's losses and gradients beside the CPU reference and the expected values.
 struct Comparison {
     adapter: String,
+    /// The element type the heads were uploaded in.
+    heads: fcos_loss::Dtype,
     /// The config the case ran under (its normalisation and denominators).
     config: LossConfig,
     gpu: Losses,
@@ -73,16 +75,11 @@ fn compare(
     let config = norm.config(case, reg)?;
     let weights = LossWeights::for_config(&config);
     let engine = FcosLoss::new(config.clone())?;
-    let (gpu, grads) = match boxes {
-        Some(bx) => {
-            let preds = Predictions::of(&inputs);
-            let gt = bx.ground_truth(batch.batch);
-            engine
-                .forward_backward_from_boxes(levels, &preds, &gt, &weights)?
-                .value
-        }
-        None => engine.forward_backward(levels, &inputs, &weights)?,
-    };
+    // Half heads are uploaded as the file stores them; the CPU reference reads
+    // the same values widened.
+    let (gpu, grads) = gpu_call(&engine, case, boxes, Some(&weights))?;
+    // A call with weights is a backward pass: it always returns gradients.
+    let grads = grads.unwrap_or_default();
     let (cpu, cpu_grads) = reference::grad::gradients(&config, levels, &inputs, &weights)?;
     let cpu_grads = reference::grad::narrow(&cpu_grads);
     let vs_cpu = Heads::from_fn(|h| max_head_error(&grads[h], &cpu_grads[h]));
@@ -96,6 +93,7 @@ fn compare(
         && vs_exp.iter().filter_map(|(_, &d)| d).all(grads_within);
     Ok(Comparison {
         adapter: engine.adapter_name(),
+        heads: heads_dtype(case),
         config,
         gpu,
         cpu,
@@ -180,6 +178,7 @@ fn print_json(a: &GradArgs, c: &Comparison) {
     let norm = a.case.norm;
     let mut out = json!({
         "adapter": c.adapter,
+        "heads_dtype": c.heads.name(),
         "file": a.case.file.display().to_string(),
         "out": a.out.display().to_string(),
         "reg": a.case.reg.name(),
@@ -204,7 +203,7 @@ fn print_json(a: &GradArgs, c: &Comparison) {
 }
 
 fn print_summary(a: &GradArgs, c: &Comparison, written: usize) {
-    println!("adapter: {}", c.adapter);
+    println!("adapter: {} (heads {})", c.adapter, c.heads);
     println!("wrote {} ({written} tensors)", a.out.display());
     let norm = a.case.norm;
     if norm == NormArg::PerImage {
