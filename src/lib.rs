@@ -60,13 +60,13 @@ pub use gpu::{
     PendingLosses, RangedGradients, RangedInputs, ShaderVariant, Timed, CPU_TARGET_WORKGROUPS,
     DEFAULT_RING_SIZE, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
 };
+/// The `half` crate, whose `f16` and `bf16` are the host types of half-precision heads.
+pub use half;
 pub use input::{Dtype, Element, Head, Heads, Input, TensorLayout};
 pub use inputs::Inputs;
 pub use layout::{Levels, MAX_LEVELS};
 pub use losses::{max_head_error, max_tensor_error, Gradients, Losses, Sums, CTR_FLOOR};
 pub use validate::check_values;
-/// The `half` crate, whose `f16` and `bf16` are the host types of half-precision heads.
-pub use half;
 
 /// Relative tolerance of docs/contract.md §3 for per-image losses.
 pub const REL_TOL: f64 = 1e-4;
