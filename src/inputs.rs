@@ -101,12 +101,31 @@ impl<'a, T: Element> Inputs<'a, T> {
     where
         'a: 'b,
     {
-        let view = |h: Head| heads[h].iter().map(|v| v.as_slice()).collect();
+        self.with_head_slices(
+            heads
+                .as_ref()
+                .map(|_, v| v.iter().map(Vec::as_slice).collect()),
+        )
+    }
+
+    /// These targets with the heads `heads`, one slice per level, of any dtype.
+    pub(crate) fn with_head_slices<'b, U: Element>(
+        &self,
+        heads: Heads<Vec<&'b [U]>>,
+    ) -> Inputs<'b, U>
+    where
+        'a: 'b,
+    {
+        let Heads {
+            cls_logits,
+            cnt_logits,
+            reg_preds,
+        } = heads;
         Inputs {
             batch: self.batch,
-            cls_logits: view(Head::ClsLogits),
-            cnt_logits: view(Head::CntLogits),
-            reg_preds: view(Head::RegPreds),
+            cls_logits,
+            cnt_logits,
+            reg_preds,
             cls_targets: self.cls_targets,
             cnt_targets: self.cnt_targets,
             reg_targets: self.reg_targets,

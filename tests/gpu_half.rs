@@ -413,6 +413,31 @@ fn device_buffers_and_ranges_of_halves() {
         .device
         .limits()
         .min_storage_buffer_offset_alignment as usize;
+    let (shared, at) = level_ranges(device, &heads, align);
+    let ranges = ranges_of(&shared, &at);
+    let ranged = RangedInputs {
+        batch: b,
+        dtype: Dtype::Bf16,
+        cls_logits: ranges.cls_logits,
+        cnt_logits: ranges.cnt_logits,
+        reg_preds: ranges.reg_preds,
+        cls_targets: BufferRange::from(&ct),
+        cnt_targets: BufferRange::from(&nt),
+        reg_targets: BufferRange::from(&rt),
+    };
+    let got = engine.compute_ranges(&levels, &ranged).unwrap();
+    assert_bits("ranges, bf16", &got, &host.0);
+}
+
+/// `f32` gradients rounded to `T` (nearest even, by the `half` crate), widened.
+/// Each level of each head copied into its own range of one buffer, at offsets
+/// aligned to `align` (so a level's first element is the first half of a word):
+/// the buffer and each level's (offset, size) in bytes, sizes whole words.
+fn level_ranges<T: Element>(
+    device: &wgpu::Device,
+    heads: &Heads<Vec<Vec<T>>>,
+    align: usize,
+) -> (wgpu::Buffer, Heads<Vec<(u64, u64)>>) {
     let mut bytes = Vec::new();
     let mut at: Heads<Vec<(u64, u64)>> = Heads::default();
     for h in Head::ALL {
@@ -424,28 +449,22 @@ fn device_buffers_and_ranges_of_halves() {
         }
     }
     bytes.resize(bytes.len().next_multiple_of(4) + 4, 0);
-    let shared = common::storage_buffer(device, &bytes);
-    let ranges = |h: Head| {
-        at[h]
-            .iter()
-            .map(|&(o, s)| BufferRange::new(&shared, o, s))
-            .collect()
-    };
-    let ranged = RangedInputs {
-        batch: b,
-        dtype: Dtype::Bf16,
-        cls_logits: ranges(Head::ClsLogits),
-        cnt_logits: ranges(Head::CntLogits),
-        reg_preds: ranges(Head::RegPreds),
-        cls_targets: BufferRange::from(&ct),
-        cnt_targets: BufferRange::from(&nt),
-        reg_targets: BufferRange::from(&rt),
-    };
-    let got = engine.compute_ranges(&levels, &ranged).unwrap();
-    assert_bits("ranges, bf16", &got, &host.0);
+    (common::storage_buffer(device, &bytes), at)
 }
 
-/// `f32` gradients rounded to `T` (nearest even, by the `half` crate), widened.
+/// The ranges of `buffer` at `at` (from [`level_ranges`]).
+fn ranges_of<'a>(
+    buffer: &'a wgpu::Buffer,
+    at: &Heads<Vec<(u64, u64)>>,
+) -> Heads<Vec<BufferRange<'a>>> {
+    Heads::from_fn(|h| {
+        at[h]
+            .iter()
+            .map(|&(o, s)| BufferRange::new(buffer, o, s))
+            .collect()
+    })
+}
+
 fn rounded<T: Element>(g: &fcos_loss::Gradients, from: impl Fn(f32) -> T) -> fcos_loss::Gradients {
     g.as_ref().map(|_, levels| {
         levels
@@ -606,30 +625,14 @@ fn half_gradients_into_ranges_keep_their_neighbours() {
     let shared = common::storage_buffer(device, &vec![0xcd; size]);
     // Inputs as ranges of their packed buffers, level by level, at aligned
     // copies (ranges must start aligned).
-    let mut in_bytes = Vec::new();
-    let mut in_at: Heads<Vec<(u64, u64)>> = Heads::default();
-    for h in Head::ALL {
-        for v in &heads[h] {
-            let start = in_bytes.len().next_multiple_of(align);
-            in_bytes.resize(start, 0);
-            in_bytes.extend_from_slice(bytemuck::cast_slice(v));
-            in_at[h].push((start as u64, (2 * v.len()).next_multiple_of(4) as u64));
-        }
-    }
-    in_bytes.resize(in_bytes.len().next_multiple_of(4) + 4, 0);
-    let in_buf = common::storage_buffer(device, &in_bytes);
-    let in_ranges = |h: Head| {
-        in_at[h]
-            .iter()
-            .map(|&(o, s)| BufferRange::new(&in_buf, o, s))
-            .collect()
-    };
+    let (in_buf, in_at) = level_ranges(device, &heads, align);
+    let in_ranges = ranges_of(&in_buf, &in_at);
     let ranged = RangedInputs {
         batch: b,
         dtype: Dtype::F16,
-        cls_logits: in_ranges(Head::ClsLogits),
-        cnt_logits: in_ranges(Head::CntLogits),
-        reg_preds: in_ranges(Head::RegPreds),
+        cls_logits: in_ranges.cls_logits,
+        cnt_logits: in_ranges.cnt_logits,
+        reg_preds: in_ranges.reg_preds,
         cls_targets: BufferRange::from(&ct),
         cnt_targets: BufferRange::from(&nt),
         reg_targets: BufferRange::from(&rt),

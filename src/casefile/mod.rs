@@ -70,22 +70,10 @@ impl HalfHeads {
     }
 
     fn inputs<'a, T: crate::Element>(&'a self, batch: &'a Batch) -> crate::Inputs<'a, T> {
-        let view = |h: crate::Head| -> Vec<&'a [T]> {
-            self.bits[h]
-                .iter()
-                .map(|v| bytemuck::cast_slice::<u16, T>(v))
-                .collect()
-        };
-        let f = batch.inputs();
-        crate::Inputs {
-            batch: batch.batch,
-            cls_logits: view(crate::Head::ClsLogits),
-            cnt_logits: view(crate::Head::CntLogits),
-            reg_preds: view(crate::Head::RegPreds),
-            cls_targets: f.cls_targets,
-            cnt_targets: f.cnt_targets,
-            reg_targets: f.reg_targets,
-        }
+        let levels = |_, v: &'a Vec<Vec<u16>>| v.iter().map(|l| bytemuck::cast_slice(l)).collect();
+        batch
+            .inputs()
+            .with_head_slices(self.bits.as_ref().map(levels))
     }
 }
 
