@@ -22,7 +22,8 @@
 //! Features: `cli` (the `fcos-loss` command), `bench` (the bench harness and the
 //! memory rooflines, module `bench`) and `casefile` (safetensors case files,
 //! module `casefile`) are on by default; an application that only needs the loss links
-//! none of them with `default-features = false`.
+//! none of them with `default-features = false`. The `burn` feature (off by default)
+//! adds module `burn`: the loss as an autodiff op on burn 0.22's wgpu backend.
 
 #![deny(missing_docs)]
 
@@ -40,6 +41,8 @@ mod validate;
 
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "burn")]
+pub mod burn;
 #[cfg(feature = "casefile")]
 pub mod casefile;
 pub mod reference;

@@ -61,11 +61,12 @@ impl GpuContext {
     /// before GL), limited by `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`: for an
     /// application that opens its own device on the adapter the engine would use.
     pub fn adapters() -> Vec<wgpu::Adapter> {
-        pollster::block_on(Self::ranked_adapters()).0
+        pollster::block_on(Self::ranked_adapters()).1
     }
 
-    /// [`adapters`](Self::adapters), and what limited them, for the error message.
-    async fn ranked_adapters() -> (Vec<wgpu::Adapter>, String) {
+    /// The instance, [`adapters`](Self::adapters) on it, and what limited them,
+    /// for the error message.
+    pub(crate) async fn ranked_adapters() -> (wgpu::Instance, Vec<wgpu::Adapter>, String) {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
@@ -84,11 +85,11 @@ impl GpuContext {
             detail += &format!(" matching WGPU_ADAPTER_NAME={name} (adapters present: {names:?})");
         }
         adapters.sort_by_key(|a| rank(&a.get_info()));
-        (adapters, detail)
+        (instance, adapters, detail)
     }
 
     async fn open_async() -> Result<Self, FcosError> {
-        let (adapters, detail) = Self::ranked_adapters().await;
+        let (_, adapters, detail) = Self::ranked_adapters().await;
         let adapter = adapters
             .into_iter()
             .next()

@@ -38,7 +38,7 @@ mod ranges;
 mod readback;
 mod results;
 mod ring;
-mod scope;
+pub(crate) mod scope;
 #[cfg(test)]
 mod shader_checks;
 #[cfg(test)]

@@ -1,0 +1,800 @@
+//! The FCOS loss as a burn (0.22) autodiff op on burn's wgpu backend (feature `burn`).
+//!
+//! [`BurnFcos::loss`] takes the heads as burn holds them, one `[B, ch, H_l, W_l]`
+//! `f32` tensor per level of each head, and the flattened targets (`[B, P]`,
+//! `[B, P]`, `[B, P, 4]`, docs/contract.md §1), and returns the objective
+//! `w.cls·cls_loss + w.cnt·cnt_loss + w.reg·reg_loss` as a burn tensor of shape `[1]`
+//! and the three losses as a tensor of shape `[3]`, both on the device. One recorded
+//! call of the engine ([`record_ranges`](FcosLoss::record_ranges)) on burn's own
+//! buffers computes the per-image sums and writes the gradients into tensors burn
+//! allocated; `backward()` registers them for the heads, times the upstream gradient.
+//!
+//! # How it works, and what it costs
+//!
+//! - The engine runs on burn's wgpu device and queue: [`BurnFcos::open`] opens a new
+//!   wgpu device on the adapter the crate picks and registers it with burn (as many
+//!   times as wanted: one device per replica of a data-parallel run);
+//!   [`BurnFcos::init`] opens burn's default wgpu runtime (once per process) and
+//!   [`BurnFcos::from_setup`] takes a [`WgpuSetup`] the application registered.
+//! - Each tensor's buffer range comes from cubecl's server
+//!   (`Client::get_resource::<WgpuServer<AutoCompiler>>`); the guards that pin those
+//!   allocations are held until the engine's commands are submitted. burn's pending
+//!   work is flushed (`Client::flush`) first, so the shared queue runs burn's
+//!   producers, then the loss, then whatever burn queues next.
+//! - No host round trip: the call is recorded and submitted, never waited for. The
+//!   per-image sums (docs/contract.md §8) are copied into two small burn tensors, and
+//!   burn's own tensor ops normalise them into the losses and the objective, in
+//!   `f32` (the blocking calls divide in `f64`: the two agree to about `1e-7`
+//!   relative). [`BurnLoss::read`] brings the [`Losses`] to the host when wanted.
+//! - A non-contiguous tensor is copied to a contiguous one first, and a tensor whose
+//!   range does not start at the device's `min_storage_buffer_offset_alignment` is
+//!   copied to a fresh (aligned) allocation.
+//! - The gradient tensors are dedicated allocations
+//!   (`Client::memory_dedicated_allocation`), one wgpu buffer each, outside burn's
+//!   pools: the fused backward binds the inputs read-only and the gradients
+//!   read-write, and wgpu rejects one buffer bound both ways in a dispatch. Should
+//!   a gradient still share a buffer with an input, the engine returns
+//!   [`FcosError::InvalidCall`] before recording anything (no wgpu validation panic).
+//! - The backward pass costs one element-wise multiply per head level (the fused
+//!   gradients times the upstream gradient).
+//! - Bad input values (NaN, ±Inf, a class out of range) are flagged on the device
+//!   while the engine's checks are on ([`FcosLoss::set_checks`]); with no host wait
+//!   they surface in [`BurnLoss::read`], as the [`FcosError::Value`] the blocking
+//!   calls return, naming the tensor and the index.
+//!
+//! # Limits
+//!
+//! - burn must be built without its `fusion` feature (this crate asks for
+//!   `default-features = false`): with fusion a primitive is a `FusionTensor`, not a
+//!   `CubeTensor` with a buffer, and [`BurnFcos::loss`] returns
+//!   [`FcosError::InvalidCall`] for tensors it cannot downcast.
+//! - Autodiff devices without gradient checkpointing (`device.autodiff()`); 1 to
+//!   [`MAX_BURN_LEVELS`] levels; `f32` tensors; targets as dense tensors.
+//! - Where burn's own API panics (a kernel launch on a lost device, a dtype burn
+//!   cannot allocate), this op does too; every check of its own is an [`FcosError`].
+
+use ::burn::backend::autodiff::checkpoint::base::Checkpointer;
+use ::burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use ::burn::backend::autodiff::grads::Gradients as BurnGradients;
+use ::burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
+use ::burn::backend::ops::{FloatTensorOps, IntTensorOps};
+use ::burn::backend::wgpu::{AutoCompiler, WgpuResource, WgpuSetup};
+use ::burn::backend::TensorMetadata;
+use ::burn::backend::{Autodiff, Cube};
+use ::burn::tensor::PrimitiveConversionError;
+use ::burn::tensor::{DType, Device, FloatDType, IntDType, Shape, Tensor, TensorData};
+use cubecl::wgpu::WgpuServer;
+
+use crate::gpu::scope::scoped;
+use crate::gpu::{adapter_label, BufferRange, FcosLoss, GpuContext, RangedGradients, RangedInputs};
+use crate::{
+    check_values, Dtype, FcosError, Head, Heads, Inputs, Levels, LossConfig, LossWeights, Losses,
+    Normalization, Sums, CTR_FLOOR,
+};
+
+/// The float primitive of burn's autodiff wgpu backend.
+type AutodiffTensor = ::burn::backend::tensor::FloatTensor<Autodiff<Cube>>;
+
+/// The tensor primitive behind a burn wgpu tensor (without fusion).
+pub type CubeTensor = ::burn::backend::wgpu::CubeTensor;
+
+/// The most pyramid levels [`BurnFcos::loss`] takes (the autodiff op has one input
+/// per level of each head, a count burn fixes at compile time).
+pub const MAX_BURN_LEVELS: usize = 8;
+
+/// Words per image in the per-image results (`S_cls, S_cnt, S_reg, S_regw, Z` as
+/// `f32`, then the positives `n` and the check flags as `u32`, then padding).
+const RESULT_WORDS: usize = 8;
+
+/// The flattened targets of docs/contract.md §1 as burn tensors (`f32`, on burn's
+/// wgpu device, with or without autodiff; they get no gradient).
+#[derive(Debug, Clone)]
+pub struct BurnTargets {
+    /// `[B, P]`: class index, `0` background.
+    pub cls: Tensor<2>,
+    /// `[B, P]`: centerness target, `−1` at a negative.
+    pub cnt: Tensor<2>,
+    /// `[B, P, 4]`: `ltrb` box targets.
+    pub reg: Tensor<3>,
+}
+
+/// What [`BurnFcos::loss`] returns: tensors on the device, and the per-image sums
+/// behind them for [`read`](Self::read).
+#[derive(Debug, Clone)]
+pub struct BurnLoss {
+    /// `w.cls·cls_loss + w.cnt·cnt_loss + w.reg·reg_loss`, shape `[1]`: tracked by
+    /// autodiff when a head is; `backward()` gives the heads the fused gradients.
+    pub objective: Tensor<1>,
+    /// `[cls_loss, cnt_loss, reg_loss]` under the config's normalisation, shape
+    /// `[3]`, not tracked.
+    pub losses: Tensor<1>,
+    /// `[B, 8]` raw words of the per-image results (read as bytes).
+    sums: CubeTensor,
+    config: LossConfig,
+    levels: Levels,
+    batch: usize,
+    /// The inputs as the engine read them (`3·L` head levels, then the three
+    /// targets), to name a bad value the device checks flagged.
+    inputs: Vec<CubeTensor>,
+}
+
+impl BurnLoss {
+    /// The losses on the host, as the blocking calls return them (per-image vectors,
+    /// batch losses, positives, the raw sums), normalised in `f64`. Waits for the
+    /// GPU (one read of `B · 32` bytes). A bad input value the device checks flagged
+    /// is the [`FcosError::Value`] of the blocking calls (the inputs are then read
+    /// back to name the first one).
+    pub fn read(&self) -> Result<Losses, FcosError> {
+        let words = words(self.sums.clone())?;
+        let b = self.batch;
+        let f = |k: usize| -> Vec<f64> {
+            (0..b)
+                .map(|i| f32::from_bits(words[i * RESULT_WORDS + k]) as f64)
+                .collect()
+        };
+        let sums = Sums {
+            cls: f(0),
+            cnt: f(1),
+            reg: f(2),
+            reg_w: f(3),
+            ctr: f(4),
+            num_pos: (0..b).map(|i| words[i * RESULT_WORDS + 5]).collect(),
+        };
+        let flags = (0..b).fold(0, |acc, i| acc | words[i * RESULT_WORDS + 6]);
+        if flags != 0 {
+            return Err(self.locate(flags));
+        }
+        Ok(Losses::from_sums(sums, &self.config, None))
+    }
+
+    /// The error for values the device checks flagged: the host check of the inputs.
+    fn locate(&self, flags: u32) -> FcosError {
+        let values: Result<Vec<Vec<f32>>, FcosError> = self
+            .inputs
+            .iter()
+            .map(|t| {
+                let bytes = words(t.clone())?;
+                Ok(bytes.into_iter().map(f32::from_bits).collect())
+            })
+            .collect();
+        let values = match values {
+            Ok(v) => v,
+            Err(e) => {
+                return FcosError::gpu(format!(
+                    "the on-device checks flagged bad values (flags {flags:#x}), and reading the inputs back failed: {e}"
+                ))
+            }
+        };
+        let l = self.levels.len();
+        let slices = |k: usize| {
+            values[k * l..(k + 1) * l]
+                .iter()
+                .map(Vec::as_slice)
+                .collect()
+        };
+        let inputs = Inputs {
+            batch: self.batch,
+            cls_logits: slices(0),
+            cnt_logits: slices(1),
+            reg_preds: slices(2),
+            cls_targets: &values[3 * l],
+            cnt_targets: &values[3 * l + 1],
+            reg_targets: &values[3 * l + 2],
+        };
+        match check_values(&self.levels, &inputs, self.config.num_classes as usize) {
+            Err(e) => e,
+            Ok(()) => FcosError::gpu(format!(
+                "the on-device checks flagged bad values (flags {flags:#x}) that the host check does not find"
+            )),
+        }
+    }
+}
+
+/// A tensor's raw 32-bit words, read back by burn.
+fn words(t: CubeTensor) -> Result<Vec<u32>, FcosError> {
+    let data = Tensor::<1>::from_primitive::<Cube>(Cube::float_reshape(
+        t.clone(),
+        Shape::new([t.shape().num_elements()]),
+    ))
+    .into_data();
+    Ok(bytemuck::pod_collect_to_vec(data.as_bytes()))
+}
+
+/// The FCOS loss engine on burn's wgpu device, with the weights of its objective.
+#[derive(Debug)]
+pub struct BurnFcos {
+    engine: FcosLoss,
+    weights: LossWeights,
+}
+
+/// The fused backward step: the gradients computed in the forward call, per head
+/// level in input order (`cls` levels, `cnt` levels, `reg` levels), scaled by the
+/// upstream gradient.
+#[derive(Debug)]
+struct FusedBackward;
+
+impl<const N: usize> Backward<Cube, N> for FusedBackward {
+    type State = Vec<CubeTensor>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut BurnGradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let upstream = grads.consume::<Cube>(&ops.node);
+        let upstream = Cube::float_reshape(upstream, Shape::new([1, 1, 1, 1]));
+        for (parent, grad) in ops.parents.into_iter().zip(ops.state) {
+            if let Some(node) = parent {
+                grads.register::<Cube>(node.id, Cube::float_mul(grad, upstream.clone()));
+            }
+        }
+    }
+}
+
+fn conversion(what: &str, e: PrimitiveConversionError) -> FcosError {
+    FcosError::InvalidCall(format!(
+        "{what}: not a tensor of burn's wgpu backend without fusion ({e:?}); build burn with default-features = false (no `fusion`) and put the tensor on a wgpu device"
+    ))
+}
+
+fn server(what: &str, e: impl std::fmt::Debug) -> FcosError {
+    FcosError::gpu(format!("burn's wgpu runtime, {what}: {e:?}"))
+}
+
+/// A float tensor's autodiff tensor (a fresh, untracked one off an autodiff
+/// device), and whether it came from an autodiff device.
+fn autodiff_parts<const D: usize>(
+    what: &str,
+    t: Tensor<D>,
+) -> Result<(AutodiffTensor, bool), FcosError> {
+    if t.is_autodiff() {
+        let ad = t
+            .try_into_primitive::<Autodiff<Cube>>()
+            .map_err(|e| conversion(what, e))?;
+        Ok((ad, true))
+    } else {
+        let p = t
+            .try_into_primitive::<Cube>()
+            .map_err(|e| conversion(what, e))?;
+        Ok((AutodiffTensor::new(p), false))
+    }
+}
+
+/// The primitive of a tensor that gets no gradient (the targets).
+fn plain<const D: usize>(what: &str, t: Tensor<D>) -> Result<CubeTensor, FcosError> {
+    if t.is_autodiff() {
+        let ad = t
+            .try_into_primitive::<Autodiff<Cube>>()
+            .map_err(|e| conversion(what, e))?;
+        Ok(ad.into_primitive())
+    } else {
+        t.try_into_primitive::<Cube>()
+            .map_err(|e| conversion(what, e))
+    }
+}
+
+/// Checks the dtype and the shape, and makes the tensor contiguous (a copy where
+/// it is not).
+fn contiguous(what: &str, t: CubeTensor, want: &[usize]) -> Result<CubeTensor, FcosError> {
+    if t.dtype != DType::F32 {
+        return Err(FcosError::shape(
+            what,
+            "dtype F32",
+            format!("{:?}", t.dtype),
+        ));
+    }
+    let shape = t.shape();
+    if shape.as_slice() != want {
+        return Err(FcosError::shape(
+            what,
+            format!("shape {want:?}"),
+            format!("{:?}", shape.as_slice()),
+        ));
+    }
+    if t.is_contiguous() {
+        return Ok(t);
+    }
+    // A reshape of a non-contiguous tensor to one dimension copies it into a fresh,
+    // contiguous allocation.
+    let n = shape.num_elements();
+    let flat = Cube::float_reshape(t, Shape::new([n]));
+    let t = Cube::float_reshape(flat, shape);
+    if !t.is_contiguous() {
+        return Err(FcosError::InvalidCall(format!(
+            "{what}: could not make the tensor contiguous"
+        )));
+    }
+    Ok(t)
+}
+
+type Resource = cubecl_runtime::storage::ManagedResource<WgpuResource>;
+
+/// A tensor and the guard that pins its allocation.
+struct Pinned {
+    tensor: CubeTensor,
+    resource: Resource,
+}
+
+impl Pinned {
+    /// Pins the tensor's allocation; a tensor at an offset the device cannot bind
+    /// is copied first (and pinned in its place).
+    fn new(what: &str, t: CubeTensor, align: u64) -> Result<Self, FcosError> {
+        if !t.is_contiguous() {
+            return Err(FcosError::InvalidCall(format!(
+                "{what}: burn allocated it with a non-contiguous layout"
+            )));
+        }
+        let get = |t: &CubeTensor| {
+            t.client
+                .get_resource::<WgpuServer<AutoCompiler>>(t.handle.clone())
+                .map_err(|e| server(&format!("{what}: its buffer"), e))
+        };
+        let resource = get(&t)?;
+        if resource.resource().offset.is_multiple_of(align) {
+            return Ok(Pinned {
+                tensor: t,
+                resource,
+            });
+        }
+        drop(resource);
+        let t = t.copy();
+        let resource = get(&t)?;
+        let offset = resource.resource().offset;
+        if !offset.is_multiple_of(align) {
+            return Err(FcosError::InvalidCall(format!(
+                "{what}: burn placed a fresh copy at offset {offset}, not a multiple of {align}"
+            )));
+        }
+        Ok(Pinned {
+            tensor: t,
+            resource,
+        })
+    }
+
+    /// The tensor's bytes in its buffer.
+    fn range(&self, what: &str) -> Result<BufferRange<'_>, FcosError> {
+        let res = self.resource.resource();
+        let bytes = (self.tensor.shape().num_elements() * 4) as u64;
+        if res.size < bytes {
+            return Err(FcosError::shape(
+                what,
+                format!("a buffer range of at least {bytes} bytes"),
+                format!("{} bytes", res.size),
+            ));
+        }
+        Ok(BufferRange::new(&res.buffer, res.offset, bytes))
+    }
+}
+
+/// Pins each tensor (see [`Pinned::new`]).
+fn pin_all(what: &str, ts: Vec<CubeTensor>, align: u64) -> Result<Vec<Pinned>, FcosError> {
+    ts.into_iter()
+        .enumerate()
+        .map(|(i, t)| Pinned::new(&format!("{what} {i}"), t, align))
+        .collect()
+}
+
+/// The buffer ranges of pinned tensors.
+fn ranges<'a>(what: &str, v: &'a [Pinned]) -> Result<Vec<BufferRange<'a>>, FcosError> {
+    v.iter()
+        .enumerate()
+        .map(|(i, p)| p.range(&format!("{what} {i}")))
+        .collect()
+}
+
+/// `3·l` ranges in input order, as one vector per head.
+fn per_head(v: Vec<BufferRange<'_>>, l: usize) -> Heads<Vec<BufferRange<'_>>> {
+    let mut it = v.into_iter();
+    Heads::from_fn(|_| it.by_ref().take(l).collect())
+}
+
+/// What one call hands to burn: the objective and the losses, untracked, and the
+/// per-image results.
+struct Outputs {
+    objective: CubeTensor,
+    losses: CubeTensor,
+    sums: CubeTensor,
+}
+
+impl BurnFcos {
+    /// An engine on a device burn already shares: `engine` must run on the wgpu
+    /// device and queue of the burn device the tensors live on (see
+    /// [`from_setup`](Self::from_setup)). The objective's weights start as
+    /// [`LossWeights::for_config`].
+    pub fn new(engine: FcosLoss) -> Self {
+        let weights = LossWeights::for_config(engine.config());
+        BurnFcos { engine, weights }
+    }
+
+    /// Opens a new wgpu device on the adapter the crate picks ([`GpuContext::open`]'s
+    /// choice: `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` honoured), with every feature
+    /// of the adapter (as burn asks for them) and its limits, registers it with burn
+    /// as a runtime of its own, and builds the engine on it. Returns the burn device
+    /// (without autodiff: call `.autodiff()` on it for training). Each call opens
+    /// another device: one per replica of a data-parallel run.
+    pub fn open(config: LossConfig) -> Result<(Device, Self), FcosError> {
+        let (instance, adapters, detail) = pollster::block_on(GpuContext::ranked_adapters());
+        let adapter = adapters
+            .into_iter()
+            .next()
+            .ok_or(FcosError::NoAdapter { detail })?;
+        let info = adapter.get_info();
+        // cubecl picks its number types from the adapter's features, so the device
+        // must have them all (but the mapping of device-local memory, which burn
+        // does not request either, and the experimental ones).
+        let features = adapter.features()
+            - wgpu::Features::MAPPABLE_PRIMARY_BUFFERS
+            - wgpu::Features::all_experimental_mask();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("fcos-loss (burn)"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::MemoryUsage,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|source| FcosError::RequestDevice {
+            adapter: adapter_label(&info),
+            source,
+        })?;
+        let engine = FcosLoss::from_device(device.clone(), queue.clone(), config)?;
+        let setup = WgpuSetup {
+            instance,
+            adapter,
+            device,
+            queue,
+            backend: info.backend,
+        };
+        let device = Device::wgpu_options()
+            .setup(setup)
+            .init()
+            .map_err(|e| FcosError::InvalidCall(format!("burn's wgpu runtime: {e}")))?;
+        Ok((device, Self::new(engine)))
+    }
+
+    /// Opens burn's default wgpu runtime and builds the engine on the same device
+    /// and queue. Returns the burn device (without autodiff). Fails when burn's
+    /// default wgpu runtime is initialised already (a second call in one process,
+    /// or a tensor made on `Device::default()` first): use [`open`](Self::open) or
+    /// keep the first pair.
+    pub fn init(config: LossConfig) -> Result<(Device, Self), FcosError> {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| FcosError::InvalidCall(format!("burn's wgpu runtime: {e}")))?;
+        Ok((device, Self::from_setup(&setup, config)?))
+    }
+
+    /// The engine on the device and queue of a [`WgpuSetup`] registered with burn
+    /// (`Device::wgpu_options().setup(setup).init()`, or returned by
+    /// `init_with_setup`).
+    pub fn from_setup(setup: &WgpuSetup, config: LossConfig) -> Result<Self, FcosError> {
+        let engine = FcosLoss::from_device(setup.device.clone(), setup.queue.clone(), config)?;
+        Ok(Self::new(engine))
+    }
+
+    /// The engine (its config, settings and device).
+    pub fn engine(&self) -> &FcosLoss {
+        &self.engine
+    }
+
+    /// The engine, to change its settings.
+    pub fn engine_mut(&mut self) -> &mut FcosLoss {
+        &mut self.engine
+    }
+
+    /// The weights of the objective.
+    pub fn weights(&self) -> LossWeights {
+        self.weights
+    }
+
+    /// Sets the weights of the objective (finite values).
+    pub fn set_weights(&mut self, weights: LossWeights) -> Result<(), FcosError> {
+        weights.check()?;
+        self.weights = weights;
+        Ok(())
+    }
+
+    /// Sets how the per-image sums become the losses (docs/contract.md §8); for a
+    /// data-parallel step, `Global` with the replicas' mean positives and
+    /// centerness-target sum. Checked as [`FcosLoss::set_config`] checks it.
+    pub fn set_normalization(&mut self, normalization: Normalization) -> Result<(), FcosError> {
+        let mut config = self.engine.config().clone();
+        config.normalization = normalization;
+        self.engine.set_config(config)
+    }
+
+    /// The loss of one batch. `heads` holds one tensor per level of each head
+    /// (`cls_logits[l]` `[B, C, H_l, W_l]`, `cnt_logits[l]` `[B, 1, H_l, W_l]`,
+    /// `reg_preds[l]` `[B, 4, H_l, W_l]`, `f32`); the levels' sizes come from the
+    /// `cls_logits` shapes. Heads on an autodiff device make the objective tracked,
+    /// and its backward pass gives them the fused gradients; otherwise only the
+    /// forward pass runs. Nothing waits for the GPU.
+    pub fn loss(
+        &self,
+        heads: Heads<Vec<Tensor<4>>>,
+        targets: BurnTargets,
+    ) -> Result<BurnLoss, FcosError> {
+        let l = heads.cls_logits.len();
+        if l == 0 || l > MAX_BURN_LEVELS {
+            return Err(FcosError::InvalidCall(format!(
+                "the burn op takes 1 to {MAX_BURN_LEVELS} levels, got {l}"
+            )));
+        }
+        for (h, v) in heads.iter() {
+            if v.len() != l {
+                return Err(FcosError::shape(
+                    format!("{h} tensors"),
+                    format!("one per level ({l})"),
+                    v.len(),
+                ));
+            }
+        }
+        macro_rules! levels {
+            ($($n:literal),*) => {
+                match 3 * l {
+                    $($n => self.loss_n::<$n>(heads, targets),)*
+                    n => Err(FcosError::InvalidCall(format!("{n} head tensors"))),
+                }
+            };
+        }
+        levels!(3, 6, 9, 12, 15, 18, 21, 24)
+    }
+
+    fn loss_n<const N: usize>(
+        &self,
+        heads: Heads<Vec<Tensor<4>>>,
+        targets: BurnTargets,
+    ) -> Result<BurnLoss, FcosError> {
+        // Level shapes and sizes from the class head.
+        let first = heads.cls_logits[0].dims();
+        let (b, c) = (first[0], first[1]);
+        let classes = self.engine.config().num_classes;
+        if c != classes as usize {
+            return Err(FcosError::shape(
+                "cls_logits level 0",
+                format!("{classes} classes (the config's)"),
+                c,
+            ));
+        }
+        let shapes: Vec<(u32, u32)> = heads
+            .cls_logits
+            .iter()
+            .map(|t| {
+                let d = t.dims();
+                (d[2] as u32, d[3] as u32)
+            })
+            .collect();
+        let levels = Levels::from_shapes(&shapes)?;
+        let p = levels.positions();
+
+        // Primitives and node guards, in the op's input order.
+        let mut prims = Vec::with_capacity(N + 3);
+        let mut guards: Vec<NodeGuard> = Vec::with_capacity(N);
+        let mut any_autodiff = false;
+        for h in Head::ALL {
+            let ch = h.channels(c);
+            for (k, t) in heads[h].iter().cloned().enumerate() {
+                let what = format!("{h} level {k}");
+                let (ad, is_ad) = autodiff_parts(&what, t)?;
+                any_autodiff |= is_ad;
+                let (prim, guard) = ad.into_parts();
+                let (hl, wl) = levels.shapes()[k];
+                prims.push(contiguous(&what, prim, &[b, ch, hl as usize, wl as usize])?);
+                guards.push(guard);
+            }
+        }
+        prims.push(contiguous(
+            "cls_targets",
+            plain("cls_targets", targets.cls)?,
+            &[b, p],
+        )?);
+        prims.push(contiguous(
+            "cnt_targets",
+            plain("cnt_targets", targets.cnt)?,
+            &[b, p],
+        )?);
+        prims.push(contiguous(
+            "reg_targets",
+            plain("reg_targets", targets.reg)?,
+            &[b, p, 4],
+        )?);
+
+        let Ok(guards) = <[NodeGuard; N]>::try_from(guards) else {
+            return Err(FcosError::InvalidCall("level count".into()));
+        };
+        let prep =
+            <FusedBackward as Backward<Cube, N>>::prepare::<NoCheckpointing>(FusedBackward, guards)
+                .compute_bound()
+                .stateful();
+        let device = prims[0].device.clone();
+        let client = prims[0].client.clone();
+        let (output, out) = match prep {
+            OpsKind::Tracked(prep) => {
+                // Gradients in allocations of their own, apart from every input buffer.
+                let grads: Vec<CubeTensor> =
+                    client.memory_dedicated_allocation(&prims[..N], |heads| {
+                        heads
+                            .iter()
+                            .map(|t| Cube::float_empty(t.shape(), &device, FloatDType::F32))
+                            .collect()
+                    });
+                let out = self.run(&levels, b, &prims, Some(&grads))?;
+                (prep.finish(grads, out.objective.clone()), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                let out = self.run(&levels, b, &prims, None)?;
+                (prep.finish(out.objective.clone()), out)
+            }
+        };
+        let objective = if any_autodiff {
+            Tensor::<1>::from_primitive::<Autodiff<Cube>>(output)
+        } else {
+            Tensor::<1>::from_primitive::<Cube>(output.into_primitive())
+        };
+        // On the objective's kind of device (untracked on an autodiff one).
+        let losses = if any_autodiff {
+            Tensor::<1>::from_primitive::<Autodiff<Cube>>(AutodiffTensor::new(out.losses))
+        } else {
+            Tensor::<1>::from_primitive::<Cube>(out.losses)
+        };
+        Ok(BurnLoss {
+            objective,
+            losses,
+            sums: out.sums,
+            config: self.engine.config().clone(),
+            levels,
+            batch: b,
+            inputs: prims,
+        })
+    }
+
+    /// Records the engine's call on the tensors' buffers (the heads' `3·L` levels,
+    /// then the three targets, in `inputs`), with the gradients written into
+    /// `grads` when given, and the per-image results copied into a burn tensor;
+    /// submits it on the shared queue without waiting; normalises the results into
+    /// the losses and the objective with burn's tensor ops.
+    fn run(
+        &self,
+        levels: &Levels,
+        batch: usize,
+        inputs: &[CubeTensor],
+        grads: Option<&[CubeTensor]>,
+    ) -> Result<Outputs, FcosError> {
+        let ctx = self.engine.context();
+        let align = ctx.limits.min_storage_buffer_offset_alignment as u64;
+        let l = levels.len();
+        let client = inputs[0].client.clone();
+        let device = inputs[0].device.clone();
+        let sums_shape = Shape::new([batch, RESULT_WORDS]);
+        // The results, as floats (the sums) and as integers (the counts).
+        let sums_f = Cube::float_empty(sums_shape.clone(), &device, FloatDType::F32);
+        let sums_i = Cube::int_empty(sums_shape, &device, IntDType::I32);
+
+        let pinned = pin_all("input", inputs.to_vec(), align)?;
+        let grads = grads
+            .map(|g| pin_all("gradient", g.to_vec(), align))
+            .transpose()?;
+        let outs = pin_all("result", vec![sums_f.clone(), sums_i.clone()], align)?;
+        // Everything burn queued (the heads' producers, the allocations) goes to the
+        // queue before the engine's commands.
+        client.flush().map_err(|e| server("flush", e))?;
+
+        let all = ranges("input", &pinned)?;
+        let (heads, targets) = all.split_at(3 * l);
+        let heads = per_head(heads.to_vec(), l);
+        let inputs = RangedInputs {
+            batch,
+            dtype: Dtype::F32,
+            cls_logits: heads.cls_logits,
+            cnt_logits: heads.cnt_logits,
+            reg_preds: heads.reg_preds,
+            cls_targets: targets[0],
+            cnt_targets: targets[1],
+            reg_targets: targets[2],
+        };
+        let grad_ranges: Option<RangedGradients> = grads
+            .as_ref()
+            .map(|g| ranges("gradient", g).map(|r| per_head(r, l)))
+            .transpose()?;
+        let out_ranges = ranges("result", &outs)?;
+
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fcos-loss burn op"),
+            });
+        let pending = self.engine.record_ranges(
+            &mut encoder,
+            levels,
+            &inputs,
+            grad_ranges.as_ref(),
+            &self.weights,
+        )?;
+        match pending.results() {
+            Some(r) => {
+                for dst in &out_ranges {
+                    encoder
+                        .copy_buffer_to_buffer(r.buffer, r.offset, dst.buffer, dst.offset, r.size);
+                }
+            }
+            // Levels without positions: nothing recorded, every sum zero.
+            None => {
+                for dst in &out_ranges {
+                    encoder.clear_buffer(dst.buffer, dst.offset, Some(dst.size));
+                }
+            }
+        }
+        scoped(&ctx.device, || ctx.queue.submit(Some(encoder.finish())))?;
+        // Submitted: later work on the queue (burn's, or a reuse of these
+        // allocations) runs after it. The result slot is free again.
+        drop(pending);
+        drop(pinned);
+        drop(grads);
+        drop(outs);
+
+        let (objective, losses) =
+            normalise(sums_f.clone(), sums_i, self.engine.config(), &self.weights)?;
+        Ok(Outputs {
+            objective,
+            losses,
+            sums: sums_f,
+        })
+    }
+}
+
+/// The losses `[cls, cnt, reg]` and the objective `[1]` of per-image results
+/// (`[B, 8]` words as floats and as integers) under the config's normalisation
+/// (docs/contract.md §8), in burn's tensor ops, in `f32`.
+fn normalise(
+    sums_f: CubeTensor,
+    sums_i: CubeTensor,
+    config: &LossConfig,
+    w: &LossWeights,
+) -> Result<(CubeTensor, CubeTensor), FcosError> {
+    let floor = CTR_FLOOR as f32;
+    let s = Tensor::<2>::from_primitive::<Cube>(sums_f);
+    let device = s.device();
+    let n = Tensor::<2>::from_primitive::<Cube>(Cube::int_into_float(sums_i, FloatDType::F32))
+        .narrow(1, 5, 1);
+    // Columns S_cls, S_cnt, S_reg, S_regw, and Z.
+    let terms = s.clone().narrow(1, 0, 4);
+    let z = s.narrow(1, 4, 1);
+    let four = |v: [f32; 4]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [4]), &device);
+    let per: Tensor<1> = match config.normalization {
+        Normalization::PerImage => {
+            let n = n.clamp_min(1.0);
+            let den = Tensor::cat(vec![n.clone(), n.clone(), n, z.clamp_min(floor)], 1);
+            (terms / den).mean_dim(0).reshape([4])
+        }
+        Normalization::Batch => {
+            let n = n.sum().clamp_min(1.0);
+            let den = Tensor::cat(vec![n.clone(), n.clone(), n, z.sum().clamp_min(floor)], 0);
+            terms.sum_dim(0).reshape([4]) / den
+        }
+        Normalization::Global(d) => {
+            let (n, z) = (d.num_pos.max(1.0), d.ctr.max(floor));
+            terms.sum_dim(0).reshape([4]) / four([n, n, n, z])
+        }
+    };
+    let weighted = config.centerness_weighted_reg;
+    let reg_col = if weighted { 3 } else { 2 };
+    let losses = Tensor::cat(
+        vec![
+            per.clone().narrow(0, 0, 2),
+            per.clone().narrow(0, reg_col, 1),
+        ],
+        0,
+    );
+    let weights = if weighted {
+        [w.cls, w.cnt, 0.0, w.reg]
+    } else {
+        [w.cls, w.cnt, w.reg, 0.0]
+    };
+    let objective = (per * four(weights)).sum();
+    let prim = |t: Tensor<1>| {
+        t.try_into_primitive::<Cube>()
+            .map_err(|e| conversion("the normalised losses", e))
+    };
+    Ok((prim(objective)?, prim(losses)?))
+}

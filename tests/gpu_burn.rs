@@ -1,0 +1,536 @@
+//! The burn op (`fcos_loss::burn`, feature `burn`, issue 15).
+//!
+//! - Parity on the golden cases (IoU and GIoU, B = 1 and C = 1 among them): the
+//!   objective, the losses tensor, [`BurnLoss::read`] and the gradients burn's
+//!   `backward()` gives the heads equal the crate's host call
+//!   (`FcosLoss::forward_backward`) and a plain burn-tensor-ops version of the same
+//!   loss (`common/burn_ops.rs`), within 1e-4.
+//! - Every normalisation mode, with and without the centerness-weighted box loss;
+//!   an upstream gradient; heads without autodiff; a batch without positives;
+//!   non-contiguous heads; bad values and bad shapes as typed errors.
+//! - Data-parallel: two burn devices, each with half the batch, the positive counts
+//!   reduced across them, `Global` on each: the replicas' mean objective equals the
+//!   whole batch's `Batch` objective on one device within 1e-5, and so do the
+//!   gradients. burn 0.22's own `all_reduce` has no transport on wgpu (it panics;
+//!   asserted below), so the counts are reduced through the host (`to_device`).
+//!
+//! Without an adapter these tests fail (never skip).
+#![cfg(all(feature = "burn", feature = "casefile"))]
+
+#[path = "common/burn_ops.rs"]
+mod burn_ops;
+mod common;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use fcos_loss::burn::{BurnFcos, BurnLoss, BurnTargets};
+use fcos_loss::synthetic::{self, SyntheticSpec};
+use fcos_loss::{
+    max_tensor_error, Batch, Denominators, FcosError, Gradients, Heads, Levels, LossConfig,
+    LossWeights, Losses, Normalization, RegLoss,
+};
+
+const TOL: f64 = 1e-4;
+
+/// A new wgpu device registered with burn, and the op on it.
+fn open(config: LossConfig) -> (Device, BurnFcos) {
+    BurnFcos::open(config).unwrap_or_else(|e| {
+        panic!(
+            "could not open a wgpu device for burn: {e}\n{}",
+            common::NO_ADAPTER_HELP
+        )
+    })
+}
+
+fn tensor<const D: usize>(v: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
+}
+
+/// The heads of a batch as burn tensors, one per level, on `device`.
+fn heads(batch: &Batch, device: &Device, grad: bool) -> Heads<Vec<Tensor<4>>> {
+    let (b, c) = (batch.batch, batch.classes);
+    Heads::from_fn(|h| {
+        let ch = h.channels(c);
+        batch
+            .inputs()
+            .head(h)
+            .iter()
+            .enumerate()
+            .map(|(l, v)| {
+                let (hl, wl) = batch.levels.shapes()[l];
+                let t = tensor(v, [b, ch, hl as usize, wl as usize], device);
+                if grad {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            })
+            .collect()
+    })
+}
+
+fn targets(batch: &Batch, device: &Device) -> BurnTargets {
+    let (b, p) = (batch.batch, batch.levels.positions());
+    BurnTargets {
+        cls: tensor(&batch.cls_targets, [b, p], device),
+        cnt: tensor(&batch.cnt_targets, [b, p], device),
+        reg: tensor(&batch.reg_targets, [b, p, 4], device),
+    }
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().expect("f32 values")
+}
+
+/// Each head level's gradient after `backward`.
+fn head_grads(heads: &Heads<Vec<Tensor<4>>>, grads: &burn::tensor::Gradients) -> Gradients {
+    Heads::from_fn(|h| {
+        heads[h]
+            .iter()
+            .enumerate()
+            .map(|(l, t)| {
+                values(
+                    t.grad(grads)
+                        .unwrap_or_else(|| panic!("no gradient for {h} level {l}")),
+                )
+            })
+            .collect()
+    })
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-6)
+}
+
+fn assert_grads(what: &str, got: &Gradients, want: &Gradients, tol: f64) {
+    for (h, g) in got.iter() {
+        let err = max_tensor_error(g, &want[h]);
+        assert!(err <= tol, "{what}: {h} gradient error {err:e} > {tol:e}");
+    }
+}
+
+/// The op's three outputs against the host's losses: the objective tensor, the
+/// losses tensor and the host read.
+fn assert_outputs(what: &str, out: &BurnLoss, host: &Losses, weights: &LossWeights, tol: f64) {
+    let want = weights.cls as f64 * host.cls_loss
+        + weights.cnt as f64 * host.cnt_loss
+        + weights.reg as f64 * host.reg_loss;
+    let objective = values(out.objective.clone());
+    assert_eq!(objective.len(), 1, "{what}: objective shape");
+    assert!(
+        rel(objective[0] as f64, want) <= tol,
+        "{what}: objective {} vs host {want}",
+        objective[0]
+    );
+    let losses = values(out.losses.clone());
+    for (got, (name, want)) in losses.iter().zip([
+        ("cls_loss", host.cls_loss),
+        ("cnt_loss", host.cnt_loss),
+        ("reg_loss", host.reg_loss),
+    ]) {
+        assert!(
+            (*got as f64 - want).abs() <= tol * want.abs().max(1e-6),
+            "{what}: losses tensor {name} {got} vs host {want}"
+        );
+    }
+    let read = out.read().expect("BurnLoss::read");
+    assert_eq!(read.num_pos, host.num_pos, "{what}: positives");
+    common::assert_close_rel(&format!("{what}: read"), &read, host, 1e-6);
+}
+
+/// Golden case `name`: the op against the host call and plain burn ops.
+fn parity(name: &str, mode: RegLoss) {
+    let case = common::golden(name);
+    let batch = &case.batch;
+    let config = LossConfig::new(batch.classes as u32).with_reg_loss(mode);
+    let (device, fcos) = open(config.clone());
+    let weights = LossWeights::for_config(&config);
+    let ad = device.autodiff();
+
+    let (host, host_grads) = fcos
+        .engine()
+        .forward_backward(&batch.levels, &batch.inputs(), &weights)
+        .expect("host forward_backward");
+
+    let fused_heads = heads(batch, &ad, true);
+    let out = fcos
+        .loss(fused_heads.clone(), targets(batch, &ad))
+        .expect("the burn op");
+    assert!(out.objective.is_autodiff());
+    assert_outputs(&format!("{name} {mode:?}"), &out, &host, &weights, TOL);
+    let fused = values(out.objective.clone())[0] as f64;
+    let fused_grads = head_grads(&fused_heads, &out.objective.backward());
+
+    let plain_heads = heads(batch, &ad, true);
+    let plain = burn_ops::objective(&plain_heads, batch, mode, &ad);
+    let plain_value = values(plain.clone())[0] as f64;
+    let plain_grads = head_grads(&plain_heads, &plain.backward());
+
+    println!(
+        "{name} {mode:?} on {}: fused {fused:.7} host {:.7} plain {plain_value:.7}; positives {:?}",
+        fcos.engine().adapter_name(),
+        host.total,
+        host.num_pos
+    );
+    assert!(
+        rel(plain_value, host.total) <= TOL,
+        "{name} {mode:?}: plain {plain_value} vs host {}",
+        host.total
+    );
+    assert!(
+        rel(fused, plain_value) <= TOL,
+        "{name} {mode:?}: fused {fused} vs plain {plain_value}"
+    );
+    assert_grads(
+        &format!("{name} {mode:?} fused vs host"),
+        &fused_grads,
+        &host_grads,
+        TOL,
+    );
+    assert_grads(
+        &format!("{name} {mode:?} plain vs host"),
+        &plain_grads,
+        &host_grads,
+        TOL,
+    );
+    assert_grads(
+        &format!("{name} {mode:?} fused vs plain"),
+        &fused_grads,
+        &plain_grads,
+        TOL,
+    );
+}
+
+#[test]
+fn odd_case_iou() {
+    parity("odd_b3_c7_100x150", RegLoss::Iou);
+}
+
+#[test]
+fn odd_case_giou() {
+    parity("odd_b3_c7_100x150", RegLoss::Giou);
+}
+
+#[test]
+fn voc_case_iou() {
+    parity("voc_b2_c20_512x512", RegLoss::Iou);
+}
+
+#[test]
+fn voc_case_giou() {
+    parity("voc_b2_c20_512x512", RegLoss::Giou);
+}
+
+#[test]
+fn single_image_single_class_case() {
+    parity("single_b1_c1_64x64", RegLoss::Giou);
+}
+
+const CLASSES: usize = 6;
+const STRIDES: [u32; 4] = [8, 16, 32, 64];
+
+/// 8 images of 48×80 (83 positions), images 0, 1 and 7 without positives, image 5
+/// all positive.
+fn synthetic_batch(pos_frac: Vec<f64>) -> Batch {
+    let levels = Levels::from_image(48, 80, &STRIDES).unwrap();
+    let spec = SyntheticSpec {
+        batch: 8,
+        classes: CLASSES,
+        pos_frac,
+        logit_scale: 1.5,
+        logit_shift: -2.0,
+        seed: 0x0b42_4e15,
+    };
+    synthetic::generate(&levels, &STRIDES, &spec).unwrap()
+}
+
+fn mixed_batch() -> Batch {
+    synthetic_batch(vec![0.0, 0.0, 0.15, 0.4, 0.05, 1.0, 0.25, 0.0])
+}
+
+fn config(norm: Normalization, weighted: bool, reg: RegLoss) -> LossConfig {
+    let mut c = LossConfig::new(CLASSES as u32)
+        .with_reg_loss(reg)
+        .with_normalization(norm)
+        .with_centerness_weighted_reg(weighted);
+    c.strides = STRIDES.to_vec();
+    c
+}
+
+const WEIGHTS: LossWeights = LossWeights {
+    cls: 1.0,
+    cnt: 0.6,
+    reg: 1.4,
+};
+
+/// The op against the host call under `config` and `WEIGHTS`, on `batch`.
+fn against_host(what: &str, batch: &Batch, config: LossConfig) {
+    let (device, mut fcos) = open(config);
+    fcos.set_weights(WEIGHTS).unwrap();
+    let ad = device.autodiff();
+    let (host, host_grads) = fcos
+        .engine()
+        .forward_backward(&batch.levels, &batch.inputs(), &WEIGHTS)
+        .expect("host forward_backward");
+    let h = heads(batch, &ad, true);
+    let out = fcos
+        .loss(h.clone(), targets(batch, &ad))
+        .expect("the burn op");
+    assert_outputs(what, &out, &host, &WEIGHTS, TOL);
+    let got = head_grads(&h, &out.objective.backward());
+    assert_grads(what, &got, &host_grads, TOL);
+}
+
+#[test]
+fn every_normalisation_matches_the_host_call() {
+    let batch = mixed_batch();
+    let global = Normalization::Global(Denominators {
+        num_pos: 37.5,
+        ctr: 11.25,
+    });
+    for norm in [Normalization::PerImage, Normalization::Batch, global] {
+        for weighted in [false, true] {
+            for reg in [RegLoss::Iou, RegLoss::Giou] {
+                let what = format!("{norm:?} weighted {weighted} {reg:?}");
+                against_host(&what, &batch, config(norm, weighted, reg));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_without_positives_and_one_all_positive() {
+    against_host(
+        "no positives",
+        &synthetic_batch(vec![0.0]),
+        config(Normalization::PerImage, false, RegLoss::Giou),
+    );
+    against_host(
+        "all positive",
+        &synthetic_batch(vec![1.0]),
+        config(Normalization::Batch, true, RegLoss::Iou),
+    );
+}
+
+/// `backward` of `k · objective` gives `k` times the fused gradients; without
+/// autodiff the op runs forward only and gives the same losses; heads made
+/// non-contiguous (a swap of the spatial axes, swapped back) give the same
+/// gradients.
+#[test]
+fn upstream_gradient_forward_only_and_non_contiguous_heads() {
+    let case = common::golden("odd_b3_c7_100x150");
+    let batch = &case.batch;
+    let config = LossConfig::new(batch.classes as u32);
+    let (device, fcos) = open(config.clone());
+    let ad = device.clone().autodiff();
+    let weights = LossWeights::for_config(&config);
+    let (host, host_grads) = fcos
+        .engine()
+        .forward_backward(&batch.levels, &batch.inputs(), &weights)
+        .unwrap();
+
+    let h = heads(batch, &ad, true);
+    let out = fcos.loss(h.clone(), targets(batch, &ad)).unwrap();
+    let got = head_grads(&h, &out.objective.mul_scalar(2.5).backward());
+    let want: Gradients = Heads::from_fn(|k| {
+        host_grads[k]
+            .iter()
+            .map(|v| v.iter().map(|x| x * 2.5).collect())
+            .collect()
+    });
+    assert_grads("2.5 · objective", &got, &want, TOL);
+
+    let plain = fcos
+        .loss(heads(batch, &device, false), targets(batch, &device))
+        .unwrap();
+    assert!(!plain.objective.is_autodiff());
+    assert_outputs("without autodiff", &plain, &host, &weights, TOL);
+
+    let h = heads(batch, &ad, true);
+    let strided: Heads<Vec<Tensor<4>>> = Heads::from_fn(|k| {
+        h[k].iter()
+            .map(|t| t.clone().swap_dims(2, 3).swap_dims(2, 3))
+            .collect()
+    });
+    let out = fcos.loss(strided, targets(batch, &ad)).unwrap();
+    assert_outputs("non-contiguous heads", &out, &host, &weights, TOL);
+    let got = head_grads(&h, &out.objective.backward());
+    assert_grads("non-contiguous heads", &got, &host_grads, TOL);
+}
+
+/// A NaN in a head is reported by `read` with the host call's error (tensor, level,
+/// index); a wrong class count, a missing level and a wrong target shape are
+/// typed errors before anything runs.
+#[test]
+fn bad_values_and_shapes_are_typed_errors() {
+    let case = common::golden("odd_b3_c7_100x150");
+    let mut batch = case.batch.clone();
+    batch.reg_preds[1][17] = f32::NAN;
+    let config = LossConfig::new(batch.classes as u32);
+    let (device, fcos) = open(config);
+    let ad = device.autodiff();
+    let host_err = fcos
+        .engine()
+        .compute(&batch.levels, &batch.inputs())
+        .expect_err("NaN on the host path");
+    let out = fcos
+        .loss(heads(&batch, &ad, true), targets(&batch, &ad))
+        .expect("recorded: the value is checked on the device");
+    let err = out.read().expect_err("the read reports the NaN");
+    assert!(matches!(err, FcosError::Value { .. }), "{err:?}");
+    assert_eq!(err.to_string(), host_err.to_string());
+    println!("{err}");
+
+    let (_, other) = open(LossConfig::new(batch.classes as u32 + 1));
+    let e = other
+        .loss(heads(&batch, &ad, true), targets(&batch, &ad))
+        .expect_err("class count");
+    assert!(e.to_string().contains("cls_logits level 0"), "{e}");
+
+    let mut short = heads(&batch, &ad, true);
+    short.cnt_logits.pop();
+    let e = fcos.loss(short, targets(&batch, &ad)).expect_err("levels");
+    assert!(e.to_string().contains("cnt_logits"), "{e}");
+
+    let mut t = targets(&batch, &ad);
+    t.reg = t.reg.narrow(1, 0, 10);
+    let e = fcos.loss(heads(&batch, &ad, true), t).expect_err("targets");
+    assert!(e.to_string().contains("reg_targets"), "{e}");
+}
+
+/// burn 0.22's collective on wgpu: `all_reduce` panics (cubecl-wgpu 0.11 has no
+/// transport between devices). Should a later burn run it, this fails: then the
+/// data-parallel test below should use it instead of the host.
+#[test]
+fn burns_all_reduce_has_no_wgpu_transport() {
+    use burn::tensor::distributed::{
+        all_reduce, DistributedConfig, DistributedContext, ReduceOperation,
+    };
+    let devices: Vec<Device> = (0..2).map(|_| open(LossConfig::new(1)).0).collect();
+    let _context = DistributedContext::init(
+        devices.clone(),
+        DistributedConfig {
+            all_reduce_op: ReduceOperation::Sum,
+        },
+    );
+    let result = std::panic::catch_unwind(|| {
+        let x = Tensor::<1>::from_data(TensorData::new(vec![1f32, 2.0], [2]), &devices[0]);
+        let reduced = all_reduce(x, ReduceOperation::Sum, devices.clone()).resolve();
+        values(reduced)
+    });
+    match result {
+        Ok(v) => panic!("burn's all_reduce ran on wgpu ({v:?}): use it in the data-parallel test"),
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            println!("burn's all_reduce on wgpu panicked: {msg}");
+        }
+    }
+}
+
+/// Two replicas on two burn devices, half the batch each: counts on each device,
+/// reduced to their mean across the devices, `Global` on each; the mean objective
+/// and the gradients (× 1/2, images side by side) equal the whole batch's `Batch`
+/// call on one device.
+#[test]
+fn two_devices_with_half_the_batch_each_match_the_whole_batch() {
+    let whole = mixed_batch();
+    for (weighted, reg) in [(false, RegLoss::Giou), (true, RegLoss::Iou)] {
+        let what = format!("weighted {weighted} {reg:?}");
+        let (d0, mut single) = open(config(Normalization::Batch, weighted, reg));
+        single.set_weights(WEIGHTS).unwrap();
+        let ad0 = d0.autodiff();
+        let h = heads(&whole, &ad0, true);
+        let out = single.loss(h.clone(), targets(&whole, &ad0)).unwrap();
+        let want = values(out.objective.clone())[0] as f64;
+        let want_grads = head_grads(&h, &out.objective.backward());
+
+        let parts = [
+            common::sub_batch(&whole, 0..4),
+            common::sub_batch(&whole, 4..8),
+        ];
+        let replicas: Vec<(Device, BurnFcos)> = parts
+            .iter()
+            .map(|_| {
+                let (d, mut f) = open(config(Normalization::PerImage, weighted, reg));
+                f.set_weights(WEIGHTS).unwrap();
+                (d.autodiff(), f)
+            })
+            .collect();
+        // Each replica's positives and centerness-target sum, on its device.
+        let counts: Vec<Tensor<1>> = parts
+            .iter()
+            .zip(&replicas)
+            .map(|(part, (d, _))| {
+                let cnt = targets(part, d).cnt;
+                let pos = cnt.clone().greater_elem(-1.0).float();
+                let n = pos.clone().sum();
+                let z = (cnt * pos).sum();
+                Tensor::cat(vec![n, z], 0)
+            })
+            .collect();
+        // The mean over the replicas, through the host (burn's all_reduce has no
+        // wgpu transport): replica 1's counts to device 0, added, halved.
+        let mean = (counts[0].clone() + counts[1].clone().to_device(&replicas[0].0)) / 2.0;
+        let mean = values(mean);
+        let global = Normalization::Global(Denominators {
+            num_pos: mean[0],
+            ctr: mean[1],
+        });
+        let mut objectives = Vec::new();
+        let mut grads = Vec::new();
+        for (part, (d, f)) in parts.iter().zip(replicas) {
+            let mut f = f;
+            f.set_normalization(global).unwrap();
+            let h = heads(part, &d, true);
+            let out = f.loss(h.clone(), targets(part, &d)).unwrap();
+            objectives.push(values(out.objective.clone())[0] as f64);
+            grads.push(head_grads(&h, &out.objective.backward()));
+        }
+        let got = objectives.iter().sum::<f64>() / 2.0;
+        println!("{what}: replicas {objectives:?}, mean {got}, whole batch {want}");
+        assert!(rel(got, want) <= 1e-5, "{what}: mean {got} vs whole {want}");
+        let joined = common::concat_images(&grads, 0.5);
+        for (h, w) in want_grads.iter() {
+            let e = max_tensor_error(&joined[h], w);
+            assert!(e <= 1e-5, "{what}: {h} gradients {e:e}");
+        }
+    }
+}
+
+/// `BurnFcos::init` shares burn's default wgpu runtime (its own adapter choice):
+/// the op runs there as on a device of `open`; a second `init` in the process is a
+/// typed error, not a panic.
+#[test]
+fn init_shares_burns_default_runtime_once() {
+    let case = common::golden("single_b1_c1_64x64");
+    let batch = &case.batch;
+    let config = LossConfig::new(batch.classes as u32);
+    let (device, fcos) = BurnFcos::init(config.clone()).unwrap_or_else(|e| {
+        panic!(
+            "could not initialise burn's wgpu runtime: {e}\n{}",
+            common::NO_ADAPTER_HELP
+        )
+    });
+    let weights = LossWeights::for_config(&config);
+    let (host, host_grads) = fcos
+        .engine()
+        .forward_backward(&batch.levels, &batch.inputs(), &weights)
+        .unwrap();
+    let ad = device.autodiff();
+    let h = heads(batch, &ad, true);
+    let out = fcos.loss(h.clone(), targets(batch, &ad)).unwrap();
+    assert_outputs("init", &out, &host, &weights, TOL);
+    assert_grads(
+        "init",
+        &head_grads(&h, &out.objective.backward()),
+        &host_grads,
+        TOL,
+    );
+
+    let again = BurnFcos::init(config).expect_err("a second init");
+    assert!(matches!(again, FcosError::InvalidCall(_)), "{again:?}");
+    println!("{again}");
+}
