@@ -35,8 +35,13 @@
 //!   read-write, and wgpu rejects one buffer bound both ways in a dispatch. Should
 //!   a gradient still share a buffer with an input, the engine returns
 //!   [`FcosError::InvalidCall`] before recording anything (no wgpu validation panic).
+//!   The cost: each call creates `3·L` buffers, which wgpu zero-fills before the
+//!   fused pass writes them (one extra write of the gradients' bytes).
 //! - The backward pass costs one element-wise multiply per head level (the fused
 //!   gradients times the upstream gradient).
+//! - With the engine's checks on, a [`BurnLoss`] keeps the inputs alive (to name a
+//!   flagged value in [`BurnLoss::read`]): drop it once read, or turn the checks
+//!   off ([`FcosLoss::set_checks`]) for a loss that holds nothing.
 //! - Bad input values (NaN, ±Inf, a class out of range) are flagged on the device
 //!   while the engine's checks are on ([`FcosLoss::set_checks`]); with no host wait
 //!   they surface in [`BurnLoss::read`], as the [`FcosError::Value`] the blocking
@@ -44,10 +49,13 @@
 //!
 //! # Limits
 //!
-//! - burn must be built without its `fusion` feature (this crate asks for
-//!   `default-features = false`): with fusion a primitive is a `FusionTensor`, not a
-//!   `CubeTensor` with a buffer, and [`BurnFcos::loss`] returns
-//!   [`FcosError::InvalidCall`] for tensors it cannot downcast.
+//! - burn must be built without its `fusion` feature, in the whole build (Cargo
+//!   unifies features, and burn's default features turn fusion on): with fusion,
+//!   `burn::backend::Cube` is a wrapper whose tensors have no buffer of their own,
+//!   and this module does not compile; the compiler then says so ("fcos_loss::burn
+//!   needs burn built without its `fusion` feature") and how to depend on burn.
+//!   A tensor of another backend, or of a device with gradient checkpointing, is an
+//!   [`FcosError::InvalidCall`].
 //! - Autodiff devices without gradient checkpointing (`device.autodiff()`); 1 to
 //!   [`MAX_BURN_LEVELS`] levels; `f32` tensors; targets as dense tensors.
 //! - Where burn's own API panics (a kernel launch on a lost device, a dtype burn
@@ -85,6 +93,21 @@ pub const MAX_BURN_LEVELS: usize = 8;
 /// Words per image in the per-image results (`S_cls, S_cnt, S_reg, S_regw, Z` as
 /// `f32`, then the positives `n` and the check flags as `u32`, then padding).
 const RESULT_WORDS: usize = 8;
+const _: () = assert!(std::mem::size_of::<crate::gpu::params::ImageSums>() == RESULT_WORDS * 4);
+
+/// Implemented for burn's unfused cubecl backend only: with burn's `fusion` feature
+/// on (burn's default features turn it on), `burn::backend::Cube` is a fusion
+/// wrapper whose tensors have no buffer of their own, and this module cannot build.
+#[diagnostic::on_unimplemented(
+    message = "fcos_loss::burn needs burn built without its `fusion` feature",
+    label = "burn's `Cube` backend is the fusion wrapper here",
+    note = "depend on burn with `default-features = false` and features such as [\"std\", \"wgpu\", \"autodiff\"], in every crate of the build (Cargo unifies features); see the README, \"In burn\""
+)]
+trait Unfused {}
+impl Unfused for ::burn::backend::wgpu::CubeBackend {}
+
+/// Compiles only where `B` is the unfused backend (see [`Unfused`]).
+fn assert_unfused<B: Unfused>() {}
 
 /// The flattened targets of docs/contract.md §1 as burn tensors (`f32`, on burn's
 /// wgpu device, with or without autodiff; they get no gradient).
@@ -114,7 +137,8 @@ pub struct BurnLoss {
     levels: Levels,
     batch: usize,
     /// The inputs as the engine read them (`3·L` head levels, then the three
-    /// targets), to name a bad value the device checks flagged.
+    /// targets), to name a bad value the device checks flagged; empty with the
+    /// engine's checks off.
     inputs: Vec<CubeTensor>,
 }
 
@@ -196,7 +220,8 @@ fn words(t: CubeTensor) -> Result<Vec<u32>, FcosError> {
         t.clone(),
         Shape::new([t.shape().num_elements()]),
     ))
-    .into_data();
+    .try_into_data()
+    .map_err(|e| server("reading a tensor back", e))?;
     Ok(bytemuck::pod_collect_to_vec(data.as_bytes()))
 }
 
@@ -234,7 +259,7 @@ impl<const N: usize> Backward<Cube, N> for FusedBackward {
 
 fn conversion(what: &str, e: PrimitiveConversionError) -> FcosError {
     FcosError::InvalidCall(format!(
-        "{what}: not a tensor of burn's wgpu backend without fusion ({e:?}); build burn with default-features = false (no `fusion`) and put the tensor on a wgpu device"
+        "{what}: not a float tensor of burn's wgpu backend ({e:?}); the op takes tensors on a wgpu device (autodiff without gradient checkpointing, or none)"
     ))
 }
 
@@ -515,6 +540,7 @@ impl BurnFcos {
         heads: Heads<Vec<Tensor<4>>>,
         targets: BurnTargets,
     ) -> Result<BurnLoss, FcosError> {
+        assert_unfused::<Cube>();
         let l = heads.cls_logits.len();
         if l == 0 || l > MAX_BURN_LEVELS {
             return Err(FcosError::InvalidCall(format!(
@@ -645,7 +671,12 @@ impl BurnFcos {
             config: self.engine.config().clone(),
             levels,
             batch: b,
-            inputs: prims,
+            // Kept (alive) only where a flag can send `read` looking for a value.
+            inputs: if self.engine.checks() {
+                prims
+            } else {
+                Vec::new()
+            },
         })
     }
 

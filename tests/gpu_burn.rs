@@ -248,19 +248,10 @@ fn mixed_batch() -> Batch {
 }
 
 fn config(norm: Normalization, weighted: bool, reg: RegLoss) -> LossConfig {
-    let mut c = LossConfig::new(CLASSES as u32)
-        .with_reg_loss(reg)
-        .with_normalization(norm)
-        .with_centerness_weighted_reg(weighted);
-    c.strides = STRIDES.to_vec();
-    c
+    common::mode_config(CLASSES, &STRIDES, norm, weighted, reg)
 }
 
-const WEIGHTS: LossWeights = LossWeights {
-    cls: 1.0,
-    cnt: 0.6,
-    reg: 1.4,
-};
+const WEIGHTS: LossWeights = common::UNEVEN_WEIGHTS;
 
 /// The op against the host call under `config` and `WEIGHTS`, on `batch`.
 fn against_host(what: &str, batch: &Batch, config: LossConfig) {
@@ -533,4 +524,48 @@ fn init_shares_burns_default_runtime_once() {
     let again = BurnFcos::init(config).expect_err("a second init");
     assert!(matches!(again, FcosError::InvalidCall(_)), "{again:?}");
     println!("{again}");
+}
+
+/// Heads and targets that are views into larger tensors (images 1 and 2 of 3,
+/// narrowed along the batch: ranges that start inside another tensor's
+/// allocation, at offsets the device may not bind, then copied) give the host
+/// call's losses and gradients for those images.
+#[test]
+fn views_into_larger_tensors() {
+    let case = common::golden("odd_b3_c7_100x150");
+    let whole = &case.batch;
+    let part = common::sub_batch(whole, 1..3);
+    let config = LossConfig::new(whole.classes as u32);
+    let (device, fcos) = open(config.clone());
+    let weights = LossWeights::for_config(&config);
+    let (host, host_grads) = fcos
+        .engine()
+        .forward_backward(&part.levels, &part.inputs(), &weights)
+        .unwrap();
+    let ad = device.autodiff();
+    let full = heads(whole, &ad, true);
+    let t = targets(whole, &ad);
+    let views: Heads<Vec<Tensor<4>>> =
+        Heads::from_fn(|h| full[h].iter().map(|x| x.clone().narrow(0, 1, 2)).collect());
+    let t = BurnTargets {
+        cls: t.cls.narrow(0, 1, 2),
+        cnt: t.cnt.narrow(0, 1, 2),
+        reg: t.reg.narrow(0, 1, 2),
+    };
+    let out = fcos.loss(views, t).expect("the op on views");
+    assert_outputs("views", &out, &host, &weights, TOL);
+    let grads = out.objective.backward();
+    // The full tensors' gradients: zero for image 0, the host's for images 1 and 2.
+    let got = head_grads(&full, &grads);
+    let zeros: Gradients = Heads::from_fn(|h| {
+        host_grads[h]
+            .iter()
+            .map(|g| vec![0.0; g.len() / 2])
+            .collect()
+    });
+    let want = common::concat_images(&[zeros, host_grads], 1.0);
+    for (h, g) in got.iter() {
+        let e = max_tensor_error(g, &want[h]);
+        assert!(e <= TOL, "views: {h} gradients {e:e}");
+    }
 }

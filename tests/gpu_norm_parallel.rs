@@ -40,19 +40,10 @@ fn whole_batch() -> Batch {
 }
 
 fn config(norm: Normalization, weighted: bool, reg: RegLoss) -> LossConfig {
-    let mut c = LossConfig::new(CLASSES as u32)
-        .with_reg_loss(reg)
-        .with_normalization(norm)
-        .with_centerness_weighted_reg(weighted);
-    c.strides = STRIDES.to_vec();
-    c
+    common::mode_config(CLASSES, &STRIDES, norm, weighted, reg)
 }
 
-const WEIGHTS: LossWeights = LossWeights {
-    cls: 1.0,
-    cnt: 0.6,
-    reg: 1.4,
-};
+const WEIGHTS: LossWeights = common::UNEVEN_WEIGHTS;
 
 /// The four losses a replica's objective is made of.
 fn objectives(l: &Losses) -> [(&'static str, f64); 4] {

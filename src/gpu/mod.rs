@@ -27,7 +27,7 @@ mod execute;
 mod from_boxes;
 mod host;
 pub(crate) mod locate;
-mod params;
+pub(crate) mod params;
 pub(crate) mod pass;
 mod pending;
 mod pipelined;

@@ -12,7 +12,7 @@ pub mod buffers;
 
 use fcos_loss::{
     max_tensor_error, Batch, DeviceInputs, FcosLoss, GpuContext, Head, Heads, Input, Levels,
-    LossConfig, Losses, ABS_TOL, REL_TOL,
+    LossConfig, Losses, Normalization, RegLoss, ABS_TOL, REL_TOL,
 };
 
 /// How to get an adapter, for every failure to open one.
@@ -337,6 +337,31 @@ pub fn concat_images<T: Copy + Into<f64>>(
             })
             .collect()
     })
+}
+
+/// Objective weights that are not all 1 (each head's weight must show in the
+/// gradients).
+pub const UNEVEN_WEIGHTS: fcos_loss::LossWeights = fcos_loss::LossWeights {
+    cls: 1.0,
+    cnt: 0.6,
+    reg: 1.4,
+};
+
+/// A config of `classes` classes over `strides` with a normalisation mode, the
+/// box loss weighted by centerness or not, and a box loss.
+pub fn mode_config(
+    classes: usize,
+    strides: &[u32],
+    norm: Normalization,
+    weighted: bool,
+    reg: RegLoss,
+) -> LossConfig {
+    let mut c = LossConfig::new(classes as u32)
+        .with_reg_loss(reg)
+        .with_normalization(norm)
+        .with_centerness_weighted_reg(weighted);
+    c.strides = strides.to_vec();
+    c
 }
 
 /// Asserts that `got` matches `want` per image within `tol` relative (values
