@@ -109,6 +109,13 @@ impl Unfused for ::burn::backend::wgpu::CubeBackend {}
 /// Compiles only where `B` is the unfused backend (see [`Unfused`]).
 fn assert_unfused<B: Unfused>() {}
 
+/// The check, ahead of every use of `Cube` in this file, so that a build with
+/// burn's fusion reports it first (then the type errors it explains).
+#[allow(dead_code)]
+fn fusion_guard() {
+    assert_unfused::<Cube>();
+}
+
 /// The flattened targets of docs/contract.md §1 as burn tensors (`f32`, on burn's
 /// wgpu device, with or without autodiff; they get no gradient).
 #[derive(Debug, Clone)]
@@ -540,7 +547,6 @@ impl BurnFcos {
         heads: Heads<Vec<Tensor<4>>>,
         targets: BurnTargets,
     ) -> Result<BurnLoss, FcosError> {
-        assert_unfused::<Cube>();
         let l = heads.cls_logits.len();
         if l == 0 || l > MAX_BURN_LEVELS {
             return Err(FcosError::InvalidCall(format!(
