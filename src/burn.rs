@@ -26,9 +26,10 @@
 //!   burn's own tensor ops normalise them into the losses and the objective, in
 //!   `f32` (the blocking calls divide in `f64`: the two agree to about `1e-7`
 //!   relative). [`BurnLoss::read`] brings the [`Losses`] to the host when wanted.
-//! - A non-contiguous tensor is copied to a contiguous one first, and a tensor whose
+//! - A non-contiguous tensor is copied to a contiguous one first, and an input whose
 //!   range does not start at the device's `min_storage_buffer_offset_alignment` is
-//!   copied to a fresh (aligned) allocation.
+//!   copied to a fresh (aligned) allocation (the tensors the engine writes are
+//!   allocated here, aligned).
 //! - The gradient tensors are dedicated allocations
 //!   (`Client::memory_dedicated_allocation`), one wgpu buffer each, outside burn's
 //!   pools: the fused backward binds the inputs read-only and the gradients
@@ -73,11 +74,13 @@ use ::burn::tensor::PrimitiveConversionError;
 use ::burn::tensor::{DType, Device, FloatDType, IntDType, Shape, Tensor, TensorData};
 use cubecl::wgpu::WgpuServer;
 
+use crate::gpu::params::ImageSums;
+use crate::gpu::results::losses_of;
 use crate::gpu::scope::scoped;
 use crate::gpu::{adapter_label, BufferRange, FcosLoss, GpuContext, RangedGradients, RangedInputs};
 use crate::{
     check_values, Dtype, FcosError, Head, Heads, Inputs, Levels, LossConfig, LossWeights, Losses,
-    Normalization, Sums, CTR_FLOOR,
+    Normalization, CTR_FLOOR,
 };
 
 /// The float primitive of burn's autodiff wgpu backend.
@@ -93,7 +96,7 @@ pub const MAX_BURN_LEVELS: usize = 8;
 /// Words per image in the per-image results (`S_cls, S_cnt, S_reg, S_regw, Z` as
 /// `f32`, then the positives `n` and the check flags as `u32`, then padding).
 const RESULT_WORDS: usize = 8;
-const _: () = assert!(std::mem::size_of::<crate::gpu::params::ImageSums>() == RESULT_WORDS * 4);
+const _: () = assert!(std::mem::size_of::<ImageSums>() == RESULT_WORDS * 4);
 
 /// Implemented for burn's unfused cubecl backend only: with burn's `fusion` feature
 /// on (burn's default features turn it on), `burn::backend::Cube` is a fusion
@@ -156,26 +159,12 @@ impl BurnLoss {
     /// is the [`FcosError::Value`] of the blocking calls (the inputs are then read
     /// back to name the first one).
     pub fn read(&self) -> Result<Losses, FcosError> {
-        let words = words(self.sums.clone())?;
-        let b = self.batch;
-        let f = |k: usize| -> Vec<f64> {
-            (0..b)
-                .map(|i| f32::from_bits(words[i * RESULT_WORDS + k]) as f64)
-                .collect()
-        };
-        let sums = Sums {
-            cls: f(0),
-            cnt: f(1),
-            reg: f(2),
-            reg_w: f(3),
-            ctr: f(4),
-            num_pos: (0..b).map(|i| words[i * RESULT_WORDS + 5]).collect(),
-        };
-        let flags = (0..b).fold(0, |acc, i| acc | words[i * RESULT_WORDS + 6]);
+        let images: Vec<ImageSums> = bytemuck::pod_collect_to_vec(&bytes(self.sums.clone())?);
+        let (losses, flags) = losses_of(&images, &[], &self.config, false);
         if flags != 0 {
             return Err(self.locate(flags));
         }
-        Ok(Losses::from_sums(sums, &self.config, None))
+        Ok(losses)
     }
 
     /// The error for values the device checks flagged: the host check of the inputs.
@@ -183,10 +172,7 @@ impl BurnLoss {
         let values: Result<Vec<Vec<f32>>, FcosError> = self
             .inputs
             .iter()
-            .map(|t| {
-                let bytes = words(t.clone())?;
-                Ok(bytes.into_iter().map(f32::from_bits).collect())
-            })
+            .map(|t| Ok(bytemuck::pod_collect_to_vec(&bytes(t.clone())?)))
             .collect();
         let values = match values {
             Ok(v) => v,
@@ -221,15 +207,15 @@ impl BurnLoss {
     }
 }
 
-/// A tensor's raw 32-bit words, read back by burn.
-fn words(t: CubeTensor) -> Result<Vec<u32>, FcosError> {
+/// A tensor's bytes, read back by burn.
+fn bytes(t: CubeTensor) -> Result<Vec<u8>, FcosError> {
     let data = Tensor::<1>::from_primitive::<Cube>(Cube::float_reshape(
         t.clone(),
         Shape::new([t.shape().num_elements()]),
     ))
     .try_into_data()
     .map_err(|e| server("reading a tensor back", e))?;
-    Ok(bytemuck::pod_collect_to_vec(data.as_bytes()))
+    Ok(data.as_bytes().to_vec())
 }
 
 /// The FCOS loss engine on burn's wgpu device, with the weights of its objective.
@@ -348,10 +334,19 @@ struct Pinned {
     resource: Resource,
 }
 
+/// What the engine does with a pinned tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Read: at an offset the device cannot bind, a copy serves as well.
+    Input,
+    /// Written: the engine must write the tensor burn holds, never a copy.
+    Output,
+}
+
 impl Pinned {
-    /// Pins the tensor's allocation; a tensor at an offset the device cannot bind
-    /// is copied first (and pinned in its place).
-    fn new(what: &str, t: CubeTensor, align: u64) -> Result<Self, FcosError> {
+    /// Pins the tensor's allocation; an input at an offset the device cannot bind
+    /// is copied first (and pinned in its place), an output there is an error.
+    fn new(what: &str, t: CubeTensor, align: u64, role: Role) -> Result<Self, FcosError> {
         if !t.is_contiguous() {
             return Err(FcosError::InvalidCall(format!(
                 "{what}: burn allocated it with a non-contiguous layout"
@@ -363,11 +358,17 @@ impl Pinned {
                 .map_err(|e| server(&format!("{what}: its buffer"), e))
         };
         let resource = get(&t)?;
-        if resource.resource().offset.is_multiple_of(align) {
+        let offset = resource.resource().offset;
+        if offset.is_multiple_of(align) {
             return Ok(Pinned {
                 tensor: t,
                 resource,
             });
+        }
+        if role == Role::Output {
+            return Err(FcosError::InvalidCall(format!(
+                "{what}: burn allocated it at offset {offset}, not a multiple of {align}"
+            )));
         }
         drop(resource);
         let t = t.copy();
@@ -400,10 +401,15 @@ impl Pinned {
 }
 
 /// Pins each tensor (see [`Pinned::new`]).
-fn pin_all(what: &str, ts: Vec<CubeTensor>, align: u64) -> Result<Vec<Pinned>, FcosError> {
+fn pin_all(
+    what: &str,
+    ts: Vec<CubeTensor>,
+    align: u64,
+    role: Role,
+) -> Result<Vec<Pinned>, FcosError> {
     ts.into_iter()
         .enumerate()
-        .map(|(i, t)| Pinned::new(&format!("{what} {i}"), t, align))
+        .map(|(i, t)| Pinned::new(&format!("{what} {i}"), t, align, role))
         .collect()
 }
 
@@ -708,11 +714,16 @@ impl BurnFcos {
         let sums_f = Cube::float_empty(sums_shape.clone(), &device, FloatDType::F32);
         let sums_i = Cube::int_empty(sums_shape, &device, IntDType::I32);
 
-        let pinned = pin_all("input", inputs.to_vec(), align)?;
+        let pinned = pin_all("input", inputs.to_vec(), align, Role::Input)?;
         let grads = grads
-            .map(|g| pin_all("gradient", g.to_vec(), align))
+            .map(|g| pin_all("gradient", g.to_vec(), align, Role::Output))
             .transpose()?;
-        let outs = pin_all("result", vec![sums_f.clone(), sums_i.clone()], align)?;
+        let outs = pin_all(
+            "result",
+            vec![sums_f.clone(), sums_i.clone()],
+            align,
+            Role::Output,
+        )?;
         // Everything burn queued (the heads' producers, the allocations) goes to the
         // queue before the engine's commands.
         client.flush().map_err(|e| server("flush", e))?;

@@ -36,7 +36,7 @@ pub(crate) mod plan;
 pub(crate) mod pool;
 mod ranges;
 mod readback;
-mod results;
+pub(crate) mod results;
 mod ring;
 pub(crate) mod scope;
 #[cfg(test)]
