@@ -60,8 +60,9 @@ pub use gpu::{
     adapter_label, shader_variants, BufferRange, CallCapture, CapturedBinding, CapturedBuffer,
     CapturedCommand, CapturedRange, ClassDtype, DeviceBatch, DeviceDenominators, DeviceGradients,
     DeviceGroundTruth, DeviceInputs, DevicePredictions, DeviceTargets, FcosLoss, GpuContext,
-    PendingLosses, RangedGradients, RangedInputs, ShaderVariant, Timed, CPU_TARGET_WORKGROUPS,
-    DEFAULT_RING_SIZE, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
+    PendingLosses, RangedGradients, RangedGroundTruth, RangedInputs, RangedPredictions,
+    ShaderVariant, Timed, CPU_TARGET_WORKGROUPS, DEFAULT_RING_SIZE, DEFAULT_TIMEOUT,
+    GPU_TARGET_WORKGROUPS, WORKGROUP_SIZE,
 };
 /// The `half` crate, whose `f16` and `bf16` are the host types of half-precision heads.
 pub use half;

@@ -12,11 +12,7 @@ use fcos_loss::{
     DeviceTargets, LossConfig, LossWeights, Predictions, RegLoss, Targets,
 };
 
-const CASES: [&str; 3] = [
-    "boxes_voc_b2_c20_512x512_m12",
-    "boxes_odd_b3_c7_100x150_m9",
-    "boxes_coco_b1_c80_320x480_m40",
-];
+use common::GOLDEN_BOXES as CASES;
 
 /// Class and box targets bit for bit, centerness within 1e-6 relative.
 fn assert_targets(what: &str, got: &Targets, cls: &[f32], cnt: &[f32], reg: &[f32]) {

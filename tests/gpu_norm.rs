@@ -12,12 +12,7 @@ use fcos_loss::{
     Losses, Normalization, RegLoss, ABS_TOL, REL_TOL,
 };
 
-/// The golden cases made from ground-truth boxes, which carry the §8 expectations.
-const CASES: [&str; 3] = [
-    "boxes_voc_b2_c20_512x512_m12",
-    "boxes_odd_b3_c7_100x150_m9",
-    "boxes_coco_b1_c80_320x480_m40",
-];
+use common::GOLDEN_BOXES as CASES;
 
 fn close(what: &str, got: f64, want: f64) {
     let d = (got - want).abs() / want.abs().max(ABS_TOL / REL_TOL);

@@ -4,14 +4,19 @@
 //! gradients are bitwise those of the packed device path, forward and backward,
 //! IoU and GIoU, and also when small bindings split a level's images over several
 //! dispatches. Bad ranges are errors naming the tensor and level, before anything
-//! runs; a bad value is named exactly as on the packed path.
+//! runs; a bad value is named exactly as on the packed path. From ground-truth
+//! boxes (`compute_ranges_from_boxes`, `forward_backward_ranges_from_boxes`,
+//! `record_ranges_from_boxes`), the boxes and classes in ranges beside the heads,
+//! the same holds against the packed device path from boxes.
 #![cfg(feature = "casefile")]
 
 mod common;
 
+use fcos_loss::casefile::Case;
 use fcos_loss::{
-    Batch, BufferRange, DeviceBatch, FcosError, FcosLoss, Head, Heads, Input, LossConfig,
-    LossWeights, RangedGradients, RangedInputs, RegLoss,
+    Batch, BufferRange, ClassDtype, DeviceBatch, DeviceGroundTruth, DevicePredictions, FcosError,
+    FcosLoss, Head, Heads, Input, LossConfig, LossWeights, Losses, RangedGradients,
+    RangedGroundTruth, RangedInputs, RangedPredictions, RegLoss,
 };
 
 /// Where each part went: `(buffer, offset, bytes)`.
@@ -359,4 +364,293 @@ fn bad_ranges_are_errors_naming_the_tensor_and_level() {
     let mut bad = good.clone();
     bad.batch = 0;
     expect(engine.compute_ranges(levels, &bad).unwrap_err(), &["B = 0"]);
+}
+
+/// A case's heads (every level of each head), then its boxes and its classes as
+/// `i32` words (carried as `f32` bit patterns), in an arena of three buffers: the
+/// ground truth shares buffers with the heads (both are bound read-only).
+fn boxes_arena(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    case: &Case,
+) -> (Vec<wgpu::Buffer>, Placed) {
+    let batch = &case.batch;
+    let bx = case.boxes.as_ref().expect("a case from boxes");
+    let mut all = parts(batch);
+    all.truncate(3 * batch.levels.len());
+    all.push(bx.boxes.clone());
+    all.push(
+        bx.classes
+            .iter()
+            .map(|&c| f32::from_bits(c as i32 as u32))
+            .collect(),
+    );
+    arena(device, queue, &all, 3, 1.0e4)
+}
+
+/// The predictions and ground truth [`boxes_arena`] placed.
+fn ranged_boxes<'a>(
+    case: &Case,
+    bufs: &'a [wgpu::Buffer],
+    placed: &Placed,
+) -> (RangedPredictions<'a>, RangedGroundTruth<'a>) {
+    let batch = &case.batch;
+    let l = batch.levels.len();
+    let range = |k: usize| {
+        let (b, at, bytes) = placed[k];
+        BufferRange::new(&bufs[b], at, bytes)
+    };
+    let head = |h: usize| (h * l..(h + 1) * l).map(range).collect::<Vec<_>>();
+    let preds = RangedPredictions {
+        batch: batch.batch,
+        dtype: fcos_loss::Dtype::F32,
+        cls_logits: head(0),
+        cnt_logits: head(1),
+        reg_preds: head(2),
+    };
+    let gt = RangedGroundTruth {
+        boxes_per_image: case.boxes.as_ref().unwrap().boxes_per_image,
+        boxes: range(3 * l),
+        classes: range(3 * l + 1),
+        class_dtype: ClassDtype::I32,
+    };
+    (preds, gt)
+}
+
+/// The packed device path's ground truth of a case (`i32` classes).
+fn device_gt(device: &wgpu::Device, case: &Case) -> (wgpu::Buffer, wgpu::Buffer) {
+    let bx = case.boxes.as_ref().unwrap();
+    let classes: Vec<i32> = bx.classes.iter().map(|&c| c as i32).collect();
+    (
+        common::storage_buffer(device, bytemuck::cast_slice(&bx.boxes)),
+        common::storage_buffer(device, bytemuck::cast_slice(&classes)),
+    )
+}
+
+/// Submits `encoder` and reads the recorded call's losses.
+fn submit_and_read(
+    engine: &FcosLoss,
+    encoder: wgpu::CommandEncoder,
+    pending: &fcos_loss::PendingLosses<'_>,
+) -> Result<Losses, FcosError> {
+    engine.context().queue.submit([encoder.finish()]);
+    pollster::block_on(engine.read_losses(pending))
+}
+
+#[test]
+fn ranges_from_boxes_give_the_packed_device_bits() {
+    let mut engine = common::app_engine(LossConfig::new(1));
+    let ctx = engine.context().clone();
+    let (device, queue) = (&ctx.device, &ctx.queue);
+    let weights = LossWeights::default();
+    for name in common::GOLDEN_BOXES {
+        let case = common::golden(name);
+        let batch = &case.batch;
+        let levels = &batch.levels;
+        let packed = DeviceBatch::upload(device, batch).unwrap();
+        let dev_preds = DevicePredictions::of(&packed.inputs());
+        let (boxes, classes) = device_gt(device, &case);
+        let dgt = DeviceGroundTruth {
+            boxes_per_image: case.boxes.as_ref().unwrap().boxes_per_image,
+            boxes: &boxes,
+            classes: &classes,
+            class_dtype: ClassDtype::I32,
+        };
+        let (bufs, placed) = boxes_arena(device, queue, &case);
+        let (preds, gt) = ranged_boxes(&case, &bufs, &placed);
+        for reg in [RegLoss::Iou, RegLoss::Giou] {
+            engine
+                .set_config(LossConfig::new(batch.classes as u32).with_reg_loss(reg))
+                .unwrap();
+            let what = format!("{name} {reg:?}");
+            // Forward: blocking and recorded.
+            let want = engine
+                .compute_device_from_boxes(levels, &dev_preds, &dgt, None)
+                .unwrap()
+                .value;
+            let got = engine
+                .compute_ranges_from_boxes(levels, &preds, &gt)
+                .unwrap();
+            assert_eq!(common::bits(&got), common::bits(&want), "{what}: forward");
+            let mut encoder = device.create_command_encoder(&Default::default());
+            let pending = engine
+                .record_ranges_from_boxes(&mut encoder, levels, &preds, &gt, None, &weights)
+                .unwrap();
+            let got = submit_and_read(&engine, encoder, &pending).unwrap();
+            assert_eq!(common::bits(&got), common::bits(&want), "{what}: recorded");
+            drop(pending);
+            // Backward: blocking and recorded, gradients bit for bit.
+            let grads = packed.gradient_buffers(device).unwrap();
+            let want = engine
+                .forward_backward_device_from_boxes(
+                    levels,
+                    &dev_preds,
+                    &dgt,
+                    &grads.as_ref(),
+                    &weights,
+                    None,
+                )
+                .unwrap()
+                .value;
+            let want_g =
+                common::read_gradients(&ctx, levels, batch.batch, batch.classes, &grads.as_ref());
+            let (gbufs, gplaced) = grad_arena(device, queue, batch);
+            let granges = grad_ranges(&gbufs, &gplaced, levels.len());
+            let got = engine
+                .forward_backward_ranges_from_boxes(levels, &preds, &gt, &granges, &weights)
+                .unwrap();
+            assert_eq!(common::bits(&got), common::bits(&want), "{what}: backward");
+            let got_g = read_grads(&engine, &gbufs, &gplaced, levels.len());
+            assert_eq!(bits(&got_g), bits(&want_g), "{what}: gradients");
+            let (gbufs, gplaced) = grad_arena(device, queue, batch);
+            let granges = grad_ranges(&gbufs, &gplaced, levels.len());
+            let mut encoder = device.create_command_encoder(&Default::default());
+            let pending = engine
+                .record_ranges_from_boxes(
+                    &mut encoder,
+                    levels,
+                    &preds,
+                    &gt,
+                    Some(&granges),
+                    &weights,
+                )
+                .unwrap();
+            let got = submit_and_read(&engine, encoder, &pending).unwrap();
+            drop(pending);
+            assert_eq!(
+                common::bits(&got),
+                common::bits(&want),
+                "{what}: recorded backward"
+            );
+            let got_g = read_grads(&engine, &gbufs, &gplaced, levels.len());
+            assert_eq!(bits(&got_g), bits(&want_g), "{what}: recorded gradients");
+        }
+    }
+}
+
+/// What to spoil in a case, how, and the words the error must hold.
+type Spoil = (&'static str, fn(&mut Case), &'static [&'static str]);
+
+#[test]
+fn a_bad_box_class_or_head_value_is_named_on_the_ranged_path() {
+    let engine = common::app_engine(LossConfig::new(7));
+    let ctx = engine.context().clone();
+    let (device, queue) = (&ctx.device, &ctx.queue);
+    let clean = common::golden("boxes_odd_b3_c7_100x150_m9");
+    let l = clean.batch.levels.len();
+    let spoil: [Spoil; 4] = [
+        (
+            "a NaN box corner",
+            |c| c.boxes.as_mut().unwrap().boxes[4 * 10 + 2] = f32::NAN,
+            &["gt_boxes", "index"],
+        ),
+        (
+            "a class above C",
+            |c| c.boxes.as_mut().unwrap().classes[5] = 8.0,
+            &["gt_classes", "index 5"],
+        ),
+        (
+            "an infinite class logit",
+            |c| common::part_mut(&mut c.batch, Input::ClsLogits, 1)[17] = f32::INFINITY,
+            &["cls_logits"],
+        ),
+        (
+            "a NaN box prediction",
+            |c| common::part_mut(&mut c.batch, Input::RegPreds, 2)[3] = f32::NAN,
+            &["reg_preds"],
+        ),
+    ];
+    let weights = LossWeights::default();
+    for (what, spoil, words) in spoil {
+        let mut case = clean.clone();
+        spoil(&mut case);
+        let levels = &case.batch.levels;
+        // The packed device path's error, for the same values.
+        let packed = DeviceBatch::upload(device, &case.batch).unwrap();
+        let (boxes, classes) = device_gt(device, &case);
+        let dgt = DeviceGroundTruth {
+            boxes_per_image: case.boxes.as_ref().unwrap().boxes_per_image,
+            boxes: &boxes,
+            classes: &classes,
+            class_dtype: ClassDtype::I32,
+        };
+        let want = engine
+            .compute_device_from_boxes(levels, &DevicePredictions::of(&packed.inputs()), &dgt, None)
+            .unwrap_err();
+        let (bufs, placed) = boxes_arena(device, queue, &case);
+        let (preds, gt) = ranged_boxes(&case, &bufs, &placed);
+        let got = engine
+            .compute_ranges_from_boxes(levels, &preds, &gt)
+            .unwrap_err();
+        assert!(matches!(got, FcosError::Value { .. }), "{what}: {got}");
+        assert_eq!(got.to_string(), want.to_string(), "{what}");
+        for w in words {
+            assert!(got.to_string().contains(w), "{what}: '{w}' not in: {got}");
+        }
+        // The recorded call reports it at the read.
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let pending = engine
+            .record_ranges_from_boxes(&mut encoder, levels, &preds, &gt, None, &weights)
+            .unwrap();
+        let read = submit_and_read(&engine, encoder, &pending).unwrap_err();
+        assert_eq!(read.to_string(), want.to_string(), "{what}: recorded");
+        assert_eq!(3 * l + 2, placed.len());
+    }
+}
+
+#[test]
+fn bad_ground_truth_ranges_are_errors_naming_the_tensor() {
+    let engine = common::app_engine(LossConfig::new(7));
+    let ctx = engine.context().clone();
+    let (device, queue) = (&ctx.device, &ctx.queue);
+    let case = common::golden("boxes_odd_b3_c7_100x150_m9");
+    let levels = &case.batch.levels;
+    let (bufs, placed) = boxes_arena(device, queue, &case);
+    let (preds, good) = ranged_boxes(&case, &bufs, &placed);
+    let (gbufs, gplaced) = grad_arena(device, queue, &case.batch);
+    let grads = grad_ranges(&gbufs, &gplaced, levels.len());
+    let weights = LossWeights::default();
+    let align = device.limits().min_storage_buffer_offset_alignment as u64;
+    let expect = |err: FcosError, words: &[&str]| {
+        let text = err.to_string();
+        for w in words {
+            assert!(text.contains(w), "'{w}' not in: {text}");
+        }
+        engine
+            .compute_ranges_from_boxes(levels, &preds, &good)
+            .unwrap();
+    };
+    let mut bad = good;
+    bad.boxes.offset += if align > 4 { align / 2 } else { 2 };
+    expect(
+        engine
+            .compute_ranges_from_boxes(levels, &preds, &bad)
+            .unwrap_err(),
+        &["gt_boxes range", "min_storage_buffer_offset_alignment"],
+    );
+    let mut bad = good;
+    bad.classes.size -= 4;
+    expect(
+        engine
+            .compute_ranges_from_boxes(levels, &preds, &bad)
+            .unwrap_err(),
+        &["gt_classes range", "bytes"],
+    );
+    let mut bad = good;
+    bad.boxes_per_image += 1;
+    expect(
+        engine
+            .compute_ranges_from_boxes(levels, &preds, &bad)
+            .unwrap_err(),
+        &["gt_boxes range", "bytes"],
+    );
+    // A gradient in the buffer of the boxes (bound read-only).
+    let mut gbad = grads.clone();
+    gbad[Head::RegPreds][0] = BufferRange::new(good.boxes.buffer, 0, gbad[Head::RegPreds][0].size);
+    expect(
+        engine
+            .forward_backward_ranges_from_boxes(levels, &preds, &good, &gbad, &weights)
+            .unwrap_err(),
+        &["grad reg_preds level 0", "same buffer as"],
+    );
 }

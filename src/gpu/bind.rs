@@ -6,6 +6,7 @@ use crate::error::FcosError;
 use crate::gpu::call::{Call, CallPipelines, DenominatorSource, GtBuffers, TargetSource};
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::{BindRange, Plan};
+use crate::gpu::ranges::BufferRange;
 use crate::gpu::uniforms::ParamSlots;
 use crate::gpu::work::{partials_bytes, BoxWork, NormBuffers, WorkBuffers};
 use crate::input::{Head, Input};
@@ -62,6 +63,18 @@ pub(crate) fn whole(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry
     wgpu::BindGroupEntry {
         binding,
         resource: buffer.as_entire_binding(),
+    }
+}
+
+/// A binding of a caller's range.
+pub(crate) fn span(binding: u32, r: BufferRange<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: r.buffer,
+            offset: r.offset,
+            size: std::num::NonZeroU64::new(r.size),
+        }),
     }
 }
 
@@ -332,8 +345,8 @@ pub(crate) fn cull_group(
 ) -> Group {
     let entries = [
         params.entry(params_buf, params.segment(s)),
-        whole(1, gt.boxes),
-        whole(2, gt.classes),
+        span(1, gt.boxes),
+        span(2, gt.classes),
         whole(3, lists.lists),
         whole(4, lists.counts),
     ];

@@ -9,6 +9,7 @@ use crate::gpu::params::BoxSpec;
 pub(crate) use crate::gpu::pass::Pass;
 use crate::gpu::pipelines::Pipeline;
 use crate::gpu::plan::Plan;
+use crate::gpu::ranges::BufferRange;
 use crate::gpu::uniforms::ParamSlots;
 use crate::input::{ByInput, Heads, Input};
 use crate::layout::Levels;
@@ -27,8 +28,10 @@ pub(crate) enum DenominatorSource<'a> {
 /// `vec4<f32>` corners and `[B, M]` class words.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GtBuffers<'a> {
-    pub boxes: &'a wgpu::Buffer,
-    pub classes: &'a wgpu::Buffer,
+    /// `[B, M, 4]` corners (the range bound).
+    pub boxes: BufferRange<'a>,
+    /// `[B, M]` class words (the range bound).
+    pub classes: BufferRange<'a>,
     /// Rows per image `M`.
     pub boxes_per_image: u32,
 }

@@ -12,13 +12,17 @@ use crate::gpu::device_inputs::{
     ClassDtype, DeviceDenominators, DeviceGradients, DeviceGroundTruth, DeviceInputs,
     DevicePredictions,
 };
-use crate::gpu::locate::{locate_bad_boxes, locate_bad_input, locate_bad_ranges};
+use crate::gpu::locate::{
+    locate_bad_boxes, locate_bad_input, locate_bad_ranged_boxes, locate_bad_ranges,
+};
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
 use crate::gpu::pending::{encode_recorded, Located, PendingLosses};
 use crate::gpu::plan::Origins;
 use crate::gpu::pool::{Need, Pool, Slot};
-use crate::gpu::ranges::{self, BufferRange, RangedGradients, RangedInputs};
+use crate::gpu::ranges::{
+    self, BufferRange, RangedGradients, RangedGroundTruth, RangedInputs, RangedPredictions, Ranges,
+};
 use crate::gpu::ring::Busy;
 use crate::gpu::timed::Timed;
 use crate::input::{Dtype, Head, Heads};
@@ -167,8 +171,8 @@ pub(crate) fn run_boxes(
         batch: b,
         heads: packed_levels(levels, Heads::from_fn(|h| preds.buffer(h))),
         targets: TargetSource::Boxes(GtBuffers {
-            boxes: gt.boxes,
-            classes: gt.classes,
+            boxes: gt.boxes.into(),
+            classes: gt.classes.into(),
             boxes_per_image: m as u32,
         }),
         boxes: Some(BoxSpec {
@@ -227,11 +231,107 @@ fn ranged_call<'a>(
     pass: Pass,
     weights: &'a LossWeights,
 ) -> Result<DeviceCall<'a>, FcosError> {
-    let b = inputs.batch;
+    let targets = TargetSource::Dense {
+        cls: inputs.cls_targets.buffer,
+        cnt: inputs.cnt_targets.buffer,
+        reg: inputs.reg_targets.buffer,
+    };
+    ranged_call_from(core, levels, inputs, targets, None, grads, pass, weights)
+}
+
+/// Runs `pass` from ground-truth boxes on ranges of device buffers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_ranges_from_boxes<'a>(
+    core: &Core,
+    levels: &'a Levels,
+    preds: &RangedPredictions<'a>,
+    gt: &RangedGroundTruth<'a>,
+    grads: Option<&RangedGradients<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+) -> Result<Timed<Losses>, FcosError> {
+    let start = Instant::now();
+    let call = ranged_boxes_call(core, levels, preds, gt, grads, pass, weights)?;
+    call.run(core, start, |flags| {
+        locate_bad_ranged_boxes(core, levels, preds, gt, flags)
+    })
+}
+
+/// Records `pass` from ground-truth boxes on ranges of device buffers into
+/// `encoder`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_ranges_from_boxes<'a>(
+    core: &Core,
+    encoder: &mut wgpu::CommandEncoder,
+    levels: &'a Levels,
+    preds: &RangedPredictions<'a>,
+    gt: &RangedGroundTruth<'a>,
+    grads: Option<&RangedGradients<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+) -> Result<PendingLosses<'a>, FcosError> {
+    let call = ranged_boxes_call(core, levels, preds, gt, grads, pass, weights)?;
+    call.record(core, encoder, Located::RangedBoxes(preds.clone(), *gt))
+}
+
+/// A call from ground-truth boxes on ranges of device buffers, the assignment's
+/// settings, the box count and the ranges checked.
+fn ranged_boxes_call<'a>(
+    core: &Core,
+    levels: &'a Levels,
+    preds: &RangedPredictions<'a>,
+    gt: &RangedGroundTruth<'a>,
+    grads: Option<&RangedGradients<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+) -> Result<DeviceCall<'a>, FcosError> {
+    core.check_assignment(levels)?;
+    core.check_boxes(preds.batch, gt.boxes_per_image)?;
+    let m = gt.boxes_per_image as u32;
+    // Bound as the rows need them (the ranges may be longer), once checked.
+    let (box_bytes, class_bytes) = gt.bytes(preds.batch);
+    let trim =
+        |r: BufferRange<'a>, bytes: u64| BufferRange::new(r.buffer, r.offset, bytes.min(r.size));
+    let targets = TargetSource::Boxes(GtBuffers {
+        boxes: trim(gt.boxes, box_bytes),
+        classes: trim(gt.classes, class_bytes),
+        boxes_per_image: m,
+    });
+    let spec = BoxSpec {
+        boxes_per_image: m,
+        class_f32: gt.class_dtype == ClassDtype::F32,
+    };
+    ranged_call_from(
+        core,
+        levels,
+        preds,
+        targets,
+        Some((spec, gt)),
+        grads,
+        pass,
+        weights,
+    )
+}
+
+/// A ranged call whose targets come from `targets` (with `boxes`, from the
+/// ground truth of that range), the ranges checked.
+#[allow(clippy::too_many_arguments)]
+fn ranged_call_from<'a>(
+    core: &Core,
+    levels: &'a Levels,
+    inputs: &impl Ranges<'a>,
+    targets: TargetSource<'a>,
+    boxes: Option<(BoxSpec, &RangedGroundTruth<'a>)>,
+    grads: Option<&RangedGradients<'a>>,
+    pass: Pass,
+    weights: &'a LossWeights,
+) -> Result<DeviceCall<'a>, FcosError> {
+    let (b, dtype) = (inputs.batch(), inputs.dtype());
     core.check_batch(levels, b)?;
     let align = core.ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
-    let grad_dtype = core.grad_dtype(inputs.dtype, pass);
-    ranges::check(levels, core.classes(), align, inputs, grads, grad_dtype)?;
+    let grad_dtype = core.grad_dtype(dtype, pass);
+    let gt = boxes.map(|(_, gt)| gt);
+    ranges::check(levels, core.classes(), align, inputs, gt, grads, grad_dtype)?;
     let c = core.config.num_classes;
     let mut origins = ranges::origins(inputs, grads, levels, b as u32, c);
     if let (true, Some(g)) = (grad_dtype.is_half(), grads) {
@@ -246,16 +346,12 @@ fn ranged_call<'a>(
     Ok(DeviceCall {
         levels,
         batch: b,
-        heads: Heads::from_fn(|h| buffers(inputs.head(h))),
-        targets: TargetSource::Dense {
-            cls: inputs.cls_targets.buffer,
-            cnt: inputs.cnt_targets.buffer,
-            reg: inputs.reg_targets.buffer,
-        },
-        boxes: None,
+        heads: Heads::from_fn(|h| buffers(inputs.head_ranges(h))),
+        targets,
+        boxes: boxes.map(|(spec, _)| spec),
         grads: grads.map(|g| g.as_ref().map(|_, r| buffers(r))),
         origins: Some(origins),
-        dtype: inputs.dtype,
+        dtype,
         denominators: None,
         pass,
         weights,

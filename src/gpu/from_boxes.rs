@@ -18,6 +18,7 @@ use crate::gpu::locate;
 use crate::gpu::params::BoxSpec;
 use crate::gpu::pass::Pass;
 use crate::gpu::pool::{Need, Slot};
+use crate::gpu::ranges::{RangedGradients, RangedGroundTruth, RangedPredictions};
 use crate::gpu::target_pass::{self, TargetBuffers};
 use crate::gpu::timed::Timed;
 use crate::gpu::upload;
@@ -122,6 +123,54 @@ impl FcosLoss {
             Pass::Backward,
             weights,
         )
+    }
+
+    /// Loss from ground-truth boxes with the predictions and the boxes in ranges of
+    /// device buffers, one range per level of each head ([`RangedPredictions`],
+    /// [`RangedGroundTruth`]): [`compute_device_from_boxes`](Self::compute_device_from_boxes)
+    /// for a framework's tensors. The checks of
+    /// [`compute_ranges`](Self::compute_ranges) and of the boxes run first.
+    pub fn compute_ranges_from_boxes(
+        &self,
+        levels: &Levels,
+        preds: &RangedPredictions,
+        gt: &RangedGroundTruth,
+    ) -> Result<Losses, FcosError> {
+        let weights = LossWeights::default();
+        let t = device::run_ranges_from_boxes(
+            &self.core,
+            levels,
+            preds,
+            gt,
+            None,
+            Pass::Forward,
+            &weights,
+        )?;
+        Ok(t.value)
+    }
+
+    /// Losses from ground-truth boxes, the gradients written into ranges of device
+    /// buffers ([`forward_backward_ranges`](Self::forward_backward_ranges) with
+    /// the targets assigned inside the passes). No gradient range may share a
+    /// buffer with a prediction or the ground truth.
+    pub fn forward_backward_ranges_from_boxes(
+        &self,
+        levels: &Levels,
+        preds: &RangedPredictions,
+        gt: &RangedGroundTruth,
+        grads: &RangedGradients,
+        weights: &LossWeights,
+    ) -> Result<Losses, FcosError> {
+        let t = device::run_ranges_from_boxes(
+            &self.core,
+            levels,
+            preds,
+            gt,
+            Some(grads),
+            Pass::Backward,
+            weights,
+        )?;
+        Ok(t.value)
     }
 
     /// The target pass on host slices: assigns every position's targets from the
@@ -255,8 +304,8 @@ impl FcosLoss {
             &pool,
             (&prepared.0, &prepared.1),
             GtBuffers {
-                boxes: gt.boxes,
-                classes: gt.classes,
+                boxes: gt.boxes.into(),
+                classes: gt.classes.into(),
                 boxes_per_image: spec.boxes_per_image,
             },
             TargetBuffers {

@@ -9,7 +9,7 @@ use crate::error::FcosError;
 use crate::gpu::core::Core;
 use crate::gpu::device_inputs::{ClassDtype, DeviceGroundTruth, DeviceInputs, DevicePredictions};
 use crate::gpu::pipelines::Pipeline;
-use crate::gpu::ranges::{BufferRange, RangedInputs};
+use crate::gpu::ranges::{BufferRange, RangedGroundTruth, RangedInputs, RangedPredictions, Ranges};
 use crate::gpu::scope::scoped;
 use crate::gpu::shaders::Kernel;
 use crate::input::{widen_bytes, ByInput, Dtype, Element, Head, Heads, Input};
@@ -84,10 +84,26 @@ pub(crate) fn gt_error(
     b: usize,
     gt: &DeviceGroundTruth,
 ) -> Result<Option<FcosError>, FcosError> {
+    let ranged = RangedGroundTruth {
+        boxes_per_image: gt.boxes_per_image,
+        boxes: gt.boxes.into(),
+        classes: gt.classes.into(),
+        class_dtype: gt.class_dtype,
+    };
+    ranged_gt_error(core, b, &ranged)
+}
+
+/// [`gt_error`] for ground truth in buffer ranges.
+fn ranged_gt_error(
+    core: &Core,
+    b: usize,
+    gt: &RangedGroundTruth,
+) -> Result<Option<FcosError>, FcosError> {
     let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
     let rows = (b * gt.boxes_per_image) as u64;
-    let boxes = read_words(core, &copy, gt.boxes, 16 * rows)?;
-    let words = read_words(core, &copy, gt.classes, 4 * rows)?;
+    let read = |r: BufferRange, bytes: u64| read_words_at(core, &copy, r.buffer, r.offset, bytes);
+    let boxes = read(gt.boxes, 16 * rows)?;
+    let words = read(gt.classes, 4 * rows)?;
     let ints: Vec<i32>;
     let classes = match gt.class_dtype {
         ClassDtype::F32 => GtClasses::F32(&words),
@@ -150,20 +166,7 @@ pub(crate) fn locate_bad_ranges(
         let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
         let range =
             |r: &BufferRange, bytes: u64| read_words_at(core, &copy, r.buffer, r.offset, bytes);
-        let heads = Heads::try_from_fn(|h| {
-            let ch = h.channels(core.classes());
-            inputs
-                .head(h)
-                .iter()
-                .enumerate()
-                .map(|(l, r)| {
-                    let n = levels.level_len(l, b, ch);
-                    let bytes = (n * inputs.dtype.size()) as u64;
-                    let words = range(r, bytes.next_multiple_of(4))?;
-                    Ok(widen_bytes(bytemuck::cast_slice(&words), inputs.dtype, n))
-                })
-                .collect::<Result<Vec<_>, FcosError>>()
-        })?;
+        let heads = read_ranged_heads(core, levels, inputs)?;
         let targets = [
             (inputs.cls_targets, Input::ClsTargets),
             (inputs.cnt_targets, Input::CntTargets),
@@ -193,6 +196,67 @@ pub(crate) fn locate_bad_ranges(
         reg_targets: &reg,
     };
     name_bad_input(core, levels, &view, flags)
+}
+
+/// The error for a ranged call from boxes the on-device checks flagged: the
+/// boxes and classes read back and checked first (they are small), then each
+/// level of the heads.
+pub(crate) fn locate_bad_ranged_boxes(
+    core: &Core,
+    levels: &Levels,
+    preds: &RangedPredictions,
+    gt: &RangedGroundTruth,
+    flags: u32,
+) -> FcosError {
+    let b = preds.batch;
+    let failed = |e: FcosError| {
+        FcosError::gpu(format!(
+            "the on-device checks flagged bad values (flags {flags:#x}), and reading them back to locate the first one failed: {e}"
+        ))
+    };
+    match ranged_gt_error(core, b, gt) {
+        Ok(Some(bad)) => return bad,
+        Ok(None) => {}
+        Err(e) => return failed(e),
+    }
+    let heads = match read_ranged_heads(core, levels, preds) {
+        Ok(heads) => heads,
+        Err(e) => return failed(e),
+    };
+    let slices = |h: Head| heads[h].iter().map(|v| v.as_slice()).collect();
+    let view = Predictions {
+        batch: b,
+        cls_logits: slices(Head::ClsLogits),
+        cnt_logits: slices(Head::CntLogits),
+        reg_preds: slices(Head::RegPreds),
+    };
+    let targets = Targets::background(b, levels.positions());
+    name_bad_input(core, levels, &view.with_targets(&targets), flags)
+}
+
+/// Every level of the three heads of ranged inputs, read back and widened to
+/// `f32`.
+fn read_ranged_heads<'a>(
+    core: &Core,
+    levels: &Levels,
+    inputs: &impl Ranges<'a>,
+) -> Result<Heads<Vec<Vec<f32>>>, FcosError> {
+    let (b, dtype) = (inputs.batch(), inputs.dtype());
+    let copy = core.pipelines.get(&core.ctx.device, Kernel::CopyWords)?;
+    Heads::try_from_fn(|h| {
+        let ch = h.channels(core.classes());
+        inputs
+            .head_ranges(h)
+            .iter()
+            .enumerate()
+            .map(|(l, r)| {
+                let n = levels.level_len(l, b, ch);
+                let bytes = ((n * dtype.size()) as u64).next_multiple_of(4);
+                let words = read_words_at(core, &copy, r.buffer, r.offset, bytes)?;
+                Ok(widen_bytes(bytemuck::cast_slice(&words), dtype, n))
+            })
+            .collect::<Result<Vec<_>, FcosError>>()
+    })
 }
 
 /// A head's packed device layout (§1.2), read back, as one slice per level.
@@ -296,16 +360,6 @@ fn read_elements(
     let bytes = core.bytes(input, levels, b, heads).next_multiple_of(4);
     let words = read_words_at(core, copy, src, offset, bytes)?;
     Ok(widen_bytes(bytemuck::cast_slice(&words), dtype, n))
-}
-
-/// The first `bytes` of a STORAGE buffer, copied chunk by chunk.
-fn read_words(
-    core: &Core,
-    copy: &Pipeline,
-    src: &wgpu::Buffer,
-    bytes: u64,
-) -> Result<Vec<f32>, FcosError> {
-    read_words_at(core, copy, src, 0, bytes)
 }
 
 /// `bytes` of a STORAGE buffer from `offset` (storage-aligned), copied chunk by

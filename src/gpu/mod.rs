@@ -59,7 +59,9 @@ pub use device_inputs::{
 };
 pub use engine::{FcosLoss, CPU_TARGET_WORKGROUPS, DEFAULT_TIMEOUT, GPU_TARGET_WORKGROUPS};
 pub use pending::PendingLosses;
-pub use ranges::{BufferRange, RangedGradients, RangedInputs};
+pub use ranges::{
+    BufferRange, RangedGradients, RangedGroundTruth, RangedInputs, RangedPredictions,
+};
 pub use ring::DEFAULT_RING_SIZE;
 pub use shaders::{shader_variants, ShaderVariant, WORKGROUP_SIZE};
 pub use timed::Timed;

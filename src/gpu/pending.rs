@@ -18,7 +18,7 @@ use crate::gpu::core::Core;
 use crate::gpu::device_inputs::DeviceInputs;
 use crate::gpu::encode;
 use crate::gpu::pool::Pool;
-use crate::gpu::ranges::{BufferRange, RangedInputs};
+use crate::gpu::ranges::{BufferRange, RangedGroundTruth, RangedInputs, RangedPredictions};
 use crate::gpu::readback::Readback;
 use crate::gpu::results::{losses_of, ReadbackParts};
 use crate::gpu::ring::Ring;
@@ -106,6 +106,8 @@ pub(crate) fn encode_recorded(
 pub(crate) enum Located<'a> {
     Device(DeviceInputs<'a>),
     Ranged(RangedInputs<'a>),
+    /// Predictions and ground truth of a call from boxes.
+    RangedBoxes(RangedPredictions<'a>, RangedGroundTruth<'a>),
 }
 
 /// A call recorded into a command encoder and not yet read
@@ -350,9 +352,12 @@ pub(crate) fn decode(
 
 /// The error naming the first bad value of `p`'s inputs.
 fn locate(core: &Core, p: &PendingLosses<'_>, flags: u32) -> FcosError {
-    use crate::gpu::locate::{locate_bad_input, locate_bad_ranges};
+    use crate::gpu::locate::{locate_bad_input, locate_bad_ranged_boxes, locate_bad_ranges};
     match &p.located {
         Located::Device(inputs) => locate_bad_input(core, p.levels, inputs, flags),
         Located::Ranged(inputs) => locate_bad_ranges(core, p.levels, inputs, flags),
+        Located::RangedBoxes(preds, gt) => {
+            locate_bad_ranged_boxes(core, p.levels, preds, gt, flags)
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::gpu::engine::FcosLoss;
 use crate::gpu::host;
 use crate::gpu::pass::Pass;
 use crate::gpu::pending::{self, PendingLosses};
-use crate::gpu::ranges::{RangedGradients, RangedInputs};
+use crate::gpu::ranges::{RangedGradients, RangedGroundTruth, RangedInputs, RangedPredictions};
 use crate::gpu::ring::Ring;
 use crate::input::Element;
 use crate::inputs::Inputs;
@@ -54,6 +54,25 @@ impl FcosLoss {
     ) -> Result<PendingLosses<'a>, FcosError> {
         let pass = Pass::losses(grads.is_some());
         device::record_ranges(&self.core, encoder, levels, inputs, grads, pass, weights)
+    }
+
+    /// [`record_ranges`](Self::record_ranges) from ground-truth boxes: the
+    /// targets assigned inside the passes
+    /// ([`compute_ranges_from_boxes`](Self::compute_ranges_from_boxes)). A bad
+    /// box, class or prediction value is reported by the read.
+    pub fn record_ranges_from_boxes<'a>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        levels: &'a Levels,
+        preds: &RangedPredictions<'a>,
+        gt: &RangedGroundTruth<'a>,
+        grads: Option<&RangedGradients<'a>>,
+        weights: &'a LossWeights,
+    ) -> Result<PendingLosses<'a>, FcosError> {
+        let pass = Pass::losses(grads.is_some());
+        device::record_ranges_from_boxes(
+            &self.core, encoder, levels, preds, gt, grads, pass, weights,
+        )
     }
 
     /// The losses of a recorded call, once the GPU has run it: waits without

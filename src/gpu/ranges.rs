@@ -2,7 +2,9 @@
 //! head: the form a framework's tensors take (burn keeps each tensor as a range of
 //! a pooled buffer, and a detector's heads are one tensor per pyramid level).
 
+use crate::assign::{GT_BOXES, GT_CLASSES};
 use crate::error::FcosError;
+use crate::gpu::device_inputs::ClassDtype;
 use crate::input::{ByInput, Dtype, Head, Heads, Input, TensorLayout};
 use crate::layout::Levels;
 
@@ -94,14 +96,126 @@ impl<'a> RangedInputs<'a> {
         }
     }
 
+    /// The three heads' ranges, without the targets.
+    pub fn predictions(&self) -> RangedPredictions<'a> {
+        RangedPredictions {
+            batch: self.batch,
+            dtype: self.dtype,
+            cls_logits: self.cls_logits.clone(),
+            cnt_logits: self.cnt_logits.clone(),
+            reg_preds: self.reg_preds.clone(),
+        }
+    }
+}
+
+/// The three heads on the device as ranges, one per level, as in
+/// [`RangedInputs`]: the predictions of a call from ground-truth boxes
+/// ([`RangedGroundTruth`]), whose targets are assigned inside the passes.
+#[derive(Debug, Clone)]
+pub struct RangedPredictions<'a> {
+    /// Images `B`.
+    pub batch: usize,
+    /// The element type of the three heads.
+    pub dtype: Dtype,
+    /// One range per level, `[B, C, H_l, W_l]`.
+    pub cls_logits: Vec<BufferRange<'a>>,
+    /// One range per level, `[B, 1, H_l, W_l]`.
+    pub cnt_logits: Vec<BufferRange<'a>>,
+    /// One range per level, `[B, 4, H_l, W_l]`.
+    pub reg_preds: Vec<BufferRange<'a>>,
+}
+
+impl<'a> RangedPredictions<'a> {
+    /// The ranges of a head, level by level.
+    pub fn head(&self, head: Head) -> &[BufferRange<'a>] {
+        match head {
+            Head::ClsLogits => &self.cls_logits,
+            Head::CntLogits => &self.cnt_logits,
+            Head::RegPreds => &self.reg_preds,
+        }
+    }
+}
+
+/// Ground-truth boxes on the device as ranges (docs/contract.md §7), `M` rows per
+/// image: `boxes` `[B, M, 4]` `f32` (`x1, y1, x2, y2`) and `classes` `[B, M]` of
+/// `class_dtype` (`1..=C`; below 1 pads), each range at an offset the device's
+/// `min_storage_buffer_offset_alignment` allows, in a buffer with
+/// `BufferUsages::STORAGE`. Even when `M = 0`, `boxes` holds at least 16 bytes
+/// and `classes` at least 4 (the smallest bindings).
+#[derive(Debug, Clone, Copy)]
+pub struct RangedGroundTruth<'a> {
+    /// Rows per image `M`.
+    pub boxes_per_image: usize,
+    /// `[B, M, 4]` `f32`.
+    pub boxes: BufferRange<'a>,
+    /// `[B, M]`.
+    pub classes: BufferRange<'a>,
+    /// The element type of `classes`.
+    pub class_dtype: ClassDtype,
+}
+
+impl RangedGroundTruth<'_> {
+    /// Bytes of the boxes and of the classes of `b` images (at least one row
+    /// each).
+    pub(crate) fn bytes(&self, b: usize) -> (u64, u64) {
+        let rows = (b * self.boxes_per_image) as u64;
+        ((16 * rows).max(16), (4 * rows).max(4))
+    }
+}
+
+/// Per-level head ranges and, for a call from targets, the target ranges: what
+/// the checks and origins of a ranged call read.
+pub(crate) trait Ranges<'a> {
+    /// Images `B`.
+    fn batch(&self) -> usize;
+    /// The heads' element type.
+    fn dtype(&self) -> Dtype;
+    /// The ranges of a head, level by level.
+    fn head_ranges(&self, head: Head) -> &[BufferRange<'a>];
+    /// The range of a target tensor, where the call reads one.
+    fn target(&self, input: Input) -> Option<BufferRange<'a>>;
+
     /// The range of level `l` of a head, or of a target tensor (`l` ignored).
     fn range(&self, input: Input, l: usize) -> Option<BufferRange<'a>> {
+        match input.head() {
+            Some(h) => self.head_ranges(h).get(l).copied(),
+            None => self.target(input),
+        }
+    }
+}
+
+impl<'a> Ranges<'a> for RangedInputs<'a> {
+    fn batch(&self) -> usize {
+        self.batch
+    }
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn head_ranges(&self, head: Head) -> &[BufferRange<'a>] {
+        self.head(head)
+    }
+    fn target(&self, input: Input) -> Option<BufferRange<'a>> {
         match input {
             Input::ClsTargets => Some(self.cls_targets),
             Input::CntTargets => Some(self.cnt_targets),
             Input::RegTargets => Some(self.reg_targets),
-            _ => input.head().and_then(|h| self.head(h).get(l).copied()),
+            _ => None,
         }
+    }
+}
+
+impl<'a> Ranges<'a> for RangedPredictions<'a> {
+    fn batch(&self) -> usize {
+        self.batch
+    }
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn head_ranges(&self, head: Head) -> &[BufferRange<'a>] {
+        self.head(head)
+    }
+    fn target(&self, _: Input) -> Option<BufferRange<'a>> {
+        None
     }
 }
 
@@ -120,22 +234,37 @@ struct Named<'a> {
 
 /// The checks of a ranged call, before anything is recorded: level counts,
 /// alignment, sizes, usage, and gradients apart from the inputs and each other.
-pub(crate) fn check(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check<'a>(
     levels: &Levels,
     classes: usize,
     align: u64,
-    inputs: &RangedInputs,
-    grads: Option<&RangedGradients>,
+    inputs: &impl Ranges<'a>,
+    gt: Option<&RangedGroundTruth<'a>>,
+    grads: Option<&RangedGradients<'a>>,
     grad_dtype: Dtype,
 ) -> Result<(), FcosError> {
-    let b = inputs.batch;
+    let b = inputs.batch();
     for h in Head::ALL {
-        check_levels(&h.to_string(), inputs.head(h).len(), levels)?;
+        check_levels(&h.to_string(), inputs.head_ranges(h).len(), levels)?;
         if let Some(g) = grads {
             check_levels(&format!("grad {h}"), g[h].len(), levels)?;
         }
     }
-    let named_inputs = named_inputs(levels, classes, inputs);
+    let mut named_inputs = named_inputs(levels, classes, inputs);
+    if let Some(gt) = gt {
+        let (boxes, classes) = gt.bytes(b);
+        named_inputs.push(Named {
+            name: format!("{GT_BOXES} range"),
+            range: gt.boxes,
+            need: boxes,
+        });
+        named_inputs.push(Named {
+            name: format!("{GT_CLASSES} range"),
+            range: gt.classes,
+            need: classes,
+        });
+    }
     let named_grads =
         grads.map_or_else(Vec::new, |g| named_grads(levels, classes, b, g, grad_dtype));
     for n in named_inputs.iter().chain(&named_grads) {
@@ -214,7 +343,6 @@ fn check_range(n: &Named, align: u64) -> Result<(), FcosError> {
     Ok(())
 }
 
-/// Bytes of level `l` of `input` (heads) or of the whole tensor (targets).
 /// Bytes of level `l` of `input` (or of a whole target), the heads of `heads`,
 /// rounded up to a whole 4-byte word (the binding's unit).
 fn tensor_bytes(
@@ -233,8 +361,8 @@ fn tensor_bytes(
     ((input.dtype(heads).size() * elems) as u64).next_multiple_of(4)
 }
 
-fn named_inputs<'a>(levels: &Levels, classes: usize, inputs: &RangedInputs<'a>) -> Vec<Named<'a>> {
-    let b = inputs.batch;
+fn named_inputs<'a>(levels: &Levels, classes: usize, inputs: &impl Ranges<'a>) -> Vec<Named<'a>> {
+    let b = inputs.batch();
     let mut out = Vec::new();
     for input in Input::ALL {
         match input.layout() {
@@ -244,7 +372,7 @@ fn named_inputs<'a>(levels: &Levels, classes: usize, inputs: &RangedInputs<'a>) 
                         out.push(Named {
                             name: format!("{input} level {l} range"),
                             range,
-                            need: tensor_bytes(levels, classes, b, input, l, inputs.dtype),
+                            need: tensor_bytes(levels, classes, b, input, l, inputs.dtype()),
                         });
                     }
                 }
@@ -254,7 +382,7 @@ fn named_inputs<'a>(levels: &Levels, classes: usize, inputs: &RangedInputs<'a>) 
                     out.push(Named {
                         name: format!("{input} range"),
                         range,
-                        need: tensor_bytes(levels, classes, b, input, 0, inputs.dtype),
+                        need: tensor_bytes(levels, classes, b, input, 0, inputs.dtype()),
                     });
                 }
             }
@@ -284,17 +412,22 @@ fn named_grads<'a>(
 
 /// Where each tensor starts in its buffer, in `f32` elements (the offsets are
 /// aligned, so whole elements).
-pub(crate) fn origins(
-    inputs: &RangedInputs,
+pub(crate) fn origins<'a>(
+    inputs: &impl Ranges<'a>,
     grads: Option<&RangedGradients>,
     levels: &Levels,
     b: u32,
     classes: u32,
 ) -> crate::gpu::plan::Origins {
-    let mut o = crate::gpu::plan::Origins::packed(levels, b, classes, inputs.dtype);
-    let elem = inputs.dtype.size() as u64;
+    let dtype = inputs.dtype();
+    let mut o = crate::gpu::plan::Origins::packed(levels, b, classes, dtype);
+    let elem = dtype.size() as u64;
     o.inputs = ByInput::from_fn(|input| match input.head() {
-        Some(h) => inputs.head(h).iter().map(|r| r.offset / elem).collect(),
+        Some(h) => inputs
+            .head_ranges(h)
+            .iter()
+            .map(|r| r.offset / elem)
+            .collect(),
         None => vec![inputs.range(input, 0).map_or(0, |r| r.offset / 4)],
     });
     o.grads = match grads {

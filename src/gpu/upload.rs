@@ -85,8 +85,8 @@ pub(crate) fn of_ground_truth<'a>(
 /// The pooled buffers [`of_ground_truth`]'s uploads went to.
 pub(crate) fn pooled_ground_truth(pool: &Pool, spec: BoxSpec) -> Result<GtBuffers<'_>, FcosError> {
     Ok(GtBuffers {
-        boxes: pool.get(Slot::GtBoxes)?,
-        classes: pool.get(Slot::GtClasses)?,
+        boxes: pool.get(Slot::GtBoxes)?.into(),
+        classes: pool.get(Slot::GtClasses)?.into(),
         boxes_per_image: spec.boxes_per_image,
     })
 }

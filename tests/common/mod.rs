@@ -29,6 +29,14 @@ pub const GOLDEN: [&str; 3] = [
     "single_b1_c1_64x64",
 ];
 
+/// The golden cases made from ground-truth boxes (`gt_boxes`, `gt_classes`, the
+/// targets PyTorch assigned from them, and the §8 expectations).
+pub const GOLDEN_BOXES: [&str; 3] = [
+    "boxes_voc_b2_c20_512x512_m12",
+    "boxes_odd_b3_c7_100x150_m9",
+    "boxes_coco_b1_c80_320x480_m40",
+];
+
 /// Reads a golden case file by its name (without `.safetensors`).
 #[cfg(feature = "casefile")]
 pub fn golden(name: &str) -> fcos_loss::casefile::Case {
