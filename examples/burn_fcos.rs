@@ -4,12 +4,13 @@
 //! The head is a burn module of four 3×3 convolutions (a shared trunk, then class,
 //! centerness and box branches, boxes through `exp`) run over a fixed synthetic
 //! 3-level feature pyramid (strides 8, 16, 32 of a 128×128 image, random features),
-//! against targets assigned on the GPU from synthetic ground-truth boxes
-//! (`FcosLoss::assign_targets`, docs/contract.md §7). burn's Adam updates it from the
-//! gradients of the fused loss ([`BurnFcos::loss`]).
+//! from synthetic ground-truth boxes: burn's Adam updates it from the gradients of the
+//! fused loss from boxes ([`BurnFcos::loss_from_boxes`]), which assigns each
+//! position's targets on the GPU inside the loss pass (docs/contract.md §7).
 //!
 //! In the same sitting, each step also runs the same loss in plain burn tensor ops
-//! (tests/common/burn_ops.rs):
+//! (tests/common/burn_ops.rs) on targets assigned once from the same boxes by the
+//! engine's target pass (`FcosLoss::assign_targets`):
 //!
 //! - forward only, on the very heads the fused loss saw: the two objectives must
 //!   agree to 1e-3 (relative), or the example exits with code 1;
@@ -33,10 +34,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use fcos_loss::burn::{BurnFcos, BurnTargets};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use fcos_loss::burn::{BurnBoxes, BurnFcos};
 use fcos_loss::synthetic::{generate, RandomBoxes, SyntheticSpec};
-use fcos_loss::{GroundTruth, Heads, Levels, LossConfig, RegLoss};
+use fcos_loss::{GroundTruth, GtClasses, Heads, Levels, LossConfig, RegLoss};
 
 /// Channels of the synthetic features and of the trunk.
 const FEATURES: usize = 8;
@@ -137,24 +138,29 @@ fn run() -> Result<(), Box<dyn Error>> {
     ad.seed(0);
 
     // Synthetic ground-truth boxes (as the peer script `gen_targets.random_boxes`
-    // draws them, padding rows included), assigned to the positions on the GPU
-    // (docs/contract.md §7), then held fixed as burn tensors.
+    // draws them, padding rows included), held fixed as burn tensors: the fused loss
+    // assigns them to the positions itself, every step.
     let levels = Levels::from_image(IMAGE, IMAGE, &STRIDES)?;
     let drawn = RandomBoxes::draw(BATCH, BOXES, IMAGE, IMAGE, CLASSES as u32, 7);
-    let classes: Vec<f32> = drawn.classes.iter().map(|&c| c as f32).collect();
-    let gt = GroundTruth::new(BATCH, BOXES, &drawn.boxes, &classes);
+    let (b, p) = (BATCH, levels.positions());
+    let classes: Vec<i32> = drawn.classes.iter().map(|&c| c as i32).collect();
+    let boxes = BurnBoxes {
+        boxes: Tensor::from_data(TensorData::new(drawn.boxes.clone(), [b, BOXES, 4]), &ad),
+        classes: Tensor::<2, Int>::from_data(TensorData::new(classes.clone(), [b, BOXES]), &ad),
+    };
+    // The plain-ops loss reads dense targets from a `Batch` (its heads are unused):
+    // the engine's target pass assigns them once from the same boxes.
+    let gt = GroundTruth {
+        batch: BATCH,
+        boxes_per_image: BOXES,
+        boxes: &drawn.boxes,
+        classes: GtClasses::I32(&classes),
+    };
     let assigned = fcos.engine().assign_targets(&levels, &gt)?.value;
-    // The plain-ops loss reads its targets from a `Batch` (its heads are unused).
     let mut batch = generate(&levels, &STRIDES, &SyntheticSpec::new(BATCH, CLASSES))?;
     batch.cls_targets = assigned.cls_targets;
     batch.cnt_targets = assigned.cnt_targets;
     batch.reg_targets = assigned.reg_targets;
-    let (b, p) = (BATCH, levels.positions());
-    let targets = BurnTargets {
-        cls: Tensor::from_data(TensorData::new(batch.cls_targets.clone(), [b, p]), &ad),
-        cnt: Tensor::from_data(TensorData::new(batch.cnt_targets.clone(), [b, p]), &ad),
-        reg: Tensor::from_data(TensorData::new(batch.reg_targets.clone(), [b, p, 4]), &ad),
-    };
     let features: Vec<Tensor<4>> = levels
         .shapes()
         .iter()
@@ -182,7 +188,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         ad.sync()?;
 
         let t = Instant::now();
-        let out = fcos.loss(heads.clone(), targets.clone())?;
+        let out = fcos.loss_from_boxes(heads.clone(), boxes.clone())?;
         let grads = out.objective.backward();
         ad.sync()?;
         let fused_time = t.elapsed();

@@ -9,6 +9,12 @@
 //! buffers computes the per-image sums and writes the gradients into tensors burn
 //! allocated; `backward()` registers them for the heads, times the upstream gradient.
 //!
+//! [`BurnFcos::loss_from_boxes`] takes each image's ground-truth boxes instead of the
+//! targets ([`BurnBoxes`]: `[B, M, 4]` corners and `[B, M]` classes): the targets are
+//! assigned inside the loss pass (docs/contract.md §7,
+//! [`record_ranges_from_boxes`](FcosLoss::record_ranges_from_boxes)), and no target
+//! tensor is ever written.
+//!
 //! # How it works, and what it costs
 //!
 //! - The engine runs on burn's wgpu device and queue: [`BurnFcos::open`] opens a new
@@ -58,7 +64,8 @@
 //!   A tensor of another backend, or of a device with gradient checkpointing, is an
 //!   [`FcosError::InvalidCall`].
 //! - Autodiff devices without gradient checkpointing (`device.autodiff()`); 1 to
-//!   [`MAX_BURN_LEVELS`] levels; `f32` tensors; targets as dense tensors.
+//!   [`MAX_BURN_LEVELS`] levels; `f32` heads, targets and boxes; classes as an
+//!   `Int` tensor of any integer dtype (converted to `i32` where it is not).
 //! - Where burn's own API panics (a kernel launch on a lost device, a dtype burn
 //!   cannot allocate), this op does too; every check of its own is an [`FcosError`].
 
@@ -71,16 +78,19 @@ use ::burn::backend::wgpu::{AutoCompiler, WgpuResource, WgpuSetup};
 use ::burn::backend::TensorMetadata;
 use ::burn::backend::{Autodiff, Cube};
 use ::burn::tensor::PrimitiveConversionError;
-use ::burn::tensor::{DType, Device, FloatDType, IntDType, Shape, Tensor, TensorData};
+use ::burn::tensor::{DType, Device, FloatDType, Int, IntDType, Shape, Tensor, TensorData};
 use cubecl::wgpu::WgpuServer;
 
 use crate::gpu::params::ImageSums;
 use crate::gpu::results::losses_of;
 use crate::gpu::scope::scoped;
-use crate::gpu::{adapter_label, BufferRange, FcosLoss, GpuContext, RangedGradients, RangedInputs};
+use crate::gpu::{
+    adapter_label, BufferRange, ClassDtype, FcosLoss, GpuContext, PendingLosses, RangedGradients,
+    RangedGroundTruth, RangedInputs, RangedPredictions,
+};
 use crate::{
-    check_values, Dtype, FcosError, Head, Heads, Inputs, Levels, LossConfig, LossWeights, Losses,
-    Normalization, CTR_FLOOR,
+    check_values, Dtype, FcosError, GroundTruth, GtClasses, Head, Heads, Inputs, Levels,
+    LossConfig, LossWeights, Losses, Normalization, Predictions, Targets, CTR_FLOOR,
 };
 
 /// The float primitive of burn's autodiff wgpu backend.
@@ -131,6 +141,33 @@ pub struct BurnTargets {
     pub reg: Tensor<3>,
 }
 
+/// Each image's ground-truth boxes as burn tensors (docs/contract.md §7), on burn's
+/// wgpu device (with or without autodiff; they get no gradient).
+#[derive(Debug, Clone)]
+pub struct BurnBoxes {
+    /// `[B, M, 4]` `f32`: `x1, y1, x2, y2` in input-image pixels.
+    pub boxes: Tensor<3>,
+    /// `[B, M]`: `1..=C`; a row whose class is below 1 is padding and matches
+    /// nothing.
+    pub classes: Tensor<2, Int>,
+}
+
+/// Where a call's targets come from.
+enum Truth {
+    /// The dense targets (boxed: burn tensors are large values).
+    Targets(Box<BurnTargets>),
+    /// Assigned from ground-truth boxes inside the passes.
+    Boxes(Box<BurnBoxes>),
+}
+
+/// After the heads, a call's inputs are the three targets, or the boxes and the
+/// classes of `M` rows per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TruthKind {
+    Targets,
+    Boxes { per_image: usize },
+}
+
 /// What [`BurnFcos::loss`] returns: tensors on the device, and the per-image sums
 /// behind them for [`read`](Self::read).
 #[derive(Debug, Clone)]
@@ -146,9 +183,10 @@ pub struct BurnLoss {
     config: LossConfig,
     levels: Levels,
     batch: usize,
+    truth: TruthKind,
     /// The inputs as the engine read them (`3·L` head levels, then the three
-    /// targets), to name a bad value the device checks flagged; empty with the
-    /// engine's checks off.
+    /// targets or the boxes and classes), to name a bad value the device checks
+    /// flagged; empty with the engine's checks off.
     inputs: Vec<CubeTensor>,
 }
 
@@ -189,16 +227,46 @@ impl BurnLoss {
                 .map(Vec::as_slice)
                 .collect()
         };
-        let inputs = Inputs {
-            batch: self.batch,
-            cls_logits: slices(0),
-            cnt_logits: slices(1),
-            reg_preds: slices(2),
-            cls_targets: &values[3 * l],
-            cnt_targets: &values[3 * l + 1],
-            reg_targets: &values[3 * l + 2],
+        let classes = self.config.num_classes as usize;
+        let checked = match self.truth {
+            TruthKind::Targets => {
+                let inputs = Inputs {
+                    batch: self.batch,
+                    cls_logits: slices(0),
+                    cnt_logits: slices(1),
+                    reg_preds: slices(2),
+                    cls_targets: &values[3 * l],
+                    cnt_targets: &values[3 * l + 1],
+                    reg_targets: &values[3 * l + 2],
+                };
+                check_values(&self.levels, &inputs, classes)
+            }
+            TruthKind::Boxes { per_image } => {
+                // The class words were read as f32 bit patterns.
+                let ints: Vec<i32> = values[3 * l + 1]
+                    .iter()
+                    .map(|w| w.to_bits() as i32)
+                    .collect();
+                let gt = GroundTruth {
+                    batch: self.batch,
+                    boxes_per_image: per_image,
+                    boxes: &values[3 * l],
+                    classes: GtClasses::I32(&ints),
+                };
+                let preds = Predictions {
+                    batch: self.batch,
+                    cls_logits: slices(0),
+                    cnt_logits: slices(1),
+                    reg_preds: slices(2),
+                };
+                let targets = Targets::background(self.batch, self.levels.positions());
+                gt.check(self.batch, self.config.num_classes)
+                    .and_then(|()| {
+                        check_values(&self.levels, &preds.with_targets(&targets), classes)
+                    })
+            }
         };
-        match check_values(&self.levels, &inputs, self.config.num_classes as usize) {
+        match checked {
             Err(e) => e,
             Ok(()) => FcosError::gpu(format!(
                 "the on-device checks flagged bad values (flags {flags:#x}) that the host check does not find"
@@ -207,13 +275,14 @@ impl BurnLoss {
     }
 }
 
-/// A tensor's bytes, read back by burn.
+/// A tensor's bytes (a float or an `i32` one), read back by burn.
 fn bytes(t: CubeTensor) -> Result<Vec<u8>, FcosError> {
-    let data = Tensor::<1>::from_primitive::<Cube>(Cube::float_reshape(
-        t.clone(),
-        Shape::new([t.shape().num_elements()]),
-    ))
-    .try_into_data()
+    let flat = Shape::new([t.shape().num_elements()]);
+    let data = if t.dtype == DType::I32 {
+        Tensor::<1, Int>::from_primitive::<Cube>(Cube::int_reshape(t, flat)).try_into_data()
+    } else {
+        Tensor::<1>::from_primitive::<Cube>(Cube::float_reshape(t, flat)).try_into_data()
+    }
     .map_err(|e| server("reading a tensor back", e))?;
     Ok(data.as_bytes().to_vec())
 }
@@ -292,6 +361,20 @@ fn plain<const D: usize>(what: &str, t: Tensor<D>) -> Result<CubeTensor, FcosErr
     }
 }
 
+/// The primitive of an integer tensor (the classes), as `i32`.
+fn plain_int<const D: usize>(what: &str, t: Tensor<D, Int>) -> Result<CubeTensor, FcosError> {
+    let t = if t.device().is_autodiff() {
+        t.try_into_primitive::<Autodiff<Cube>>()
+    } else {
+        t.try_into_primitive::<Cube>()
+    }
+    .map_err(|e| conversion(what, e))?;
+    Ok(match t.dtype {
+        DType::I32 => t,
+        _ => Cube::int_cast(t, IntDType::I32),
+    })
+}
+
 /// Checks the dtype and the shape, and makes the tensor contiguous (a copy where
 /// it is not).
 fn contiguous(what: &str, t: CubeTensor, want: &[usize]) -> Result<CubeTensor, FcosError> {
@@ -302,6 +385,29 @@ fn contiguous(what: &str, t: CubeTensor, want: &[usize]) -> Result<CubeTensor, F
             format!("{:?}", t.dtype),
         ));
     }
+    check_shape(what, &t, want)?;
+    if t.is_contiguous() {
+        return Ok(t);
+    }
+    // A reshape of a non-contiguous tensor to one dimension copies it into a fresh,
+    // contiguous allocation.
+    let shape = t.shape();
+    let flat = Cube::float_reshape(t, Shape::new([shape.num_elements()]));
+    made_contiguous(what, Cube::float_reshape(flat, shape))
+}
+
+/// [`contiguous`] for an `i32` tensor.
+fn contiguous_int(what: &str, t: CubeTensor, want: &[usize]) -> Result<CubeTensor, FcosError> {
+    check_shape(what, &t, want)?;
+    if t.is_contiguous() {
+        return Ok(t);
+    }
+    let shape = t.shape();
+    let flat = Cube::int_reshape(t, Shape::new([shape.num_elements()]));
+    made_contiguous(what, Cube::int_reshape(flat, shape))
+}
+
+fn check_shape(what: &str, t: &CubeTensor, want: &[usize]) -> Result<(), FcosError> {
     let shape = t.shape();
     if shape.as_slice() != want {
         return Err(FcosError::shape(
@@ -310,14 +416,10 @@ fn contiguous(what: &str, t: CubeTensor, want: &[usize]) -> Result<CubeTensor, F
             format!("{:?}", shape.as_slice()),
         ));
     }
-    if t.is_contiguous() {
-        return Ok(t);
-    }
-    // A reshape of a non-contiguous tensor to one dimension copies it into a fresh,
-    // contiguous allocation.
-    let n = shape.num_elements();
-    let flat = Cube::float_reshape(t, Shape::new([n]));
-    let t = Cube::float_reshape(flat, shape);
+    Ok(())
+}
+
+fn made_contiguous(what: &str, t: CubeTensor) -> Result<CubeTensor, FcosError> {
     if !t.is_contiguous() {
         return Err(FcosError::InvalidCall(format!(
             "{what}: could not make the tensor contiguous"
@@ -553,6 +655,27 @@ impl BurnFcos {
         heads: Heads<Vec<Tensor<4>>>,
         targets: BurnTargets,
     ) -> Result<BurnLoss, FcosError> {
+        self.loss_of(heads, Truth::Targets(Box::new(targets)))
+    }
+
+    /// The loss of one batch from each image's ground-truth boxes: as
+    /// [`loss`](Self::loss), with every position's targets assigned on the GPU inside
+    /// the loss pass (the config's [`Assignment`](crate::Assignment), docs/contract.md
+    /// §7) instead of read from target tensors. `boxes.boxes` is `[B, M, 4]`
+    /// (`x1, y1, x2, y2`, `f32`), `boxes.classes` `[B, M]` (`1..=C`; below 1 pads);
+    /// `M` may be 0. Equal to [`loss`](Self::loss) on the targets
+    /// [`FcosLoss::assign_targets`] gives, within `1e-6`. A NaN or infinite
+    /// coordinate, or a class above `C`, is reported by [`BurnLoss::read`] as
+    /// [`FcosError::Value`] naming `gt_boxes` or `gt_classes` and the index.
+    pub fn loss_from_boxes(
+        &self,
+        heads: Heads<Vec<Tensor<4>>>,
+        boxes: BurnBoxes,
+    ) -> Result<BurnLoss, FcosError> {
+        self.loss_of(heads, Truth::Boxes(Box::new(boxes)))
+    }
+
+    fn loss_of(&self, heads: Heads<Vec<Tensor<4>>>, truth: Truth) -> Result<BurnLoss, FcosError> {
         let l = heads.cls_logits.len();
         if l == 0 || l > MAX_BURN_LEVELS {
             return Err(FcosError::InvalidCall(format!(
@@ -571,7 +694,7 @@ impl BurnFcos {
         macro_rules! levels {
             ($($n:literal),*) => {
                 match 3 * l {
-                    $($n => self.loss_n::<$n>(heads, targets),)*
+                    $($n => self.loss_n::<$n>(heads, truth),)*
                     n => Err(FcosError::InvalidCall(format!("{n} head tensors"))),
                 }
             };
@@ -582,7 +705,7 @@ impl BurnFcos {
     fn loss_n<const N: usize>(
         &self,
         heads: Heads<Vec<Tensor<4>>>,
-        targets: BurnTargets,
+        truth: Truth,
     ) -> Result<BurnLoss, FcosError> {
         // Level shapes and sizes from the class head.
         let first = heads.cls_logits[0].dims();
@@ -622,21 +745,18 @@ impl BurnFcos {
                 guards.push(guard);
             }
         }
-        prims.push(contiguous(
-            "cls_targets",
-            plain("cls_targets", targets.cls)?,
-            &[b, p],
-        )?);
-        prims.push(contiguous(
-            "cnt_targets",
-            plain("cnt_targets", targets.cnt)?,
-            &[b, p],
-        )?);
-        prims.push(contiguous(
-            "reg_targets",
-            plain("reg_targets", targets.reg)?,
-            &[b, p, 4],
-        )?);
+        let truth = match truth {
+            Truth::Targets(targets) => {
+                prims.extend(target_prims(*targets, b, p)?);
+                TruthKind::Targets
+            }
+            Truth::Boxes(boxes) => {
+                let (per_image, [boxes, classes]) = box_prims(*boxes, b)?;
+                prims.push(boxes);
+                prims.push(classes);
+                TruthKind::Boxes { per_image }
+            }
+        };
 
         let Ok(guards) = <[NodeGuard; N]>::try_from(guards) else {
             return Err(FcosError::InvalidCall("level count".into()));
@@ -657,11 +777,11 @@ impl BurnFcos {
                             .map(|t| Cube::float_empty(t.shape(), &device, FloatDType::F32))
                             .collect()
                     });
-                let out = self.run(&levels, b, &prims, Some(&grads))?;
+                let out = self.run(&levels, b, &prims, truth, Some(&grads))?;
                 (prep.finish(grads, out.objective.clone()), out)
             }
             OpsKind::UnTracked(prep) => {
-                let out = self.run(&levels, b, &prims, None)?;
+                let out = self.run(&levels, b, &prims, truth, None)?;
                 (prep.finish(out.objective.clone()), out)
             }
         };
@@ -683,6 +803,7 @@ impl BurnFcos {
             config: self.engine.config().clone(),
             levels,
             batch: b,
+            truth,
             // Kept (alive) only where a flag can send `read` looking for a value.
             inputs: if self.engine.checks() {
                 prims
@@ -693,15 +814,17 @@ impl BurnFcos {
     }
 
     /// Records the engine's call on the tensors' buffers (the heads' `3·L` levels,
-    /// then the three targets, in `inputs`), with the gradients written into
-    /// `grads` when given, and the per-image results copied into a burn tensor;
-    /// submits it on the shared queue without waiting; normalises the results into
-    /// the losses and the objective with burn's tensor ops.
+    /// then the three targets or the boxes and classes, as `truth` says, in
+    /// `inputs`), with the gradients written into `grads` when given, and the
+    /// per-image results copied into a burn tensor; submits it on the shared queue
+    /// without waiting; normalises the results into the losses and the objective
+    /// with burn's tensor ops.
     fn run(
         &self,
         levels: &Levels,
         batch: usize,
         inputs: &[CubeTensor],
+        truth: TruthKind,
         grads: Option<&[CubeTensor]>,
     ) -> Result<Outputs, FcosError> {
         let ctx = self.engine.context();
@@ -729,18 +852,6 @@ impl BurnFcos {
         client.flush().map_err(|e| server("flush", e))?;
 
         let all = ranges("input", &pinned)?;
-        let (heads, targets) = all.split_at(3 * l);
-        let heads = per_head(heads.to_vec(), l);
-        let inputs = RangedInputs {
-            batch,
-            dtype: Dtype::F32,
-            cls_logits: heads.cls_logits,
-            cnt_logits: heads.cnt_logits,
-            reg_preds: heads.reg_preds,
-            cls_targets: targets[0],
-            cnt_targets: targets[1],
-            reg_targets: targets[2],
-        };
         let grad_ranges: Option<RangedGradients> = grads
             .as_ref()
             .map(|g| ranges("gradient", g).map(|r| per_head(r, l)))
@@ -752,12 +863,13 @@ impl BurnFcos {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("fcos-loss burn op"),
             });
-        let pending = self.engine.record_ranges(
+        let pending = self.record(
             &mut encoder,
             levels,
-            &inputs,
+            batch,
+            &all,
+            truth,
             grad_ranges.as_ref(),
-            &self.weights,
         )?;
         match pending.results() {
             Some(r) => {
@@ -789,6 +901,113 @@ impl BurnFcos {
             sums: sums_f,
         })
     }
+}
+
+impl BurnFcos {
+    /// Records the engine's call over `ranges` (the heads' `3·L` levels, then what
+    /// `truth` says follows them) into `encoder`.
+    fn record<'a>(
+        &'a self,
+        encoder: &mut wgpu::CommandEncoder,
+        levels: &'a Levels,
+        batch: usize,
+        ranges: &[BufferRange<'a>],
+        truth: TruthKind,
+        grads: Option<&RangedGradients<'a>>,
+    ) -> Result<PendingLosses<'a>, FcosError> {
+        let l = levels.len();
+        let (heads, rest) = ranges.split_at(3 * l);
+        let heads = per_head(heads.to_vec(), l);
+        match truth {
+            TruthKind::Targets => {
+                let inputs = RangedInputs {
+                    batch,
+                    dtype: Dtype::F32,
+                    cls_logits: heads.cls_logits,
+                    cnt_logits: heads.cnt_logits,
+                    reg_preds: heads.reg_preds,
+                    cls_targets: rest[0],
+                    cnt_targets: rest[1],
+                    reg_targets: rest[2],
+                };
+                self.engine
+                    .record_ranges(encoder, levels, &inputs, grads, &self.weights)
+            }
+            TruthKind::Boxes { per_image } => {
+                let preds = RangedPredictions {
+                    batch,
+                    dtype: Dtype::F32,
+                    cls_logits: heads.cls_logits,
+                    cnt_logits: heads.cnt_logits,
+                    reg_preds: heads.reg_preds,
+                };
+                let gt = RangedGroundTruth {
+                    boxes_per_image: per_image,
+                    boxes: rest[0],
+                    classes: rest[1],
+                    class_dtype: ClassDtype::I32,
+                };
+                self.engine.record_ranges_from_boxes(
+                    encoder,
+                    levels,
+                    &preds,
+                    &gt,
+                    grads,
+                    &self.weights,
+                )
+            }
+        }
+    }
+}
+
+/// The three dense targets' primitives, checked and contiguous.
+fn target_prims(targets: BurnTargets, b: usize, p: usize) -> Result<[CubeTensor; 3], FcosError> {
+    Ok([
+        contiguous("cls_targets", plain("cls_targets", targets.cls)?, &[b, p])?,
+        contiguous("cnt_targets", plain("cnt_targets", targets.cnt)?, &[b, p])?,
+        contiguous(
+            "reg_targets",
+            plain("reg_targets", targets.reg)?,
+            &[b, p, 4],
+        )?,
+    ])
+}
+
+/// The boxes' and classes' primitives (`f32`, `i32`), checked and contiguous, and
+/// the rows per image. With no rows, one padding row per image stands in (the
+/// engine binds at least one; a padding row matches nothing).
+fn box_prims(boxes: BurnBoxes, b: usize) -> Result<(usize, [CubeTensor; 2]), FcosError> {
+    let m = boxes.boxes.dims()[1];
+    let want = |what: &str, got: &[usize], want: &[usize]| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(FcosError::shape(
+                what,
+                format!("shape {want:?}"),
+                format!("{got:?}"),
+            ))
+        }
+    };
+    want("gt_boxes", &boxes.boxes.dims(), &[b, m, 4])?;
+    want("gt_classes", &boxes.classes.dims(), &[b, m])?;
+    let BurnBoxes { boxes, classes } = if m == 0 {
+        let device = boxes.boxes.device();
+        BurnBoxes {
+            boxes: Tensor::full([b, 1, 4], -1.0, &device),
+            classes: Tensor::zeros([b, 1], &device),
+        }
+    } else {
+        boxes
+    };
+    let rows = m.max(1);
+    Ok((
+        rows,
+        [
+            contiguous("gt_boxes", plain("gt_boxes", boxes)?, &[b, rows, 4])?,
+            contiguous_int("gt_classes", plain_int("gt_classes", classes)?, &[b, rows])?,
+        ],
+    ))
 }
 
 /// The losses `[cls, cnt, reg]` and the objective `[1]` of per-image results

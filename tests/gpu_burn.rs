@@ -14,6 +14,13 @@
 //!   gradients. burn 0.22's own `all_reduce` has no transport on wgpu (it panics;
 //!   asserted below), so the counts are reduced through the host (`to_device`).
 //!
+//! - From boxes (`BurnFcos::loss_from_boxes`) on the golden box cases, IoU and GIoU:
+//!   the outputs and gradients equal the engine's host call from boxes (within
+//!   1e-6; the read exactly) and the op on the dense targets PyTorch assigned, and
+//!   the losses match PyTorch's within the contract's tolerances; no boxes at all
+//!   (`M = 0`) equals the op on background targets; a bad box or class is named by
+//!   `read`; bad shapes are typed errors.
+//!
 //! Without an adapter these tests fail (never skip).
 #![cfg(all(feature = "burn", feature = "casefile"))]
 
@@ -21,12 +28,13 @@
 mod burn_ops;
 mod common;
 
-use burn::tensor::{Device, Tensor, TensorData};
-use fcos_loss::burn::{BurnFcos, BurnLoss, BurnTargets};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use fcos_loss::burn::{BurnBoxes, BurnFcos, BurnLoss, BurnTargets};
+use fcos_loss::casefile::Case;
 use fcos_loss::synthetic::{self, SyntheticSpec};
 use fcos_loss::{
     max_tensor_error, Batch, Denominators, FcosError, Gradients, Heads, Levels, LossConfig,
-    LossWeights, Losses, Normalization, RegLoss,
+    LossWeights, Losses, Normalization, Predictions, RegLoss, Targets,
 };
 
 const TOL: f64 = 1e-4;
@@ -568,4 +576,177 @@ fn views_into_larger_tensors() {
         let e = max_tensor_error(g, &want[h]);
         assert!(e <= TOL, "views: {h} gradients {e:e}");
     }
+}
+
+/// A box case's ground truth as burn tensors (classes as `i32`).
+fn burn_boxes(case: &Case, device: &Device) -> BurnBoxes {
+    let bx = case.boxes.as_ref().expect("a case from boxes");
+    let (b, m) = (case.batch.batch, bx.boxes_per_image);
+    let classes: Vec<i32> = bx.classes.iter().map(|&c| c as i32).collect();
+    BurnBoxes {
+        boxes: tensor(&bx.boxes, [b, m, 4], device),
+        classes: Tensor::<2, Int>::from_data(TensorData::new(classes, [b, m]), device),
+    }
+}
+
+/// The objective's one value.
+fn objective(out: &BurnLoss) -> f64 {
+    values(out.objective.clone())[0] as f64
+}
+
+#[test]
+fn from_boxes_matches_the_engine_the_dense_targets_and_pytorch() {
+    for name in common::GOLDEN_BOXES {
+        let case = common::golden(name);
+        let batch = &case.batch;
+        let expected = case.expected.as_ref().expect("expected losses");
+        for reg in [RegLoss::Iou, RegLoss::Giou] {
+            let what = format!("{name} {reg:?}");
+            let config = LossConfig::new(batch.classes as u32).with_reg_loss(reg);
+            let (device, fcos) = open(config);
+            let weights = fcos.weights();
+            let ad = device.autodiff();
+            let bx = case.boxes.as_ref().unwrap();
+            let (host, host_grads) = fcos
+                .engine()
+                .forward_backward_from_boxes(
+                    &batch.levels,
+                    &Predictions::of(&batch.inputs()),
+                    &bx.ground_truth(batch.batch),
+                    &weights,
+                )
+                .expect("host forward_backward_from_boxes")
+                .value;
+
+            let from_boxes = heads(batch, &ad, true);
+            let out = fcos
+                .loss_from_boxes(from_boxes.clone(), burn_boxes(&case, &ad))
+                .expect("the burn op from boxes");
+            assert!(out.objective.is_autodiff(), "{what}: tracked");
+            assert_outputs(&what, &out, &host, &weights, 1e-6);
+            let read = out.read().unwrap();
+            assert_eq!(common::bits(&read), common::bits(&host), "{what}: read");
+            let reg_want = match reg {
+                RegLoss::Iou => &expected.reg_loss,
+                RegLoss::Giou => expected.reg_loss_giou.as_ref().unwrap(),
+            };
+            common::assert_golden(
+                &format!("{what} vs PyTorch"),
+                &read,
+                &expected.cls_loss,
+                &expected.cnt_loss,
+                reg_want,
+            );
+            let grads = head_grads(&from_boxes, &out.objective.backward());
+            assert_grads(&format!("{what} vs host"), &grads, &host_grads, 1e-6);
+
+            // The op on the targets PyTorch assigned from the same boxes.
+            let dense = heads(batch, &ad, true);
+            let two_step = fcos
+                .loss(dense.clone(), targets(batch, &ad))
+                .expect("the burn op on targets");
+            assert!(
+                rel(objective(&out), objective(&two_step)) <= 1e-6,
+                "{what}: from boxes {} vs from targets {}",
+                objective(&out),
+                objective(&two_step)
+            );
+            let dense_grads = head_grads(&dense, &two_step.objective.backward());
+            assert_grads(
+                &format!("{what} vs dense targets"),
+                &grads,
+                &dense_grads,
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn from_boxes_without_boxes_bad_values_and_shapes() {
+    let case = common::golden("boxes_odd_b3_c7_100x150_m9");
+    let batch = &case.batch;
+    let (b, c) = (batch.batch, batch.classes);
+    let (device, fcos) = open(LossConfig::new(c as u32));
+    let ad = device.autodiff();
+
+    // No boxes: every position is background, as the op on background targets.
+    let none = BurnBoxes {
+        boxes: Tensor::zeros([b, 0, 4], &ad),
+        classes: Tensor::zeros([b, 0], &ad),
+    };
+    let out = fcos
+        .loss_from_boxes(heads(batch, &ad, true), none)
+        .expect("M = 0");
+    let bg = Targets::background(b, batch.levels.positions());
+    let p = batch.levels.positions();
+    let background = BurnTargets {
+        cls: tensor(&bg.cls_targets, [b, p], &ad),
+        cnt: tensor(&bg.cnt_targets, [b, p], &ad),
+        reg: tensor(&bg.reg_targets, [b, p, 4], &ad),
+    };
+    let want = fcos
+        .loss(heads(batch, &ad, true), background)
+        .expect("background targets");
+    assert_eq!(
+        common::bits(&out.read().unwrap()),
+        common::bits(&want.read().unwrap()),
+        "M = 0"
+    );
+    assert_eq!(out.read().unwrap().num_pos, vec![0; b]);
+
+    // Bad values, named by the read as the host call names them.
+    let bx = case.boxes.as_ref().unwrap();
+    let m = bx.boxes_per_image;
+    let preds = Predictions::of(&batch.inputs());
+    for (what, at, field) in [
+        ("a NaN corner", 4 * 5 + 1, "gt_boxes"),
+        ("class C + 1", 7, "gt_classes"),
+    ] {
+        let mut boxes = bx.boxes.clone();
+        let mut classes: Vec<i32> = bx.classes.iter().map(|&v| v as i32).collect();
+        if field == "gt_boxes" {
+            boxes[at] = f32::NAN;
+        } else {
+            classes[at] = c as i32 + 1;
+        }
+        let host_err = fcos
+            .engine()
+            .compute_from_boxes(
+                &batch.levels,
+                &preds,
+                &fcos_loss::GroundTruth {
+                    batch: b,
+                    boxes_per_image: m,
+                    boxes: &boxes,
+                    classes: fcos_loss::GtClasses::I32(&classes),
+                },
+            )
+            .expect_err(what);
+        let gt = BurnBoxes {
+            boxes: tensor(&boxes, [b, m, 4], &ad),
+            classes: Tensor::<2, Int>::from_data(TensorData::new(classes, [b, m]), &ad),
+        };
+        let out = fcos
+            .loss_from_boxes(heads(batch, &ad, true), gt)
+            .expect("recorded: the values are checked on the device");
+        let err = out.read().expect_err(what);
+        assert!(matches!(err, FcosError::Value { .. }), "{what}: {err:?}");
+        assert!(err.to_string().contains(field), "{what}: {err}");
+        assert_eq!(err.to_string(), host_err.to_string(), "{what}");
+    }
+
+    // Shapes.
+    let mut gt = burn_boxes(&case, &ad);
+    gt.classes = gt.classes.narrow(1, 0, m - 1);
+    let e = fcos
+        .loss_from_boxes(heads(batch, &ad, true), gt)
+        .expect_err("classes shape");
+    assert!(e.to_string().contains("gt_classes"), "{e}");
+    let mut gt = burn_boxes(&case, &ad);
+    gt.boxes = gt.boxes.narrow(0, 0, b - 1);
+    let e = fcos
+        .loss_from_boxes(heads(batch, &ad, true), gt)
+        .expect_err("boxes shape");
+    assert!(e.to_string().contains("gt_boxes"), "{e}");
 }
