@@ -695,9 +695,26 @@ fn from_boxes_without_boxes_bad_values_and_shapes() {
     );
     assert_eq!(out.read().unwrap().num_pos, vec![0; b]);
 
-    // Bad values, named by the read as the host call names them.
+    // Classes of another integer dtype (u32; i64 data is held as i32 by burn's wgpu
+    // backend already): converted, the same losses as i32 ones.
     let bx = case.boxes.as_ref().unwrap();
     let m = bx.boxes_per_image;
+    let mut gt = burn_boxes(&case, &ad);
+    gt.classes = gt.classes.cast(burn::tensor::IntDType::U32);
+    assert_eq!(gt.classes.dtype(), burn::tensor::DType::U32);
+    let out = fcos
+        .loss_from_boxes(heads(batch, &ad, true), gt)
+        .expect("u32 classes");
+    let want = fcos
+        .loss_from_boxes(heads(batch, &ad, true), burn_boxes(&case, &ad))
+        .expect("i32 classes");
+    assert_eq!(
+        common::bits(&out.read().unwrap()),
+        common::bits(&want.read().unwrap()),
+        "u32 classes"
+    );
+
+    // Bad values, named by the read as the host call names them.
     let preds = Predictions::of(&batch.inputs());
     for (what, at, field) in [
         ("a NaN corner", 4 * 5 + 1, "gt_boxes"),
