@@ -90,7 +90,8 @@ use crate::gpu::{
 };
 use crate::{
     check_values, Dtype, FcosError, GroundTruth, GtClasses, Head, Heads, Inputs, Levels,
-    LossConfig, LossWeights, Losses, Normalization, Predictions, Targets, CTR_FLOOR,
+    LossConfig, LossWeights, Losses, Normalization, Predictions, Targets, CTR_FLOOR, GT_BOXES,
+    GT_CLASSES,
 };
 
 /// The float primitive of burn's autodiff wgpu backend.
@@ -186,7 +187,8 @@ pub struct BurnLoss {
     truth: TruthKind,
     /// The inputs as the engine read them (`3·L` head levels, then the three
     /// targets or the boxes and classes), to name a bad value the device checks
-    /// flagged; empty with the engine's checks off.
+    /// flagged; with the engine's checks off, only the boxes and classes of a call
+    /// from boxes (whose values are checked either way).
     inputs: Vec<CubeTensor>,
 }
 
@@ -228,7 +230,14 @@ impl BurnLoss {
                 .collect()
         };
         let classes = self.config.num_classes as usize;
+        let not_kept = || {
+            FcosError::gpu(format!(
+                "the on-device checks flagged bad values (flags {flags:#x}), but the inputs were not kept to locate them ({} of the call's tensors held)",
+                values.len()
+            ))
+        };
         let checked = match self.truth {
+            TruthKind::Targets if values.len() != 3 * l + 3 => return not_kept(),
             TruthKind::Targets => {
                 let inputs = Inputs {
                     batch: self.batch,
@@ -242,26 +251,34 @@ impl BurnLoss {
                 check_values(&self.levels, &inputs, classes)
             }
             TruthKind::Boxes { per_image } => {
+                // The heads, then the boxes and classes; with the checks off, the
+                // boxes and classes only (their flags are raised either way).
+                let heads = match values.len() {
+                    n if n == 3 * l + 2 => true,
+                    2 => false,
+                    _ => return not_kept(),
+                };
+                let at = values.len() - 2;
                 // The class words were read as f32 bit patterns.
-                let ints: Vec<i32> = values[3 * l + 1]
-                    .iter()
-                    .map(|w| w.to_bits() as i32)
-                    .collect();
+                let ints: Vec<i32> = values[at + 1].iter().map(|w| w.to_bits() as i32).collect();
                 let gt = GroundTruth {
                     batch: self.batch,
                     boxes_per_image: per_image,
-                    boxes: &values[3 * l],
+                    boxes: &values[at],
                     classes: GtClasses::I32(&ints),
                 };
-                let preds = Predictions {
-                    batch: self.batch,
-                    cls_logits: slices(0),
-                    cnt_logits: slices(1),
-                    reg_preds: slices(2),
-                };
-                let targets = Targets::background(self.batch, self.levels.positions());
                 gt.check(self.batch, self.config.num_classes)
                     .and_then(|()| {
+                        if !heads {
+                            return Ok(());
+                        }
+                        let preds = Predictions {
+                            batch: self.batch,
+                            cls_logits: slices(0),
+                            cnt_logits: slices(1),
+                            reg_preds: slices(2),
+                        };
+                        let targets = Targets::background(self.batch, self.levels.positions());
                         check_values(&self.levels, &preds.with_targets(&targets), classes)
                     })
             }
@@ -358,6 +375,19 @@ fn plain<const D: usize>(what: &str, t: Tensor<D>) -> Result<CubeTensor, FcosErr
     } else {
         t.try_into_primitive::<Cube>()
             .map_err(|e| conversion(what, e))
+    }
+}
+
+/// Classes of a dtype whose values may lie beyond `i32` (`u32`, `u64`, `i64`)
+/// clamped to `C + 1` (and, signed, to `-1` from below), so that the conversion to
+/// `i32` cannot wrap a bad class into a valid one or into padding: a class above `C`
+/// stays one (reported at its index, as `C + 1`).
+fn clamp_classes(classes: Tensor<2, Int>, c: u32) -> Tensor<2, Int> {
+    let top = i64::from(c) + 1;
+    match classes.dtype() {
+        DType::U32 | DType::U64 => classes.clamp_max(top),
+        DType::I64 => classes.clamp(-1, top),
+        _ => classes,
     }
 }
 
@@ -502,25 +532,38 @@ impl Pinned {
     }
 }
 
-/// Pins each tensor (see [`Pinned::new`]).
+/// Pins each tensor (see [`Pinned::new`]), named by `names`.
 fn pin_all(
-    what: &str,
+    names: &[String],
     ts: Vec<CubeTensor>,
     align: u64,
     role: Role,
 ) -> Result<Vec<Pinned>, FcosError> {
     ts.into_iter()
-        .enumerate()
-        .map(|(i, t)| Pinned::new(&format!("{what} {i}"), t, align, role))
+        .zip(names)
+        .map(|(t, name)| Pinned::new(name, t, align, role))
         .collect()
 }
 
-/// The buffer ranges of pinned tensors.
-fn ranges<'a>(what: &str, v: &'a [Pinned]) -> Result<Vec<BufferRange<'a>>, FcosError> {
-    v.iter()
-        .enumerate()
-        .map(|(i, p)| p.range(&format!("{what} {i}")))
-        .collect()
+/// The buffer ranges of pinned tensors, named by `names`.
+fn ranges<'a>(names: &[String], v: &'a [Pinned]) -> Result<Vec<BufferRange<'a>>, FcosError> {
+    v.iter().zip(names).map(|(p, name)| p.range(name)).collect()
+}
+
+/// The names of a call's tensors, in the op's order: each head level (with
+/// `prefix`), then what `truth` says follows them (none for gradients).
+fn tensor_names(l: usize, truth: Option<TruthKind>, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = Head::ALL
+        .iter()
+        .flat_map(|h| (0..l).map(move |k| format!("{prefix}{h} level {k}")))
+        .collect();
+    let rest: &[&str] = match truth {
+        Some(TruthKind::Targets) => &["cls_targets", "cnt_targets", "reg_targets"],
+        Some(TruthKind::Boxes { .. }) => &[GT_BOXES, GT_CLASSES],
+        None => &[],
+    };
+    names.extend(rest.iter().map(|s| s.to_string()));
+    names
 }
 
 /// `3·l` ranges in input order, as one vector per head.
@@ -663,10 +706,13 @@ impl BurnFcos {
     /// the loss pass (the config's [`Assignment`](crate::Assignment), docs/contract.md
     /// §7) instead of read from target tensors. `boxes.boxes` is `[B, M, 4]`
     /// (`x1, y1, x2, y2`, `f32`), `boxes.classes` `[B, M]` (`1..=C`; below 1 pads);
-    /// `M` may be 0. Equal to [`loss`](Self::loss) on the targets
-    /// [`FcosLoss::assign_targets`] gives, within `1e-6`. A NaN or infinite
-    /// coordinate, or a class above `C`, is reported by [`BurnLoss::read`] as
-    /// [`FcosError::Value`] naming `gt_boxes` or `gt_classes` and the index.
+    /// `M` may be 0. Equal to [`loss`](Self::loss) on the targets assigned from the
+    /// same boxes within `1e-6` (tested against PyTorch's, which
+    /// [`FcosLoss::assign_targets`] reproduces bit for bit). A NaN or infinite
+    /// coordinate, or a class that is not whole or is above `C`, is reported by
+    /// [`BurnLoss::read`] as [`FcosError::Value`] naming `gt_boxes` or `gt_classes`
+    /// and the index, whatever [`FcosLoss::set_checks`] says. Classes of another
+    /// integer dtype are converted to `i32`; one beyond `i32` is reported as `C + 1`.
     pub fn loss_from_boxes(
         &self,
         heads: Heads<Vec<Tensor<4>>>,
@@ -751,7 +797,7 @@ impl BurnFcos {
                 TruthKind::Targets
             }
             Truth::Boxes(boxes) => {
-                let (per_image, [boxes, classes]) = box_prims(*boxes, b)?;
+                let (per_image, [boxes, classes]) = box_prims(*boxes, b, classes)?;
                 prims.push(boxes);
                 prims.push(classes);
                 TruthKind::Boxes { per_image }
@@ -804,11 +850,12 @@ impl BurnFcos {
             levels,
             batch: b,
             truth,
-            // Kept (alive) only where a flag can send `read` looking for a value.
-            inputs: if self.engine.checks() {
-                prims
-            } else {
-                Vec::new()
+            // Kept (alive) only where a flag can send `read` looking for a value: the
+            // boxes and classes are checked whatever the engine's checks say.
+            inputs: match (self.engine.checks(), truth) {
+                (true, _) => prims,
+                (false, TruthKind::Boxes { .. }) => prims.split_off(N),
+                (false, TruthKind::Targets) => Vec::new(),
             },
         })
     }
@@ -837,12 +884,15 @@ impl BurnFcos {
         let sums_f = Cube::float_empty(sums_shape.clone(), &device, FloatDType::F32);
         let sums_i = Cube::int_empty(sums_shape, &device, IntDType::I32);
 
-        let pinned = pin_all("input", inputs.to_vec(), align, Role::Input)?;
+        let input_names = tensor_names(l, Some(truth), "");
+        let grad_names = tensor_names(l, None, "grad ");
+        let out_names = ["per-image results (f32)", "per-image results (i32)"].map(String::from);
+        let pinned = pin_all(&input_names, inputs.to_vec(), align, Role::Input)?;
         let grads = grads
-            .map(|g| pin_all("gradient", g.to_vec(), align, Role::Output))
+            .map(|g| pin_all(&grad_names, g.to_vec(), align, Role::Output))
             .transpose()?;
         let outs = pin_all(
-            "result",
+            &out_names,
             vec![sums_f.clone(), sums_i.clone()],
             align,
             Role::Output,
@@ -851,12 +901,12 @@ impl BurnFcos {
         // queue before the engine's commands.
         client.flush().map_err(|e| server("flush", e))?;
 
-        let all = ranges("input", &pinned)?;
+        let all = ranges(&input_names, &pinned)?;
         let grad_ranges: Option<RangedGradients> = grads
             .as_ref()
-            .map(|g| ranges("gradient", g).map(|r| per_head(r, l)))
+            .map(|g| ranges(&grad_names, g).map(|r| per_head(r, l)))
             .transpose()?;
-        let out_ranges = ranges("result", &outs)?;
+        let out_ranges = ranges(&out_names, &outs)?;
 
         let mut encoder = ctx
             .device
@@ -976,7 +1026,7 @@ fn target_prims(targets: BurnTargets, b: usize, p: usize) -> Result<[CubeTensor;
 /// The boxes' and classes' primitives (`f32`, `i32`), checked and contiguous, and
 /// the rows per image. With no rows, one padding row per image stands in (the
 /// engine binds at least one; a padding row matches nothing).
-fn box_prims(boxes: BurnBoxes, b: usize) -> Result<(usize, [CubeTensor; 2]), FcosError> {
+fn box_prims(boxes: BurnBoxes, b: usize, c: u32) -> Result<(usize, [CubeTensor; 2]), FcosError> {
     let m = boxes.boxes.dims()[1];
     let want = |what: &str, got: &[usize], want: &[usize]| {
         if got == want {
@@ -1005,7 +1055,11 @@ fn box_prims(boxes: BurnBoxes, b: usize) -> Result<(usize, [CubeTensor; 2]), Fco
         rows,
         [
             contiguous("gt_boxes", plain("gt_boxes", boxes)?, &[b, rows, 4])?,
-            contiguous_int("gt_classes", plain_int("gt_classes", classes)?, &[b, rows])?,
+            contiguous_int(
+                "gt_classes",
+                plain_int("gt_classes", clamp_classes(classes, c))?,
+                &[b, rows],
+            )?,
         ],
     ))
 }

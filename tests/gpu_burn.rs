@@ -695,19 +695,34 @@ fn from_boxes_without_boxes_bad_values_and_shapes() {
     );
     assert_eq!(out.read().unwrap().num_pos, vec![0; b]);
 
-    // Classes of another integer dtype (u32; i64 data is held as i32 by burn's wgpu
-    // backend already): converted, the same losses as i32 ones.
+    // Classes of another integer dtype (u32, padding as 0; i64 data is held as i32
+    // by burn's wgpu backend already): converted, the same losses as i32 ones. A
+    // u32 class beyond i32 is a class above C, not a wrapped-around padding row.
     let bx = case.boxes.as_ref().unwrap();
     let m = bx.boxes_per_image;
-    let mut gt = burn_boxes(&case, &ad);
+    let unsigned: Vec<i32> = bx.classes.iter().map(|&v| v.max(0.0) as i32).collect();
+    let signed = BurnBoxes {
+        boxes: tensor(&bx.boxes, [b, m, 4], &ad),
+        classes: Tensor::<2, Int>::from_data(TensorData::new(unsigned, [b, m]), &ad),
+    };
+    let mut gt = signed.clone();
     gt.classes = gt.classes.cast(burn::tensor::IntDType::U32);
     assert_eq!(gt.classes.dtype(), burn::tensor::DType::U32);
     let out = fcos
         .loss_from_boxes(heads(batch, &ad, true), gt)
         .expect("u32 classes");
     let want = fcos
-        .loss_from_boxes(heads(batch, &ad, true), burn_boxes(&case, &ad))
+        .loss_from_boxes(heads(batch, &ad, true), signed.clone())
         .expect("i32 classes");
+    assert_eq!(want.read().unwrap(), out.read().unwrap());
+    let mut huge = signed;
+    huge.classes = huge.classes.cast(burn::tensor::IntDType::U32) + (1u32 << 31) as i64;
+    let err = fcos
+        .loss_from_boxes(heads(batch, &ad, true), huge)
+        .expect("u32 classes beyond i32")
+        .read()
+        .expect_err("a class beyond i32");
+    assert!(err.to_string().contains("gt_classes"), "{err}");
     assert_eq!(
         common::bits(&out.read().unwrap()),
         common::bits(&want.read().unwrap()),
@@ -752,6 +767,25 @@ fn from_boxes_without_boxes_bad_values_and_shapes() {
         assert!(err.to_string().contains(field), "{what}: {err}");
         assert_eq!(err.to_string(), host_err.to_string(), "{what}");
     }
+
+    // With the engine's checks off the boxes and classes are still checked, and
+    // the read still names a bad one (the loss keeps them, not the heads).
+    let (device, mut unchecked) = open(LossConfig::new(c as u32));
+    unchecked.engine_mut().set_checks(false);
+    let ad2 = device.autodiff();
+    let mut gt = burn_boxes(&case, &ad2);
+    let mut classes: Vec<i32> = bx.classes.iter().map(|&v| v as i32).collect();
+    classes[4] = c as i32 + 3;
+    gt.classes = Tensor::<2, Int>::from_data(TensorData::new(classes, [b, m]), &ad2);
+    let out = unchecked
+        .loss_from_boxes(heads(batch, &ad2, true), gt)
+        .expect("checks off");
+    let err = out.read().expect_err("a bad class with the checks off");
+    assert!(
+        matches!(err, FcosError::Value { .. }),
+        "checks off: {err:?}"
+    );
+    assert!(err.to_string().contains("gt_classes"), "checks off: {err}");
 
     // Shapes.
     let mut gt = burn_boxes(&case, &ad);

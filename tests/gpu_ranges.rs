@@ -644,13 +644,25 @@ fn bad_ground_truth_ranges_are_errors_naming_the_tensor() {
             .unwrap_err(),
         &["gt_boxes range", "bytes"],
     );
-    // A gradient in the buffer of the boxes (bound read-only).
+    // A gradient in the buffer of the boxes (bound read-only), a buffer that holds
+    // no head.
+    let bx = case.boxes.as_ref().unwrap();
+    let mut words = bx.boxes.clone();
+    words.resize(
+        words.len() + (grads[Head::RegPreds][0].size / 4) as usize,
+        0.0,
+    );
+    let own = common::storage_buffer(device, bytemuck::cast_slice(&words));
+    let alone = RangedGroundTruth {
+        boxes: BufferRange::from(&own),
+        ..good
+    };
     let mut gbad = grads.clone();
-    gbad[Head::RegPreds][0] = BufferRange::new(good.boxes.buffer, 0, gbad[Head::RegPreds][0].size);
+    gbad[Head::RegPreds][0] = BufferRange::new(&own, 0, gbad[Head::RegPreds][0].size);
     expect(
         engine
-            .forward_backward_ranges_from_boxes(levels, &preds, &good, &gbad, &weights)
+            .forward_backward_ranges_from_boxes(levels, &preds, &alone, &gbad, &weights)
             .unwrap_err(),
-        &["grad reg_preds level 0", "same buffer as"],
+        &["grad reg_preds level 0", "same buffer as gt_boxes range"],
     );
 }

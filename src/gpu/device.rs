@@ -166,13 +166,15 @@ pub(crate) fn run_boxes(
     named.extend(gt_needs(gt, b));
     let grad_dtype = core.grad_dtype(preds.dtype, pass);
     check_buffers(core, levels, b, named, grads, grad_dtype)?;
+    // Bound as the rows need them (the buffers may be larger than a binding).
+    let [(_, _, box_bytes), (_, _, class_bytes)] = gt_needs(gt, b);
     let call = DeviceCall {
         levels,
         batch: b,
         heads: packed_levels(levels, Heads::from_fn(|h| preds.buffer(h))),
         targets: TargetSource::Boxes(GtBuffers {
-            boxes: gt.boxes.into(),
-            classes: gt.classes.into(),
+            boxes: BufferRange::new(gt.boxes, 0, box_bytes),
+            classes: BufferRange::new(gt.classes, 0, class_bytes),
             boxes_per_image: m as u32,
         }),
         boxes: Some(BoxSpec {

@@ -141,7 +141,8 @@ impl<'a> RangedPredictions<'a> {
 /// `class_dtype` (`1..=C`; below 1 pads), each range at an offset the device's
 /// `min_storage_buffer_offset_alignment` allows, in a buffer with
 /// `BufferUsages::STORAGE`. Even when `M = 0`, `boxes` holds at least 16 bytes
-/// and `classes` at least 4 (the smallest bindings).
+/// and `classes` at least 4 (the smallest bindings). A range may be longer than
+/// its tensor: the call reads its first `B·M` rows (`B` from the predictions).
 #[derive(Debug, Clone, Copy)]
 pub struct RangedGroundTruth<'a> {
     /// Rows per image `M`.
