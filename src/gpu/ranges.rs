@@ -86,14 +86,20 @@ pub struct RangedInputs<'a> {
     pub reg_targets: BufferRange<'a>,
 }
 
+/// The ranges of `head` among the three heads' level ranges.
+fn head_of<'s, 'a>(head: Head, heads: [&'s [BufferRange<'a>]; 3]) -> &'s [BufferRange<'a>] {
+    let [cls, cnt, reg] = heads;
+    match head {
+        Head::ClsLogits => cls,
+        Head::CntLogits => cnt,
+        Head::RegPreds => reg,
+    }
+}
+
 impl<'a> RangedInputs<'a> {
     /// The ranges of a head, level by level.
     pub fn head(&self, head: Head) -> &[BufferRange<'a>] {
-        match head {
-            Head::ClsLogits => &self.cls_logits,
-            Head::CntLogits => &self.cnt_logits,
-            Head::RegPreds => &self.reg_preds,
-        }
+        head_of(head, [&self.cls_logits, &self.cnt_logits, &self.reg_preds])
     }
 
     /// The three heads' ranges, without the targets.
@@ -128,11 +134,7 @@ pub struct RangedPredictions<'a> {
 impl<'a> RangedPredictions<'a> {
     /// The ranges of a head, level by level.
     pub fn head(&self, head: Head) -> &[BufferRange<'a>] {
-        match head {
-            Head::ClsLogits => &self.cls_logits,
-            Head::CntLogits => &self.cnt_logits,
-            Head::RegPreds => &self.reg_preds,
-        }
+        head_of(head, [&self.cls_logits, &self.cnt_logits, &self.reg_preds])
     }
 }
 
