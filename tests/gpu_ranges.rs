@@ -472,6 +472,29 @@ fn ranges_from_boxes_give_the_packed_device_bits() {
                 .compute_ranges_from_boxes(levels, &preds, &gt)
                 .unwrap();
             assert_eq!(common::bits(&got), common::bits(&want), "{what}: forward");
+            // The classes as whole f32 values instead of i32 words.
+            let f32s: Vec<f32> = case
+                .boxes
+                .as_ref()
+                .unwrap()
+                .classes
+                .iter()
+                .map(|&c| c as f32)
+                .collect();
+            let f32_classes = common::storage_buffer(device, bytemuck::cast_slice(&f32s));
+            let gt_f32 = RangedGroundTruth {
+                classes: BufferRange::from(&f32_classes),
+                class_dtype: ClassDtype::F32,
+                ..gt
+            };
+            let got = engine
+                .compute_ranges_from_boxes(levels, &preds, &gt_f32)
+                .unwrap();
+            assert_eq!(
+                common::bits(&got),
+                common::bits(&want),
+                "{what}: f32 classes"
+            );
             let mut encoder = device.create_command_encoder(&Default::default());
             let pending = engine
                 .record_ranges_from_boxes(&mut encoder, levels, &preds, &gt, None, &weights)
