@@ -605,7 +605,7 @@ fn from_boxes_matches_the_engine_the_dense_targets_and_pytorch() {
             let config = LossConfig::new(batch.classes as u32).with_reg_loss(reg);
             let (device, fcos) = open(config);
             let weights = fcos.weights();
-            let ad = device.autodiff();
+            let ad = device.clone().autodiff();
             let bx = case.boxes.as_ref().unwrap();
             let (host, host_grads) = fcos
                 .engine()
@@ -639,6 +639,17 @@ fn from_boxes_matches_the_engine_the_dense_targets_and_pytorch() {
             );
             let grads = head_grads(&from_boxes, &out.objective.backward());
             assert_grads(&format!("{what} vs host"), &grads, &host_grads, 1e-6);
+
+            // Forward only, on the device without autodiff.
+            let plain = fcos
+                .loss_from_boxes(heads(batch, &device, false), burn_boxes(&case, &device))
+                .expect("the burn op from boxes, no autodiff");
+            assert!(!plain.objective.is_autodiff(), "{what}: untracked");
+            assert_eq!(
+                common::bits(&plain.read().unwrap()),
+                common::bits(&host),
+                "{what}: no autodiff"
+            );
 
             // The op on the targets PyTorch assigned from the same boxes.
             let dense = heads(batch, &ad, true);
