@@ -167,7 +167,7 @@ pub(crate) fn run_boxes(
     let grad_dtype = core.grad_dtype(preds.dtype, pass);
     check_buffers(core, levels, b, named, grads, grad_dtype)?;
     // Bound as the rows need them (the buffers may be larger than a binding).
-    let [(_, _, box_bytes), (_, _, class_bytes)] = gt_needs(gt, b);
+    let (box_bytes, class_bytes) = ranges::gt_bytes(b, m);
     let call = DeviceCall {
         levels,
         batch: b,
@@ -590,14 +590,10 @@ pub(crate) fn gt_needs<'a>(
     gt: &DeviceGroundTruth<'a>,
     b: usize,
 ) -> [(String, &'a wgpu::Buffer, u64); 2] {
-    let rows = (b * gt.boxes_per_image) as u64;
+    let (boxes, classes) = ranges::gt_bytes(b, gt.boxes_per_image);
     [
-        (format!("{GT_BOXES} buffer"), gt.boxes, (16 * rows).max(16)),
-        (
-            format!("{GT_CLASSES} buffer"),
-            gt.classes,
-            (4 * rows).max(4),
-        ),
+        (format!("{GT_BOXES} buffer"), gt.boxes, boxes),
+        (format!("{GT_CLASSES} buffer"), gt.classes, classes),
     ]
 }
 

@@ -62,19 +62,13 @@ fn read_boxes_and_heads(
         )
     })?;
     let split = |head: Head| split_levels(core, levels, b, head, &heads[head]);
-    let targets = Targets::background(b, levels.positions());
     let view = Predictions {
         batch: b,
         cls_logits: split(Head::ClsLogits),
         cnt_logits: split(Head::CntLogits),
         reg_preds: split(Head::RegPreds),
     };
-    Ok(name_bad_input(
-        core,
-        levels,
-        &view.with_targets(&targets),
-        flags,
-    ))
+    Ok(name_bad_prediction(core, levels, &view, flags))
 }
 
 /// Reads a device ground truth back and checks it on the host: its first bad
@@ -230,8 +224,19 @@ pub(crate) fn locate_bad_ranged_boxes(
         cnt_logits: slices(Head::CntLogits),
         reg_preds: slices(Head::RegPreds),
     };
-    let targets = Targets::background(b, levels.positions());
-    name_bad_input(core, levels, &view.with_targets(&targets), flags)
+    name_bad_prediction(core, levels, &view, flags)
+}
+
+/// The error naming the first bad value of predictions from a call from boxes
+/// (their targets are assigned in the passes: background stands in).
+fn name_bad_prediction(
+    core: &Core,
+    levels: &Levels,
+    preds: &Predictions<f32>,
+    flags: u32,
+) -> FcosError {
+    let targets = Targets::background(preds.batch, levels.positions());
+    name_bad_input(core, levels, &preds.with_targets(&targets), flags)
 }
 
 /// Every level of the three heads of ranged inputs, read back and widened to

@@ -161,9 +161,16 @@ impl RangedGroundTruth<'_> {
     /// Bytes of the boxes and of the classes of `b` images (at least one row
     /// each).
     pub(crate) fn bytes(&self, b: usize) -> (u64, u64) {
-        let rows = (b * self.boxes_per_image) as u64;
-        ((16 * rows).max(16), (4 * rows).max(4))
+        gt_bytes(b, self.boxes_per_image)
     }
+}
+
+/// Bytes a call binds of the boxes and of the classes of `b` images with `m` rows
+/// each: at least one row each, even for `M = 0` (the shader's array of boxes
+/// binds 16 bytes).
+pub(crate) fn gt_bytes(b: usize, m: usize) -> (u64, u64) {
+    let rows = (b * m) as u64;
+    ((16 * rows).max(16), (4 * rows).max(4))
 }
 
 /// Per-level head ranges and, for a call from targets, the target ranges: what
